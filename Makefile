@@ -1,0 +1,30 @@
+# One command each on a fresh machine: `make demo`, `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# torch's default 2 threads crawl when the other core is busy.
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: setup demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# CPU build of torch that pip finds on this machine's disk; install it before anything can pull another.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[onnx,llm,report,dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) examples/demo.py
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) .modeldebug build src/*.egg-info

@@ -1,0 +1,97 @@
+"""Rows the collector writes: one per step, one per (sampled step, layer), one per (sampled step, parameter).
+
+Plain slotted dataclasses: made thousands of times a run, never validated. Field names are the
+run store's column names and the Evidence table's column names: one vocabulary end to end.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+NAN = math.nan
+
+
+@dataclass(slots=True)
+class StepRecord:
+    step: int
+    loss: float = NAN
+    grad_norm: float = NAN
+    lr: float = NAN
+    data_s: float = NAN
+    forward_s: float = NAN
+    backward_s: float = NAN
+    optimizer_s: float = NAN
+    step_s: float = NAN
+    rss_bytes: float = NAN
+    cuda_allocated: float = NAN
+    cuda_reserved: float = NAN
+    cuda_peak: float = NAN
+    loss_nonfinite: bool = False
+    grad_nonfinite: bool = False
+    input_nonfinite: bool = False
+    input_mean: float = NAN
+    input_std: float = NAN
+    input_min: float = NAN
+    input_max: float = NAN
+    stale_grad_norm: float = NAN  # norm of .grad already present before this step's first backward
+    optimizer_stepped: bool = True
+    backward_calls: int = 0
+    forward_calls: int = 0
+    sampled: bool = False
+
+
+@dataclass(slots=True)
+class LayerRecord:
+    step: int
+    layer: str
+    numel: int = 0
+    mean: float = NAN
+    std: float = NAN
+    min: float = NAN
+    max: float = NAN
+    zero_frac: float = NAN
+    dead_frac: float = NAN  # units (channels/features) never positive over the batch
+    sat_frac: float = NAN  # bounded activations only: fraction within 1% of a bound
+    nonfinite: int = 0
+    fwd_time_s: float = NAN
+    hist_lo: float = NAN
+    hist_hi: float = NAN
+    hist: bytes | None = None  # counts as little-endian int64
+    grad_mean: float = NAN
+    grad_std: float = NAN
+    grad_norm: float = NAN
+    grad_max_abs: float = NAN
+    grad_zero_frac: float = NAN
+    grad_nonfinite: int = 0
+
+
+@dataclass(slots=True)
+class ParamRecord:
+    step: int
+    param: str
+    norm: float = NAN
+    grad_norm: float = NAN
+    grad_mean: float = NAN
+    grad_std: float = NAN
+    update_ratio: float = NAN  # |w_after - w_before| / |w_before| over the optimizer step
+    has_grad: bool = False
+    changed: bool = False
+
+
+@dataclass(slots=True)
+class ValidationRecord:
+    step: int  # training steps completed when the evaluation ran
+    loss: float
+    batches: int = 1
+
+
+@dataclass(slots=True)
+class EventRecord:
+    step: int | None
+    type: str
+    data: dict = field(default_factory=dict)
+
+
+def column_names(record_type) -> list[str]:
+    return [f.name for f in fields(record_type)]

@@ -1,0 +1,197 @@
+"""Public data models: the report contract (docs/report-contract.md) and the metrics users read.
+
+Pydantic models for everything that crosses a boundary (JSON report, API results). Records the
+collector produces at every step are plain dataclasses in ``collect.records`` instead: they are
+made thousands of times and never validated.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_ID = "modeldebug.report/1"
+
+Severity = Literal["high", "medium", "low"]
+SEVERITY_ORDER: dict[str, int] = {"high": 0, "medium": 1, "low": 2}
+
+FindingKind = Literal[
+    # training dynamics
+    "exploding_gradient",
+    "vanishing_gradient",
+    "nan_or_inf",
+    "dead_relu",
+    "saturated_activation",
+    "poor_weight_init",
+    "unchanged_weights",
+    "loss_not_decreasing",
+    "oscillating_loss",
+    "gradient_accumulation",
+    "overfitting",
+    "data_issue",
+    # resources
+    "memory_growth",
+    "input_bottleneck",
+    "slow_operation",
+    "memory_pressure",
+    # distributed
+    "distributed_desync",
+    "straggler_rank",
+    # failures
+    "runtime_error",
+    # onnx
+    "onnx_invalid_model",
+    "onnx_shape_error",
+    "onnx_unsupported_op",
+    "onnx_numerical_mismatch",
+    "onnx_nan_or_inf",
+    "onnx_slow_node",
+]
+
+Cause = Literal[
+    "learning_rate_too_high",
+    "learning_rate_too_low",
+    "bad_weight_init",
+    "unnormalized_inputs",
+    "wrong_loss_function",
+    "missing_zero_grad",
+    "missing_optimizer_step",
+    "parameters_not_in_optimizer",
+    "frozen_parameters",
+    "detached_graph",
+    "saturating_activation_choice",
+    "missing_normalization_layer",
+    "numerically_unstable_op",
+    "graph_kept_alive",
+    "slow_data_loading",
+    "model_too_large_for_data",
+    "label_problem",
+    "export_problem",
+    "other",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Recommendation(_Model):
+    type: Literal["fix", "optimization", "best_practice"]
+    description: str
+    implementation: str | None = None
+
+
+class Finding(_Model):
+    kind: FindingKind
+    severity: Severity
+    confidence: float = Field(ge=0.0, le=1.0)
+    location: str | None = None
+    step: int | None = None
+    message: str
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    causes: list[Cause] = Field(default_factory=list)
+    recommendations: list[Recommendation] = Field(default_factory=list)
+    source: Literal["rules", "llm"] = "rules"
+
+
+class ModelInfo(_Model):
+    name: str
+    parameters: int
+    trainable: int
+
+
+class MonitorOverhead(_Model):
+    time_fraction: float = Field(description="Time spent in the monitor's own code over the run's wall time.")
+    peak_memory_bytes: int = Field(description="Peak bytes of tensors and buffers the monitor itself held.")
+    monitor_time_s: float = 0.0
+    sampled_steps: int = 0
+
+
+class RunInfo(_Model):
+    id: str
+    command: list[str] = Field(default_factory=list)
+    status: Literal["running", "completed", "crashed", "interrupted"] = "running"
+    exit_code: int | None = None
+    steps: int = 0
+    duration_s: float = 0.0
+    started_at: float | None = None
+    models: list[ModelInfo] = Field(default_factory=list)
+    monitor_overhead: MonitorOverhead | None = None
+    device: str | None = None
+
+
+class Report(_Model):
+    """The JSON document every diagnosis can be written as (schema ``modeldebug.report/1``)."""
+
+    schema_: Literal["modeldebug.report/1"] = Field(SCHEMA_ID, alias="schema")
+    run: RunInfo
+    findings: list[Finding] = Field(default_factory=list)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def sorted_findings(self) -> list[Finding]:
+        return sorted(self.findings, key=lambda f: (SEVERITY_ORDER[f.severity], -f.confidence))
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return self.model_dump_json(by_alias=True, indent=indent)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="json")
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "Report":
+        return cls.model_validate_json(text)
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        return cls.model_json_schema(by_alias=True)
+
+
+# --- metrics in the product spec's shape (DebugMetrics) -------------------------------------------
+
+
+class OutputStats(_Model):
+    mean: float
+    std: float
+    min: float
+    max: float
+
+
+class GradientStats(_Model):
+    norm: float
+    mean: float
+    std: float
+
+
+class LayerMetrics(_Model):
+    name: str
+    type: str
+    step: int | None = Field(None, description="Sampled step these statistics come from (the latest).")
+    output_stats: OutputStats | None = None
+    gradient_stats: GradientStats | None = None
+    zero_fraction: float | None = None
+    dead_fraction: float | None = None
+    saturated_fraction: float | None = None
+
+
+class PerformanceMetrics(_Model):
+    forward_time: float = Field(description="Median seconds per forward pass.")
+    backward_time: float = Field(description="Median seconds per backward pass.")
+    optimizer_time: float = 0.0
+    data_time: float = 0.0
+    step_time: float = 0.0
+    memory_usage: float = Field(description="Peak bytes: CUDA allocated on GPU runs, process RSS otherwise.")
+    device_utilization: float = Field(
+        description="Fraction of step time spent computing (forward, backward, optimizer) rather than waiting for data."
+    )
+
+
+class DebugMetrics(_Model):
+    layer_metrics: list[LayerMetrics] = Field(default_factory=list)
+    performance_metrics: PerformanceMetrics | None = None
+    steps: int = 0
+    loss: float | None = Field(None, description="Latest training loss.")
+    grad_norm: float | None = Field(None, description="Latest global gradient norm.")
+    learning_rates: list[float] = Field(default_factory=list)
