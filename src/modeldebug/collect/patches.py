@@ -1,0 +1,164 @@
+"""Scoped interception of the few torch calls that hooks cannot see.
+
+``loss.backward()`` (the loss tensor and the backward time), loss functions of
+``torch.nn.functional`` (evaluation losses and class targets; ``nn`` loss modules call these too)
+and the DataLoader iterator's ``__next__`` (time waiting for data). The patches are installed
+while at least one listener is registered and the originals restored when the last one leaves,
+so debuggers may nest and exit in any order. Nothing is patched at import time.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import dataloader
+
+LOSS_FUNCTIONS = (
+    "cross_entropy",
+    "nll_loss",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "mse_loss",
+    "l1_loss",
+    "smooth_l1_loss",
+    "huber_loss",
+    "kl_div",
+    "poisson_nll_loss",
+    "gaussian_nll_loss",
+    "soft_margin_loss",
+    "multilabel_soft_margin_loss",
+    "multi_margin_loss",
+    "hinge_embedding_loss",
+    "cosine_embedding_loss",
+    "margin_ranking_loss",
+    "triplet_margin_loss",
+    "ctc_loss",
+)
+
+
+class Listener(Protocol):
+    def before_backward(self, tensor: torch.Tensor) -> None: ...
+    def after_backward(self, tensor: torch.Tensor, elapsed_s: float, failed: bool) -> None: ...
+    def on_loss(self, name: str, input: Any, target: Any, output: Any) -> None: ...
+    def on_batch(self, elapsed_s: float) -> None: ...
+
+
+_lock = threading.Lock()
+_listeners: list[Listener] = []
+_originals: list[tuple[Any, str, Any]] = []
+_local = threading.local()  # re-entrancy: Tensor.backward calls torch.autograd.backward
+
+
+def add_listener(listener: Listener) -> None:
+    with _lock:
+        if listener in _listeners:
+            return
+        if not _listeners:
+            _install()
+        _listeners.append(listener)
+
+
+def remove_listener(listener: Listener) -> None:
+    with _lock:
+        if listener not in _listeners:
+            return
+        _listeners.remove(listener)
+        if not _listeners:
+            _uninstall()
+
+
+def active() -> bool:
+    return bool(_listeners)
+
+
+def _replace(owner: Any, name: str, make_wrapper) -> None:
+    original = getattr(owner, name)
+    _originals.append((owner, name, original))
+    wrapper = functools.wraps(original)(make_wrapper(original))
+    setattr(owner, name, wrapper)
+
+
+def _install() -> None:
+    _replace(torch.Tensor, "backward", _wrap_backward)
+    _replace(torch.autograd, "backward", _wrap_autograd_backward)
+    _replace(dataloader._BaseDataLoaderIter, "__next__", _wrap_next)
+    for name in LOSS_FUNCTIONS:
+        if hasattr(F, name):
+            _replace(F, name, functools.partial(_wrap_loss, name))
+
+
+def _uninstall() -> None:
+    while _originals:
+        owner, name, original = _originals.pop()
+        setattr(owner, name, original)
+
+
+def _busy() -> bool:
+    return getattr(_local, "busy", False)
+
+
+def _run_backward(original, loss, args, kwargs):
+    if _busy() or not _listeners:
+        return original(*args, **kwargs)
+    listeners = list(_listeners)
+    for listener in listeners:
+        listener.before_backward(loss)
+    _local.busy = True
+    failed = True
+    start = time.perf_counter()
+    try:
+        result = original(*args, **kwargs)
+        failed = False
+        return result
+    finally:
+        elapsed = time.perf_counter() - start
+        _local.busy = False
+        for listener in listeners:
+            listener.after_backward(loss, elapsed, failed)
+
+
+def _wrap_backward(original):
+    def backward(self, *args, **kwargs):
+        return _run_backward(original, self, (self, *args), kwargs)
+
+    return backward
+
+
+def _wrap_autograd_backward(original):
+    def backward(tensors, *args, **kwargs):
+        first = tensors if isinstance(tensors, torch.Tensor) else next(iter(tensors), None)
+        return _run_backward(original, first, (tensors, *args), kwargs)
+
+    return backward
+
+
+def _wrap_next(original):
+    def __next__(self):
+        if not _listeners:
+            return original(self)
+        start = time.perf_counter()
+        batch = original(self)
+        elapsed = time.perf_counter() - start
+        for listener in list(_listeners):
+            listener.on_batch(elapsed)
+        return batch
+
+    return __next__
+
+
+def _wrap_loss(name, original):
+    def loss_fn(*args, **kwargs):
+        output = original(*args, **kwargs)
+        if _listeners and not _busy():
+            input = args[0] if args else kwargs.get("input")
+            target = args[1] if len(args) > 1 else kwargs.get("target")
+            for listener in list(_listeners):
+                listener.on_loss(name, input, target, output)
+        return output
+
+    return loss_fn

@@ -1,0 +1,1049 @@
+"""The Debugger: watches models and optimizers during training and writes what it sees to the run store.
+
+Every step it keeps the loss, the global gradient norm, the learning rate, the step time split
+(data, forward, backward, optimizer) and memory. On sampled steps (a schedule, adaptive by
+default) it also keeps per-layer output and output-gradient statistics and per-parameter
+statistics. See DESIGN.md, "Monitoring cost", for why it is built the way it is:
+
+* Only two hooks stay installed all run: a forward pre-hook and a forward hook on each watched
+  root module. Per-layer hooks are installed for a sampled step and removed when it closes.
+* Statistics are reduced on the device into small vectors and copied to the host once per
+  sampled step; on CUDA the per-step scalars are copied in batches, not every step.
+* Nothing is written onto the user's modules or tensors and no tensor of the user's graph is
+  kept past the step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+from modeldebug.collect import patches
+from modeldebug.collect.memory import RssReader, cuda_memory, cuda_total_memory
+from modeldebug.collect.records import EventRecord, LayerRecord, ParamRecord, StepRecord, ValidationRecord
+from modeldebug.collect.schedule import Adaptive, Every
+from modeldebug.collect.stats import SATURATING, first_float_tensor, num_units, reduce, summarize
+from modeldebug.config import DebuggingConfig
+from modeldebug.evidence import LayerInfo, OptimizerInfo, ParamInfo
+from modeldebug.types import (
+    DebugMetrics,
+    GradientStats,
+    LayerMetrics,
+    ModelInfo,
+    MonitorOverhead,
+    OutputStats,
+    PerformanceMetrics,
+    Report,
+    RunInfo,
+)
+
+log = logging.getLogger(__name__)
+
+# Parameters larger than this are compared on a strided subset for |Δw|/|w| (bounded memory).
+UPDATE_SAMPLE = 65536
+# Backward passes seen without any optimizer step before each one counts as its own iteration.
+MAX_ACCUMULATION = 64
+_CLASS_TARGET_LOSSES = {"cross_entropy", "nll_loss", "multi_margin_loss"}
+
+
+def _now() -> float:
+    return time.perf_counter()
+
+
+@dataclass
+class _Step:
+    """What one training step has gathered so far (device tensors until the step closes)."""
+
+    index: int
+    sampled: bool
+    start: float
+    data_s: float = 0.0
+    data_seen: bool = False
+    forward_s: float = 0.0
+    backward_s: float = 0.0
+    optimizer_s: float = 0.0
+    forward_calls: int = 0
+    backward_calls: int = 0
+    optimizer_stepped: bool = False
+    fwd_start: float | None = None
+    opt_start: float | None = None
+    monitor_s: float = 0.0
+    loss_sum: torch.Tensor | None = None
+    loss_count: int = 0
+    grad_norm: torch.Tensor | None = None
+    stale_grad_norm: torch.Tensor | None = None
+    input_flag: torch.Tensor | None = None
+    input_vec: tuple[int, torch.Tensor] | None = None  # (numel, reduce vector) on sampled steps
+    layer_start: dict[str, float] = field(default_factory=dict)
+    layer_vecs: dict[str, tuple[int, int | None, torch.Tensor, float]] = field(default_factory=dict)
+    grad_vecs: dict[str, tuple[int, torch.Tensor]] = field(default_factory=dict)
+    param_pre: dict[str, Any] | None = None
+    param_post: dict[str, Any] | None = None
+
+
+@dataclass
+class _Watched:
+    module: nn.Module
+    name: str
+    prefix: str  # "" for a single model; "Name." when several are watched
+
+
+class Debugger:
+    """Watches training; use through :func:`watch` or ``modeldebug run``.
+
+    ``store`` is a RunStore, a path to its SQLite file, or None to use the config's path
+    (``config.store_path``; a store_path of None keeps the run in memory).
+    """
+
+    def __init__(
+        self,
+        config: DebuggingConfig | None = None,
+        *,
+        store: Any = None,
+        command: Sequence[str] | None = None,
+        run_id: str | None = None,
+    ):
+        from modeldebug.store import RunStore
+
+        self.config = config or DebuggingConfig()
+        if store is None:
+            store = RunStore(self.config.store_path)
+        elif isinstance(store, (str, os.PathLike)):
+            store = RunStore(Path(store))
+        self.store = store
+        self.run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        self.command = list(command or [])
+
+        cfg = self.config
+        if cfg.every is not None:
+            self.schedule = Every(cfg.every, warmup=cfg.warmup_steps)
+        elif cfg.target_overhead is None:
+            self.schedule = Every(1)
+        else:
+            self.schedule = Adaptive(cfg.target_overhead, warmup=cfg.warmup_steps)
+        self._bins = cfg.histogram_bins if cfg.histograms else 0
+
+        self._models: list[_Watched] = []
+        self._optimizers: list[torch.optim.Optimizer] = []
+        self._primary: torch.optim.Optimizer | None = None
+        self._params: list[tuple[str, torch.nn.Parameter]] = []
+        self._param_ids: set[int] = set()
+        self._layers: list[tuple[str, nn.Module, Any, Any]] = []  # name, module, pre-hook, post-hook
+        self.layer_info: dict[str, LayerInfo] = {}
+        self._compiled: list[str] = []
+
+        self._root_handles: list[Any] = []
+        self._layer_handles: list[Any] = []
+        self._opt_handles: list[Any] = []
+        self._started = False
+        self._stopped = False
+        self._manual_steps = False
+
+        self.step_count = 0
+        self._state: _Step | None = None
+        self._pending_backward: list[_Step] = []  # backward-only iterations awaiting an optimizer step
+        self._backward_driven = False
+        self._force_sample = False
+        self._in_eval = False
+        self._val_sum: torch.Tensor | None = None
+        self._val_count = 0
+        self._class_counts: dict[int, int] = {}
+        self._class_pending: list[torch.Tensor] = []
+        self._layer_order = 0
+
+        self._device: torch.device | None = None
+        self._resolve_every = 1
+        self._unresolved: list[tuple[StepRecord, torch.Tensor, _Step]] = []
+        self._recent = deque(maxlen=256)  # StepRecords for metrics (bounded)
+        self._latest_layers: dict[str, LayerRecord] = {}
+        self._samples = 0
+
+        self._t0 = 0.0
+        self._wall_end: float | None = None
+        self._monitor_s = 0.0
+        self._held_bytes = 0
+        self._peak_bytes = 0
+        self._rss = None
+
+    # ------------------------------------------------------------------ attaching
+
+    def attach(self, model: nn.Module, name: str | None = None) -> "Debugger":
+        """Watch a model (a root module). Attaching the same module twice is a no-op."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Expected `model` to be a torch.nn.Module but got {type(model).__name__}")
+        if any(w.module is model for w in self._models):
+            return self
+        compiled = hasattr(model, "_orig_mod") and type(model).__name__ == "OptimizedModule"
+        inner = model._orig_mod if compiled else model
+        name = name or type(inner).__name__
+        watched = _Watched(model, name, "")
+        self._models.append(watched)
+        if len(self._models) == 2:  # several models: qualify every name by its model
+            self._models[0].prefix = self._models[0].name + "."
+            self._rebuild_names()
+        if len(self._models) > 1:
+            watched.prefix = self._dedupe_prefix(name)
+        if compiled:
+            # Hooks inside a compiled graph force recompiles or graph breaks: watch it from outside.
+            self._compiled.append(name)
+            log.info("%s is torch.compile'd: watching loss, gradients and parameters, not layer by layer", name)
+        self._register_model(watched, inner, layers=not compiled)
+        if self._started:
+            self._hook_root(watched)
+        return self
+
+    def _dedupe_prefix(self, name: str) -> str:
+        taken = {w.prefix for w in self._models}
+        prefix, n = name + ".", 1
+        while prefix in taken:
+            n += 1
+            prefix = f"{name}{n}."
+        return prefix
+
+    def _rebuild_names(self) -> None:
+        models = list(self._models)
+        self._models, self._params, self._param_ids, self._layers, self.layer_info = [], [], set(), [], {}
+        for w in models:
+            self._models.append(w)
+            inner = getattr(w.module, "_orig_mod", w.module)
+            self._register_model(w, inner, layers=w.name not in self._compiled)
+
+    def _register_model(self, watched: _Watched, inner: nn.Module, layers: bool) -> None:
+        for pname, p in inner.named_parameters():
+            if id(p) not in self._param_ids:
+                self._param_ids.add(id(p))
+                self._params.append((watched.prefix + pname, p))
+            if self._device is None:
+                self._set_device(p.device)
+        if not layers:
+            return
+        for mname, module in inner.named_modules():
+            # Leaf modules, and modules holding parameters of their own (nn.MultiheadAttention).
+            has_children = next(iter(module.children()), None) is not None
+            if not mname or (has_children and not module._parameters):
+                continue
+            qual = watched.prefix + mname
+            bounds = SATURATING.get(type(module).__name__)
+            self._layers.append(
+                (qual, module, partial(self._layer_pre, qual), partial(self._layer_post, qual, bounds))
+            )
+            self.layer_info[qual] = LayerInfo(
+                name=qual,
+                type=type(module).__name__,
+                order=-1,
+                parameters=sum(p.numel() for p in module.parameters(recurse=False)),
+                description=_describe(module),
+                model=watched.name,
+            )
+
+    def _set_device(self, device: torch.device) -> None:
+        self._device = device
+        self._resolve_every = 16 if device.type == "cuda" else 1
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> "Debugger":
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"Expected `optimizer` to be a torch.optim.Optimizer but got {type(optimizer).__name__}"
+            )
+        if all(o is not optimizer for o in self._optimizers):
+            self._optimizers.append(optimizer)
+        return self
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> "Debugger":
+        if self._started:
+            return self
+        self._rss = RssReader()
+        self._t0 = _now()
+        self.store.create_run(
+            RunInfo(id=self.run_id, command=self.command, status="running", started_at=time.time()),
+            self.config,
+        )
+        try:
+            patches.add_listener(self)
+            self._opt_handles = [
+                register_optimizer_step_pre_hook(self._optimizer_pre),
+                register_optimizer_step_post_hook(self._optimizer_post),
+            ]
+            for watched in self._models:
+                self._hook_root(watched)
+            if self._device is not None and self._device.type == "cuda":
+                self._event("device", {"type": "cuda", "name": torch.cuda.get_device_name(self._device),
+                                       "total_memory": cuda_total_memory(self._device)})
+        except BaseException:
+            self._remove_hooks()
+            raise
+        self._started = True
+        return self
+
+    def _hook_root(self, watched: _Watched) -> None:
+        m = watched.module
+        self._root_handles += [
+            m.register_forward_pre_hook(self._root_pre, with_kwargs=True),
+            m.register_forward_hook(self._root_post, always_call=True),
+        ]
+
+    def _remove_hooks(self) -> None:
+        for h in self._layer_handles + self._root_handles + self._opt_handles:
+            h.remove()
+        self._layer_handles, self._root_handles, self._opt_handles = [], [], []
+        patches.remove_listener(self)
+
+    def stop(self, status: str = "completed", exit_code: int | None = None, error: BaseException | None = None):
+        """Remove every hook, write what is left, and close the run. Safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            self._remove_hooks()
+        finally:
+            self._wall_end = _now()
+            try:
+                if self._state is not None and (self._state.backward_calls or self._state.optimizer_stepped):
+                    self._close_step()
+                self._flush_pending_backward(as_steps=True)
+                self._resolve(all_pending=True)
+                self._flush_validation()
+                if error is not None:
+                    self._event("exception", {"type": type(error).__name__, "message": str(error)[:2000]})
+                self._write_meta()
+                self.store.update_run(
+                    self.run_id,
+                    status=status,
+                    exit_code=exit_code,
+                    steps=self.step_count,
+                    duration_s=self._wall_end - self._t0,
+                    models=self.model_infos(),
+                    monitor_overhead=self.monitor_overhead(),
+                    device=str(self._device) if self._device else None,
+                )
+                self.store.flush()
+                self._rss.close()
+            except Exception:  # never mask the user's own exception with ours
+                log.exception("modeldebug could not finish writing run %s", self.run_id)
+                if error is None:
+                    raise
+
+    def __enter__(self) -> "Debugger":
+        return self.start()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None:
+            self.stop("completed")
+        elif isinstance(exc, KeyboardInterrupt):
+            self.stop("interrupted", error=exc)
+        else:
+            self.stop("crashed", error=exc)
+        return False
+
+    # ------------------------------------------------------------------ steps
+
+    def step(self, loss: torch.Tensor | float | None = None) -> None:
+        """Mark the end of a training step by hand (for loops whose optimizer the debugger cannot see).
+
+        Once called, steps are counted only by this method; optimizer steps still give gradient
+        and parameter statistics.
+        """
+        t = _now()
+        self._manual_steps = True
+        st = self._state or self._begin_step(t)
+        if loss is not None and st.loss_count == 0:
+            value = loss.detach().float() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
+            st.loss_sum, st.loss_count = value.reshape(()), 1
+        self._monitor_s += _now() - t
+        self._close_step()
+
+    def _begin_step(self, t: float) -> _Step:
+        self._flush_validation()
+        sampled = self._force_sample or self.schedule(self.step_count)
+        self._force_sample = False
+        st = _Step(index=self.step_count, sampled=sampled, start=t)
+        if self._pending_data_s:
+            st.data_s, st.data_seen, self._pending_data_s = self._pending_data_s, True, 0.0
+        self._state = st
+        if sampled and self.config.monitoring_config.layer_outputs:
+            for _, module, pre, post in self._layers:
+                self._layer_handles.append(module.register_forward_pre_hook(pre))
+                self._layer_handles.append(module.register_forward_hook(post))
+        return st
+
+    _pending_data_s = 0.0
+
+    def _close_step(self) -> None:
+        t = _now()
+        st = self._state
+        self._state = None
+        for h in self._layer_handles:
+            h.remove()
+        self._layer_handles = []
+        if st is None:
+            return
+        end = _now()
+        rec = StepRecord(
+            step=st.index,
+            data_s=st.data_s if st.data_seen else math.nan,
+            forward_s=st.forward_s if st.forward_calls else math.nan,
+            backward_s=st.backward_s if st.backward_calls else math.nan,
+            optimizer_s=st.optimizer_s if st.optimizer_stepped else math.nan,
+            step_s=end - (self._last_step_end if self._last_step_end is not None else st.start),
+            optimizer_stepped=st.optimizer_stepped,
+            backward_calls=st.backward_calls,
+            forward_calls=st.forward_calls,
+            sampled=st.sampled,
+            lr=self._lr(),
+        )
+        self._last_step_end = end
+        if self.config.monitoring_config.memory:
+            self._memory(rec)
+        self.step_count += 1
+        # Device scalars of the step, copied to the host together (or batched on CUDA).
+        nan = torch.full((), math.nan, device=self._device or "cpu")
+        loss = st.loss_sum / st.loss_count if st.loss_count else nan
+        scalars = torch.stack(
+            [
+                loss.to(nan.device).float(),
+                (st.grad_norm if st.grad_norm is not None else nan).to(nan.device).float(),
+                (st.stale_grad_norm if st.stale_grad_norm is not None else nan).to(nan.device).float(),
+                (st.input_flag if st.input_flag is not None else nan).to(nan.device).float(),
+            ]
+        )
+        self._unresolved.append((rec, scalars, st))
+        self._monitor_s += _now() - t + st.monitor_s
+        if st.sampled or len(self._unresolved) >= self._resolve_every:
+            self._resolve()
+
+    _last_step_end: float | None = None
+
+    def _resolve(self, all_pending: bool = False) -> None:
+        """Copy pending step scalars (and a sampled step's layer and parameter stats) to the host."""
+        if not self._unresolved:
+            return
+        t = _now()
+        pending, self._unresolved = self._unresolved, []
+        for rec, scalars, st in pending:
+            values = scalars.tolist()
+            rec.loss, rec.grad_norm, rec.stale_grad_norm, flag = values[:4]
+            rec.loss_nonfinite = st.loss_count > 0 and not math.isfinite(rec.loss)
+            rec.grad_nonfinite = st.grad_norm is not None and not math.isfinite(rec.grad_norm)
+            rec.input_nonfinite = flag == 1.0
+            if rec.loss_nonfinite or rec.grad_nonfinite:
+                self._force_sample = True  # look closer at the next step
+            if st.sampled:
+                self._samples += 1
+                self._write_sampled(st, rec)
+            self.store.add(self.run_id, rec)
+            self._recent.append(rec)
+            self.schedule.observe(rec.step, rec.step_s, st.sampled, st.monitor_s)
+        if self._class_pending:
+            self._resolve_classes()
+        self._monitor_s += _now() - t
+
+    def _lr(self) -> float:
+        opt = self._primary or (self._optimizers[0] if self._optimizers else None)
+        if opt is None or not opt.param_groups:
+            return math.nan
+        lr = opt.param_groups[0].get("lr", math.nan)
+        return float(lr.item() if isinstance(lr, torch.Tensor) else lr)
+
+    def _memory(self, rec: StepRecord) -> None:
+        rec.rss_bytes = float(self._rss())
+        if self._device is not None and self._device.type == "cuda":
+            rec.cuda_allocated, rec.cuda_reserved, rec.cuda_peak = map(float, cuda_memory(self._device))
+
+    # ------------------------------------------------------------------ root module hooks
+
+    def _root_pre(self, module, args, kwargs):
+        t = _now()
+        if not torch.is_grad_enabled() or not module.training:
+            self._in_eval = True
+            return None
+        self._in_eval = False
+        st = self._state
+        if st is None:
+            st = self._begin_step(t)
+        if st.forward_calls == 0:
+            x = first_float_tensor(args) if args else None
+            if x is None and kwargs:
+                x = first_float_tensor(kwargs)
+            if x is not None:
+                self._input_stats(st, x)
+        st.forward_calls += 1
+        st.fwd_start = _now()
+        st.monitor_s += st.fwd_start - t
+        return None
+
+    def _root_post(self, module, args, output):
+        t = _now()
+        st = self._state
+        if st is not None and st.fwd_start is not None and not self._in_eval:
+            st.forward_s += t - st.fwd_start
+            st.fwd_start = None
+            st.monitor_s += _now() - t
+        return None
+
+    def _input_stats(self, st: _Step, x: torch.Tensor) -> None:
+        x = x.detach()
+        if st.sampled:
+            st.input_vec = (x.numel(), reduce(x))
+        elif x.is_cuda:
+            # On CUDA the whole-batch check is cheap next to the step; on CPU it waits for a bad loss.
+            st.input_flag = (~torch.isfinite(x).all()).float()
+
+    # ------------------------------------------------------------------ per-layer hooks (sampled steps)
+
+    def _layer_pre(self, name, module, args):
+        st = self._state
+        if st is not None:
+            st.layer_start[name] = _now()
+
+    def _layer_post(self, name, bounds, module, args, output):
+        t = _now()
+        st = self._state
+        if st is None or not st.sampled or name in st.layer_vecs or self._in_eval:
+            return None
+        x = first_float_tensor(output)
+        if x is not None:
+            fwd = t - st.layer_start.get(name, t)
+            st.layer_vecs[name] = (x.numel(), num_units(x), reduce(x, units=True), fwd)
+            info = self.layer_info[name]
+            if info.order < 0:
+                info.order = self._layer_order
+                self._layer_order += 1
+            if self.config.monitoring_config.gradients and x.requires_grad:
+                x.register_hook(partial(self._output_grad, name, st))
+        st.monitor_s += _now() - t
+        return None
+
+    def _output_grad(self, name, st, grad):
+        t = _now()
+        if grad is not None and name not in st.grad_vecs and grad.is_floating_point():
+            st.grad_vecs[name] = (grad.numel(), reduce(grad))
+        st.monitor_s += _now() - t
+        return None
+
+    # ------------------------------------------------------------------ backward (patched)
+
+    def before_backward(self, tensor) -> None:
+        if not self._models:
+            return
+        t = _now()
+        st = self._state or self._begin_step(t)
+        if st.backward_calls == 0 and st.sampled and self.config.monitoring_config.gradients:
+            grads = [p.grad for _, p in self._params if p.grad is not None and not p.grad.is_sparse]
+            st.stale_grad_norm = _total_norm(grads) if grads else torch.zeros((), device=self._device)
+        st.monitor_s += _now() - t
+
+    def after_backward(self, tensor, elapsed_s: float, failed: bool) -> None:
+        st = self._state
+        if st is None:
+            return
+        t = _now()
+        st.backward_s += elapsed_s
+        st.backward_calls += 1
+        if isinstance(tensor, torch.Tensor) and tensor.numel() == 1 and tensor.is_floating_point():
+            value = tensor.detach().reshape(()).float()
+            st.loss_sum = value if st.loss_sum is None else st.loss_sum + value
+            st.loss_count += 1
+        st.monitor_s += _now() - t
+        if self._manual_steps or failed or st.opt_start is not None:
+            return  # (a backward inside optimizer.step(closure), as LBFGS does, belongs to that step)
+        if self._primary is None:
+            # No optimizer has stepped yet: either gradient accumulation before the first step, or
+            # a loop that never steps. Hold the iterations back until it is clear which.
+            self._state = None
+            for h in self._layer_handles:
+                h.remove()
+            self._layer_handles = []
+            self._pending_backward.append(st)
+            self.step_count += 1
+            if self._backward_driven or len(self._pending_backward) >= MAX_ACCUMULATION:
+                self._backward_driven = True
+                self._flush_pending_backward(as_steps=True)
+
+    def _flush_pending_backward(self, as_steps: bool) -> None:
+        """Write held-back backward-only iterations as steps of their own, or merge them into the
+        current step (they were gradient accumulation before the first optimizer step)."""
+        pending, self._pending_backward = self._pending_backward, []
+        if not pending:
+            return
+        self.step_count -= len(pending)
+        if as_steps:
+            current = self._state
+            for st in pending:
+                self._state = st
+                st.index = self.step_count
+                self._close_step()
+            self._state = current
+            if current is not None:
+                current.index = self.step_count
+            return
+        st = self._state
+        if st is None:
+            return
+        first = pending[0]
+        for p in pending:
+            st.forward_s += p.forward_s
+            st.backward_s += p.backward_s
+            st.forward_calls += p.forward_calls
+            st.backward_calls += p.backward_calls
+            st.data_s += p.data_s
+            st.data_seen = st.data_seen or p.data_seen
+            st.monitor_s += p.monitor_s
+            if p.loss_sum is not None:
+                st.loss_sum = p.loss_sum if st.loss_sum is None else st.loss_sum + p.loss_sum
+                st.loss_count += p.loss_count
+        # The first held iteration's sampled statistics stand for the merged step.
+        st.sampled = st.sampled or first.sampled
+        for attr in ("layer_vecs", "grad_vecs", "input_vec", "stale_grad_norm", "input_flag"):
+            if not getattr(st, attr) and getattr(first, attr) is not None:
+                setattr(st, attr, getattr(first, attr))
+        st.start = first.start
+        st.index = self.step_count
+
+    # ------------------------------------------------------------------ optimizer hooks
+
+    def _optimizer_pre(self, optimizer, args, kwargs):
+        if not self._owns(optimizer):
+            return None
+        t = _now()
+        st = self._state
+        if st is None:
+            if self._pending_backward:
+                # An optimizer step after held-back backward passes: they were accumulation.
+                st = self._state = _Step(index=self.step_count, sampled=self._pending_backward[0].sampled, start=t)
+                self._flush_pending_backward(as_steps=False)
+            else:
+                st = self._begin_step(t)
+        if st.grad_norm is None:
+            grads = [p.grad for _, p in self._params if p.grad is not None and not p.grad.is_sparse]
+            if grads:
+                st.grad_norm = _total_norm(grads)
+            if st.sampled and self.config.monitoring_config.gradients:
+                st.param_pre = self._param_snapshot()
+        st.opt_start = _now()
+        st.monitor_s += st.opt_start - t
+        return None
+
+    def _optimizer_post(self, optimizer, args, kwargs):
+        if not self._owns(optimizer):
+            return None
+        t = _now()
+        st = self._state
+        if st is None:
+            return None
+        if self._primary is None:
+            self._primary = optimizer
+            self._backward_driven = False
+        if st.opt_start is not None:
+            st.optimizer_s += t - st.opt_start
+            st.opt_start = None
+        st.optimizer_stepped = True
+        if st.param_pre is not None and optimizer is self._primary:
+            st.param_post = self._param_after(st.param_pre)
+        st.monitor_s += _now() - t
+        if optimizer is self._primary and not self._manual_steps:
+            self._close_step()
+        return None
+
+    def _owns(self, optimizer) -> bool:
+        if any(o is optimizer for o in self._optimizers):
+            return True
+        return self._adopt_optimizer(optimizer)
+
+    def _adopt_optimizer(self, optimizer) -> bool:
+        """Optimizers not given to the debugger are watched when they update a watched model."""
+        for group in optimizer.param_groups:
+            if any(id(p) in self._param_ids for p in group["params"]):
+                self._optimizers.append(optimizer)
+                return True
+        return False
+
+    # ------------------------------------------------------------------ parameter statistics
+
+    def _param_snapshot(self) -> dict[str, Any]:
+        params = [p for _, p in self._params]
+        with torch.no_grad():
+            norms = torch._foreach_norm([p.detach() for p in params])
+            subsets = [_subset(p).clone() for p in params]
+            grad_rows = []
+            for _, p in self._params:
+                g = p.grad
+                if g is None:
+                    grad_rows.append(None)
+                    continue
+                if g.is_sparse:
+                    g = g.coalesce().values()
+                gf = g.detach().float()
+                grad_rows.append(torch.stack([torch.linalg.vector_norm(gf), gf.sum()]))
+        held = sum(s.numel() * s.element_size() for s in subsets)
+        self._track_bytes(held)
+        return {"norms": norms, "subsets": subsets, "grads": grad_rows, "held": held}
+
+    def _param_after(self, pre: dict[str, Any]) -> dict[str, Any]:
+        params = [p for _, p in self._params]
+        with torch.no_grad():
+            post_norms = torch._foreach_norm([p.detach() for p in params])
+            deltas = torch._foreach_sub([_subset(p) for p in params], pre["subsets"])
+            delta_norms = torch._foreach_norm(deltas)
+            subset_norms = torch._foreach_norm(pre["subsets"])
+        self._held_bytes -= pre["held"]
+        pre["subsets"] = None
+        return {"norms": post_norms, "delta": delta_norms, "subset_norms": subset_norms}
+
+    def _track_bytes(self, n: int) -> None:
+        self._held_bytes += n
+        self._peak_bytes = max(self._peak_bytes, self._held_bytes)
+
+    # ------------------------------------------------------------------ writing sampled statistics
+
+    def _write_sampled(self, st: _Step, step_rec: StepRecord) -> None:
+        """One host copy for all of a sampled step's layer, input and parameter statistics."""
+        parts: list[torch.Tensor] = []
+        layer_names = list(st.layer_vecs)
+        grad_names = list(st.grad_vecs)
+        parts += [st.layer_vecs[n][2] for n in layer_names]
+        parts += [st.grad_vecs[n][1] for n in grad_names]
+        if st.input_vec is not None:
+            parts.append(st.input_vec[1])
+        pre, post = st.param_pre, st.param_post
+        param_rows = []
+        if pre is not None:
+            params_n = len(self._params)
+            parts.append(torch.stack(pre["norms"]).float())
+            param_rows = pre["grads"]
+            parts += [r for r in param_rows if r is not None]
+            if post is not None:
+                parts.append(torch.stack(post["norms"]).float())
+                parts.append(torch.stack(post["delta"]).float())
+                parts.append(torch.stack(post["subset_norms"]).float())
+        if not parts:
+            return
+        dev = parts[0].device
+        flat = torch.cat([p.reshape(-1).float().to(dev) for p in parts]).cpu().numpy()
+        pos = 0
+
+        def take(n):
+            nonlocal pos
+            out = flat[pos : pos + n]
+            pos += n
+            return out
+
+        rows: dict[str, LayerRecord] = {}
+        for name in layer_names:
+            numel, units, vec, fwd = st.layer_vecs[name]
+            bounds = SATURATING.get(self.layer_info[name].type)
+            s = summarize(take(vec.numel()), numel, units=units, bins=self._bins, bounds=bounds)
+            rec = LayerRecord(
+                step=st.index, layer=name, numel=numel, fwd_time_s=fwd, mean=s["mean"], std=s["std"],
+                min=s["min"], max=s["max"], zero_frac=s["zero_frac"], dead_frac=s["dead_frac"],
+                sat_frac=s["sat_frac"], nonfinite=s["nonfinite"],
+            )
+            if s["hist"] is not None:
+                rec.hist, rec.hist_lo, rec.hist_hi = s["hist"].tobytes(), s["hist_lo"], s["hist_hi"]
+            rows[name] = rec
+        for name in grad_names:
+            numel, vec = st.grad_vecs[name]
+            s = summarize(take(vec.numel()), numel)
+            rec = rows.get(name) or LayerRecord(step=st.index, layer=name, numel=numel)
+            rec.grad_mean, rec.grad_std, rec.grad_norm = s["mean"], s["std"], s["norm"]
+            rec.grad_max_abs, rec.grad_zero_frac, rec.grad_nonfinite = s["max_abs"], s["zero_frac"], s["nonfinite"]
+            rows[name] = rec
+        for rec in rows.values():
+            self.store.add(self.run_id, rec)
+            self._latest_layers[rec.layer] = rec
+        if st.input_vec is not None:
+            s = summarize(take(st.input_vec[1].numel()), st.input_vec[0])
+            step_rec.input_mean, step_rec.input_std, step_rec.input_min, step_rec.input_max = (
+                s["mean"], s["std"], s["min"], s["max"])
+            step_rec.input_nonfinite = step_rec.input_nonfinite or s["nonfinite"] > 0
+        if pre is None:
+            return
+        norms = take(params_n)
+        grad_vals = [take(2) if r is not None else None for r in param_rows]
+        if post is not None:
+            post_norms, deltas, subset_norms = take(params_n), take(params_n), take(params_n)
+        for i, (pname, p) in enumerate(self._params):
+            rec = ParamRecord(step=st.index, param=pname, norm=float(norms[i]))
+            g = grad_vals[i]
+            if g is not None:
+                n = p.numel()
+                rec.has_grad = True
+                rec.grad_norm = float(g[0])
+                rec.grad_mean = float(g[1]) / n
+                rec.grad_std = math.sqrt(max(float(g[0]) ** 2 / n - rec.grad_mean**2, 0.0))
+            if post is not None:
+                base = float(subset_norms[i])
+                rec.update_ratio = float(deltas[i]) / base if base > 0 else (0.0 if deltas[i] == 0 else math.inf)
+                rec.changed = bool(deltas[i] > 0 or post_norms[i] != norms[i])
+            self.store.add(self.run_id, rec)
+
+    # ------------------------------------------------------------------ losses and data (patched)
+
+    def on_loss(self, name: str, input, target, output) -> None:
+        if not self._models or not isinstance(output, torch.Tensor):
+            return
+        t = _now()
+        if self._in_eval or not torch.is_grad_enabled():
+            if output.numel() == 1:
+                value = output.detach().float().reshape(())
+                self._val_sum = value if self._val_sum is None else self._val_sum + value
+                self._val_count += 1
+        else:
+            st = self._state
+            if (
+                st is not None
+                and st.sampled
+                and name in _CLASS_TARGET_LOSSES
+                and isinstance(target, torch.Tensor)
+                and not target.is_floating_point()
+            ):
+                labels = target.detach().reshape(-1)
+                labels = labels[labels >= 0]
+                self._class_pending.append(torch.bincount(labels))
+        self._monitor_s += _now() - t
+
+    def on_batch(self, elapsed_s: float) -> None:
+        st = self._state
+        # A batch fetched after the previous step closed belongs to the next step.
+        if st is None:
+            self._pending_data_s += elapsed_s
+        else:
+            st.data_s += elapsed_s
+            st.data_seen = True
+
+    def _flush_validation(self) -> None:
+        if self._val_count:
+            loss = float(self._val_sum.item()) / self._val_count
+            self.store.add(self.run_id, ValidationRecord(step=self.step_count, loss=loss, batches=self._val_count))
+            self._val_sum, self._val_count = None, 0
+
+    def _resolve_classes(self) -> None:
+        for counts in self._class_pending:
+            for cls, n in enumerate(counts.tolist()):
+                if n:
+                    self._class_counts[cls] = self._class_counts.get(cls, 0) + n
+        self._class_pending = []
+
+    # ------------------------------------------------------------------ meta, metrics, report
+
+    def _event(self, type: str, data: dict) -> None:
+        self.store.add(self.run_id, EventRecord(step=self.step_count, type=type, data=data))
+
+    def _write_meta(self) -> None:
+        in_opt: dict[int, float | None] = {}
+        optimizers = []
+        for opt in self._optimizers:
+            groups = []
+            for g in opt.param_groups:
+                lr = g.get("lr")
+                lr = float(lr.item() if isinstance(lr, torch.Tensor) else lr) if lr is not None else None
+                for p in g["params"]:
+                    in_opt[id(p)] = lr
+                groups.append(
+                    {k: _jsonable(v) for k, v in g.items() if k != "params"} | {"params": len(g["params"])}
+                )
+            optimizers.append(OptimizerInfo(type=type(opt).__name__, param_groups=groups))
+        owner = {}
+        for w in self._models:
+            inner = getattr(w.module, "_orig_mod", w.module)
+            for mname, module in inner.named_modules():
+                for pname, _ in module.named_parameters(recurse=False):
+                    owner[w.prefix + (f"{mname}.{pname}" if mname else pname)] = (w.prefix + mname).rstrip(".")
+        params = {
+            name: ParamInfo(
+                name=name,
+                module=owner.get(name, ""),
+                shape=list(p.shape),
+                numel=p.numel(),
+                requires_grad=p.requires_grad,
+                in_optimizer=id(p) in in_opt,
+                lr=in_opt.get(id(p)),
+                model=next((w.name for w in self._models if name.startswith(w.prefix)), ""),
+            )
+            for name, p in self._params
+        }
+        self.store.set_meta(
+            self.run_id,
+            layers=self.layer_info,
+            params=params,
+            optimizers=optimizers,
+            class_counts=self._class_counts,
+        )
+
+    def model_infos(self) -> list[ModelInfo]:
+        out = []
+        for w in self._models:
+            ps = list(w.module.parameters())
+            out.append(
+                ModelInfo(
+                    name=w.name,
+                    parameters=sum(p.numel() for p in ps),
+                    trainable=sum(p.numel() for p in ps if p.requires_grad),
+                )
+            )
+        return out
+
+    def monitor_overhead(self) -> MonitorOverhead:
+        wall = (self._wall_end or _now()) - self._t0 if self._t0 else 0.0
+        return MonitorOverhead(
+            time_fraction=self._monitor_s / wall if wall > 0 else 0.0,
+            peak_memory_bytes=int(self._peak_bytes),
+            monitor_time_s=self._monitor_s,
+            sampled_steps=self._samples,
+        )
+
+    @property
+    def metrics(self) -> DebugMetrics:
+        """The latest figures, in the product spec's DebugMetrics shape (cheap: no store read)."""
+        recent = list(self._recent)
+        layers = []
+        for name, rec in self._latest_layers.items():
+            info = self.layer_info.get(name)
+            layers.append(
+                LayerMetrics(
+                    name=name,
+                    type=info.type if info else "",
+                    step=rec.step,
+                    output_stats=OutputStats(mean=rec.mean, std=rec.std, min=rec.min, max=rec.max)
+                    if not math.isnan(rec.mean)
+                    else None,
+                    gradient_stats=GradientStats(norm=rec.grad_norm, mean=rec.grad_mean, std=rec.grad_std)
+                    if not math.isnan(rec.grad_norm)
+                    else None,
+                    zero_fraction=_opt(rec.zero_frac),
+                    dead_fraction=_opt(rec.dead_frac),
+                    saturated_fraction=_opt(rec.sat_frac),
+                )
+            )
+        return DebugMetrics(
+            layer_metrics=sorted(layers, key=lambda m: self.layer_info[m.name].order if m.name in self.layer_info else 0),
+            performance_metrics=performance_metrics(recent),
+            steps=self.step_count,
+            loss=recent[-1].loss if recent else None,
+            grad_norm=recent[-1].grad_norm if recent else None,
+            learning_rates=[
+                float(g["lr"]) for o in self._optimizers[:1] for g in o.param_groups if "lr" in g
+            ],
+        )
+
+    def evidence(self):
+        """Everything collected so far, as the rules read it."""
+        self._resolve(all_pending=True)
+        self.store.flush()
+        return self.store.load_evidence(self.run_id)
+
+    def report(self, rules=None) -> Report:
+        """Diagnose the run: the rules' findings, the run's summary and the metrics plots draw from."""
+        from modeldebug.analysis import analyze
+
+        report = analyze(self.evidence(), rules=rules)
+        if self._stopped:
+            self.store.save_report(self.run_id, report)
+        return report
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def watch(
+    model: nn.Module | Iterable[nn.Module],
+    optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer] | None = None,
+    *,
+    config: DebuggingConfig | None = None,
+    store: Any = None,
+) -> Debugger:
+    """Watch training of ``model`` (one module or several) stepped by ``optimizer``.
+
+    Use as a context manager; hooks are removed on exit, also when training raises::
+
+        with md.watch(model, optimizer) as dbg:
+            ...train...
+        report = dbg.report()
+    """
+    dbg = Debugger(config, store=store)
+    models = [model] if isinstance(model, nn.Module) else list(model)
+    if not models:
+        raise ValueError("Expected at least one model to watch but got none")
+    for m in models:
+        dbg.attach(m)
+    if optimizer is not None:
+        for opt in [optimizer] if isinstance(optimizer, torch.optim.Optimizer) else list(optimizer):
+            dbg.attach_optimizer(opt)
+    return dbg
+
+
+def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    norms = torch._foreach_norm([t.detach() for t in tensors])
+    if len({n.device for n in norms}) > 1:
+        norms = [n.cpu() for n in norms]
+    return torch.linalg.vector_norm(torch.stack(norms).float())
+
+
+def _subset(p: torch.Tensor) -> torch.Tensor:
+    flat = p.detach().reshape(-1)
+    stride = max(1, flat.numel() // UPDATE_SAMPLE)
+    return flat[::stride]
+
+
+def _opt(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.item() if v.numel() == 1 else v.tolist()
+    if isinstance(v, (int, float, str, bool)) or v is None:
+        return v
+    if isinstance(v, (tuple, list)):
+        return [_jsonable(x) for x in v]
+    return str(v)
+
+
+def _describe(module: nn.Module) -> str:
+    extra = module.extra_repr()
+    return f"{type(module).__name__}({extra})" if "\n" not in extra else type(module).__name__
+
+
+def performance_metrics(records: list[StepRecord]) -> PerformanceMetrics | None:
+    """Medians of the step time split, and the peak memory (CUDA allocated on GPU runs, else RSS)."""
+    import numpy as np
+
+    if not records:
+        return None
+    arr = np.array(
+        [
+            (r.data_s, r.forward_s, r.backward_s, r.optimizer_s, r.step_s,
+             r.cuda_peak if not math.isnan(r.cuda_peak) else r.rss_bytes)
+            for r in records
+        ],
+        dtype=float,
+    )
+
+    def med(i):
+        col = arr[:, i][~np.isnan(arr[:, i])]
+        return float(np.median(col)) if len(col) else 0.0
+
+    data, fwd, bwd, opt, step = (med(i) for i in range(5))
+    busy = fwd + bwd + opt
+    return PerformanceMetrics(
+        forward_time=fwd,
+        backward_time=bwd,
+        optimizer_time=opt,
+        data_time=data,
+        step_time=step,
+        memory_usage=float(np.nanmax(arr[:, 5])) if np.isfinite(arr[:, 5]).any() else 0.0,
+        device_utilization=min(1.0, busy / step) if step > 0 else 0.0,
+    )
