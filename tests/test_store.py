@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,17 @@ NAN = math.nan
 @pytest.fixture
 def db(tmp_path) -> Path:
     return tmp_path / "store" / "runs.db"
+
+
+@contextmanager
+def raw_db(path):
+    """A plain sqlite3 connection (another reader), committed and closed on exit."""
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            yield conn
+    finally:
+        conn.close()
 
 
 def same(a, b) -> bool:
@@ -159,7 +171,7 @@ def test_update_run_and_list_runs_newest_first(db):
         assert old.status == "completed" and old.exit_code == 0 and old.steps == 1
         assert old.monitor_overhead.peak_memory_bytes == 1024 and old.models[0].name == "net"
         assert old.started_at == 100.0
-        with sqlite3.connect(db) as raw:
+        with raw_db(db) as raw:
             assert raw.execute("SELECT count(*) FROM steps WHERE run_id = 'old'").fetchone() == (1,)
 
         with pytest.raises(ValueError):
@@ -222,7 +234,7 @@ def test_reader_sees_committed_rows_while_the_writer_runs(db):
         with RunStore(db) as reader:
             ev = reader.load_evidence(reader.resolve("latest"))
             assert len(ev.steps) == 100 and ev.run.status == "running"
-            with sqlite3.connect(db) as raw:
+            with raw_db(db) as raw:
                 assert raw.execute("SELECT count(*) FROM steps").fetchone() == (100,)
             # The writer's own view includes what it has buffered.
             assert len(writer.load_evidence("live").steps) == 105
@@ -280,12 +292,12 @@ from modeldebug.collect.records import LayerRecord, StepRecord
 from modeldebug.store import RunStore
 from modeldebug.types import RunInfo
 
-path, run_id = sys.argv[1], sys.argv[2]
+path, run_id, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 store = RunStore(path, flush_rows=10**9, flush_interval_s=3600)
 store.create_run(RunInfo(id=run_id))
 step = 0
 while True:
-    for _ in range(50):
+    for _ in range(batch):
         store.add(run_id, StepRecord(step=step, loss=1.0 / (step + 1)))
         store.add(run_id, LayerRecord(step=step, layer="fc", mean=float(step), hist=bytes(256)))
         step += 1
@@ -294,14 +306,20 @@ while True:
 """
 
 
+# (rows per batch, steps flushed before the kill, extra delay): kills land while adding and while
+# committing a large batch.
+KILLS = [(50, 1000, 0.0), (50, 3000, 0.002), (2000, 4000, 0.0), (2000, 6000, 0.011), (5000, 5000, 0.023)]
+
+
 def test_sigkill_loses_at_most_the_last_batch(tmp_path, db):
     script = tmp_path / "writer.py"
     script.write_text(textwrap.dedent(CHILD))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    for round_, kill_after in enumerate([1000, 3050, 6000]):  # kill at a few different points
+    pythonpath = os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
+    for round_, (batch, kill_after, delay) in enumerate(KILLS):
         run_id = f"killed-{round_}"
         child = subprocess.Popen(
-            [sys.executable, str(script), str(db), run_id],
+            [sys.executable, str(script), str(db), run_id, str(batch)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )
         flushed = 0
@@ -310,7 +328,8 @@ def test_sigkill_loses_at_most_the_last_batch(tmp_path, db):
                 line = child.stdout.readline()
                 assert line, f"writer stopped early: {child.stderr.read()}"
                 flushed = int(line)
-            os.kill(child.pid, signal.SIGKILL)  # mid-run: it is already adding the next batch
+            time.sleep(delay)
+            os.kill(child.pid, signal.SIGKILL)  # mid-run: it is adding or committing the next batch
             child.wait(timeout=30)
         finally:
             if child.poll() is None:
@@ -322,17 +341,42 @@ def test_sigkill_loses_at_most_the_last_batch(tmp_path, db):
         child.stderr.close()
         assert child.returncode == -signal.SIGKILL
 
-        with sqlite3.connect(db) as raw:
+        with raw_db(db) as raw:
             assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         with RunStore(db) as store:
             assert run_id in [r.id for r in store.list_runs()]
             ev = store.load_evidence(run_id)
         n = len(ev.steps)
-        print(f"round {round_}: child printed {flushed} flushed steps; store has {n}")
+        print(f"kill {round_}: child printed {flushed} flushed steps; store has {n}")
         assert n >= flushed
         # Batches are all or nothing: whole batches, steps and layer rows together, in order.
-        assert n % 50 == 0 and len(ev.layer_stats) == n
+        assert n % batch == 0 and len(ev.layer_stats) == n
         assert ev.steps.step.tolist() == list(range(n))
+
+
+def test_failed_writes_keep_rows_and_do_not_stall_every_add(db, monkeypatch):
+    import modeldebug.store as store_module
+
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_S", 0.05)
+    store = RunStore(db, flush_rows=5, flush_interval_s=3600)
+    store.create_run(RunInfo(id="busy"))
+    blocker = sqlite3.connect(db, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+        for i in range(4):
+            store.add("busy", StepRecord(step=i))
+        with pytest.raises(DebuggingError, match="Could not write"):
+            store.add("busy", StepRecord(step=4))
+        start = time.perf_counter()
+        for i in range(5, 50):  # no retry (and no wait for the lock) on every add
+            store.add("busy", StepRecord(step=i))
+        assert time.perf_counter() - start < 0.5
+        blocker.execute("ROLLBACK")
+        store.flush()
+        assert store.load_evidence("busy").steps.step.tolist() == list(range(50))
+    finally:
+        blocker.close()
+        store.close()
 
 
 def test_corrupt_file_is_refused_with_a_clear_message(tmp_path):
@@ -355,7 +399,7 @@ def test_corrupt_file_is_refused_with_a_clear_message(tmp_path):
 
 def test_older_file_gets_the_new_columns(db):
     db.parent.mkdir(parents=True)
-    with sqlite3.connect(db) as raw:  # as an earlier version might have left it
+    with raw_db(db) as raw:  # as an earlier version might have left it
         raw.execute("CREATE TABLE runs (id TEXT PRIMARY KEY, started_at REAL, info TEXT)")
         raw.execute("CREATE TABLE steps (run_id TEXT NOT NULL, step INTEGER, loss REAL)")
         raw.execute("INSERT INTO runs VALUES ('old', 1.0, ?)", (RunInfo(id="old", started_at=1.0).model_dump_json(),))
@@ -376,7 +420,7 @@ def test_default_path_and_wal(tmp_path, monkeypatch):
         store.create_run(RunInfo(id="d"))
     path = tmp_path / ".modeldebug" / "runs.db"
     assert path.exists()
-    with sqlite3.connect(path) as raw:
+    with raw_db(path) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
@@ -403,7 +447,9 @@ def test_load_speed(db):
     with RunStore(db, flush_rows=50_000) as store:
         store.create_run(RunInfo(id="big"))
         v = rng.random(steps).tolist()
-        store.add_many("big", (StepRecord(step=i, loss=v[i], grad_norm=v[i], lr=1e-3, step_s=0.01) for i in range(steps)))
+        store.add_many(
+            "big", (StepRecord(step=i, loss=v[i], grad_norm=v[i], lr=1e-3, step_s=0.01) for i in range(steps))
+        )
         v = rng.random(sampled * layers).tolist()
         hist = rng.integers(0, 1000, 32).astype("<i8").tobytes()
         store.add_many("big", (
@@ -422,6 +468,7 @@ def test_load_speed(db):
         elapsed = time.perf_counter() - start
     print(f"load_evidence: {steps} steps + {len(ev.layer_stats)} layer rows + {len(ev.param_stats)} param rows "
           f"in {elapsed:.3f} s")
-    assert len(ev.steps) == steps and len(ev.layer_stats) == sampled * layers and len(ev.param_stats) == sampled * params
+    assert len(ev.steps) == steps
+    assert len(ev.layer_stats) == sampled * layers and len(ev.param_stats) == sampled * params
     assert ev.layer_stats.mean.dtype == np.float64 and ev.layer_stats.step[-1] == (sampled - 1) * 10
     assert elapsed < 3.0

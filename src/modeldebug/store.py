@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PATH = ".modeldebug/runs.db"
 BUSY_TIMEOUT_S = 10.0
+MAX_PENDING_BATCHES = 64  # rows kept for retry when writes fail, in units of flush_rows
 RUNS_HINT = "list runs with `modeldebug runs`"
 
 # numpy scalars reach records easily (np.float32 losses, np.int64 counts); sqlite3 binds only
@@ -136,7 +137,7 @@ class _Spec:
         """Plain Python values, for the few rows (events) that are read as dicts."""
         json_at = set(self._json)
         return [
-            {n: (json.loads(v) if i in json_at and v is not None else v) for i, (n, v) in enumerate(zip(self.names, row))}
+            {n: json.loads(v) if i in json_at and v is not None else v for i, (n, v) in enumerate(zip(self.names, row))}
             for row in rows
         ]
 
@@ -229,6 +230,7 @@ class RunStore:
         self._pending: dict[str, list[tuple]] = {}
         self._pending_count = 0
         self._last_flush = time.monotonic()
+        self._retry_at = 0.0  # after a failed write, automatic flushes wait until then
         self._pid = os.getpid()
         self._conn: sqlite3.Connection | None = self._open()
         # Buffered rows survive a normal interpreter exit even if the caller forgets close().
@@ -293,7 +295,9 @@ class RunStore:
             else:
                 # A file from an older version: add the columns it lacks (cheap forward compatibility).
                 have = {r[1] for r in conn.execute(f"PRAGMA table_info({spec.table})")}
-                changes += [f"ALTER TABLE {spec.table} ADD COLUMN {c.ddl()}" for c in spec.columns if c.name not in have]
+                changes += [
+                    f"ALTER TABLE {spec.table} ADD COLUMN {c.ddl()}" for c in spec.columns if c.name not in have
+                ]
             changes += [
                 f"CREATE INDEX IF NOT EXISTS {name} ON {spec.table} ({cols})"
                 for name, cols in spec.indexes.items()
@@ -360,7 +364,9 @@ class RunStore:
             info = info.model_copy(update={"started_at": time.time()})
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM runs WHERE id = ?", (info.id,)).fetchone():
-                raise ValueError(f"A run with id {info.id!r} already exists in {self._where}; give the new run another id.")
+                raise ValueError(
+                    f"A run with id {info.id!r} already exists in {self._where}; give the new run another id."
+                )
             conn.execute(
                 "INSERT INTO runs (id, started_at, info, config, meta) VALUES (?, ?, ?, ?, ?)",
                 (info.id, info.started_at, info.model_dump_json(), config.model_dump_json() if config else None, "{}"),
@@ -421,7 +427,9 @@ class RunStore:
     def list_runs(self, limit: int = 50) -> list[RunInfo]:
         """Runs newest first."""
         with self._read() as conn:
-            rows = conn.execute("SELECT id, info FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
+            rows = conn.execute(
+                "SELECT id, info FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?", (limit,)
+            ).fetchall()
         runs = []
         for run_id, info in rows:
             try:
@@ -437,7 +445,9 @@ class RunStore:
             if ref == "latest":
                 row = conn.execute("SELECT id FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1").fetchone()
                 if row is None:
-                    raise ValueError(f"No runs recorded in {self._where} yet: run your training under modeldebug first.")
+                    raise ValueError(
+                        f"No runs recorded in {self._where} yet: run your training under modeldebug first."
+                    )
                 return row[0]
             if not ref:
                 raise ValueError(f"Give a run id, a prefix of one, or 'latest' ({RUNS_HINT}).")
@@ -466,27 +476,31 @@ class RunStore:
 
     def add(self, run_id: str, record: Any) -> None:
         """Buffer one record; written at the next flush (automatic by row count or time)."""
-        spec = _SPEC_BY_TYPE.get(type(record))
-        if spec is None:
-            raise TypeError(f"Cannot store a {type(record).__name__}; expected one of {[t.__name__ for t in _SPEC_BY_TYPE]}")
-        row = spec.row(run_id, record)
         with self._lock:
-            self._pending.setdefault(spec.table, []).append(row)
-            self._pending_count += 1
+            self._buffer(run_id, record)
             self._maybe_flush()
 
     def add_many(self, run_id: str, records: Iterable[Any]) -> None:
         with self._lock:
             for record in records:
-                spec = _SPEC_BY_TYPE.get(type(record))
-                if spec is None:
-                    raise TypeError(f"Cannot store a {type(record).__name__}")
-                self._pending.setdefault(spec.table, []).append(spec.row(run_id, record))
-                self._pending_count += 1
+                self._buffer(run_id, record)
+                if self._pending_count >= self._flush_rows:  # a long iterable is written as it goes
+                    self._maybe_flush()
             self._maybe_flush()
 
+    def _buffer(self, run_id: str, record: Any) -> None:
+        spec = _SPEC_BY_TYPE.get(type(record))
+        if spec is None:
+            expected = ", ".join(t.__name__ for t in _SPEC_BY_TYPE)
+            raise TypeError(f"Cannot store a {type(record).__name__}; expected one of {expected}")
+        self._pending.setdefault(spec.table, []).append(spec.row(run_id, record))
+        self._pending_count += 1
+
     def _maybe_flush(self) -> None:
-        if self._pending_count >= self._flush_rows or time.monotonic() - self._last_flush >= self._flush_interval_s:
+        now = time.monotonic()
+        if now >= self._retry_at and (
+            self._pending_count >= self._flush_rows or now - self._last_flush >= self._flush_interval_s
+        ):
             self.flush()
 
     def flush(self) -> None:
@@ -496,9 +510,26 @@ class RunStore:
             if os.getpid() != self._pid:
                 return
             if self._pending_count:
-                with self._write() as conn:
-                    self._write_pending(conn)
+                try:
+                    with self._write() as conn:
+                        self._write_pending(conn)
+                except DebuggingError:
+                    self._write_failed()
+                    raise
             self._flushed()
+
+    def _write_failed(self) -> None:
+        # Each try can wait BUSY_TIMEOUT_S for the lock: automatic retries wait an interval so that
+        # training is not stalled on every add(), and the buffer stays bounded if writes keep failing.
+        self._retry_at = time.monotonic() + max(self._flush_interval_s, BUSY_TIMEOUT_S)
+        if self._pending_count > MAX_PENDING_BATCHES * self._flush_rows:
+            log.error(
+                "Run store %s: dropping %d unwritten rows after repeated write failures",
+                self._where,
+                self._pending_count,
+            )
+            self._pending = {}
+            self._pending_count = 0
 
     def _write_pending(self, conn: sqlite3.Connection) -> None:
         for table, rows in self._pending.items():
@@ -509,6 +540,7 @@ class RunStore:
         self._pending = {}
         self._pending_count = 0
         self._last_flush = time.monotonic()
+        self._retry_at = 0.0
 
     # --- evidence ----------------------------------------------------------------------------
 
