@@ -67,6 +67,9 @@ def load_model(model: ModelLike):
         raise TypeError(f"Expected `model` to be a path, bytes or onnx.ModelProto but got {type(model).__name__}.")
     if not data:
         raise DebuggingError(f"{where} is empty; expected an ONNX model (re-export it).")
+    kind = _sniff(data)
+    if kind:
+        raise DebuggingError(f"{where} is not an ONNX model ({kind}); pass the .onnx file that torch.onnx.export wrote.")
     proto = onnx.ModelProto()
     try:
         proto.ParseFromString(data)
@@ -82,6 +85,30 @@ def load_model(model: ModelLike):
     if where != "the given bytes":
         _load_external_data(proto, Path(where).parent)
     return proto
+
+
+# First bytes of a ModelProto: the protobuf tags of its fields (ir_version=1 ... functions=25).
+_MODEL_TAGS = {0x08, 0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0xA2, 0xCA}
+_MAGIC = {
+    b"PK\x03\x04": "a zip archive, e.g. a PyTorch checkpoint saved with torch.save",
+    b"\x80\x02": "a Python pickle",
+    b"\x89HDF": "an HDF5 file, e.g. a Keras model",
+    b"\x93NUMPY": "a numpy array file",
+    b"\x7fELF": "an executable",
+}
+
+
+def _sniff(data: bytes) -> str | None:
+    """Name what the bytes are when they are plainly not an ONNX model; None when they may be one."""
+    for magic, what in _MAGIC.items():
+        if data.startswith(magic):
+            return what
+    if data[0] in _MODEL_TAGS:
+        return None
+    head = data[:512]
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "it is a text file"
+    return f"unexpected first byte 0x{data[0]:02x}"
 
 
 def _load_external_data(proto, base_dir: Path) -> None:
