@@ -1,0 +1,341 @@
+"""What every rule shares: the Rule base class and small helpers over Evidence.
+
+A rule is a small dataclass: ``id``, the ``kind`` it reports, thresholds as constructor
+arguments (dataclass fields), what evidence it ``reads``, and ``check(evidence) -> [Finding]``.
+Helpers here are pure functions of Evidence columns (numpy, no loops over rows).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterable
+
+import numpy as np
+
+from modeldebug.evidence import Evidence, Table
+from modeldebug.types import Finding, Recommendation
+
+# Steps at the start of a run that dynamics rules ignore: initial transients are not faults.
+GRACE_STEPS = 5
+
+
+@dataclass
+class Rule:
+    """Base class. Subclasses set the class attributes and implement ``check``."""
+
+    id: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+    reads: ClassVar[tuple[str, ...]] = ()
+    # The cheapest analysis level (basic < detailed < comprehensive) whose preset includes the rule.
+    level: ClassVar[str] = "basic"
+
+    def check(self, ev: Evidence) -> list[Finding]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def finding(self, **fields: Any) -> Finding:
+        fields.setdefault("kind", self.kind)
+        fields["evidence"] = {k: _plain(v) for k, v in fields.get("evidence", {}).items()}
+        fields["confidence"] = float(min(1.0, max(0.0, fields.get("confidence", 0.8))))
+        if fields.get("step") is not None:
+            fields["step"] = int(fields["step"])
+        return Finding(**fields)
+
+
+def _plain(v: Any) -> Any:
+    """JSON-friendly values for Finding.evidence (numpy scalars and arrays become Python)."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    if isinstance(v, np.ndarray):
+        return [_plain(x) for x in v.tolist()]
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    return v
+
+
+def fix(description: str, implementation: str | None = None) -> Recommendation:
+    return Recommendation(type="fix", description=description, implementation=implementation)
+
+
+def optimization(description: str, implementation: str | None = None) -> Recommendation:
+    return Recommendation(type="optimization", description=description, implementation=implementation)
+
+
+def best_practice(description: str, implementation: str | None = None) -> Recommendation:
+    return Recommendation(type="best_practice", description=description, implementation=implementation)
+
+
+def g(x: float) -> str:
+    """A number for a message: 3 significant digits."""
+    return f"{x:.3g}"
+
+
+def col(t: Table, name: str, dtype=float) -> np.ndarray:
+    """A column as a numeric array; an absent column is all-NaN (missing data, never an error)."""
+    if name not in t:
+        return np.full(len(t), np.nan)
+    a = t[name]
+    if a.dtype == object:
+        a = np.array([np.nan if v is None else v for v in a], dtype=float)
+    return a.astype(dtype, copy=False)
+
+
+def flag(t: Table, name: str) -> np.ndarray:
+    """A boolean column; missing values count as False."""
+    if name not in t or len(t) == 0:
+        return np.zeros(len(t), dtype=bool)
+    a = t[name]
+    if a.dtype == bool:
+        return a
+    a = np.asarray(a, dtype=float)
+    return np.nan_to_num(a, nan=0.0) != 0
+
+
+def grace_mask(steps: np.ndarray, grace: int) -> np.ndarray:
+    """Rows at least ``grace`` steps after the first recorded step."""
+    if len(steps) == 0:
+        return np.zeros(0, dtype=bool)
+    return steps >= np.nanmin(steps) + grace
+
+
+def first_true(mask: np.ndarray, steps: np.ndarray) -> int | None:
+    idx = np.flatnonzero(mask)
+    return int(steps[idx[0]]) if len(idx) else None
+
+
+# --- how training is going: rules downgrade symptoms that do not hurt (AUTOTRAINER) ---------------
+
+
+@dataclass
+class LossTrend:
+    start: float  # median loss of the first window after the grace steps
+    end: float  # median loss of the last window
+    n: int  # finite losses after the grace steps
+    diverged: bool  # loss rose well above its start, or became non-finite
+
+    @property
+    def rel_change(self) -> float:
+        return (self.end - self.start) / abs(self.start) if self.start else 0.0
+
+    @property
+    def improving(self) -> bool:
+        """Loss fell at least 10%, or reached about zero."""
+        return not self.diverged and (self.end <= 0.9 * self.start or abs(self.end) < 1e-4)
+
+
+def loss_trend(ev: Evidence, grace: int = GRACE_STEPS, min_steps: int = 6) -> LossTrend | None:
+    """Start vs end of the training loss; None when there are too few finite values to tell."""
+    steps = col(ev.steps, "step")
+    loss = col(ev.steps, "loss")
+    nonfinite = flag(ev.steps, "loss_nonfinite") | np.isinf(loss)
+    keep = grace_mask(steps, grace) if len(steps) > 2 * grace + min_steps else np.ones(len(steps), bool)
+    finite = loss[keep & np.isfinite(loss)]
+    if len(finite) < min_steps:
+        return None
+    k = int(np.clip(len(finite) // 10, 3, 50))
+    start, end = float(np.median(finite[:k])), float(np.median(finite[-k:]))
+    diverged = bool(nonfinite[keep].any()) or end > start + 0.1 * abs(start)
+    return LossTrend(start=start, end=end, n=len(finite), diverged=diverged)
+
+
+def impact_severity(trend: LossTrend | None, hurt: str = "high", unknown: str = "medium") -> str:
+    """Severity for a symptom: ``low`` when the loss still improves, else ``hurt``."""
+    if trend is None:
+        return unknown
+    if trend.improving:
+        return "low"
+    return hurt
+
+
+# --- the optimizer: concrete learning-rate advice ----------------------------------------------
+
+_ADAPTIVE = {"Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "SparseAdam", "Adafactor", "Adagrad"}
+_TORCH_OPTIMS = _ADAPTIVE | {"SGD", "ASGD", "Adadelta", "LBFGS", "Rprop"}
+
+
+def optimizer_type(ev: Evidence) -> str | None:
+    if not ev.optimizers:
+        return None
+    return ev.optimizers[0].type.rsplit(".", 1)[-1]
+
+
+def current_lr(ev: Evidence) -> float | None:
+    """The largest learning rate of the first optimizer's groups; else the last logged lr."""
+    for opt in ev.optimizers[:1]:
+        lrs = [float(pg["lr"]) for pg in opt.param_groups if pg.get("lr") is not None]
+        if lrs:
+            return max(lrs)
+    lr = col(ev.steps, "lr")
+    lr = lr[np.isfinite(lr)]
+    return float(lr[-1]) if len(lr) else None
+
+
+def lr_bounds(opt_type: str | None) -> tuple[float, float, float]:
+    """(low, typical, high) learning rates for an optimizer family: common practice, fault suite."""
+    if opt_type in _ADAPTIVE:
+        return 1e-6, 1e-3, 1e-2
+    if opt_type == "Adadelta":
+        return 1e-3, 1.0, 10.0
+    return 1e-5, 0.05, 0.5  # SGD and the rest
+
+
+def lr_is_high(ev: Evidence) -> bool:
+    lr = current_lr(ev)
+    return lr is not None and lr >= lr_bounds(optimizer_type(ev))[2]
+
+
+def lr_is_low(ev: Evidence) -> bool:
+    lr = current_lr(ev)
+    return lr is not None and lr <= lr_bounds(optimizer_type(ev))[0]
+
+
+def _nice(x: float) -> float:
+    return float(f"{x:.1g}")
+
+
+def optimizer_code(ev: Evidence, **kwargs: Any) -> str:
+    """``torch.optim.SGD(model.parameters(), lr=0.5)`` for this run's optimizer with new arguments."""
+    name = optimizer_type(ev) or "SGD"
+    qual = f"torch.optim.{name}" if name in _TORCH_OPTIMS else name
+    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    return f"{qual}(model.parameters(), {args})"
+
+
+def lower_lr(ev: Evidence, factor: float = 10.0) -> list[Recommendation]:
+    lr = current_lr(ev)
+    if lr is None or lr <= 0:
+        return [fix("Lower the learning rate about 10x.", None)]
+    new = _nice(lr / factor)
+    return [
+        fix(
+            f"Lower the learning rate about {factor:g}x: lr is {lr:g}; try {new:g}.",
+            optimizer_code(ev, lr=new),
+        )
+    ]
+
+
+def raise_lr(ev: Evidence) -> list[Recommendation]:
+    lr = current_lr(ev)
+    typical = lr_bounds(optimizer_type(ev))[1]
+    if lr is None:
+        return [fix(f"Raise the learning rate (about {typical:g} is typical for this optimizer).")]
+    new = typical if lr <= 0 or lr < typical / 10 else _nice(lr * 10)
+    return [fix(f"Raise the learning rate: lr is {lr:g}; try {new:g}.", optimizer_code(ev, lr=new))]
+
+
+def clip_grad(max_norm: float = 1.0) -> Recommendation:
+    return best_practice(
+        "Clip the gradient norm between backward() and step().",
+        f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={max_norm:g})",
+    )
+
+
+# --- names: parameters, modules, code that reaches them ----------------------------------------
+
+
+def attr_path(name: str, root: str = "model") -> str:
+    """``features.0.weight`` -> ``model.features[0].weight``."""
+    if not name:
+        return root
+    out = root
+    for part in name.split("."):
+        out += f"[{part}]" if part.isdigit() else f".{part}"
+    return out
+
+
+def param_module(ev: Evidence, param: str) -> str:
+    info = ev.params.get(param)
+    if info is not None and info.module is not None:
+        return info.module
+    return param.rsplit(".", 1)[0] if "." in param else ""
+
+
+def layer_type(ev: Evidence, name: str) -> str:
+    info = ev.layers.get(name)
+    return info.type if info else ""
+
+
+def layer_order(ev: Evidence, name: str) -> int:
+    info = ev.layers.get(name)
+    return info.order if info else -1
+
+
+_INT_ARG = re.compile(r"(\w+)=(\d+)")
+
+
+def layer_arg(ev: Evidence, name: str, arg: str) -> int | None:
+    """An integer argument from a layer's description, e.g. out_features of a Linear."""
+    info = ev.layers.get(name)
+    if not info or not info.description:
+        return None
+    for k, v in _INT_ARG.findall(info.description):
+        if k == arg:
+            return int(v)
+    # Conv2d(3, 16, kernel_size=...) and BatchNorm1d(64, ...) keep their sizes positional.
+    m = re.match(r"\w+\((\d+)(?:,\s*(\d+))?", info.description)
+    if m and arg in ("in_channels", "num_features"):
+        return int(m.group(1))
+    if m and arg == "out_channels" and m.group(2):
+        return int(m.group(2))
+    return None
+
+
+def leaf_layers(names: Iterable[str]) -> set[str]:
+    """Layers with no child layer (containers such as Sequential are left out)."""
+    names = set(names)
+    parents = {n.rsplit(".", 1)[0] if "." in n else "" for n in names}
+    parents |= {p for n in names for p in _prefixes(n)}
+    return {n for n in names if n not in parents}
+
+
+def _prefixes(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(0, len(parts))]
+
+
+def per_group(keys: np.ndarray, values: np.ndarray, reducer: str) -> dict[Any, float]:
+    """Reduce ``values`` per key with numpy only: 'any', 'all', 'max', 'min', 'sum', 'count'."""
+    if len(keys) == 0:
+        return {}
+    uniq, inv = np.unique(keys, return_inverse=True)
+    v = np.asarray(values, dtype=float)
+    n = len(uniq)
+    if reducer == "any":
+        out = np.bincount(inv, weights=(np.nan_to_num(v) != 0), minlength=n) > 0
+    elif reducer == "all":
+        out = np.bincount(inv, weights=(np.nan_to_num(v) == 0), minlength=n) == 0
+    elif reducer == "sum":
+        out = np.bincount(inv, weights=np.nan_to_num(v), minlength=n)
+    elif reducer == "count":
+        out = np.bincount(inv, weights=np.isfinite(v), minlength=n)
+    elif reducer in ("max", "min"):
+        fill = -np.inf if reducer == "max" else np.inf
+        out = np.full(n, fill)
+        (np.maximum if reducer == "max" else np.minimum).at(out, inv, np.where(np.isnan(v), fill, v))
+        out = np.where(np.isinf(out) & (out == fill), np.nan, out)
+    else:
+        raise ValueError(f"Expected reducer in any/all/sum/count/max/min but got {reducer!r}")
+    return {k.item() if hasattr(k, "item") else k: x.item() for k, x in zip(uniq, out)}
+
+
+def per_group_median(keys: np.ndarray, values: np.ndarray) -> dict[Any, float]:
+    """Median of the finite ``values`` per key (sort once, then slice)."""
+    v = np.asarray(values, dtype=float)
+    ok = np.isfinite(v)
+    keys, v = keys[ok], v[ok]
+    if len(keys) == 0:
+        return {}
+    uniq, inv = np.unique(keys, return_inverse=True)
+    order = np.lexsort((v, inv))
+    counts = np.bincount(inv, minlength=len(uniq))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    sv = v[order]
+    lo = sv[starts + (counts - 1) // 2]
+    hi = sv[starts + counts // 2]
+    med = (lo + hi) / 2
+    return {k.item() if hasattr(k, "item") else k: float(m) for k, m in zip(uniq, med)}

@@ -1,0 +1,137 @@
+"""data_issue: the data itself is wrong: NaN inputs, unnormalized inputs, constant or skewed labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from modeldebug.evidence import Evidence
+from modeldebug.rules import register
+from modeldebug.rules.base import Rule, col, first_true, fix, flag, g, impact_severity, loss_trend
+from modeldebug.types import Finding
+
+_TOKEN_INPUT = {"Embedding", "EmbeddingBag"}  # integer ids: their mean/std say nothing about scaling
+
+
+@register
+@dataclass
+class DataIssue(Rule):
+    """Problems visible in the batches and labels.
+
+    Reads: steps.input_nonfinite, steps.input_mean / input_std / input_min / input_max,
+    class_counts, layers (is the first layer an embedding?), steps.loss.
+    Fires (one finding per problem):
+    - non-finite inputs at any step: high.
+    - inputs far from normalized: median |mean| or std above ``max_scale`` = 10, or std below
+      ``min_std`` = 1e-3 (DeepDiagnosis asks inputs within [-1, 1]; standardized data has
+      |x| up to ~4, so the fault suite widened the bound to a scale of 10, which raw pixels
+      (0-255) and raw physical units exceed). Low while the loss improves, medium otherwise.
+      Skipped when the first layer is an Embedding (token ids).
+    - one label class only: high; majority/minority count ratio >= ``max_imbalance`` = 100:
+      medium (label_problem).
+    Recommends: filtering bad samples, standardization with the numbers seen, class weights
+    computed from the counts.
+    """
+
+    id = "data_issue"
+    kind = "data_issue"
+    reads = ("steps.input_nonfinite", "steps.input_mean", "steps.input_std", "steps.input_min",
+             "steps.input_max", "class_counts", "layers")
+    max_scale: float = 10.0
+    min_std: float = 1e-3
+    max_imbalance: float = 100.0
+
+    def check(self, ev: Evidence) -> list[Finding]:
+        return self._nonfinite(ev) + self._scale(ev) + self._labels(ev)
+
+    def _nonfinite(self, ev: Evidence) -> list[Finding]:
+        bad = flag(ev.steps, "input_nonfinite")
+        if not bad.any():
+            return []
+        steps = col(ev.steps, "step")
+        first = first_true(bad, steps)
+        return [self.finding(
+            severity="high", confidence=0.95, location=None, step=first,
+            message=f"Input batches contain NaN/Inf at {int(bad.sum())} of {len(bad)} steps (first at step {first}).",
+            evidence={"steps_with_nonfinite_inputs": int(bad.sum()), "first_step": first},
+            causes=["other", "label_problem"],
+            recommendations=[
+                fix("Find and drop (or impute) the non-finite samples before training.",
+                    "mask = torch.isfinite(X).all(dim=1); X, y = X[mask], y[mask]"),
+                fix("Or replace them in the batch.", "x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)"),
+            ],
+        )]
+
+    def _scale(self, ev: Evidence) -> list[Finding]:
+        order = ev.layers_in_order()
+        if order and order[0].type in _TOKEN_INPUT:
+            return []
+        s = ev.steps
+        mean, std = col(s, "input_mean"), col(s, "input_std")
+        lo, hi = col(s, "input_min"), col(s, "input_max")
+        ok = np.isfinite(mean) & np.isfinite(std)
+        if not ok.any():
+            return []
+        m, sd = float(np.median(mean[ok])), float(np.median(std[ok]))
+        rng = (float(np.nanmin(lo)) if np.isfinite(lo).any() else None,
+               float(np.nanmax(hi)) if np.isfinite(hi).any() else None)
+        large = max(abs(m), sd) > self.max_scale
+        tiny = 0 < sd < self.min_std and abs(m) < self.min_std
+        if not (large or tiny):
+            return []
+        trend = loss_trend(ev)
+        what = "large" if large else "tiny"
+        msg = (f"Inputs are far from normalized: mean {g(m)}, std {g(sd)}"
+               + (f", range [{g(rng[0])}, {g(rng[1])}]" if None not in rng else "")
+               + f" (median over steps); values this {what} slow or destabilize training.")
+        if trend is not None:
+            msg += f" The loss went {g(trend.start)} -> {g(trend.end)}."
+        code = f"x = (x - {m:.4g}) / {sd:.4g}" if sd > 0 else "x = (x - x.mean(0)) / (x.std(0) + 1e-8)"
+        recs = [fix(f"Standardize the inputs with the statistics seen (mean {g(m)}, std {g(sd)}), ideally per feature "
+                    "computed on the training set.", code)]
+        if rng[1] is not None and rng[0] is not None and rng[0] >= 0 and 200 <= rng[1] <= 256:
+            recs.insert(0, fix("These look like raw 0-255 pixels: scale to [0, 1] and normalize.",
+                               "transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])"))
+        first = int(col(s, "step")[ok][0])
+        return [self.finding(
+            severity=impact_severity(trend, hurt="medium"), confidence=0.8, location=None, step=first, message=msg,
+            evidence={"input_mean": m, "input_std": sd, "input_min": rng[0], "input_max": rng[1]},
+            causes=["unnormalized_inputs"], recommendations=recs,
+        )]
+
+    def _labels(self, ev: Evidence) -> list[Finding]:
+        counts = {int(k): int(v) for k, v in ev.class_counts.items() if v}
+        if not counts:
+            return []
+        total = sum(counts.values())
+        if len(counts) == 1:
+            (cls, n), = counts.items()
+            return [self.finding(
+                severity="high", confidence=0.9, location=None, step=None,
+                message=f"All {n} labels seen are class {cls}: the model can only learn to predict that constant.",
+                evidence={"class_counts": counts}, causes=["label_problem"],
+                recommendations=[fix("Check how labels are built and loaded (a constant, a wrong column, a "
+                                     "broadcast), and shuffle the data.", "print(torch.bincount(y))")],
+            )]
+        ratio = max(counts.values()) / min(counts.values())
+        if ratio < self.max_imbalance:
+            return []
+        # CrossEntropyLoss(weight=...) is indexed by class id: one entry per id up to the largest.
+        weights = [round(total / (len(counts) * counts[c]), 3) if c in counts else 1.0
+                   for c in range(max(counts) + 1)] if min(counts) >= 0 else []
+        major = max(counts, key=counts.get)
+        minor = min(counts, key=counts.get)
+        return [self.finding(
+            severity="medium", confidence=0.8, location=None, step=None,
+            message=(f"Labels are extremely imbalanced: class {major} has {counts[major]} samples, class {minor} "
+                     f"{counts[minor]} ({g(ratio)}:1); the model can score well by ignoring the rare classes."),
+            evidence={"class_counts": counts, "imbalance_ratio": ratio},
+            causes=["label_problem"],
+            recommendations=[
+                fix("Weight the loss by inverse class frequency (weights computed from these counts).",
+                    f"nn.CrossEntropyLoss(weight=torch.tensor({weights}))"),
+                fix("Or oversample the rare classes.",
+                    "WeightedRandomSampler(weights=1.0 / counts[y], num_samples=len(y))"),
+            ],
+        )]

@@ -1,0 +1,122 @@
+"""dead_relu: ReLU units that never fire, so no gradient flows through them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from modeldebug.evidence import Evidence
+from modeldebug.rules import register
+from modeldebug.rules.base import (
+    GRACE_STEPS,
+    Rule,
+    attr_path,
+    col,
+    fix,
+    g,
+    grace_mask,
+    impact_severity,
+    layer_order,
+    loss_trend,
+    lower_lr,
+    lr_is_high,
+    per_group_median,
+)
+from modeldebug.types import Finding
+
+_RELUS = {"ReLU", "ReLU6", "RReLU", "Threshold"}
+_HAS_WEIGHTS = {"Linear", "Conv1d", "Conv2d", "Conv3d", "LazyLinear", "Bilinear"}
+
+
+@register
+@dataclass
+class DeadReLU(Rule):
+    """ReLU layers where most units are never positive.
+
+    Reads: layer_stats.dead_frac (units never positive over the batch), layer_stats.grad_zero_frac,
+    layers (types and forward order), steps.loss, optimizers (lr).
+    Fires: on a ReLU layer whose median dead fraction over the sampled steps after the grace
+    steps is >= ``dead_frac`` = 0.5 (SageMaker: > 50% of a layer's units dead), or whose output
+    gradients are >= ``grad_zero_frac`` = 0.7 zero (AUTOTRAINER's dying-ReLU check, used when
+    dead_frac is missing). One finding per layer.
+    Severity: high when >= 90% are dead and the loss stalls, medium when the loss stalls, low
+    when the loss still improves (AUTOTRAINER).
+    Causes: dead from the first sample -> bad_weight_init first; died during training (or lr
+    above the usual range) -> learning_rate_too_high first.
+    Recommends: LeakyReLU for that layer, Kaiming init with zero bias for the layer before, lower lr.
+    """
+
+    id = "dead_relu"
+    kind = "dead_relu"
+    reads = ("layer_stats.dead_frac", "layer_stats.grad_zero_frac", "layers", "steps.loss", "optimizers")
+    level = "detailed"
+    dead_frac: float = 0.5
+    grad_zero_frac: float = 0.7
+    grace_steps: int = GRACE_STEPS
+
+    def check(self, ev: Evidence) -> list[Finding]:
+        t = ev.layer_stats
+        if len(t) == 0:
+            return []
+        names = t["layer"]
+        relu = np.isin(names, [n for n, l in ev.layers.items() if l.type in _RELUS])
+        if not relu.any():
+            return []
+        steps = col(t, "step")
+        late = grace_mask(steps, self.grace_steps) & relu
+        dead, gz = col(t, "dead_frac"), col(t, "grad_zero_frac")
+        med_dead = per_group_median(names[late], dead[late])
+        med_gz = per_group_median(names[late], gz[late])
+        trend = loss_trend(ev, self.grace_steps)
+        findings = []
+        for name in sorted(set(med_dead) | set(med_gz), key=lambda n: layer_order(ev, n)):
+            frac = med_dead.get(name, np.nan)
+            by_grad = not np.isfinite(frac)
+            if by_grad:
+                frac = med_gz.get(name, np.nan)
+                if not frac >= self.grad_zero_frac:
+                    continue
+            elif frac < self.dead_frac:
+                continue
+            findings.append(self._finding(ev, name, float(frac), by_grad, trend, steps, names, dead))
+        return findings
+
+    def _finding(self, ev, name, frac, by_grad, trend, steps, names, dead) -> Finding:
+        rows = names == name
+        s, d = steps[rows], dead[rows]
+        over = np.flatnonzero(np.isfinite(d) & (d >= self.dead_frac))
+        first = int(s[over[0]]) if len(over) else int(s[0])
+        dead_at_start = len(d) and np.isfinite(d[0]) and d[0] >= self.dead_frac
+        if dead_at_start and not lr_is_high(ev):
+            causes = ["bad_weight_init", "learning_rate_too_high", "missing_normalization_layer"]
+        else:
+            causes = ["learning_rate_too_high", "bad_weight_init", "missing_normalization_layer"]
+        hurt = "high" if frac >= 0.9 else "medium"
+        prev = self._previous_weighted(ev, name)
+        recs = [fix(f"Use a LeakyReLU at {name} so negative units keep a gradient.",
+                    f"{attr_path(name)} = nn.LeakyReLU(0.01)")]
+        if causes[0] == "learning_rate_too_high":
+            recs = lower_lr(ev) + recs
+        if prev:
+            recs.append(fix(f"Initialize {prev} (the layer before) with Kaiming init and a zero bias.",
+                            f"nn.init.kaiming_normal_({attr_path(prev)}.weight, nonlinearity='relu'); "
+                            f"nn.init.zeros_({attr_path(prev)}.bias)"))
+        what = "of its output gradients are zero" if by_grad else "of its units never fire (output <= 0 on every sample)"
+        msg = f"{g(100 * frac)}% {what} in {name} (median over sampled steps, first at step {first})."
+        if trend is not None:
+            msg += f" The loss went {g(trend.start)} -> {g(trend.end)}."
+        return self.finding(
+            severity=impact_severity(trend, hurt=hurt), confidence=0.85 if not by_grad else 0.6,
+            location=name, step=first, message=msg,
+            evidence={"dead_frac" if not by_grad else "grad_zero_frac": frac, "dead_at_start": bool(dead_at_start),
+                      "previous_layer": prev},
+            causes=causes, recommendations=recs,
+        )
+
+    @staticmethod
+    def _previous_weighted(ev: Evidence, name: str) -> str | None:
+        """The closest layer with weights that runs before ``name``."""
+        order = layer_order(ev, name)
+        before = [l for l in ev.layers_in_order() if l.order < order and l.type in _HAS_WEIGHTS]
+        return before[-1].name if before else None

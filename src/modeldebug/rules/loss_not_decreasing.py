@@ -1,0 +1,192 @@
+"""loss_not_decreasing: the training loss does not go down (or the user's loss/accuracy alert trips)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from modeldebug.evidence import Evidence
+from modeldebug.rules import register
+from modeldebug.rules.base import (
+    GRACE_STEPS,
+    Rule,
+    col,
+    fix,
+    flag,
+    g,
+    grace_mask,
+    layer_arg,
+    loss_trend,
+    lower_lr,
+    lr_is_high,
+    lr_is_low,
+    raise_lr,
+)
+from modeldebug.types import Finding
+
+
+@register
+@dataclass
+class LossNotDecreasing(Rule):
+    """Training loss that stalls or climbs.
+
+    Reads: steps.loss (median of the first vs the last window after the grace steps, windows of
+    10% of the run, 3 to 50 steps), steps.optimizer_stepped, steps.stale_grad_norm,
+    param_stats.update_ratio / has_grad, layers (last layer), class_counts, optimizers (lr),
+    config.alert_thresholds.loss / accuracy.
+    Fires: after ``min_steps`` finite losses, when the loss fell less than ``min_drop`` = 1% over
+    the run (SageMaker's LossNotDecreasing asks 0.1% per 10 steps; per-step minibatch noise makes
+    whole-run medians the robust form), or rose more than 10% (diverging). Also when the loss ends
+    above ``alert_thresholds.loss`` or the last accuracy is below ``alert_thresholds.accuracy``.
+    Severity: high (medium for runs shorter than ``short_run`` steps).
+    Causes, from the evidence: optimizer.step() never called -> missing_optimizer_step; stale
+    gradients -> missing_zero_grad; no gradient at all -> detached_graph; Softmax as last layer
+    -> wrong_loss_function; one class -> label_problem; loss rising or update ratio > 0.1 ->
+    learning_rate_too_high; update ratio < 1e-5 or lr below the usual range -> learning_rate_too_low
+    (DeepDiagnosis' update-ratio bounds [1e-5, 0.1]).
+    """
+
+    id = "loss_not_decreasing"
+    kind = "loss_not_decreasing"
+    reads = ("steps.loss", "steps.optimizer_stepped", "steps.stale_grad_norm", "param_stats.update_ratio",
+             "param_stats.has_grad", "layers", "class_counts", "optimizers", "config.alert_thresholds.loss")
+    min_drop: float = 0.01
+    min_steps: int = 20
+    short_run: int = 50
+    grace_steps: int = GRACE_STEPS
+    min_update_ratio: float = 1e-5
+    max_update_ratio: float = 0.1
+
+    def check(self, ev: Evidence) -> list[Finding]:
+        findings = []
+        trend = loss_trend(ev, self.grace_steps, min_steps=self.min_steps)
+        steps = col(ev.steps, "step")
+        if trend is not None and abs(trend.start) > 1e-6:
+            rising = trend.end > trend.start + 0.1 * abs(trend.start)
+            if rising or trend.end > trend.start - self.min_drop * abs(trend.start):
+                findings.append(self._stalled(ev, trend, rising, steps))
+        findings += self._alerts(ev, steps)
+        return findings
+
+    def _stalled(self, ev: Evidence, trend, rising: bool, steps: np.ndarray) -> Finding:
+        causes, why = self._causes(ev, rising)
+        first = int(steps[grace_mask(steps, self.grace_steps)][0]) if len(steps) > self.grace_steps else int(steps[0])
+        chance = self._chance_note(ev, trend)
+        msg = (f"The training loss {'rose' if rising else 'did not decrease'}: {g(trend.start)} at the start -> "
+               f"{g(trend.end)} at the end over {trend.n} steps ({g(100 * trend.rel_change)}%).{chance}")
+        if why:
+            msg += f" {why}"
+        recs = []
+        for c in causes[:2]:
+            recs += self._fix_for(ev, c)
+        return self.finding(
+            severity="high" if trend.n >= self.short_run else "medium",
+            confidence=0.85 if trend.n >= self.short_run else 0.6, location=None, step=first, message=msg,
+            evidence={"loss_start": trend.start, "loss_end": trend.end, "rel_change": trend.rel_change,
+                      "steps": trend.n, "median_update_ratio": self._update_ratio(ev)},
+            causes=causes, recommendations=recs,
+        )
+
+    def _causes(self, ev: Evidence, rising: bool) -> tuple[list[str], str]:
+        s = ev.steps
+        ur = self._update_ratio(ev)
+        stale = col(s, "stale_grad_norm")
+        stale = stale[np.isfinite(stale)]
+        if len(s) and not flag(s, "optimizer_stepped").any():
+            return ["missing_optimizer_step"], "optimizer.step() was never called."
+        if len(stale) and np.mean(stale > 0) > 0.5:
+            return ["missing_zero_grad", "learning_rate_too_high"], "Gradients are never zeroed between steps."
+        t = ev.param_stats
+        if len(t) and not flag(t, "has_grad").any():
+            return ["detached_graph", "frozen_parameters"], "No parameter ever received a gradient."
+        order = ev.layers_in_order()
+        if order and order[-1].type == "Softmax":
+            return (["wrong_loss_function", "learning_rate_too_low"],
+                    f"The last layer ({order[-1].name}) is a Softmax: CrossEntropyLoss applies log_softmax itself.")
+        if len(ev.class_counts) == 1:
+            return ["label_problem"], "All labels are the same class."
+        if rising or (ur is not None and ur > self.max_update_ratio) or lr_is_high(ev):
+            note = f"Median update ratio |dW|/|W| is {g(ur)}." if ur is not None else ""
+            return ["learning_rate_too_high", "bad_weight_init", "unnormalized_inputs"], note
+        if (ur is not None and ur < self.min_update_ratio) or lr_is_low(ev):
+            note = (f"Median update ratio |dW|/|W| is {g(ur)}, below {g(self.min_update_ratio)}: the weights "
+                    "barely move." if ur is not None else "The learning rate is very small.")
+            return ["learning_rate_too_low", "bad_weight_init", "wrong_loss_function"], note
+        scale = np.nanmax(np.abs(np.concatenate([col(s, "input_mean"), col(s, "input_std")])), initial=0.0)
+        if scale > 10:
+            return ["unnormalized_inputs", "learning_rate_too_low"], f"Inputs reach mean/std {g(scale)}."
+        return ["learning_rate_too_low", "wrong_loss_function", "label_problem"], ""
+
+    def _fix_for(self, ev: Evidence, cause: str):
+        if cause == "missing_optimizer_step":
+            return [fix("Call optimizer.step() after loss.backward().", "loss.backward()\noptimizer.step()")]
+        if cause == "missing_zero_grad":
+            return [fix("Zero the gradients every step.", "optimizer.zero_grad(set_to_none=True)  # before backward")]
+        if cause == "detached_graph":
+            return [fix("Compute the loss from the model's output without .detach()/.item()/torch.no_grad().",
+                        "loss = criterion(model(x), y)")]
+        if cause == "wrong_loss_function":
+            order = ev.layers_in_order()
+            last = order[-1].name if order else "the final Softmax"
+            return [fix(f"Remove the Softmax ({last}): nn.CrossEntropyLoss expects raw logits.",
+                        "criterion = nn.CrossEntropyLoss()  # on logits, no softmax before it")]
+        if cause == "label_problem":
+            return [fix("Check the labels: all samples carry the same class.", "print(torch.bincount(y))")]
+        if cause == "learning_rate_too_high":
+            return lower_lr(ev)
+        if cause == "learning_rate_too_low":
+            return raise_lr(ev)
+        if cause == "unnormalized_inputs":
+            return [fix("Standardize the inputs.", "x = (x - x.mean(0)) / (x.std(0) + 1e-8)")]
+        return []
+
+    @staticmethod
+    def _update_ratio(ev: Evidence) -> float | None:
+        ur = col(ev.param_stats, "update_ratio")
+        ur = ur[np.isfinite(ur)]
+        return float(np.median(ur)) if len(ur) else None
+
+    @staticmethod
+    def _chance_note(ev: Evidence, trend) -> str:
+        order = ev.layers_in_order()
+        classes = layer_arg(ev, order[-1].name, "out_features") if order else None
+        if order and classes is None and len(order) > 1:
+            classes = layer_arg(ev, order[-2].name, "out_features")
+        if classes and classes > 1 and abs(trend.end - np.log(classes)) < 0.05 * np.log(classes):
+            return f" That is ln({classes}) = {g(np.log(classes))}, the loss of guessing uniformly among {classes} classes."
+        return ""
+
+    def _alerts(self, ev: Evidence, steps: np.ndarray) -> list[Finding]:
+        out = []
+        limit = ev.config.alert_thresholds.loss
+        loss = col(ev.steps, "loss")
+        ok = np.isfinite(loss)
+        if limit is not None and ok.sum() >= 1:
+            tail = loss[ok][-max(1, min(50, ok.sum() // 10)):]
+            end = float(np.median(tail))
+            below = np.flatnonzero(ok & (loss <= limit))
+            above_after = np.flatnonzero(ok & (loss > limit) & (np.arange(len(loss)) > (below[0] if len(below) else -1)))
+            if end > limit:
+                step = int(steps[above_after[0]]) if len(below) and len(above_after) else int(steps[ok][-1])
+                out.append(self.finding(
+                    severity="medium", confidence=0.9, location=None, step=step,
+                    message=f"The training loss ends at {g(end)}, above your alert threshold {g(limit)}.",
+                    evidence={"loss_end": end, "alert_threshold": limit}, causes=self._causes(ev, False)[0],
+                    recommendations=raise_lr(ev) if lr_is_low(ev) else lower_lr(ev, 3),
+                ))
+        acc_limit = ev.config.alert_thresholds.accuracy
+        for table in (ev.validation, ev.steps):
+            if acc_limit is None or "accuracy" not in table or len(table) == 0:
+                continue
+            acc = col(table, "accuracy")
+            good = np.isfinite(acc)
+            if good.any() and acc[good][-1] < acc_limit:
+                out.append(self.finding(
+                    severity="medium", confidence=0.9, location=None, step=int(col(table, "step")[good][-1]),
+                    message=f"The accuracy ends at {g(acc[good][-1])}, below your alert threshold {g(acc_limit)}.",
+                    evidence={"accuracy": float(acc[good][-1]), "alert_threshold": acc_limit},
+                    causes=self._causes(ev, False)[0], recommendations=[],
+                ))
+            break
+        return out

@@ -1,0 +1,107 @@
+"""memory_pressure: memory close to the device's limit (or above the user's alert threshold)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from modeldebug.evidence import Evidence
+from modeldebug.rules import register
+from modeldebug.rules.base import Rule, col, g, optimization
+from modeldebug.types import Finding
+
+_GiB = 2**30
+
+
+def device_memory(ev: Evidence) -> tuple[float | None, float | None]:
+    """(device total bytes, host total bytes) from the run's ``device`` event, when the collector recorded it.
+
+    Expected event: ``{"type": "device", "data": {"total_memory": bytes, "host_total_memory": bytes}}``.
+    """
+    dev = host = None
+    for e in ev.events:
+        data = e.get("data") or {}
+        if not isinstance(data, dict):
+            continue
+        dev = data.get("total_memory", data.get("cuda_total_memory", dev))
+        host = data.get("host_total_memory", host)
+    return (float(dev) if dev else None), (float(host) if host else None)
+
+
+@register
+@dataclass
+class MemoryPressure(Rule):
+    """Peak memory near the limit.
+
+    Reads: steps.cuda_reserved / cuda_peak / rss_bytes, the ``device`` event's total_memory
+    (and host_total_memory), config.alert_thresholds.memory_usage (bytes, or a fraction of the
+    device's memory when <= 1).
+    Fires: when peak CUDA reserved (or peak allocated) memory reaches ``fraction`` = 90% of the
+    device's total: the allocator starts to fragment and retry, and a longer sequence or a
+    larger batch will run out (common practice; fault suite); or when the peak crosses the
+    user's memory_usage alert.
+    Severity: high at >= ``high_fraction`` = 97%, medium otherwise (and for an alert).
+    Cause: other (no contract cause covers "batch too large for the device").
+    Recommends: a smaller batch with the same effective size (accumulation), bf16 autocast,
+    activation checkpointing.
+    """
+
+    id = "memory_pressure"
+    kind = "memory_pressure"
+    reads = ("steps.cuda_reserved", "steps.cuda_peak", "steps.rss_bytes", "events.device",
+             "config.alert_thresholds.memory_usage")
+    fraction: float = 0.90
+    high_fraction: float = 0.97
+
+    def check(self, ev: Evidence) -> list[Finding]:
+        s = ev.steps
+        if len(s) == 0:
+            return []
+        steps = col(s, "step")
+        cuda = np.fmax(col(s, "cuda_reserved"), col(s, "cuda_peak"))
+        rss = col(s, "rss_bytes")
+        dev_total, host_total = device_memory(ev)
+        on_cuda = np.isfinite(cuda).any()
+        mem, total, what = (cuda, dev_total, "GPU memory") if on_cuda else (rss, host_total, "host memory (RSS)")
+        if not np.isfinite(mem).any():
+            return []
+        i = int(np.nanargmax(mem))
+        peak = float(mem[i])
+        findings = []
+        if total and peak >= self.fraction * total:
+            share = peak / total
+            first = int(steps[np.flatnonzero(mem >= self.fraction * total)[0]])
+            findings.append(self._finding(
+                "high" if share >= self.high_fraction else "medium", first,
+                f"Peak {what} is {g(peak / _GiB)} GiB, {g(100 * share)}% of the device's {g(total / _GiB)} GiB "
+                f"(first above {g(100 * self.fraction)}% at step {first}).",
+                {"peak_bytes": peak, "total_bytes": total, "fraction": share},
+            ))
+        limit = ev.config.alert_thresholds.memory_usage
+        if limit is not None and not findings:
+            limit_bytes = limit * total if limit <= 1 and total else (limit if limit > 1 else None)
+            if limit_bytes is not None and peak > limit_bytes:
+                first = int(steps[np.flatnonzero(mem > limit_bytes)[0]])
+                findings.append(self._finding(
+                    "medium", first,
+                    f"Peak {what} {g(peak / _GiB)} GiB crossed your alert threshold {g(limit_bytes / _GiB)} GiB "
+                    f"at step {first}.",
+                    {"peak_bytes": peak, "alert_threshold_bytes": limit_bytes, "alert_threshold": limit},
+                ))
+        return findings
+
+    def _finding(self, severity, step, msg, evidence) -> Finding:
+        return self.finding(
+            severity=severity, confidence=0.85, location=None, step=step, message=msg, evidence=evidence,
+            causes=["other"],
+            recommendations=[
+                optimization("Halve the batch size and accumulate two micro-batches per optimizer step (same "
+                             "effective batch).", "(loss / 2).backward()  # optimizer.step() every 2nd batch"),
+                optimization("Run forward and loss in bfloat16 autocast.",
+                             "with torch.autocast(device_type='cuda', dtype=torch.bfloat16):\n"
+                             "    loss = criterion(model(x), y)"),
+                optimization("Recompute activations in backward for the largest blocks.",
+                             "out = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)"),
+            ],
+        )

@@ -1,0 +1,89 @@
+"""oscillating_loss: the loss swings up and down by about its own size instead of settling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from modeldebug.evidence import Evidence
+from modeldebug.rules import register
+from modeldebug.rules.base import (
+    GRACE_STEPS,
+    Rule,
+    best_practice,
+    clip_grad,
+    col,
+    fix,
+    g,
+    grace_mask,
+    loss_trend,
+    lower_lr,
+)
+from modeldebug.types import Finding
+
+
+@register
+@dataclass
+class OscillatingLoss(Rule):
+    """Large, persistent swings of the training loss in the second half of the run.
+
+    Reads: steps.loss (finite values after the grace steps), steps.input_mean/std, optimizers.
+    Fires: after ``min_steps`` finite losses, when in the second half of the run the spread of the
+    loss (90th minus 10th percentile) is at least ``amplitude`` = 1.0 x its median level AND at
+    least ``vs_start`` = 0.25 x the loss at the start: swings as big as the loss itself that have
+    not shrunk with training. Minibatch noise of a healthy run stays well under either bound
+    (fault suite: healthy runs reach at most ~0.6 and ~0.1).
+    Severity: high when the loss does not improve over the run, else medium.
+    Causes: learning_rate_too_high first; unnormalized_inputs when inputs are far from
+    normalized; missing_normalization_layer.
+    Recommends: lr / 10 (concrete), a decaying schedule, gradient clipping.
+    """
+
+    id = "oscillating_loss"
+    kind = "oscillating_loss"
+    reads = ("steps.loss", "steps.input_mean", "steps.input_std", "optimizers")
+    amplitude: float = 1.0
+    vs_start: float = 0.25
+    min_steps: int = 20
+    grace_steps: int = GRACE_STEPS
+
+    def check(self, ev: Evidence) -> list[Finding]:
+        steps, loss = col(ev.steps, "step"), col(ev.steps, "loss")
+        keep = grace_mask(steps, self.grace_steps) & np.isfinite(loss)
+        s, v = steps[keep], loss[keep]
+        if len(v) < self.min_steps:
+            return []
+        trend = loss_trend(ev, self.grace_steps, min_steps=self.min_steps)
+        late = v[len(v) // 2:]
+        lo, hi = np.percentile(late, [10, 90])
+        amp, level = float(hi - lo), float(np.median(np.abs(late)))
+        start = abs(trend.start) if trend else abs(float(np.median(v[:3])))
+        if not (amp >= self.amplitude * level and amp >= self.vs_start * start and amp > 0):
+            return []
+        jumps = np.flatnonzero(np.diff(v) > 0.5 * amp)
+        first = int(s[jumps[0] + 1]) if len(jumps) else int(s[len(v) // 2])
+        scale = np.nanmax(np.abs(np.concatenate([col(ev.steps, "input_mean"), col(ev.steps, "input_std")])),
+                          initial=0.0)
+        causes = ["learning_rate_too_high"]
+        if scale > 10:
+            causes.append("unnormalized_inputs")
+        causes.append("missing_normalization_layer")
+        improving = trend is not None and trend.improving
+        recs = lower_lr(ev) + [
+            best_practice("Decay the learning rate over the run.",
+                          f"torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max={int(np.max(s)) + 1})"),
+            clip_grad(),
+        ]
+        if scale > 10:
+            recs.insert(1, fix(f"Standardize the inputs (mean/std reach {g(scale)}).",
+                               "x = (x - x.mean(0)) / (x.std(0) + 1e-8)"))
+        return [self.finding(
+            severity="medium" if improving else "high", confidence=0.75, location=None, step=first,
+            message=(f"The loss oscillates: in the second half of the run it spans {g(lo)} to {g(hi)} (10th-90th "
+                     f"percentile), a swing of {g(amp / max(level, 1e-12))}x its median {g(level)}"
+                     + (f"; it started at {g(start)}." if trend else ".")),
+            evidence={"p10": float(lo), "p90": float(hi), "median": level, "start": start,
+                      "swing_over_median": amp / max(level, 1e-12)},
+            causes=causes, recommendations=recs,
+        )]

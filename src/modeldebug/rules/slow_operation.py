@@ -1,0 +1,87 @@
+"""slow_operation: one layer takes most of the forward time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from modeldebug.evidence import Evidence
+from modeldebug.rules import register
+from modeldebug.rules.base import Rule, col, g, optimization, per_group_median
+from modeldebug.types import Finding
+
+# Standard heavy layers: dominating the time is their job, so at most a hint.
+_STANDARD = {"Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
+             "LSTM", "GRU", "RNN", "MultiheadAttention", "TransformerEncoderLayer", "TransformerDecoderLayer",
+             "TransformerEncoder", "TransformerDecoder", "Transformer", "Embedding", "EmbeddingBag", "Bilinear"}
+
+
+@register
+@dataclass
+class SlowOperation(Rule):
+    """A layer whose own forward time dominates.
+
+    Reads: layer_stats.fwd_time_s (median per layer over sampled steps), layers (types, the
+    module tree from the dotted names).
+    Fires: when a layer's self time (its forward time minus its direct children's) is at least
+    ``share`` = 50% of the summed self times of all layers, with at least ``min_layers`` = 3
+    timed layers and a median of at least ``min_time_s`` = 1 ms (fault suite: below that nobody
+    waits). The model's root module is left out (its self time is the glue between layers).
+    Severity: medium for a non-standard layer (custom code, Python loops: the usual slow op);
+    low for a standard heavy layer (Linear, Conv, LSTM, attention), where it is the expected cost.
+    Cause: other (no contract cause covers slow code).
+    Recommends: vectorize/batch the custom code, torch.compile, or a smaller layer / mixed precision.
+    """
+
+    id = "slow_operation"
+    kind = "slow_operation"
+    reads = ("layer_stats.fwd_time_s", "layers")
+    level = "detailed"
+    share: float = 0.5
+    min_layers: int = 3
+    min_time_s: float = 0.001
+
+    def check(self, ev: Evidence) -> list[Finding]:
+        t = ev.layer_stats
+        if len(t) == 0:
+            return []
+        med = per_group_median(t["layer"], col(t, "fwd_time_s"))
+        med = {str(k): v for k, v in med.items() if v >= 0}
+        if len(med) < self.min_layers:
+            return []
+        roots = {n for n in med if n == "" or all(m == n or m.startswith(n + ".") for m in med)}
+        self_time = {}
+        for name, total in med.items():
+            if name in roots:
+                continue
+            children = [c for c in med if c.startswith(name + ".") and "." not in c[len(name) + 1:]]
+            self_time[name] = max(total - sum(med[c] for c in children), 0.0)
+        total = sum(self_time.values())
+        if total <= 0 or len(self_time) < self.min_layers:
+            return []
+        name = max(self_time, key=self_time.get)
+        share = self_time[name] / total
+        if share < self.share or med[name] < self.min_time_s:
+            return []
+        info = ev.layers.get(name)
+        typ = info.type if info else "?"
+        standard = typ in _STANDARD
+        steps = col(t, "step")[t["layer"] == name]
+        recs = [optimization("Compile the model so the layer's ops are fused.", "model = torch.compile(model)")]
+        if not standard:
+            recs.insert(0, optimization(
+                f"Vectorize {name} ({typ}): replace Python loops over the batch or positions with batched tensor "
+                "ops (broadcasting, torch.bmm, einsum).", "out = torch.einsum('bij,bjk->bik', a, b)  # instead of a loop"))
+        else:
+            recs.append(optimization(f"If {name} is larger than needed, shrink it, or run it in mixed precision.",
+                                     "with torch.autocast(device_type='cuda', dtype=torch.bfloat16):\n    out = model(x)"))
+        return [self.finding(
+            severity="low" if standard else "medium", confidence=0.7, location=name,
+            step=int(np.min(steps)) if len(steps) else None,
+            message=(f"{name} ({typ}) takes {g(100 * share)}% of the forward time ({g(1e3 * self_time[name])} ms of "
+                     f"{g(1e3 * total)} ms per forward, median over sampled steps)."),
+            evidence={"layer_s": self_time[name], "forward_s": total, "share": share, "type": typ,
+                      "description": info.description if info else ""},
+            causes=["other"], recommendations=recs,
+        )]

@@ -1,0 +1,175 @@
+"""unchanged_weights: parameters that should train but never change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from modeldebug.evidence import Evidence
+from modeldebug.rules import register
+from modeldebug.rules.base import (
+    Rule,
+    attr_path,
+    col,
+    fix,
+    flag,
+    g,
+    layer_order,
+    lr_bounds,
+    optimizer_type,
+    param_module,
+    per_group,
+    raise_lr,
+)
+from modeldebug.types import Finding
+
+_MSG = {
+    "frozen_parameters": "are given to the optimizer but have requires_grad=False, so they never get a gradient",
+    "parameters_not_in_optimizer": "get gradients but are not in any optimizer's param_groups",
+    "detached_graph": "never receive a gradient although their layers run: the graph is cut "
+                      "(.detach(), .data, .item(), torch.no_grad() or a new tensor) between them and the loss",
+    "missing_optimizer_step": "get gradients but optimizer.step() is never called",
+    "learning_rate_too_low": "get gradients and the optimizer steps, but their learning rate is 0 (or too small to move them)",
+    "unused": "belong to modules that never run in forward()",
+}
+
+
+@register
+@dataclass
+class UnchangedWeights(Rule):
+    """Trainable-looking parameters whose values never change over the run.
+
+    Reads: params (requires_grad, in_optimizer, lr, numel), param_stats.changed / has_grad
+    (any over the run), steps.optimizer_stepped, steps.lr, layers (did the module run).
+    Fires: after at least ``min_steps`` steps, once per cause, grouping the parameters (no
+    threshold: any parameter that never changes is suspect; the literature has none).
+    Cause (first match): requires_grad False but in the optimizer -> frozen_parameters;
+    requires_grad True but not in the optimizer -> parameters_not_in_optimizer; in the optimizer,
+    its module ran, never a gradient -> detached_graph; gradients but no step ever ->
+    missing_optimizer_step; gradients, steps, lr 0 (or tiny) -> learning_rate_too_low. Parameters
+    of modules that never ran are reported ``low`` (unused, cause other).
+    Severity: high when the affected parameters are >= ``high_fraction`` = 50% of the trainable
+    ones (or optimizer.step() is never called), else medium.
+    Recommends the concrete fix for the cause, naming the parameters.
+    """
+
+    id = "unchanged_weights"
+    kind = "unchanged_weights"
+    reads = ("params", "param_stats.changed", "param_stats.has_grad", "steps.optimizer_stepped", "steps.lr")
+    min_steps: int = 3
+    high_fraction: float = 0.5
+
+    def check(self, ev: Evidence) -> list[Finding]:
+        if not ev.params:
+            return []
+        t = ev.param_stats
+        sampled_steps = np.unique(col(t, "step")) if len(t) else np.empty(0)
+        if max(len(ev.steps), len(sampled_steps)) < self.min_steps:
+            return []
+        names = t["param"] if len(t) else np.empty(0, dtype=object)
+        changed = per_group(names, flag(t, "changed"), "any")
+        has_grad = per_group(names, flag(t, "has_grad"), "any")
+        stepped_any = bool(flag(ev.steps, "optimizer_stepped").any()) if len(ev.steps) else True
+        lr_col = col(ev.steps, "lr")
+        lr_zero = bool(len(lr_col) and np.isfinite(lr_col).any() and np.nanmax(np.abs(lr_col)) == 0)
+
+        groups: dict[str, list[str]] = {}
+        for p, info in ev.params.items():
+            if changed.get(p):
+                continue
+            seen = p in changed  # we have samples of it, so "never changed" is observed
+            if not info.requires_grad:
+                cause = "frozen_parameters" if info.in_optimizer else None
+            elif not info.in_optimizer:
+                cause = "parameters_not_in_optimizer"
+            elif not seen:
+                cause = None
+            elif info.module in ev.layers and layer_order(ev, info.module) < 0 and not has_grad.get(p):
+                cause = "unused"
+            elif not has_grad.get(p):
+                cause = "detached_graph"
+            elif not stepped_any:
+                cause = "missing_optimizer_step"
+            elif lr_zero or info.lr == 0 or self._tiny_lr(info.lr, ev):
+                cause = "learning_rate_too_low"
+            else:
+                cause = None  # gradients and steps but no change: zero gradients, reported elsewhere
+            if cause:
+                groups.setdefault(cause, []).append(p)
+
+        trainable = sum(i.numel for i in ev.params.values() if i.requires_grad or i.in_optimizer) or 1
+        first_step = int(np.nanmin(col(ev.steps, "step"))) if len(ev.steps) else (
+            int(sampled_steps[0]) if len(sampled_steps) else None)
+        findings = []
+        for cause, params in groups.items():
+            numel = sum(ev.params[p].numel for p in params)
+            frac = numel / trainable
+            if cause == "unused":
+                severity = "low"
+            elif cause == "missing_optimizer_step" or frac >= self.high_fraction:
+                severity = "high"
+            else:
+                severity = "medium"
+            whole_run = cause == "missing_optimizer_step"
+            location = None if whole_run else self._location(ev, params)
+            shown = ", ".join(params[:5]) + (f" and {len(params) - 5} more" if len(params) > 5 else "")
+            findings.append(self.finding(
+                severity=severity, confidence=0.9 if cause != "unused" else 0.6,
+                location=location, step=first_step,
+                message=(f"{len(params)} parameter(s) ({numel} values, {g(100 * frac)}% of the trainable ones) never "
+                         f"changed: {shown}. They {_MSG[cause]}."),
+                evidence={"params": params[:50], "count": len(params), "numel": numel, "fraction": frac,
+                          "optimizer_stepped": stepped_any, "lr": self._lr(params, ev)},
+                causes=["other"] if cause == "unused" else [cause],
+                recommendations=self._recs(ev, cause, params, location),
+            ))
+        return findings
+
+    @staticmethod
+    def _tiny_lr(lr: float | None, ev: Evidence) -> bool:
+        return lr is not None and 0 < lr < 1e-8
+
+    @staticmethod
+    def _lr(params: list[str], ev: Evidence):
+        lrs = {ev.params[p].lr for p in params if ev.params[p].lr is not None}
+        return sorted(lrs) if lrs else None
+
+    @staticmethod
+    def _location(ev: Evidence, params: list[str]) -> str | None:
+        modules = sorted({param_module(ev, p) for p in params}, key=lambda m: (layer_order(ev, m), m))
+        parts = [m.split(".") for m in modules]
+        common = []
+        for level in zip(*parts):
+            if len(set(level)) > 1:
+                break
+            common.append(level[0])
+        if common:
+            return ".".join(common)
+        return modules[0] if len(modules) == 1 or modules[0] else (modules[1] if len(modules) > 1 else None)
+
+    @staticmethod
+    def _recs(ev: Evidence, cause: str, params: list[str], location: str | None):
+        target = attr_path(location) if location else "model"
+        if cause == "frozen_parameters":
+            return [fix(f"Unfreeze {location or 'them'} if it should train (or leave it out of the optimizer if the "
+                        "freeze is intended).", f"{target}.requires_grad_(True)")]
+        if cause == "parameters_not_in_optimizer":
+            return [fix("Create the optimizer after the model is complete (all layers added, moved to the device), "
+                        f"or add the missing parameters as a param group.",
+                        f"optimizer.add_param_group({{'params': {target}.parameters()}})")]
+        if cause == "detached_graph":
+            return [fix(f"Keep {location or 'these layers'} connected to the loss: remove .detach(), .data, .item(), "
+                        "torch.no_grad() or torch.tensor(...) re-wrapping between them and the loss.",
+                        "loss = criterion(model(x), y)  # no .detach()/.data on the path to the loss")]
+        if cause == "missing_optimizer_step":
+            return [fix("Call optimizer.step() after loss.backward() in every training step.",
+                        "optimizer.zero_grad()\nloss.backward()\noptimizer.step()")]
+        if cause == "learning_rate_too_low":
+            lrs = {ev.params[p].lr for p in params}
+            if lrs == {0.0}:  # one param group at lr 0 (the others may be fine)
+                typical = lr_bounds(optimizer_type(ev))[1]
+                return [fix(f"Their param group's lr is 0; try {typical:g} (or the lr of the other groups).",
+                            f"optimizer.param_groups[i]['lr'] = {typical:g}  # the group holding {params[0]}")]
+            return raise_lr(ev)
+        return [fix(f"Remove the modules that never run ({location}) or call them in forward().", None)]
