@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
 import typer
+from rich.console import Console
 
 app = typer.Typer(
     name="modeldebug",
@@ -11,6 +18,131 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+err = Console(stderr=True, highlight=False)
+
+STORE_HELP = "SQLite run store (one per project directory by default)."
+
+
+class Severity(str, Enum):
+    high = "high"
+    medium = "medium"
+    low = "low"
+
+
+class Level(str, Enum):
+    basic = "basic"
+    detailed = "detailed"
+    comprehensive = "comprehensive"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    no_args_is_help=True,
+)
+def run(
+    ctx: typer.Context,
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report here."),
+    issue: Optional[str] = typer.Option(None, "--issue", help="What you are seeing, e.g. 'model not converging'."),
+    fail_on: Optional[Severity] = typer.Option(
+        None, "--fail-on", help="Exit 1 when a finding reaches this severity (for CI)."
+    ),
+    every: Optional[int] = typer.Option(None, "--every", min=1, help="Per-layer statistics every N steps (default: adaptive)."),
+    level: Level = typer.Option(Level.detailed, "--level", help="How closely to watch."),
+    store: Path = typer.Option(Path(".modeldebug/runs.db"), "--store", help=STORE_HELP),
+) -> None:
+    """Run a training script unmodified, watch it, and diagnose it.
+
+    modeldebug run [OPTIONS] -- python train.py [ARGS...]
+    """
+    from modeldebug.config import DebuggingConfig
+    from modeldebug.report.terminal import print_report
+    from modeldebug.runner import run_script
+
+    command = list(ctx.args)
+    if command and command[0] == "--":
+        command = command[1:]
+    try:
+        config = DebuggingConfig(analysis_level=level.value, every=every, store_path=str(store))
+        result = run_script(command, config=config, store_path=store, json_out=json_out, issue=issue)
+    except ValueError as exc:
+        _fail(str(exc))
+    print_report(result.report, Console(stderr=True, highlight=False), issue=issue, written=result.written)
+    raise typer.Exit(result.cli_exit_code(fail_on.value if fail_on else None))
+
+
+@app.command()
+def runs(
+    store: Path = typer.Option(Path(".modeldebug/runs.db"), "--store", help=STORE_HELP),
+    limit: int = typer.Option(20, "--limit", min=1),
+) -> None:
+    """List the runs in the store, newest first."""
+    from rich.table import Table
+
+    from modeldebug.store import RunStore
+
+    if not store.exists():
+        _fail(f"No run store at {store}: run `modeldebug run -- python train.py` first.", 1)
+    with _open_store(store) as s:
+        rows = s.list_runs(limit=limit)
+        table = Table("id", "status", "steps", "duration", "findings", "command")
+        for info in rows:
+            report = s.load_report(info.id)
+            findings = "-" if report is None else str(len(report.findings))
+            table.add_row(info.id, info.status, str(info.steps), f"{info.duration_s:.1f} s", findings, " ".join(info.command))
+    Console(highlight=False).print(table)
+
+
+@app.command()
+def report(
+    run_ref: str = typer.Argument("latest", metavar="RUN_ID|latest"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report here."),
+    reanalyze: bool = typer.Option(False, "--reanalyze", help="Run the rules again on the stored evidence."),
+    store: Path = typer.Option(Path(".modeldebug/runs.db"), "--store", help=STORE_HELP),
+) -> None:
+    """Show a stored run's report again (and write it as JSON)."""
+    from modeldebug.analysis import analyze
+    from modeldebug.report.terminal import print_report
+    from modeldebug.runner import write_json
+
+    if not store.exists():
+        _fail(f"No run store at {store}: run `modeldebug run -- python train.py` first.", 1)
+    with _open_store(store) as s:
+        try:
+            run_id = s.resolve(run_ref)
+        except ValueError as exc:
+            _fail(str(exc), 1)
+        rep = None if reanalyze else s.load_report(run_id)
+        if rep is None:
+            rep = analyze(s.load_evidence(run_id))
+            s.save_report(run_id, rep)
+    written = []
+    if json_out:
+        write_json(rep, json_out)
+        written.append(str(json_out))
+    print_report(rep, Console(highlight=False), issue=rep.metrics.get("issue"), written=written)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the report (the contract other tools rely on)."""
+    from modeldebug.types import Report
+
+    sys.stdout.write(json.dumps(Report.json_schema(), indent=2) + "\n")
+
+
+def _open_store(path: Path):
+    from modeldebug.errors import DebuggingError
+    from modeldebug.store import RunStore
+
+    try:
+        return RunStore(path)
+    except DebuggingError as exc:
+        _fail(str(exc), 1)
 
 
 def _mount_subcommands() -> None:

@@ -114,6 +114,7 @@ class Debugger:
         store: Any = None,
         command: Sequence[str] | None = None,
         run_id: str | None = None,
+        existing_run: bool = False,
     ):
         from modeldebug.store import RunStore
 
@@ -125,6 +126,7 @@ class Debugger:
         self.store = store
         self.run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         self.command = list(command or [])
+        self._existing_run = existing_run  # created by the `modeldebug run` parent process
 
         cfg = self.config
         if cfg.every is not None:
@@ -156,6 +158,7 @@ class Debugger:
         self._pending_backward: list[_Step] = []  # backward-only iterations awaiting an optimizer step
         self._backward_driven = False
         self._force_sample = False
+        self._nonfinite_looks = 0
         self._in_eval = False
         self._val_sum: torch.Tensor | None = None
         self._val_count = 0
@@ -268,10 +271,13 @@ class Debugger:
             return self
         self._rss = RssReader()
         self._t0 = _now()
-        self.store.create_run(
-            RunInfo(id=self.run_id, command=self.command, status="running", started_at=time.time()),
-            self.config,
-        )
+        if self._existing_run:
+            self.store.update_run(self.run_id, status="running")
+        else:
+            self.store.create_run(
+                RunInfo(id=self.run_id, command=self.command, status="running", started_at=time.time()),
+                self.config,
+            )
         try:
             patches.add_listener(self)
             self._opt_handles = [
@@ -439,8 +445,10 @@ class Debugger:
             rec.loss_nonfinite = st.loss_count > 0 and not math.isfinite(rec.loss)
             rec.grad_nonfinite = st.grad_norm is not None and not math.isfinite(rec.grad_norm)
             rec.input_nonfinite = flag == 1.0
-            if rec.loss_nonfinite or rec.grad_nonfinite:
-                self._force_sample = True  # look closer at the next step
+            if (rec.loss_nonfinite or rec.grad_nonfinite) and self._nonfinite_looks < 3:
+                # Look closer at the next steps; a run that stays non-finite is not sampled forever.
+                self._force_sample = True
+                self._nonfinite_looks += 1
             if st.sampled:
                 self._samples += 1
                 self._write_sampled(st, rec)

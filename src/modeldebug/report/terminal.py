@@ -1,0 +1,72 @@
+"""The terminal report (rich): findings most severe first, then a one-line summary."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.text import Text
+
+from modeldebug.types import Report
+
+_STYLE = {"high": "bold red", "medium": "yellow", "low": "cyan"}
+
+
+def print_report(report: Report, console: Console | None = None, *, issue: str | None = None, written: list[str] = ()) -> None:
+    console = console or Console(stderr=False, highlight=False)
+    run = report.run
+    head = Text()
+    head.append("modeldebug ", style="bold")
+    head.append(f"run {run.id}  ")
+    head.append(run.status, style="green" if run.status == "completed" else "bold red")
+    if run.exit_code is not None:
+        head.append(f" (exit {run.exit_code})")
+    head.append(f"  {run.steps} steps in {run.duration_s:.1f} s")
+    if run.command:
+        head.append("\n$ " + " ".join(run.command), style="dim")
+    if issue:
+        head.append(f"\nissue: {issue}", style="italic")
+    console.print(head)
+
+    findings = report.sorted_findings()
+    for f in findings:
+        title = Text()
+        title.append(f.severity.upper(), style=_STYLE[f.severity])
+        title.append(f"  {f.kind}")
+        if f.location:
+            title.append(f"  at {f.location}", style="bold")
+        if f.step is not None:
+            title.append(f"  (step {f.step})", style="dim")
+        body = Text(f.message)
+        if f.causes:
+            body.append("\nlikely cause: " + ", ".join(c.replace("_", " ") for c in f.causes), style="dim")
+        if f.evidence:
+            body.append("\nevidence: " + _compact(f.evidence), style="dim")
+        for r in f.recommendations:
+            body.append(f"\n→ {r.description}", style="green")
+            if r.implementation:
+                body.append(f"\n    {r.implementation}", style="green dim")
+        if f.source == "llm":
+            body.append("\n(added by the language model)", style="dim italic")
+        console.print(Panel(body, title=title, title_align="left", border_style=_STYLE[f.severity]))
+
+    counts = {s: sum(1 for f in findings if f.severity == s) for s in ("high", "medium", "low")}
+    summary = Text()
+    if findings:
+        summary.append(f"{len(findings)} finding{'s' if len(findings) != 1 else ''}: ")
+        summary.append(", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    else:
+        summary.append("No problems found.", style="green")
+    overhead = run.monitor_overhead
+    if overhead is not None:
+        summary.append(f"  monitor overhead {overhead.time_fraction:.1%}", style="dim")
+    console.print(summary)
+    for path in written:
+        console.print(f"report written to {escape(path)}", style="dim")
+
+
+def _compact(evidence: dict, limit: int = 300) -> str:
+    text = json.dumps(evidence, default=str, separators=(", ", "="))[1:-1].replace('"', "")
+    return text if len(text) <= limit else text[: limit - 1] + "…"

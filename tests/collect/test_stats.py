@@ -1,0 +1,101 @@
+"""Device-side reductions + host-side summaries against plain numpy."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from modeldebug.collect.stats import SAMPLE, first_float_tensor, num_units, reduce, summarize
+
+
+def _summary(t, **kw):
+    units = num_units(t)
+    return summarize(reduce(t, units=True).numpy(), t.numel(), units=units, **kw)
+
+
+@pytest.mark.parametrize(
+    "shape", [(7,), (32, 16), (8, 5, 12), (4, 3, 6, 6), (2, 3, 2, 4, 4), (64, 300)], ids=lambda s: "x".join(map(str, s))
+)
+def test_moments_and_extremes_match_numpy(shape):
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(shape, generator=g) * 3 + 1
+    ref = t.double().numpy()
+    s = _summary(t)
+    assert s["mean"] == pytest.approx(ref.mean(), rel=1e-4, abs=1e-5)
+    assert s["std"] == pytest.approx(ref.std(), rel=1e-4)
+    assert s["min"] == pytest.approx(ref.min())
+    assert s["max"] == pytest.approx(ref.max())
+    assert s["norm"] == pytest.approx(np.linalg.norm(ref), rel=1e-5)
+    assert s["max_abs"] == pytest.approx(np.abs(ref).max())
+    assert s["nonfinite"] == 0
+
+
+def test_dead_units_follow_the_unit_dimension():
+    # Linear-style [batch, features]: features 0..4 never positive.
+    x = torch.rand(16, 10)
+    x[:, :4] = -x[:, :4]
+    assert _summary(x)["dead_frac"] == pytest.approx(0.4)
+    # Conv-style [N, C, H, W]: channel 1 of 3 dead.
+    y = torch.rand(4, 3, 5, 5)
+    y[:, 1] = 0
+    assert _summary(y)["dead_frac"] == pytest.approx(1 / 3)
+    # A unit positive for one sample only is alive.
+    z = torch.zeros(8, 4)
+    z[3, 2] = 1.0
+    assert _summary(z)["dead_frac"] == pytest.approx(0.75)
+
+
+def test_zero_and_saturated_fractions_exact_on_small_tensors():
+    x = torch.tensor([0.0, 0.0, 0.5, -0.995, 0.999, 0.1, 0.0, -0.2])
+    s = summarize(reduce(x).numpy(), x.numel(), bounds=(-1.0, 1.0))
+    assert s["zero_frac"] == pytest.approx(3 / 8)
+    assert s["sat_frac"] == pytest.approx(2 / 8)  # within 1% of the range from a bound
+
+
+def test_fractions_estimated_from_a_subsample_on_large_tensors():
+    g = torch.Generator().manual_seed(1)
+    x = torch.relu(torch.randn(256, 512, generator=g))
+    s = _summary(x)
+    true_zero = (x == 0).float().mean().item()
+    assert len(reduce(x)) <= 5 + SAMPLE
+    assert s["zero_frac"] == pytest.approx(true_zero, abs=0.05)
+
+
+def test_histogram_counts_the_subsample_over_min_max():
+    x = torch.linspace(0, 1, 1000)
+    s = summarize(reduce(x).numpy(), x.numel(), bins=10)
+    assert s["hist"].sum() == 1000
+    assert (s["hist"] == 100).all()
+    assert (s["hist_lo"], s["hist_hi"]) == (0.0, 1.0)
+
+
+def test_nonfinite_values_are_flagged_and_do_not_break_the_histogram():
+    x = torch.randn(5000)
+    x[17] = float("nan")
+    x[4000] = float("inf")
+    s = summarize(reduce(x).numpy(), x.numel(), bins=8)
+    assert s["nonfinite"] >= 1
+    assert math.isnan(s["mean"])
+    assert s["hist"] is not None and s["hist"].sum() > 0
+
+
+def test_half_precision_is_reduced_in_float32():
+    x = torch.randn(300, 40).half()
+    s = _summary(x)
+    assert s["mean"] == pytest.approx(x.float().mean().item(), abs=1e-4)
+
+
+def test_first_float_tensor_walks_tuples_dicts_and_dataclasses():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Out:
+        ids: torch.Tensor
+        logits: torch.Tensor
+
+    a = torch.ones(2)
+    assert first_float_tensor((torch.arange(3), {"h": a})) is a
+    out = Out(torch.arange(2), torch.zeros(3))
+    assert first_float_tensor(out) is out.logits
+    assert first_float_tensor([1, "x"]) is None
