@@ -156,7 +156,7 @@ def make_session(
         "extended": level.ORT_ENABLE_EXTENDED,
         "all": level.ORT_ENABLE_ALL,
     }[optimization_level]
-    opts.log_severity_level = 3  # the warnings go to stderr; our findings say what matters
+    opts.log_severity_level = 4  # errors also come back as exceptions, which become findings
     if threads is not None:
         opts.intra_op_num_threads = threads
     if profile_prefix is not None:

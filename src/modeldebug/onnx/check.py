@@ -220,7 +220,8 @@ def _infer_shapes(proto) -> list[Finding]:
         if not nodes and "No Op registered" in text:
             return []  # an unknown operator; the checker and the operator look-up report it
         op, name = nodes[0] if nodes else (None, None)
-        detail = text.split("):", 1)[-1].strip() if nodes else text
+        last = list(_NODE_IN_MESSAGE.finditer(text))
+        detail = text[last[-1].end() :].lstrip(": ").strip() if last else text
         return [
             Finding(
                 kind="onnx_shape_error",
@@ -262,7 +263,7 @@ def unsupported_ops(proto, providers: Sequence[str]) -> list[dict[str, Any]]:
         if key in seen:
             seen[key]["nodes"].append(node.name)
             continue
-        if (node.domain, node.op_type) in local_functions:
+        if (node.domain, node.op_type) in local_functions or key in _HANDLED_BY_GRAPH:
             continue
         opset = model_opsets.get(domain)
         since = opset
@@ -287,6 +288,9 @@ def unsupported_ops(proto, providers: Sequence[str]) -> list[dict[str, Any]]:
         }
     return list(seen.values())
 
+
+# Ops onnxruntime resolves while building the graph, without a kernel.
+_HANDLED_BY_GRAPH = {("", "Constant")}
 
 _KERNELS: dict[tuple[str, str, str], list[tuple[int, int]]] | None = None
 
