@@ -179,7 +179,7 @@ def export_model(module, args: tuple, exporter: str = "dynamo"):
 
 
 def node_scopes(node) -> list[str]:
-    """Qualified names of the modules a node was exported from, outermost first."""
+    """Scope names of the modules a node was exported from, outermost first, as the exporter wrote them."""
     for prop in node.metadata_props:
         if prop.key == _SCOPE_KEY:
             try:
@@ -192,12 +192,28 @@ def node_scopes(node) -> list[str]:
     return []
 
 
+def qualified_scopes(node, modules: dict[str, Any]) -> list[str]:
+    """The node's scopes as qualified module names.
+
+    Exporters write either full names at each level (``enc/enc.0``) or the attribute name only
+    (``blocks.0/fc1`` for ``blocks.0.fc1``); both are resolved against the module tree.
+    """
+    out: list[str] = []
+    current = ""
+    for part in node_scopes(node):
+        for candidate in (f"{current}.{part}" if current else part, part):
+            if candidate in modules and (not current or candidate.startswith(current + ".")):
+                current = candidate
+                out.append(candidate)
+                break
+    return out
+
+
 def _candidate_points(nodes, graph, modules: dict[str, Any]) -> list[dict[str, Any]]:
     members: dict[str, list[int]] = defaultdict(list)
     for index, node in enumerate(nodes):
-        for scope in node_scopes(node):
-            if scope in modules:
-                members[scope].append(index)
+        for scope in qualified_scopes(node, modules):
+            members[scope].append(index)
     consumers: dict[str, set[int]] = defaultdict(set)
     for index, node in enumerate(nodes):
         for i in node.input:
@@ -222,7 +238,6 @@ def _candidate_points(nodes, graph, modules: dict[str, Any]) -> list[dict[str, A
                 "node_index": index,
                 "onnx_node": nodes[index].name or f"{nodes[index].op_type}#{index}",
                 "op_types": sorted({nodes[i].op_type for i in idxs}),
-                "depth": name.count(".") + len(node_scopes(nodes[index])),
             }
         )
     return sorted(points, key=lambda p: p["node_index"])
