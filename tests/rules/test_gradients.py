@@ -1,0 +1,185 @@
+"""exploding_gradient, vanishing_gradient, nan_or_inf on hand-built evidence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import build, healthy_columns
+
+from modeldebug.config import AlertThresholds, DebuggingConfig
+from modeldebug.evidence import Evidence, OptimizerInfo
+from modeldebug.rules.exploding_gradient import ExplodingGradient
+from modeldebug.rules.nan_or_inf import NanOrInf
+from modeldebug.rules.vanishing_gradient import VanishingGradient
+
+
+def _param_rows(cols, param, values, from_step=0):
+    pt = cols["param_stats"]
+    rows = (pt["param"] == param) & (pt["step"] >= from_step)
+    pt["grad_norm"] = np.where(rows, values, pt["grad_norm"])
+
+
+def _explode(cols, at=150, factor=1e4):
+    s = cols["steps"]
+    n = len(s["step"])
+    s["grad_norm"][at:] = factor * np.geomspace(1, 100, n - at)
+    s["loss"][at:] = np.geomspace(1, 1e3, n - at)
+    _param_rows(cols, "net.2.weight", 1e5, from_step=at)
+
+
+# --- exploding_gradient ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "opt, lr, first_cause",
+    [("SGD", 5.0, "learning_rate_too_high"), ("Adam", 0.1, "learning_rate_too_high"),
+     ("SGD", 0.01, "learning_rate_too_high")],
+    ids=["sgd-lr5", "adam-lr0.1", "sgd-moderate-lr"],
+)
+def test_exploding_fires_with_location_step_and_concrete_lr(opt, lr, first_cause):
+    cols = healthy_columns()
+    _explode(cols)
+    cols["optimizers"] = [OptimizerInfo(opt, [{"lr": lr}])]
+    (f,) = ExplodingGradient().check(build(cols))
+    assert (f.kind, f.step, f.location, f.severity) == ("exploding_gradient", 150, "net.2", "high")
+    assert f.causes[0] == first_cause
+    assert f"lr is {lr:g}; try {lr / 10:g}" in f.recommendations[0].description
+    assert f"torch.optim.{opt}(model.parameters(), lr={lr / 10:g})" == f.recommendations[0].implementation
+    assert f.evidence["grad_norm"] >= 1e4 and "net.2.weight" in f.message
+
+
+def test_exploding_blames_unnormalized_inputs_when_lr_is_usual():
+    cols = healthy_columns()
+    _explode(cols)
+    cols["steps"]["input_mean"][:] = 120.0
+    cols["steps"]["input_std"][:] = 60.0
+    (f,) = ExplodingGradient().check(build(cols))
+    assert f.causes[0] == "unnormalized_inputs"
+
+
+def test_exploding_that_does_not_hurt_is_low():
+    cols = healthy_columns()
+    cols["steps"]["grad_norm"][150:152] = 500.0  # two spikes, the loss keeps falling
+    (f,) = ExplodingGradient().check(build(cols))
+    assert f.severity == "low"
+
+
+@pytest.mark.parametrize("factor", [1.0, 60.0], ids=["healthy", "near-miss-60x"])
+def test_exploding_stays_quiet(factor):
+    cols = healthy_columns()
+    cols["steps"]["grad_norm"][150:] *= factor
+    assert ExplodingGradient().check(build(cols)) == []
+
+
+def test_exploding_alert_threshold():
+    cols = healthy_columns()
+    cfg = DebuggingConfig(alert_thresholds=AlertThresholds(gradient_norm=1.1))
+    cols["steps"]["grad_norm"][:] = 1.0
+    cols["steps"]["grad_norm"][40] = 1.5
+    (f,) = ExplodingGradient().check(build(cols, config=cfg))
+    assert (f.severity, f.step, f.evidence["alert_threshold"]) == ("medium", 40, 1.1)
+    cfg = DebuggingConfig(alert_thresholds=AlertThresholds(gradient_norm=2.0))
+    assert ExplodingGradient().check(build(cols, config=cfg)) == []
+
+
+@pytest.mark.parametrize("ratio, fires", [(200.0, True), (50.0, False)], ids=["ratio-200", "near-miss-50"])
+def test_exploding_first_to_last_layer_ratio(ratio, fires):
+    cols = healthy_columns()
+    cols["param_stats"]["grad_norm"] = np.full(len(cols["param_stats"]["step"]), 0.01)
+    _param_rows(cols, "net.0.weight", 0.01 * ratio)
+    cols["steps"]["loss"][:] = 2.3  # and it hurts
+    found = ExplodingGradient().check(build(cols))
+    assert bool(found) == fires
+    if fires:
+        assert found[0].location == "net.0" and found[0].causes[0] == "bad_weight_init"
+
+
+# --- vanishing_gradient ------------------------------------------------------------------------
+
+
+def _vanish(cols, first=1e-6):
+    cols["param_stats"]["grad_norm"] = np.full(len(cols["param_stats"]["step"]), 0.1)
+    _param_rows(cols, "net.0.weight", first)
+    cols["steps"]["loss"][:] = 2.3 + 0.01 * np.sin(np.arange(len(cols["steps"]["loss"])))
+
+
+@pytest.mark.parametrize("act, first_cause", [("Sigmoid", "saturating_activation_choice"),
+                                              ("ReLU", "missing_normalization_layer")], ids=["sigmoid", "relu"])
+def test_vanishing_fires_on_first_layer(act, first_cause):
+    cols = healthy_columns(act=act)
+    _vanish(cols)
+    (f,) = VanishingGradient().check(build(cols))
+    assert (f.kind, f.location, f.severity, f.step) == ("vanishing_gradient", "net.0", "high", 10)
+    assert f.causes[0] == first_cause
+    assert any("kaiming_normal_(model.net[0].weight" in (r.implementation or "") for r in f.recommendations)
+
+
+def test_vanishing_with_tiny_init_blames_init():
+    cols = healthy_columns(act="Sigmoid")
+    _vanish(cols)
+    pt = cols["param_stats"]
+    pt["norm"] = np.where(pt["param"] == "net.0.weight", 1e-3, pt["norm"])
+    (f,) = VanishingGradient().check(build(cols))
+    assert f.causes[0] == "bad_weight_init"
+
+
+def test_vanishing_that_does_not_hurt_is_low():
+    cols = healthy_columns()
+    cols["param_stats"]["grad_norm"] = np.full(len(cols["param_stats"]["step"]), 0.1)
+    _param_rows(cols, "net.0.weight", 1e-6)
+    (f,) = VanishingGradient().check(build(cols))
+    assert f.severity == "low"
+
+
+@pytest.mark.parametrize("first", [0.1, 2e-4], ids=["healthy", "near-miss-ratio-2e-3"])
+def test_vanishing_stays_quiet(first):
+    cols = healthy_columns()
+    _vanish(cols, first)
+    assert VanishingGradient().check(build(cols)) == []
+
+
+def test_vanishing_from_global_norm_without_layer_data():
+    cols = healthy_columns()
+    cols["steps"]["grad_norm"][:] = 1e-6  # ~235k parameters: RMS 2e-9
+    cols["param_stats"] = {}
+    (f,) = VanishingGradient().check(build(cols))
+    assert f.location is None and f.evidence["grad_rms"] < 1e-7
+
+
+# --- nan_or_inf --------------------------------------------------------------------------------
+
+
+def _nan_at(cols, at=120, grow=False):
+    s = cols["steps"]
+    s["loss"][at:] = np.nan
+    s["loss_nonfinite"] = np.arange(len(s["step"])) >= at
+    s["grad_nonfinite"] = np.arange(len(s["step"])) >= at
+    s["grad_norm"][at:] = np.nan
+    if grow:
+        s["grad_norm"][at - 10:at] = np.geomspace(10, 1e6, 10)
+    lt = cols["layer_stats"]
+    lt["nonfinite"] = np.where((lt["step"] >= at) & np.isin(lt["layer"], ["net.2", "net.3", "net.4"]), 5, 0)
+
+
+@pytest.mark.parametrize(
+    "grow, inputs_bad, first_cause",
+    [(True, False, "learning_rate_too_high"), (False, False, "numerically_unstable_op"), (False, True, "other")],
+    ids=["after-growth", "sudden", "bad-inputs"],
+)
+def test_nan_fires_at_first_step_and_first_layer(grow, inputs_bad, first_cause):
+    cols = healthy_columns()
+    _nan_at(cols, 120, grow)
+    if inputs_bad:
+        cols["steps"]["input_nonfinite"] = np.arange(len(cols["steps"]["step"])) >= 118
+    (f,) = NanOrInf().check(build(cols))
+    assert (f.kind, f.step, f.location, f.severity) == ("nan_or_inf", 120, "net.2", "high")
+    assert f.causes[0] == first_cause
+    if grow:
+        assert "lr is 0.01; try 0.001" in f.recommendations[0].description
+
+
+def test_nan_quiet_on_healthy_and_on_missing_loss():
+    assert NanOrInf().check(build(healthy_columns())) == []
+    # a NaN loss column without the non-finite flag is missing data, not a NaN loss
+    ev = Evidence.build(steps=[{"step": i, "grad_norm": 1.0} for i in range(50)])
+    assert NanOrInf().check(ev) == []

@@ -1,0 +1,150 @@
+"""memory_growth, input_bottleneck, slow_operation, memory_pressure on hand-built evidence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import build, healthy_columns
+
+from modeldebug.config import AlertThresholds, DebuggingConfig
+from modeldebug.evidence import Evidence, LayerInfo
+from modeldebug.rules.input_bottleneck import InputBottleneck
+from modeldebug.rules.memory_growth import MemoryGrowth
+from modeldebug.rules.memory_pressure import MemoryPressure
+from modeldebug.rules.slow_operation import SlowOperation
+
+MiB, GiB = 2**20, 2**30
+
+# --- memory_growth -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("column", ["rss_bytes", "cuda_allocated"])
+def test_memory_growth_fires(column):
+    cols = healthy_columns()
+    rng = np.random.default_rng(0)
+    cols["steps"][column] = 5e8 + 1 * MiB * np.arange(300) + 2 * MiB * rng.random(300)  # +1 MiB/step
+    (f,) = MemoryGrowth().check(build(cols))
+    assert (f.kind, f.location, f.causes[0], f.severity) == ("memory_growth", None, "graph_kept_alive", "medium")
+    assert f.evidence["column"] == column and 0.9 * MiB < f.evidence["bytes_per_step"] < 1.1 * MiB
+    assert "loss.item()" in f.recommendations[0].implementation
+
+
+@pytest.mark.parametrize("case", ["healthy-plateau", "warmup-only", "near-miss-25MiB", "sawtooth"])
+def test_memory_growth_stays_quiet(case):
+    cols = healthy_columns()
+    st = np.arange(300)
+    rss = {
+        "healthy-plateau": 5e8 + 4 * MiB * np.random.default_rng(0).random(300),
+        "warmup-only": 5e8 + 200 * MiB * np.minimum(st, 20) / 20,
+        "near-miss-25MiB": 5e8 + 25 * MiB * st / 300,
+        "sawtooth": 5e8 + 100 * MiB * (st % 50) / 50,
+    }[case]
+    cols["steps"]["rss_bytes"] = rss
+    assert MemoryGrowth().check(build(cols)) == []
+
+
+# --- input_bottleneck --------------------------------------------------------------------------
+
+
+def test_input_bottleneck_fires():
+    cols = healthy_columns()
+    cols["steps"]["data_s"][:] = 0.030
+    cols["steps"]["step_s"][:] = 0.040
+    (f,) = InputBottleneck().check(build(cols))
+    assert (f.kind, f.severity, f.causes, f.step) == ("input_bottleneck", "medium", ["slow_data_loading"], 5)
+    assert "num_workers=4" in f.recommendations[0].implementation and "75%" in f.message
+
+
+def test_input_bottleneck_without_step_time_sums_the_parts():
+    cols = healthy_columns()
+    cols["steps"]["data_s"][:] = 0.1
+    cols["steps"]["step_s"][:] = np.nan
+    (f,) = InputBottleneck().check(build(cols))
+    assert f.severity == "high"
+
+
+@pytest.mark.parametrize("data_s, step_s", [(0.001, 0.010), (0.018, 0.040), (0.002, 0.003)],
+                         ids=["healthy", "near-miss-45pct", "tiny-steps"])
+def test_input_bottleneck_stays_quiet(data_s, step_s):
+    cols = healthy_columns()
+    cols["steps"]["data_s"][:] = data_s
+    cols["steps"]["step_s"][:] = step_s
+    assert InputBottleneck().check(build(cols)) == []
+
+
+# --- slow_operation ----------------------------------------------------------------------------
+
+
+def _timed(layers: dict[str, tuple[str, float]]) -> Evidence:
+    rows, infos = [], {}
+    for i, (name, (typ, t)) in enumerate(layers.items()):
+        infos[name] = LayerInfo(name, typ, i, 0, f"{typ}()")
+        rows += [{"step": s, "layer": name, "fwd_time_s": t} for s in range(0, 100, 10)]
+    return Evidence.build(steps=[{"step": s} for s in range(100)], layer_stats=rows, layers=infos)
+
+
+def test_slow_custom_layer_is_medium():
+    ev = _timed({"net": ("Net", 0.0262), "net.emb": ("Linear", 0.0004), "net.mix": ("LoopMixer", 0.025),
+                 "net.head": ("Linear", 0.0004), "net.act": ("ReLU", 0.0001)})
+    (f,) = SlowOperation().check(ev)
+    assert (f.kind, f.location, f.severity, f.step) == ("slow_operation", "net.mix", "medium", 0)
+    assert "LoopMixer" in f.message and "Vectorize" in f.recommendations[0].description
+
+
+def test_slow_container_counts_only_its_own_time():
+    # block.attn dominates; its parent "block" only adds its children's time and must not be blamed.
+    ev = _timed({"block": ("Block", 0.0105), "block.attn": ("SlowAttention", 0.010), "block.fc": ("Linear", 0.0003),
+                 "block.norm": ("LayerNorm", 0.0001), "head": ("Linear", 0.0003)})
+    (f,) = SlowOperation().check(ev)
+    assert f.location == "block.attn"
+
+
+def test_standard_heavy_layer_is_a_hint():
+    ev = _timed({"conv1": ("Conv2d", 0.004), "relu": ("ReLU", 0.0002), "fc": ("Linear", 0.0003)})
+    (f,) = SlowOperation().check(ev)
+    assert (f.location, f.severity) == ("conv1", "low")
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [{"a": ("Linear", 0.001), "b": ("Custom", 0.0012), "c": ("Linear", 0.001)},
+     {"a": ("Linear", 0.0004), "b": ("Custom", 0.0009), "c": ("Linear", 0.0001)},
+     {"a": ("Custom", 0.01), "b": ("Linear", 0.001)}],
+    ids=["balanced", "under-1ms", "too-few-layers"],
+)
+def test_slow_operation_stays_quiet(layers):
+    assert SlowOperation().check(_timed(layers)) == []
+
+
+# --- memory_pressure ---------------------------------------------------------------------------
+
+
+def _gpu(reserved_gib, total_gib=80, **extra):
+    cols = healthy_columns()
+    cols["steps"]["cuda_reserved"] = np.linspace(reserved_gib / 2, reserved_gib, 300) * GiB
+    events = [{"step": None, "type": "device", "data": {"total_memory": total_gib * GiB}}] if total_gib else []
+    return build(cols, events=events, **extra)
+
+
+@pytest.mark.parametrize("reserved, severity", [(75, "medium"), (79, "high")], ids=["94pct", "99pct"])
+def test_memory_pressure_fires(reserved, severity):
+    (f,) = MemoryPressure().check(_gpu(reserved))
+    assert (f.kind, f.severity, f.location) == ("memory_pressure", severity, None)
+    assert f.step is not None and "autocast" in f.recommendations[1].implementation
+
+
+@pytest.mark.parametrize("reserved, total", [(70, 80), (79, None)], ids=["near-miss-87pct", "unknown-total"])
+def test_memory_pressure_stays_quiet(reserved, total):
+    assert MemoryPressure().check(_gpu(reserved, total)) == []
+
+
+def test_memory_usage_alert_as_fraction_and_bytes():
+    cfg = DebuggingConfig(alert_thresholds=AlertThresholds(memory_usage=0.5))
+    (f,) = MemoryPressure().check(_gpu(60, config=cfg))
+    assert f.severity == "medium" and f.evidence["alert_threshold_bytes"] == 40 * GiB
+    # on CPU, bytes against RSS (the healthy run sits at ~500 MB)
+    cfg = DebuggingConfig(alert_thresholds=AlertThresholds(memory_usage=400e6))
+    (f,) = MemoryPressure().check(build(healthy_columns(), config=cfg))
+    assert "host memory" in f.message
+    cfg = DebuggingConfig(alert_thresholds=AlertThresholds(memory_usage=600e6))
+    assert MemoryPressure().check(build(healthy_columns(), config=cfg)) == []
