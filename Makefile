@@ -17,8 +17,9 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# The main job on the embedded rule engine, offline: watch a bundled script with a real bug.
 demo: setup
-	$(PY) examples/demo.py
+	$(VENV)/bin/modeldebug run --json .modeldebug/demo-report.json -- $(PY) examples/forgot_zero_grad.py
 
 test: setup
 	$(PY) -m pytest -q

@@ -77,6 +77,7 @@ class _Step:
     forward_calls: int = 0
     backward_calls: int = 0
     optimizer_stepped: bool = False
+    stepped: set[int] = field(default_factory=set)  # ids of the optimizers that stepped
     fwd_start: float | None = None
     opt_start: float | None = None
     monitor_s: float = 0.0
@@ -86,6 +87,7 @@ class _Step:
     stale_grad_norm: torch.Tensor | None = None
     input_flag: torch.Tensor | None = None
     input_vec: tuple[int, torch.Tensor] | None = None  # (numel, reduce vector) on sampled steps
+    input_ref: torch.Tensor | None = None  # CPU batch, checked only if the loss turns non-finite
     layer_start: dict[str, float] = field(default_factory=dict)
     layer_vecs: dict[str, tuple[int, int | None, torch.Tensor, float]] = field(default_factory=dict)
     grad_vecs: dict[str, tuple[int, torch.Tensor]] = field(default_factory=dict)
@@ -139,7 +141,8 @@ class Debugger:
 
         self._models: list[_Watched] = []
         self._optimizers: list[torch.optim.Optimizer] = []
-        self._primary: torch.optim.Optimizer | None = None
+        self._primary: torch.optim.Optimizer | None = None  # the first to step: its lr is recorded
+        self._newest_adopted: torch.optim.Optimizer | None = None
         self._params: list[tuple[str, torch.nn.Parameter]] = []
         self._param_ids: set[int] = set()
         self._layers: list[tuple[str, nn.Module, Any, Any]] = []  # name, module, pre-hook, post-hook
@@ -171,6 +174,7 @@ class Debugger:
         self._unresolved: list[tuple[StepRecord, torch.Tensor, _Step]] = []
         self._recent = deque(maxlen=256)  # StepRecords for metrics (bounded)
         self._latest_layers: dict[str, LayerRecord] = {}
+        self._last_norms: dict[str, float] = {}
         self._samples = 0
 
         self._t0 = 0.0
@@ -193,33 +197,28 @@ class Debugger:
         name = name or type(inner).__name__
         watched = _Watched(model, name, "")
         self._models.append(watched)
-        if len(self._models) == 2:  # several models: qualify every name by its model
-            self._models[0].prefix = self._models[0].name + "."
-            self._rebuild_names()
-        if len(self._models) > 1:
-            watched.prefix = self._dedupe_prefix(name)
         if compiled:
             # Hooks inside a compiled graph force recompiles or graph breaks: watch it from outside.
             self._compiled.append(name)
             log.info("%s is torch.compile'd: watching loss, gradients and parameters, not layer by layer", name)
-        self._register_model(watched, inner, layers=not compiled)
+        if len(self._models) == 1:
+            self._register_model(watched, inner, layers=not compiled)
+        else:  # several models: qualify every name by its model's
+            taken: set[str] = set()
+            for w in self._models:
+                w.prefix, n = w.name + ".", 1
+                while w.prefix in taken:
+                    n += 1
+                    w.prefix = f"{w.name}{n}."
+                taken.add(w.prefix)
+            self._rebuild_names()
         if self._started:
             self._hook_root(watched)
         return self
 
-    def _dedupe_prefix(self, name: str) -> str:
-        taken = {w.prefix for w in self._models}
-        prefix, n = name + ".", 1
-        while prefix in taken:
-            n += 1
-            prefix = f"{name}{n}."
-        return prefix
-
     def _rebuild_names(self) -> None:
-        models = list(self._models)
-        self._models, self._params, self._param_ids, self._layers, self.layer_info = [], [], set(), [], {}
-        for w in models:
-            self._models.append(w)
+        self._params, self._param_ids, self._layers, self.layer_info = [], set(), [], {}
+        for w in self._models:
             inner = getattr(w.module, "_orig_mod", w.module)
             self._register_model(w, inner, layers=w.name not in self._compiled)
 
@@ -365,7 +364,7 @@ class Debugger:
         """
         t = _now()
         self._manual_steps = True
-        st = self._state or self._begin_step(t)
+        st = self._state or (self._adopt_pending(t) if self._pending_backward else self._begin_step(t))
         if loss is not None and st.loss_count == 0:
             value = loss.detach().float() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
             st.loss_sum, st.loss_count = value.reshape(()), 1
@@ -397,6 +396,8 @@ class Debugger:
         self._layer_handles = []
         if st is None:
             return
+        if st.sampled and st.param_pre is None and st.backward_calls and self.config.monitoring_config.gradients:
+            st.param_pre = self._param_snapshot(subsets=False)  # a step without optimizer.step()
         end = _now()
         rec = StepRecord(
             step=st.index,
@@ -445,6 +446,9 @@ class Debugger:
             rec.loss_nonfinite = st.loss_count > 0 and not math.isfinite(rec.loss)
             rec.grad_nonfinite = st.grad_norm is not None and not math.isfinite(rec.grad_norm)
             rec.input_nonfinite = flag == 1.0
+            if (rec.loss_nonfinite or rec.grad_nonfinite) and st.input_ref is not None:
+                rec.input_nonfinite = not bool(torch.isfinite(st.input_ref).all())
+            st.input_ref = None
             if (rec.loss_nonfinite or rec.grad_nonfinite) and self._nonfinite_looks < 3:
                 # Look closer at the next steps; a run that stays non-finite is not sampled forever.
                 self._force_sample = True
@@ -483,9 +487,10 @@ class Debugger:
         if st is None:
             st = self._begin_step(t)
         if st.forward_calls == 0:
-            x = first_float_tensor(args) if args else None
-            if x is None and kwargs:
-                x = first_float_tensor(kwargs)
+            # The batch: its first floating tensor, else the first tensor (token ids).
+            x = first_float_tensor((args, kwargs))
+            if x is None:
+                x = first_float_tensor((args, kwargs), floating=False)
             if x is not None:
                 self._input_stats(st, x)
         st.forward_calls += 1
@@ -507,8 +512,11 @@ class Debugger:
         if st.sampled:
             st.input_vec = (x.numel(), reduce(x))
         elif x.is_cuda:
-            # On CUDA the whole-batch check is cheap next to the step; on CPU it waits for a bad loss.
+            # On CUDA the whole-batch check is cheap next to the step; on CPU it waits for a bad
+            # loss (the batch is held, not copied, until the step closes).
             st.input_flag = (~torch.isfinite(x).all()).float()
+        else:
+            st.input_ref = x
 
     # ------------------------------------------------------------------ per-layer hooks (sampled steps)
 
@@ -575,11 +583,19 @@ class Debugger:
             for h in self._layer_handles:
                 h.remove()
             self._layer_handles = []
+            if st.sampled and self.config.monitoring_config.gradients:
+                st.param_pre = self._param_snapshot(subsets=False)
             self._pending_backward.append(st)
             self.step_count += 1
             if self._backward_driven or len(self._pending_backward) >= MAX_ACCUMULATION:
                 self._backward_driven = True
                 self._flush_pending_backward(as_steps=True)
+
+    def _adopt_pending(self, t: float) -> _Step:
+        """A step ends after held-back backward passes: they were its gradient accumulation."""
+        self._state = _Step(index=self.step_count, sampled=self._pending_backward[0].sampled, start=t)
+        self._flush_pending_backward(as_steps=False)
+        return self._state
 
     def _flush_pending_backward(self, as_steps: bool) -> None:
         """Write held-back backward-only iterations as steps of their own, or merge them into the
@@ -615,7 +631,7 @@ class Debugger:
                 st.loss_count += p.loss_count
         # The first held iteration's sampled statistics stand for the merged step.
         st.sampled = st.sampled or first.sampled
-        for attr in ("layer_vecs", "grad_vecs", "input_vec", "stale_grad_norm", "input_flag"):
+        for attr in ("layer_vecs", "grad_vecs", "input_vec", "stale_grad_norm", "input_flag", "param_pre"):
             if not getattr(st, attr) and getattr(first, attr) is not None:
                 setattr(st, attr, getattr(first, attr))
         st.start = first.start
@@ -629,12 +645,7 @@ class Debugger:
         t = _now()
         st = self._state
         if st is None:
-            if self._pending_backward:
-                # An optimizer step after held-back backward passes: they were accumulation.
-                st = self._state = _Step(index=self.step_count, sampled=self._pending_backward[0].sampled, start=t)
-                self._flush_pending_backward(as_steps=False)
-            else:
-                st = self._begin_step(t)
+            st = self._adopt_pending(t) if self._pending_backward else self._begin_step(t)
         if st.grad_norm is None:
             grads = [p.grad for _, p in self._params if p.grad is not None and not p.grad.is_sparse]
             if grads:
@@ -659,10 +670,14 @@ class Debugger:
             st.optimizer_s += t - st.opt_start
             st.opt_start = None
         st.optimizer_stepped = True
-        if st.param_pre is not None and optimizer is self._primary:
+        st.stepped.add(id(optimizer))
+        closes = not self._manual_steps and (
+            all(id(o) in st.stepped for o in self._optimizers) or optimizer is self._newest_adopted
+        )
+        if closes and st.param_pre is not None and st.param_post is None:
             st.param_post = self._param_after(st.param_pre)
         st.monitor_s += _now() - t
-        if optimizer is self._primary and not self._manual_steps:
+        if closes:
             self._close_step()
         return None
 
@@ -672,20 +687,28 @@ class Debugger:
         return self._adopt_optimizer(optimizer)
 
     def _adopt_optimizer(self, optimizer) -> bool:
-        """Optimizers not given to the debugger are watched when they update a watched model."""
+        """Optimizers not given to the debugger are watched when they update a watched model.
+
+        A step closes once every watched optimizer has stepped in it (a GAN's discriminator and
+        generator steps make one step). An optimizer adopted later is taken to be the last one
+        of the cycle, so that from the second iteration on a step is one whole iteration.
+        """
         for group in optimizer.param_groups:
             if any(id(p) in self._param_ids for p in group["params"]):
                 self._optimizers.append(optimizer)
+                self._newest_adopted = optimizer
                 return True
         return False
 
     # ------------------------------------------------------------------ parameter statistics
 
-    def _param_snapshot(self) -> dict[str, Any]:
+    def _param_snapshot(self, subsets: bool = True) -> dict[str, Any]:
+        """Norms and gradient moments of every parameter; with ``subsets``, a copy of a bounded
+        subset of each parameter's values to measure the coming update against."""
         params = [p for _, p in self._params]
         with torch.no_grad():
             norms = torch._foreach_norm([p.detach() for p in params])
-            subsets = [_subset(p).clone() for p in params]
+            subsets = [_subset(p).clone() for p in params] if subsets else []
             grad_rows = []
             for _, p in self._params:
                 g = p.grad
@@ -796,6 +819,9 @@ class Debugger:
                 base = float(subset_norms[i])
                 rec.update_ratio = float(deltas[i]) / base if base > 0 else (0.0 if deltas[i] == 0 else math.inf)
                 rec.changed = bool(deltas[i] > 0 or post_norms[i] != norms[i])
+            else:  # no optimizer step to measure: did it change since the last look?
+                rec.changed = pname in self._last_norms and self._last_norms[pname] != rec.norm
+            self._last_norms[pname] = float(post_norms[i]) if post is not None else rec.norm
             self.store.add(self.run_id, rec)
 
     # ------------------------------------------------------------------ losses and data (patched)

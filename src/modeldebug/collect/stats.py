@@ -105,10 +105,11 @@ def num_units(t: torch.Tensor) -> int | None:
     return t.shape[dim] if dim is not None else None
 
 
-def first_float_tensor(value, _depth: int = 0) -> torch.Tensor | None:
-    """The first floating-point tensor in a module's output: tensors, tuples, lists, dicts, dataclasses."""
+def first_float_tensor(value, _depth: int = 0, floating: bool = True) -> torch.Tensor | None:
+    """The first floating-point tensor (any non-empty tensor if not ``floating``) in a module's
+    inputs or output: tensors, tuples, lists, dicts, dataclasses."""
     if isinstance(value, torch.Tensor):
-        return value if value.is_floating_point() and value.numel() > 0 else None
+        return value if (value.is_floating_point() or not floating) and value.numel() > 0 else None
     if _depth > 3:
         return None
     if isinstance(value, dict):
@@ -120,7 +121,7 @@ def first_float_tensor(value, _depth: int = 0) -> torch.Tensor | None:
     else:
         return None
     for item in items:
-        found = first_float_tensor(item, _depth + 1)
+        found = first_float_tensor(item, _depth + 1, floating)
         if found is not None:
             return found
     return None

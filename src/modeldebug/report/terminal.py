@@ -47,7 +47,8 @@ def print_report(report: Report, console: Console | None = None, *, issue: str |
         for r in f.recommendations:
             body.append(f"\n→ {r.description}", style="green")
             if r.implementation:
-                body.append(f"\n    {r.implementation}", style="green dim")
+                code = "\n".join("    " + line for line in r.implementation.splitlines())
+                body.append("\n" + code, style="green dim")
         if f.source == "llm":
             body.append("\n(added by the language model)", style="dim italic")
         console.print(Panel(body, title=title, title_align="left", border_style=_STYLE[f.severity]))

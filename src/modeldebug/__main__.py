@@ -1,0 +1,3 @@
+from modeldebug.cli import main
+
+main()
