@@ -47,6 +47,13 @@ def test_dead_relu_that_does_not_hurt_is_low():
     assert (f.location, f.severity) == ("net.3", "low")
 
 
+def test_most_of_a_layer_dead_is_medium_even_while_the_loss_falls():
+    cols = healthy_columns()
+    _set_layer(cols, "dead_frac", "net.3", 0.97)
+    (f,) = DeadReLU().check(build(cols))
+    assert f.severity == "medium"
+
+
 @pytest.mark.parametrize("frac", [0.05, 0.45], ids=["healthy", "near-miss-45pct"])
 def test_dead_relu_stays_quiet(frac):
     cols = healthy_columns()

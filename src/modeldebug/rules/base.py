@@ -339,3 +339,22 @@ def per_group_median(keys: np.ndarray, values: np.ndarray) -> dict[Any, float]:
     hi = sv[starts + counts // 2]
     med = (lo + hi) / 2
     return {k.item() if hasattr(k, "item") else k: float(m) for k, m in zip(uniq, med)}
+
+
+def init_scales(ev: Evidence, first_steps: int = 10) -> dict[str, float]:
+    """Weight RMS x sqrt(fan_in) at the first sample, per weight matrix (~0.6-1.4 for PyTorch's
+    default, Kaiming and Xavier init); empty when the first sample came after ``first_steps``."""
+    t = ev.param_stats
+    if len(t) == 0:
+        return {}
+    steps, norm = col(t, "step"), col(t, "norm")
+    start = np.nanmin(steps)
+    if not start <= first_steps:
+        return {}
+    out = {}
+    for p, n in zip(t["param"][steps == start], norm[steps == start]):
+        info = ev.params.get(str(p))
+        if info is None or len(info.shape) < 2 or info.numel == 0 or not np.isfinite(n):
+            continue
+        out[str(p)] = float(n / np.sqrt(info.numel) * np.sqrt(info.numel // info.shape[0]))
+    return out

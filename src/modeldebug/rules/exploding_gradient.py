@@ -17,6 +17,7 @@ from modeldebug.rules.base import (
     g,
     grace_mask,
     impact_severity,
+    init_scales,
     layer_order,
     loss_trend,
     lower_lr,
@@ -42,7 +43,8 @@ class ExplodingGradient(Rule):
     Severity: high when the loss diverges or stalls, low when the loss still improves
     (AUTOTRAINER: a symptom that does not hurt is a hint); medium for a user alert alone.
     Causes: lr above its optimizer's usual range -> learning_rate_too_high first; inputs far from
-    normalized -> unnormalized_inputs; otherwise lr, then bad_weight_init, missing normalization.
+    normalized -> unnormalized_inputs; initial weights above ``init_scale`` x 1/sqrt(fan_in) ->
+    bad_weight_init; otherwise lr, then bad_weight_init, missing normalization.
     Recommends: lr / 10 for this optimizer, gradient clipping, normalization layers.
     """
 
@@ -53,6 +55,7 @@ class ExplodingGradient(Rule):
     growth: float = 100.0
     layer_ratio: float = 70.0
     grace_steps: int = GRACE_STEPS
+    init_scale: float = 3.0  # weight RMS x sqrt(fan_in) above ~2x Kaiming's 1.4 points at the init
 
     def check(self, ev: Evidence) -> list[Finding]:
         steps, gn = col(ev.steps, "step"), col(ev.steps, "grad_norm")
@@ -152,6 +155,8 @@ class ExplodingGradient(Rule):
                           initial=0.0)
         if lr_is_high(ev):
             return ["learning_rate_too_high", "bad_weight_init", "missing_normalization_layer"]
+        if max(init_scales(ev).values(), default=0.0) > self.init_scale:
+            return ["bad_weight_init", "learning_rate_too_high", "missing_normalization_layer"]
         if scale > 10:
             return ["unnormalized_inputs", "learning_rate_too_high", "bad_weight_init"]
         return ["learning_rate_too_high", "bad_weight_init", "missing_normalization_layer"]

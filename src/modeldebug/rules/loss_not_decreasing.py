@@ -45,6 +45,8 @@ class LossNotDecreasing(Rule):
     -> wrong_loss_function; one class -> label_problem; loss rising or update ratio > 0.1 ->
     learning_rate_too_high; update ratio < 1e-5 or lr below the usual range -> learning_rate_too_low
     (DeepDiagnosis' update-ratio bounds [1e-5, 0.1]).
+    Recommends: the fix for the first two causes, concrete for this run (lr now and the lr to
+    try, the Softmax layer to remove, the missing call).
     """
 
     id = "loss_not_decreasing"
