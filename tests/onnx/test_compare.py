@@ -112,10 +112,37 @@ def test_train_mode_is_recognised(example, ts_model):
     assert any("eval()" in r.description for r in f.recommendations)
 
 
-def test_dynamo_export_and_scopes(net, example):
+@pytest.fixture(scope="module")
+def dynamo_program(net, example):
+    from modeldebug.onnx.compare import _export
+
+    return _export(net, example, "dynamo")
+
+
+def test_dynamo_export_matches_modules_and_ops(net, example):
     report = compare_with_torch(net, example, exporter="dynamo")
     assert report.findings == [] and report.metrics["exporter"] == "dynamo"
-    assert report.metrics["matched_points"] == 14  # every leaf module; blocks share their norm's value
+    points = report.metrics["points"]
+    # 14 leaf modules (a block shares its norm's value) and, from the exported program, the
+    # residual adds and the final softmax that belong to no leaf module
+    assert sum(p["level"] == "module" for p in points) == 14
+    assert [p["value"] for p in points if p["level"] == "op"] == ["add", "add_1", "add_2", "softmax"]
+    assert [p["module"] for p in points if p["level"] == "op"][:3] == ["blocks.0", "blocks.1", "blocks.2"]
+
+
+def test_planted_op_change_found_at_op_level(net, example, dynamo_program):
+    """The residual Add of blocks.1 turned into a Sub: no module output of its own, found as an op."""
+    from types import SimpleNamespace
+
+    planted = onnx.ModelProto()
+    planted.CopyFrom(dynamo_program.model_proto)
+    (add,) = [n for n in planted.graph.node if list(n.output) == ["add_1"]]
+    add.op_type = "Sub"
+    program = SimpleNamespace(model_proto=planted, exported_program=dynamo_program.exported_program)
+    f = compare_with_torch(net, example, onnx_model=program).findings[0]
+    assert (f.location, f.evidence["level"], f.evidence["onnx_value"]) == ("blocks.1", "op", "add_1")
+    assert "Sub op add_1 inside blocks.1" in f.message
+    assert f.evidence["earlier_points_ok"] >= 8
 
 
 def test_hooks_are_removed(net, example, ts_model):

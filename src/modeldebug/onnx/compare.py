@@ -88,9 +88,14 @@ def compare_with_torch(
     timing: dict[str, float] = {}
 
     t0 = time.perf_counter()
+    program = None
     if onnx_model is None:
-        proto = export_model(module, args, exporter)
+        program = _export(module, args, exporter)
+        proto = program if exporter == "torchscript" else program.model_proto
+        program = None if exporter == "torchscript" else program
         source = f"<exported with {exporter}>"
+    elif hasattr(onnx_model, "model_proto") and hasattr(onnx_model, "exported_program"):
+        program, proto, source = onnx_model, onnx_model.model_proto, "<given ONNXProgram>"
     else:
         proto = load_model(onnx_model)
         source = str(onnx_model) if isinstance(onnx_model, str) else "<given model>"
@@ -102,10 +107,13 @@ def compare_with_torch(
 
     t0 = time.perf_counter()
     captured, calls, torch_outputs = _run_torch(module, args, {p["module"] for p in points})
+    op_values = _run_exported_program(program, args) if program is not None else {}
+    op_points = _op_points(nodes, modules, op_values, {p["value"] for p in points})
     timing["torch_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    onnx_values, graph_outputs = _run_onnx(proto, args, [p["value"] for p in points], providers, optimization_level)
+    wanted = [p["value"] for p in points] + [p["value"] for p in op_points]
+    onnx_values, graph_outputs = _run_onnx(proto, args, wanted, providers, optimization_level)
     timing["onnx_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -122,6 +130,11 @@ def compare_with_torch(
             continue
         compared.append({**p, "module_type": type(modules[name]).__name__, **result})
     compared = _deepest_per_value(compared)
+    for p in op_points:
+        result = _compare(op_values[p["value"]], onnx_values.get(p["value"]), rtol, atol)
+        if result is not None:
+            compared.append({**p, "module_type": type(modules[p["module"]]).__name__, "also": [], **result})
+    compared.sort(key=lambda p: p["node_index"])
     outputs = []
     for i, (ref, (oname, value)) in enumerate(zip(torch_outputs, graph_outputs)):
         result = _compare(ref, value, rtol, atol)
@@ -155,6 +168,12 @@ def _torch():
 
 def export_model(module, args: tuple, exporter: str = "dynamo"):
     """Export ``module`` with torch.onnx and return the ModelProto; the exporter's chatter is silenced."""
+    out = _export(module, args, exporter)
+    return out if exporter == "torchscript" else out.model_proto
+
+
+def _export(module, args: tuple, exporter: str):
+    """The ONNXProgram (dynamo) or the ModelProto (torchscript)."""
     torch = _torch()
     onnx = onnx_mod()
     if exporter not in ("dynamo", "torchscript"):
@@ -164,8 +183,7 @@ def export_model(module, args: tuple, exporter: str = "dynamo"):
         with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
             warnings.simplefilter("ignore")
             if exporter == "dynamo":
-                program = torch.onnx.export(module, args, dynamo=True, verbose=False)
-                return program.model_proto
+                return torch.onnx.export(module, args, dynamo=True, verbose=False)
             f = io.BytesIO()
             torch.onnx.export(module, args, f, dynamo=False)
             return onnx.load_from_string(f.getvalue())
@@ -238,9 +256,54 @@ def _candidate_points(nodes, graph, modules: dict[str, Any]) -> list[dict[str, A
                 "node_index": index,
                 "onnx_node": nodes[index].name or f"{nodes[index].op_type}#{index}",
                 "op_types": sorted({nodes[i].op_type for i in idxs}),
+                "level": "module",
             }
         )
     return sorted(points, key=lambda p: p["node_index"])
+
+
+def _run_exported_program(program, args: tuple) -> dict[str, Any]:
+    """Every aten-level value of the torch.export program behind a dynamo export, by FX node name.
+
+    The dynamo exporter names ONNX values after these FX nodes, so they match by name.
+    """
+    torch = _torch()
+    values: dict[str, Any] = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n.op == "call_function" and isinstance(out, torch.Tensor):
+                values[n.name] = out.detach().cpu().clone()
+            return out
+
+    try:
+        graph_module = program.exported_program.module()
+        with torch.no_grad():
+            Recorder(graph_module).run(*[a for a in args if isinstance(a, torch.Tensor)])
+    except Exception:  # noqa: BLE001 - op-level points are a refinement; module-level ones remain
+        return {}
+    return values
+
+
+def _op_points(nodes, modules: dict[str, Any], op_values: dict[str, Any], taken: set[str]) -> list[dict[str, Any]]:
+    """Points for ONNX values named after an FX node (op level), where no module point has them."""
+    points = []
+    for index, node in enumerate(nodes):
+        for value in node.output:
+            if value in op_values and value not in taken:
+                scopes = qualified_scopes(node, modules)
+                points.append(
+                    {
+                        "module": scopes[-1] if scopes else "",
+                        "value": value,
+                        "node_index": index,
+                        "onnx_node": node.name or f"{node.op_type}#{index}",
+                        "op_types": [node.op_type],
+                        "level": "op",
+                    }
+                )
+    return points
 
 
 def _deepest_per_value(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -356,7 +419,7 @@ def _compare(ref, value, rtol: float, atol: float) -> dict[str, Any] | None:
 
 
 def _public_point(p: dict[str, Any]) -> dict[str, Any]:
-    keys = ("module", "module_type", "output", "value", "onnx_node", "op_types", "shape", "torch_dtype", "onnx_dtype",
+    keys = ("module", "module_type", "level", "output", "value", "onnx_node", "op_types", "shape", "torch_dtype", "onnx_dtype",
             "max_abs", "max_rel", "mismatch_fraction", "ok", "also")
     return {k: p[k] for k in keys if k in p}
 
@@ -388,14 +451,16 @@ def _findings(module, proto, compared, outputs, nodes, rtol, atol, modules) -> l
         )
         recs.append(Recommendation(type="fix", description="Call model.eval() before exporting and comparing.", implementation="model.eval()"))
     if first is not None:
-        location = first["module"]
+        location = first["module"] or None  # "" is the root module: the model itself
+        op_level = first.get("level") == "op"
         evidence.update(
+            level=first.get("level", "module"),
             module=first["module"], module_type=first["module_type"], onnx_node=first["onnx_node"], onnx_value=first["value"],
             onnx_ops=first["op_types"], max_abs=first["max_abs"], max_rel=first["max_rel"],
             mismatch_fraction=first["mismatch_fraction"], torch_dtype=first["torch_dtype"], onnx_dtype=first["onnx_dtype"],
             earlier_points_ok=sum(1 for p in compared if p["node_index"] < first["node_index"]),
         )
-        weights = _weight_differences(modules[location], location, proto)
+        weights = _weight_differences(modules[first["module"]], first["module"], proto)
         if weights:
             evidence["weight_differences"] = weights
             w = weights[0]
@@ -405,13 +470,18 @@ def _findings(module, proto, compared, outputs, nodes, rtol, atol, modules) -> l
             causes_text.append(f"the dtype changes ({first['torch_dtype']} in PyTorch, {first['onnx_dtype']} in ONNX)")
             recs.append(Recommendation(type="fix", description="Export with the dtypes the module computes in (cast inputs, avoid .half() only on one side)."))
         expected = _EXPECTED_OPS.get(first["module_type"])
-        if expected and not expected & set(first["op_types"]):
+        if expected and not op_level and not expected & set(first["op_types"]):
             causes_text.append(
                 f"{first['module_type']} was exported as {', '.join(first['op_types'])} (a replacement or approximation of the original op)"
             )
             recs.append(Recommendation(type="fix", description=f"Export with an opset that has a native op for {first['module_type']}, or use an exact formulation in the source model."))
+        where = (
+            f"the {first['op_types'][0]} op {first['value']} inside {first['module'] or 'the top-level module'} ({first['module_type']})"
+            if op_level
+            else f"{location} ({first['module_type']}, ONNX node {first['onnx_node']})"
+        )
         message = (
-            f"ONNX first diverges from PyTorch at {location} ({first['module_type']}, ONNX node {first['onnx_node']}): "
+            f"ONNX first diverges from PyTorch at {where}: "
             f"max abs error {first['max_abs']:.3g}, max rel error {first['max_rel']:.3g}, "
             f"{first['mismatch_fraction']:.1%} of values outside rtol={rtol:g}, atol={atol:g}; "
             f"{evidence['earlier_points_ok']} earlier matched point(s) agree."
