@@ -14,8 +14,33 @@ from modeldebug.types import (
 
 __version__ = "0.1.0"
 
+# Names that import torch are loaded on first use: `modeldebug run`'s parent process, the
+# report and schema commands never pay for importing torch.
+_LAZY = {
+    "watch": "modeldebug.collect.session",
+    "Debugger": "modeldebug.collect.session",
+    "Evidence": "modeldebug.evidence",
+    "RunStore": "modeldebug.store",
+    "analyze": "modeldebug.analysis",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'modeldebug' has no attribute {name!r}")
+
 __all__ = [
     "AlertThresholds",
+    "Debugger",
+    "Evidence",
+    "RunStore",
+    "analyze",
+    "watch",
     "DebugMetrics",
     "DebuggingConfig",
     "DebuggingError",

@@ -139,3 +139,23 @@ def test_no_tensor_of_the_graph_is_kept_after_the_step(store_path):
             del out, loss
     gc.collect()
     assert all(r() is None for r in refs)
+
+
+def test_a_failure_inside_the_monitor_never_breaks_training(store_path, monkeypatch, caplog):
+    import modeldebug.collect.session as session
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("statistics blew up")
+
+    monkeypatch.setattr(session, "reduce", broken)
+    model = _model()
+    attrs = {n: set(vars(m)) for n, m in model.named_modules()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with watch(model, opt, config=md.DebuggingConfig(every=1, store_path=store_path)) as dbg:
+        _train(model, opt, steps=5)  # goes on as if unwatched
+    _assert_clean(model, attrs)
+    ev = dbg.evidence()
+    assert ev.run.status == "completed"
+    errors = [e for e in ev.events if e["type"] == "monitor_error"]
+    assert len(errors) == 1 and errors[0]["data"]["message"] == "statistics blew up"
+    assert "stopped watching" in caplog.text

@@ -162,3 +162,37 @@ def test_type_errors_say_what_was_expected():
     model, _ = _setup()
     with pytest.raises(TypeError, match="Expected `optimizer`"):
         watch(model, optimizer="sgd")
+
+
+def test_backward_of_an_unwatched_model_is_not_a_step(store_path):
+    model, opt = _setup()
+    other = nn.Linear(3, 1)
+    with watch(model, opt, config=md.DebuggingConfig(store_path=store_path)) as dbg:
+        for i in range(3):
+            x, y = _batch(i)
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            other(torch.randn(2, 3)).sum().backward()  # unrelated autograd work
+    steps = dbg.evidence().steps
+    assert len(steps) == 3 and (steps.backward_calls == 1).all()
+
+
+def test_pause_and_resume(store_path):
+    model, opt = _setup()
+
+    def train(n):
+        for i in range(n):
+            x, y = _batch(i)
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+    with watch(model, opt, config=md.DebuggingConfig(store_path=store_path)) as dbg:
+        train(3)
+        dbg.pause()
+        assert not model._forward_hooks
+        train(5)
+        dbg.resume()
+        train(2)
+    assert len(dbg.evidence().steps) == 5

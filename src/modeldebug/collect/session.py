@@ -15,6 +15,7 @@ statistics. See DESIGN.md, "Monitoring cost", for why it is built the way it is:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -60,6 +61,29 @@ _CLASS_TARGET_LOSSES = {"cross_entropy", "nll_loss", "multi_margin_loss"}
 
 def _now() -> float:
     return time.perf_counter()
+
+
+def _guarded(hook):
+    """The monitor must never break training: a failure inside one of its hooks is logged once,
+    recorded, and switches the monitor off for the rest of the run (the script goes on)."""
+
+    @functools.wraps(hook)
+    def guarded(self, *args, **kwargs):
+        if self._broken:
+            return None
+        try:
+            return hook(self, *args, **kwargs)
+        except Exception as exc:
+            self._broken = True
+            self._state = None
+            log.exception("modeldebug stopped watching after an internal error in %s", hook.__name__)
+            try:
+                self._event("monitor_error", {"hook": hook.__name__, "type": type(exc).__name__, "message": str(exc)[:500]})
+            except Exception:
+                pass
+            return None
+
+    return guarded
 
 
 @dataclass
@@ -183,6 +207,9 @@ class Debugger:
         self._held_bytes = 0
         self._peak_bytes = 0
         self._rss = None
+        self._broken = False  # set when one of the monitor's own hooks failed
+        self._paused = False
+        self._root_seen = False  # a training forward of a watched root module was seen
 
     # ------------------------------------------------------------------ attaching
 
@@ -278,13 +305,7 @@ class Debugger:
                 self.config,
             )
         try:
-            patches.add_listener(self)
-            self._opt_handles = [
-                register_optimizer_step_pre_hook(self._optimizer_pre),
-                register_optimizer_step_post_hook(self._optimizer_post),
-            ]
-            for watched in self._models:
-                self._hook_root(watched)
+            self._install_hooks()
             if self._device is not None and self._device.type == "cuda":
                 self._event("device", {"type": "cuda", "name": torch.cuda.get_device_name(self._device),
                                        "total_memory": cuda_total_memory(self._device)})
@@ -293,6 +314,34 @@ class Debugger:
             raise
         self._started = True
         return self
+
+    def _install_hooks(self) -> None:
+        patches.add_listener(self)
+        self._opt_handles = [
+            register_optimizer_step_pre_hook(self._optimizer_pre),
+            register_optimizer_step_post_hook(self._optimizer_post),
+        ]
+        for watched in self._models:
+            self._hook_root(watched)
+
+    def pause(self) -> None:
+        """Stop watching for a while (every hook removed, at no cost); :meth:`resume` goes on.
+
+        A step in progress is closed first. The schedule keeps what it learned.
+        """
+        if not self._started or self._stopped or self._paused:
+            return
+        if self._state is not None and (self._state.backward_calls or self._state.optimizer_stepped):
+            self._close_step()
+        self._state = None
+        self._remove_hooks()
+        self._paused = True
+
+    def resume(self) -> None:
+        if self._paused and not self._stopped:
+            self._paused = False
+            self._last_step_end = None  # the pause is not part of the next step's time
+            self._install_hooks()
 
     def _hook_root(self, watched: _Watched) -> None:
         m = watched.module
@@ -337,10 +386,8 @@ class Debugger:
                 )
                 self.store.flush()
                 self._rss.close()
-            except Exception:  # never mask the user's own exception with ours
+            except Exception:  # never mask the user's exception, nor end their script with ours
                 log.exception("modeldebug could not finish writing run %s", self.run_id)
-                if error is None:
-                    raise
 
     def __enter__(self) -> "Debugger":
         return self.start()
@@ -356,6 +403,7 @@ class Debugger:
 
     # ------------------------------------------------------------------ steps
 
+    @_guarded
     def step(self, loss: torch.Tensor | float | None = None) -> None:
         """Mark the end of a training step by hand (for loops whose optimizer the debugger cannot see).
 
@@ -477,12 +525,14 @@ class Debugger:
 
     # ------------------------------------------------------------------ root module hooks
 
+    @_guarded
     def _root_pre(self, module, args, kwargs):
         t = _now()
         if not torch.is_grad_enabled() or not module.training:
             self._in_eval = True
             return None
         self._in_eval = False
+        self._root_seen = True
         st = self._state
         if st is None:
             st = self._begin_step(t)
@@ -498,6 +548,7 @@ class Debugger:
         st.monitor_s += st.fwd_start - t
         return None
 
+    @_guarded
     def _root_post(self, module, args, output):
         t = _now()
         st = self._state
@@ -520,11 +571,13 @@ class Debugger:
 
     # ------------------------------------------------------------------ per-layer hooks (sampled steps)
 
+    @_guarded
     def _layer_pre(self, name, module, args):
         st = self._state
         if st is not None:
             st.layer_start[name] = _now()
 
+    @_guarded
     def _layer_post(self, name, bounds, module, args, output):
         t = _now()
         st = self._state
@@ -543,6 +596,7 @@ class Debugger:
         st.monitor_s += _now() - t
         return None
 
+    @_guarded
     def _output_grad(self, name, st, grad):
         t = _now()
         if grad is not None and name not in st.grad_vecs and grad.is_floating_point():
@@ -552,9 +606,12 @@ class Debugger:
 
     # ------------------------------------------------------------------ backward (patched)
 
+    @_guarded
     def before_backward(self, tensor) -> None:
         if not self._models:
             return
+        if self._state is None and self._root_seen:
+            return  # no forward of a watched model since the last step: someone else's backward
         t = _now()
         st = self._state or self._begin_step(t)
         if st.backward_calls == 0 and st.sampled and self.config.monitoring_config.gradients:
@@ -562,6 +619,7 @@ class Debugger:
             st.stale_grad_norm = _total_norm(grads) if grads else torch.zeros((), device=self._device)
         st.monitor_s += _now() - t
 
+    @_guarded
     def after_backward(self, tensor, elapsed_s: float, failed: bool) -> None:
         st = self._state
         if st is None:
@@ -639,6 +697,7 @@ class Debugger:
 
     # ------------------------------------------------------------------ optimizer hooks
 
+    @_guarded
     def _optimizer_pre(self, optimizer, args, kwargs):
         if not self._owns(optimizer):
             return None
@@ -656,6 +715,7 @@ class Debugger:
         st.monitor_s += st.opt_start - t
         return None
 
+    @_guarded
     def _optimizer_post(self, optimizer, args, kwargs):
         if not self._owns(optimizer):
             return None
@@ -826,6 +886,7 @@ class Debugger:
 
     # ------------------------------------------------------------------ losses and data (patched)
 
+    @_guarded
     def on_loss(self, name: str, input, target, output) -> None:
         if not self._models or not isinstance(output, torch.Tensor):
             return
@@ -849,6 +910,7 @@ class Debugger:
                 self._class_pending.append(torch.bincount(labels))
         self._monitor_s += _now() - t
 
+    @_guarded
     def on_batch(self, elapsed_s: float) -> None:
         st = self._state
         # A batch fetched after the previous step closed belongs to the next step.
