@@ -16,11 +16,13 @@ from modeldebug.rules.base import (
     flag,
     g,
     grace_mask,
+    init_scales,
     layer_arg,
     loss_trend,
     lower_lr,
     lr_is_high,
     lr_is_low,
+    per_group_median,
     raise_lr,
 )
 from modeldebug.types import Finding
@@ -43,7 +45,8 @@ class LossNotDecreasing(Rule):
     Causes, from the evidence: optimizer.step() never called -> missing_optimizer_step; stale
     gradients -> missing_zero_grad; no gradient at all -> detached_graph; Softmax as last layer
     -> wrong_loss_function; one class -> label_problem; loss rising or update ratio > 0.1 ->
-    learning_rate_too_high; update ratio < 1e-5 or lr below the usual range -> learning_rate_too_low
+    learning_rate_too_high; initial weights off the 1/sqrt(fan_in) scale 20x -> bad_weight_init;
+    every parameter's update ratio < 1e-5 or lr below the usual range -> learning_rate_too_low
     (DeepDiagnosis' update-ratio bounds [1e-5, 0.1]).
     Recommends: the fix for the first two causes, concrete for this run (lr now and the lr to
     try, the Softmax layer to remove, the missing call).
@@ -92,7 +95,7 @@ class LossNotDecreasing(Rule):
 
     def _causes(self, ev: Evidence, rising: bool) -> tuple[list[str], str]:
         s = ev.steps
-        ur = self._update_ratio(ev)
+        ur_max, ur = self._update_ratios(ev)
         stale = col(s, "stale_grad_norm")
         stale = stale[np.isfinite(stale)]
         if len(s) and not flag(s, "optimizer_stepped").any():
@@ -111,9 +114,15 @@ class LossNotDecreasing(Rule):
         if rising or (ur is not None and ur > self.max_update_ratio) or lr_is_high(ev):
             note = f"Median update ratio |dW|/|W| is {g(ur)}." if ur is not None else ""
             return ["learning_rate_too_high", "bad_weight_init", "unnormalized_inputs"], note
-        if (ur is not None and ur < self.min_update_ratio) or lr_is_low(ev):
-            note = (f"Median update ratio |dW|/|W| is {g(ur)}, below {g(self.min_update_ratio)}: the weights "
-                    "barely move." if ur is not None else "The learning rate is very small.")
+        scales = init_scales(ev)
+        if scales and not all(0.05 <= v <= 10 for v in scales.values()):
+            p, v = max(scales.items(), key=lambda kv: abs(np.log(max(kv[1], 1e-12))))
+            return (["bad_weight_init", "learning_rate_too_low"],
+                    f"{p} starts at {g(v)}x the 1/sqrt(fan_in) scale.")
+        if (ur_max is not None and ur_max < self.min_update_ratio) or lr_is_low(ev):
+            note = (f"The largest update ratio |dW|/|W| of any parameter is {g(ur_max)}, below "
+                    f"{g(self.min_update_ratio)}: the weights barely move." if ur_max is not None
+                    else "The learning rate is very small.")
             return ["learning_rate_too_low", "bad_weight_init", "wrong_loss_function"], note
         scale = np.nanmax(np.abs(np.concatenate([col(s, "input_mean"), col(s, "input_std")])), initial=0.0)
         if scale > 10:
@@ -121,6 +130,10 @@ class LossNotDecreasing(Rule):
         return ["learning_rate_too_low", "wrong_loss_function", "label_problem"], ""
 
     def _fix_for(self, ev: Evidence, cause: str):
+        if cause == "bad_weight_init":
+            return [fix("Re-initialize the weights at the Kaiming/Xavier scale (PyTorch's default init is fine).",
+                        "for m in model.modules():\n    if isinstance(m, nn.Linear):\n"
+                        "        nn.init.kaiming_normal_(m.weight, nonlinearity='relu'); nn.init.zeros_(m.bias)")]
         if cause == "missing_optimizer_step":
             return [fix("Call optimizer.step() after loss.backward().", "loss.backward()\noptimizer.step()")]
         if cause == "missing_zero_grad":
@@ -144,10 +157,19 @@ class LossNotDecreasing(Rule):
         return []
 
     @staticmethod
-    def _update_ratio(ev: Evidence) -> float | None:
-        ur = col(ev.param_stats, "update_ratio")
-        ur = ur[np.isfinite(ur)]
-        return float(np.median(ur)) if len(ur) else None
+    def _update_ratios(ev: Evidence) -> tuple[float | None, float | None]:
+        """(largest, median) of the per-parameter median update ratios. A low lr keeps even the
+        largest tiny; vanishing gradients leave the last layers' ratios normal."""
+        t = ev.param_stats
+        if len(t) == 0:
+            return None, None
+        med = np.array(list(per_group_median(t["param"], col(t, "update_ratio")).values()))
+        if len(med) == 0:
+            return None, None
+        return float(np.max(med)), float(np.median(med))
+
+    def _update_ratio(self, ev: Evidence) -> float | None:
+        return self._update_ratios(ev)[1]
 
     @staticmethod
     def _chance_note(ev: Evidence, trend) -> str:
