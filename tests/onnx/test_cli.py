@@ -151,3 +151,23 @@ def test_real_subprocess_no_traceback(bad_files):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: ") and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_json_reports_validate_against_the_published_schema(tmp_path, model_file, log_of_zero_model):
+    import json
+
+    jsonschema = pytest.importorskip("jsonschema")
+    path = tmp_path / "log.onnx"
+    onnx.save(log_of_zero_model, path)
+    for args in (["check", model_file], ["profile", model_file, "-n", 2], ["nan", path]):
+        out = tmp_path / f"{args[0]}.json"
+        assert invoke(*args, "--json", out).exit_code == 0
+        jsonschema.validate(json.loads(out.read_text()), Report.json_schema())
+
+
+def test_missing_extra_is_one_line(monkeypatch, model_file):
+    """Without onnx installed the command names the extra to install."""
+    monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` raise ImportError
+    result = invoke("check", model_file)
+    assert result.exit_code == 2
+    assert "pip install 'modeldebug[onnx]'" in result.output and "Traceback" not in result.output
