@@ -151,6 +151,7 @@ def compare(
     report = compare_with_torch(
         module, example, onnx_model=str(onnx_model) if onnx_model else None, rtol=rtol, atol=atol, exporter=exporter
     )
+    report.run.command = ["modeldebug", "onnx", "compare", source] + (["--onnx", str(onnx_model)] if onnx_model else [])
     _finish(report, json_path, fail_on, _summary_compare)
 
 
@@ -328,7 +329,7 @@ def _summary_compare(console, m: dict) -> None:
     shown = points if len(points) <= 12 else points[max(0, (first_bad or len(points)) - 6) : (first_bad or len(points)) + 6]
     table = Table("module", "type", "onnx node", "max abs", "max rel", "ok")
     for p in shown:
-        table.add_row(p["module"], p["module_type"], p["onnx_node"], f"{p['max_abs']:.3g}", f"{p['max_rel']:.3g}", "yes" if p["ok"] else "[red]NO[/]")
+        table.add_row(p["module"] or "(top level)", p["module_type"], p["onnx_node"], f"{p['max_abs']:.3g}", f"{p['max_rel']:.3g}", "yes" if p["ok"] else "[red]NO[/]")
     for o in m["outputs"]:
         table.add_row(f"output {o['output']}", "", o["value"], f"{o['max_abs']:.3g}", f"{o['max_rel']:.3g}", "yes" if o["ok"] else "[red]NO[/]")
     console.print(table)
