@@ -264,11 +264,6 @@ def model_label(model: ModelLike) -> str:
     return "<in-memory model>"
 
 
-def topological_nodes(graph) -> list:
-    """The graph's nodes; ONNX requires them stored in topological order, so that order is kept."""
-    return list(graph.node)
-
-
 def subgraph_nodes(graph):
     """Every node of the graph and of its nested subgraphs (If, Loop, Scan bodies)."""
     for node in graph.node:

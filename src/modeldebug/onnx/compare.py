@@ -142,7 +142,7 @@ def compare_with_torch(
             outputs.append({"output": i, "value": oname, **result})
     timing["compare_s"] = time.perf_counter() - t0
 
-    findings = _findings(module, proto, compared, outputs, nodes, rtol, atol, modules)
+    findings = _findings(module, proto, compared, outputs, rtol, atol, modules)
     metrics = {
         "exporter": exporter if onnx_model is None else "given",
         "onnx_source": source,
@@ -435,7 +435,7 @@ def _mode_dependent(module) -> list[str]:
     ]
 
 
-def _findings(module, proto, compared, outputs, nodes, rtol, atol, modules) -> list[Finding]:
+def _findings(module, proto, compared, outputs, rtol, atol, modules) -> list[Finding]:
     first = next((p for p in compared if not p["ok"]), None)
     bad_outputs = [o for o in outputs if not o["ok"]]
     if first is None and not bad_outputs:
