@@ -99,3 +99,8 @@ def test_first_float_tensor_walks_tuples_dicts_and_dataclasses():
     out = Out(torch.arange(2), torch.zeros(3))
     assert first_float_tensor(out) is out.logits
     assert first_float_tensor([1, "x"]) is None
+
+
+def test_histogram_of_constant_values():
+    s = summarize(reduce(torch.zeros(64, 8)).numpy(), 512, bins=16)  # a layer whose units all died
+    assert s["hist"].sum() == 512 and s["zero_frac"] == 1.0

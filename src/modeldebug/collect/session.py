@@ -69,7 +69,7 @@ def _guarded(hook):
 
     @functools.wraps(hook)
     def guarded(self, *args, **kwargs):
-        if self._broken:
+        if self._broken or self._replaying:
             return None
         try:
             return hook(self, *args, **kwargs)
@@ -112,6 +112,7 @@ class _Step:
     input_flag: torch.Tensor | None = None
     input_vec: tuple[int, torch.Tensor] | None = None  # (numel, reduce vector) on sampled steps
     input_ref: torch.Tensor | None = None  # CPU batch, checked only if the loss turns non-finite
+    replay: tuple | None = None  # (root, args, kwargs, rng state): to find a NaN's origin (CPU)
     layer_start: dict[str, float] = field(default_factory=dict)
     layer_vecs: dict[str, tuple[int, int | None, torch.Tensor, float]] = field(default_factory=dict)
     grad_vecs: dict[str, tuple[int, torch.Tensor]] = field(default_factory=dict)
@@ -210,6 +211,8 @@ class Debugger:
         self._broken = False  # set when one of the monitor's own hooks failed
         self._paused = False
         self._root_seen = False  # a training forward of a watched root module was seen
+        self._origin_budget = 3  # NaN-origin replays per run
+        self._replaying = False  # our own replay of a step runs: its hooks are not the user's steps
 
     # ------------------------------------------------------------------ attaching
 
@@ -444,6 +447,7 @@ class Debugger:
         self._layer_handles = []
         if st is None:
             return
+        st.replay = None
         if st.sampled and st.param_pre is None and st.backward_calls and self.config.monitoring_config.gradients:
             st.param_pre = self._param_snapshot(subsets=False)  # a step without optimizer.step()
         end = _now()
@@ -543,6 +547,8 @@ class Debugger:
                 x = first_float_tensor((args, kwargs), floating=False)
             if x is not None:
                 self._input_stats(st, x)
+            if self._origin_budget and self._device is not None and self._device.type == "cpu":
+                st.replay = (module, args, kwargs, torch.get_rng_state())
         st.forward_calls += 1
         st.fwd_start = _now()
         st.monitor_s += st.fwd_start - t
@@ -635,6 +641,8 @@ class Debugger:
         if self._manual_steps or failed or st.opt_start is not None:
             return  # (a backward inside optimizer.step(closure), as LBFGS does, belongs to that step)
         if self._primary is None:
+            self._check_nonfinite(st)  # no optimizer step will come to check it
+        if self._primary is None:
             # No optimizer has stepped yet: either gradient accumulation before the first step, or
             # a loop that never steps. Hold the iterations back until it is clear which.
             self._state = None
@@ -689,11 +697,35 @@ class Debugger:
                 st.loss_count += p.loss_count
         # The first held iteration's sampled statistics stand for the merged step.
         st.sampled = st.sampled or first.sampled
-        for attr in ("layer_vecs", "grad_vecs", "input_vec", "stale_grad_norm", "input_flag", "param_pre"):
+        for attr in ("layer_vecs", "grad_vecs", "input_vec", "stale_grad_norm", "input_flag", "param_pre", "replay"):
             if not getattr(st, attr) and getattr(first, attr) is not None:
                 setattr(st, attr, getattr(first, attr))
         st.start = first.start
         st.index = self.step_count
+
+    def _check_nonfinite(self, st: _Step) -> None:
+        """Before the weights change: if this step's loss or gradients are non-finite, replay it to
+        find where the first NaN/Inf came from (CPU, where reading the flag costs no sync)."""
+        if st.replay is None or not self._origin_budget:
+            return
+        values = [v for v in (st.grad_norm, st.loss_sum) if v is not None]
+        if not values or all(math.isfinite(float(v)) for v in values):
+            return
+        from modeldebug.collect.nan_origin import locate
+
+        self._origin_budget -= 1
+        root, args, kwargs, rng = st.replay
+        st.replay = None
+        watched = next((w for w in self._models if w.module is root), None)
+        prefix = watched.prefix if watched else ""
+        inner = getattr(root, "_orig_mod", root)
+        names = {id(m): (prefix + n).rstrip(".") for n, m in inner.named_modules()}
+        self._replaying = True
+        try:
+            origin = locate(root, args, kwargs, names=names, rng_state=rng)
+        finally:
+            self._replaying = False
+        self._event("nonfinite_origin", {"step": st.index, **origin.to_dict()})
 
     # ------------------------------------------------------------------ optimizer hooks
 
@@ -709,6 +741,7 @@ class Debugger:
             grads = [p.grad for _, p in self._params if p.grad is not None and not p.grad.is_sparse]
             if grads:
                 st.grad_norm = _total_norm(grads)
+            self._check_nonfinite(st)
             if st.sampled and self.config.monitoring_config.gradients:
                 st.param_pre = self._param_snapshot()
         st.opt_start = _now()

@@ -95,7 +95,9 @@ def summarize(
         out["sat_frac"] = float(np.mean((good <= low + margin) | (good >= high - margin)))
     if bins > 0 and len(good):
         h_lo, h_hi = (lo, hi) if all_finite else (float(good.min()), float(good.max()))
-        counts, _ = np.histogram(good, bins=bins, range=(h_lo, h_hi if h_hi > h_lo else h_lo + 1e-12))
+        if not h_hi - h_lo > 1e-6 * max(abs(h_lo), abs(h_hi), 1e-30):  # (nearly) constant values
+            h_lo, h_hi = h_lo - 0.5, h_hi + 0.5
+        counts, _ = np.histogram(good, bins=bins, range=(h_lo, h_hi))
         out["hist"], out["hist_lo"], out["hist_hi"] = counts.astype("<i8"), h_lo, h_hi
     return out
 

@@ -23,7 +23,8 @@ def print_report(report: Report, console: Console | None = None, *, issue: str |
     head.append(run.status, style="green" if run.status == "completed" else "bold red")
     if run.exit_code is not None:
         head.append(f" (exit {run.exit_code})")
-    head.append(f"  {run.steps} steps in {run.duration_s:.1f} s")
+    if run.steps or run.models:  # a training run (ONNX reports have no steps)
+        head.append(f"  {run.steps} steps in {run.duration_s:.1f} s")
     if run.command:
         head.append("\n$ " + " ".join(run.command), style="dim")
     if issue:
