@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -283,19 +283,6 @@ def layer_arg(ev: Evidence, name: str, arg: str) -> int | None:
     if m and arg == "out_channels" and m.group(2):
         return int(m.group(2))
     return None
-
-
-def leaf_layers(names: Iterable[str]) -> set[str]:
-    """Layers with no child layer (containers such as Sequential are left out)."""
-    names = set(names)
-    parents = {n.rsplit(".", 1)[0] if "." in n else "" for n in names}
-    parents |= {p for n in names for p in _prefixes(n)}
-    return {n for n in names if n not in parents}
-
-
-def _prefixes(name: str) -> list[str]:
-    parts = name.split(".")
-    return [".".join(parts[:i]) for i in range(0, len(parts))]
 
 
 def per_group(keys: np.ndarray, values: np.ndarray, reducer: str) -> dict[Any, float]:

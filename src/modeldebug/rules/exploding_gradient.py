@@ -36,10 +36,10 @@ class ExplodingGradient(Rule):
     Reads: steps.grad_norm (global), param_stats.grad_norm (which parameter, and the first/last
     layer ratio), steps.loss (does it hurt?), optimizers (lr), steps.input_* (scale),
     config.alert_thresholds.gradient_norm.
-    Fires: (a) the global gradient norm exceeds ``growth`` x its running minimum so far (a
-    blow-up by two orders of magnitude; fault suite) and 10x the first steps' level; (b) the median ratio of first-layer to
-    last-layer gradient norm exceeds ``layer_ratio`` = 70 (AUTOTRAINER); (c) the norm exceeds
-    the user's ``alert_thresholds.gradient_norm``.
+    Fires: (a) the global gradient norm exceeds ``growth`` = 100 x its running minimum so far and
+    10x the first steps' level (a blow-up by two orders of magnitude; fault suite); (b) the median
+    ratio of first-layer to last-layer gradient norm exceeds ``layer_ratio`` = 70 (AUTOTRAINER);
+    (c) the norm exceeds the user's ``alert_thresholds.gradient_norm``.
     Severity: high when the loss diverges or stalls, low when the loss still improves
     (AUTOTRAINER: a symptom that does not hurt is a hint); medium for a user alert alone.
     Causes: lr above its optimizer's usual range -> learning_rate_too_high first; inputs far from

@@ -17,6 +17,7 @@ from modeldebug.rules.base import (
     g,
     grace_mask,
     impact_severity,
+    init_scales,
     layer_order,
     loss_trend,
     param_module,
@@ -100,7 +101,7 @@ class VanishingGradient(Rule):
         types = {l.type for l in ev.layers.values()}
         saturating = sorted(types & _SATURATING)
         causes = []
-        init_small = first_p is not None and self._init_scale(ev, first_p) < 0.1
+        init_small = first_p is not None and init_scales(ev).get(first_p, 1.0) < 0.1
         if init_small:
             causes.append("bad_weight_init")
         if saturating:
@@ -131,15 +132,3 @@ class VanishingGradient(Rule):
     def _numel(ev: Evidence, p: str) -> int:
         info = ev.params.get(p)
         return info.numel if info else 1
-
-    @staticmethod
-    def _init_scale(ev: Evidence, p: str) -> float:
-        """Weight RMS x sqrt(fan_in) at the first sample: ~0.6-1.4 for PyTorch/Kaiming/Xavier init."""
-        info, t = ev.params.get(p), ev.param(p)
-        if info is None or len(t) == 0 or len(info.shape) < 2:
-            return np.inf
-        norm = col(t, "norm")
-        if not np.isfinite(norm[0]):
-            return np.inf
-        fan_in = info.numel // info.shape[0]
-        return float(norm[0] / np.sqrt(info.numel) * np.sqrt(fan_in))
