@@ -150,3 +150,36 @@ def test_bad_input_gets_a_clear_error(tmp_path, args, message):
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_live_status_line_on_a_terminal(tmp_path):
+    """On a terminal the script's output passes through and a status line shows steps and loss."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modeldebug", "run", "--", sys.executable, SCRIPT],
+        cwd=tmp_path, env=_env(STEPS=150, SLEEP=0.02, TERM="xterm"), stdin=slave, stdout=slave, stderr=slave,
+    )
+    os.close(slave)
+    seen = b""
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        ready, _, _ = select.select([master], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    assert proc.wait(timeout=60) == 0
+    text = seen.decode(errors="replace")
+    assert "modeldebug ▸ step" in text and "· loss" in text
+    assert "done" in text  # the script's own stderr still shows
+    assert "completed" in text and "No problems found" in text

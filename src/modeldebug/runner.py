@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from modeldebug import live
 from modeldebug.analysis import analyze
 from modeldebug.collect.autopatch import ENV_RUN
 from modeldebug.config import DebuggingConfig
@@ -64,6 +65,7 @@ def run_script(
     store_path: str | os.PathLike = ".modeldebug/runs.db",
     json_out: str | os.PathLike | None = None,
     issue: str | None = None,
+    show_status: bool = True,
 ) -> RunResult:
     config = config or DebuggingConfig()
     command = resolve_command(command)
@@ -81,7 +83,11 @@ def run_script(
 
     started = time.time()
     interrupted = False
-    proc = subprocess.Popen(command, env=env)
+    status = live.Status(run_id, store_path).start() if show_status and live.wanted() else None
+    if status is not None:
+        proc, master = live.spawn(command, env)
+    else:
+        proc = subprocess.Popen(command, env=env)
 
     def forward_interrupt(signum, frame):
         # A terminal's Ctrl-C reaches the child too; a SIGINT sent to us alone is passed on.
@@ -92,6 +98,8 @@ def run_script(
 
     previous = signal.signal(signal.SIGINT, forward_interrupt)
     try:
+        if status is not None:
+            live.pump(master, status)
         code = proc.wait()
     finally:
         signal.signal(signal.SIGINT, previous)
