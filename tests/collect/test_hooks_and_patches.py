@@ -16,6 +16,7 @@ ORIGINALS = {
     "cross_entropy": F.cross_entropy,
     "mse_loss": F.mse_loss,
     "next": dataloader._BaseDataLoaderIter.__next__,
+    "zero_grad": torch.optim.Optimizer.zero_grad,
 }
 
 
@@ -26,6 +27,7 @@ def _current():
         "cross_entropy": F.cross_entropy,
         "mse_loss": F.mse_loss,
         "next": dataloader._BaseDataLoaderIter.__next__,
+        "zero_grad": torch.optim.Optimizer.zero_grad,
     }
 
 

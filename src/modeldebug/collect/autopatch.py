@@ -23,7 +23,6 @@ import logging
 import os
 import sys
 import traceback
-import weakref
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -136,6 +135,9 @@ def auto_debugger_class():
 
 
 def _make_auto_debugger():
+    import gc
+
+    from torch import nn
     from torch.nn.modules import module as module_mod
 
     from modeldebug.collect.session import Debugger
@@ -147,7 +149,7 @@ def _make_auto_debugger():
             super().__init__(*args, **kwargs)
             self.exception: BaseException | None = None
             self.traceback_text: str | None = None
-            self._candidates: list[weakref.ref] = []
+            self._candidates: list = []  # modules called at top level before discovery
             self._depth = 0
             self._discovery_handles: list[Any] = []
 
@@ -177,38 +179,52 @@ def _make_auto_debugger():
         # Global hooks, only until discovery: keep the top-level modules the script calls.
         def _global_pre(self, module, args):
             self._depth += 1
-            if self._depth == 1 and module._parameters is not None:
-                if all(ref() is not module for ref in self._candidates):
-                    self._candidates.append(weakref.ref(module))
-                    del self._candidates[:-64]
+            if self._depth == 1 and all(m is not module for m in self._candidates):
+                # Held strongly until discovery: a slice like model[:2] lives for one call only.
+                self._candidates.append(module)
+                del self._candidates[:-64]
 
         def _global_post(self, module, args, output):
             self._depth = max(0, self._depth - 1)
 
-        def _discover(self) -> None:
+        def _discover(self, optimizer=None) -> None:
+            """Watch the models that train: at the first backward or optimizer step, the root
+            modules (contained in no other module) that hold the parameters of the modules the
+            script called at top level, or of the optimizer. Roots come from a one-off scan of
+            live modules, so a model whose parts are called separately (``model.encoder(x)``,
+            ``model[:2](x)``) is still watched as one model with qualified names."""
             if self._models or not self._discovery_handles:
                 return
             for h in self._discovery_handles:
                 h.remove()
             self._discovery_handles = []
-            modules = [m for m in (ref() for ref in self._candidates) if m is not None]
-            modules = [m for m in modules if any(True for _ in m.parameters())]
-            # Largest first, so a parent called as a whole covers children called alone.
-            modules.sort(key=lambda m: sum(p.numel() for p in m.parameters()), reverse=True)
-            covered: set[int] = set()
+            trained = {id(p) for m in self._candidates for p in m.parameters()}
+            if optimizer is not None:
+                trained |= {id(p) for g in optimizer.param_groups for p in g["params"]}
+            self._candidates = []
+            if not trained:
+                return
+            modules = [o for o in gc.get_objects() if isinstance(o, nn.Module)]
+            contained = {id(c) for m in modules for c in m.children()}
+            roots = []
             for m in modules:
+                if id(m) in contained:
+                    continue
                 ids = {id(p) for p in m.parameters()}
+                if ids & trained:
+                    roots.append((len(ids), m, ids))
+            # Largest first: a whole model covers the slices and parts of it the loop called.
+            covered: set[int] = set()
+            for _, m, ids in sorted(roots, key=lambda r: -r[0]):
                 if ids - covered:
                     self.attach(m)
                     covered |= ids
-            self._candidates = []
-
         def before_backward(self, tensor):
             self._discover()
             super().before_backward(tensor)
 
         def _owns(self, optimizer):
-            self._discover()
+            self._discover(optimizer)
             return super()._owns(optimizer)
 
     return AutoDebugger

@@ -1,8 +1,9 @@
 """Scoped interception of the few torch calls that hooks cannot see.
 
 ``loss.backward()`` (the loss tensor and the backward time), loss functions of
-``torch.nn.functional`` (evaluation losses and class targets; ``nn`` loss modules call these too)
-and the DataLoader iterator's ``__next__`` (time waiting for data). The patches are installed
+``torch.nn.functional`` (evaluation losses and class targets; ``nn`` loss modules call these too),
+the DataLoader iterator's ``__next__`` (time waiting for data) and ``Optimizer.zero_grad`` (finds
+an optimizer that never steps). The patches are installed
 while at least one listener is registered and the originals restored when the last one leaves,
 so debuggers may nest and exit in any order. Nothing is patched at import time.
 """
@@ -46,6 +47,7 @@ class Listener(Protocol):
     def after_backward(self, tensor: torch.Tensor, elapsed_s: float, failed: bool) -> None: ...
     def on_loss(self, name: str, input: Any, target: Any, output: Any) -> None: ...
     def on_batch(self, elapsed_s: float) -> None: ...
+    def on_zero_grad(self, optimizer: Any) -> None: ...
 
 
 _lock = threading.Lock()
@@ -87,6 +89,7 @@ def _install() -> None:
     _replace(torch.Tensor, "backward", _wrap_backward)
     _replace(torch.autograd, "backward", _wrap_autograd_backward)
     _replace(dataloader._BaseDataLoaderIter, "__next__", _wrap_next)
+    _replace(torch.optim.Optimizer, "zero_grad", _wrap_zero_grad)
     for name in LOSS_FUNCTIONS:
         if hasattr(F, name):
             _replace(F, name, functools.partial(_wrap_loss, name))
@@ -149,6 +152,16 @@ def _wrap_next(original):
         return batch
 
     return __next__
+
+
+def _wrap_zero_grad(original):
+    def zero_grad(self, *args, **kwargs):
+        if _listeners:
+            for listener in list(_listeners):
+                listener.on_zero_grad(self)
+        return original(self, *args, **kwargs)
+
+    return zero_grad
 
 
 def _wrap_loss(name, original):

@@ -210,6 +210,8 @@ class Debugger:
         self._rss = None
         self._broken = False  # set when one of the monitor's own hooks failed
         self._paused = False
+        self._entry_missing = False  # steps begin at backward: no watched root module is called
+        self._prepared = False  # layer hooks installed ahead for the next (sampled) step
         self._root_seen = False  # a training forward of a watched root module was seen
         self._origin_budget = 3  # NaN-origin replays per run
         self._replaying = False  # our own replay of a step runs: its hooks are not the user's steps
@@ -357,6 +359,7 @@ class Debugger:
         for h in self._layer_handles + self._root_handles + self._opt_handles:
             h.remove()
         self._layer_handles, self._root_handles, self._opt_handles = [], [], []
+        self._prepared = False
         patches.remove_listener(self)
 
     def stop(self, status: str = "completed", exit_code: int | None = None, error: BaseException | None = None):
@@ -424,17 +427,32 @@ class Debugger:
 
     def _begin_step(self, t: float) -> _Step:
         self._flush_validation()
-        sampled = self._force_sample or self.schedule(self.step_count)
+        if self._prepared:  # layer hooks already installed when the previous step closed
+            sampled, self._prepared = True, False
+        else:
+            sampled = self._force_sample or self.schedule(self.step_count)
+            if sampled:
+                self._install_layer_hooks()
         self._force_sample = False
         st = _Step(index=self.step_count, sampled=sampled, start=t)
         if self._pending_data_s:
             st.data_s, st.data_seen, self._pending_data_s = self._pending_data_s, True, 0.0
         self._state = st
-        if sampled and self.config.monitoring_config.layer_outputs:
+        return st
+
+    def _install_layer_hooks(self) -> None:
+        if self.config.monitoring_config.layer_outputs:
             for _, module, pre, post in self._layers:
                 self._layer_handles.append(module.register_forward_pre_hook(pre))
                 self._layer_handles.append(module.register_forward_hook(post))
-        return st
+
+    def _prepare_next(self) -> None:
+        """For models whose root module is never called (a loop that calls ``model.encoder`` and
+        ``model.head``, or slices ``model[:2]``), a step can only begin at its backward, too late
+        for its forward: install the layer hooks of a sampled next step now, as this one closes."""
+        if self._force_sample or self.schedule(self.step_count):
+            self._install_layer_hooks()
+            self._prepared = True
 
     _pending_data_s = 0.0
 
@@ -483,6 +501,8 @@ class Debugger:
         self._monitor_s += _now() - t + st.monitor_s
         if st.sampled or len(self._unresolved) >= self._resolve_every:
             self._resolve()
+        if self._entry_missing and not self._root_seen and not self._stopped:
+            self._prepare_next()
 
     _last_step_end: float | None = None
 
@@ -580,6 +600,8 @@ class Debugger:
     @_guarded
     def _layer_pre(self, name, module, args):
         st = self._state
+        if st is None and self._prepared and torch.is_grad_enabled() and module.training:
+            st = self._begin_step(_now())  # the first training forward of a prepared step
         if st is not None:
             st.layer_start[name] = _now()
 
@@ -619,6 +641,8 @@ class Debugger:
         if self._state is None and self._root_seen:
             return  # no forward of a watched model since the last step: someone else's backward
         t = _now()
+        if self._state is None:
+            self._entry_missing = True  # steps begin here: the root module is not what gets called
         st = self._state or self._begin_step(t)
         if st.backward_calls == 0 and st.sampled and self.config.monitoring_config.gradients:
             grads = [p.grad for _, p in self._params if p.grad is not None and not p.grad.is_sparse]
@@ -653,6 +677,8 @@ class Debugger:
                 st.param_pre = self._param_snapshot(subsets=False)
             self._pending_backward.append(st)
             self.step_count += 1
+            if self._entry_missing and not self._root_seen:
+                self._prepare_next()
             if self._backward_driven or len(self._pending_backward) >= MAX_ACCUMULATION:
                 self._backward_driven = True
                 self._flush_pending_backward(as_steps=True)
@@ -942,6 +968,12 @@ class Debugger:
                 labels = labels[labels >= 0]
                 self._class_pending.append(torch.bincount(labels))
         self._monitor_s += _now() - t
+
+    @_guarded
+    def on_zero_grad(self, optimizer) -> None:
+        # An optimizer that zeroes gradients but never steps is still the model's optimizer.
+        if self._models:
+            self._owns(optimizer)
 
     @_guarded
     def on_batch(self, elapsed_s: float) -> None:

@@ -1,0 +1,187 @@
+"""Detection benchmark: every script of the fault suite through `modeldebug run`, scored.
+
+For each planted kind: how many of its broken scripts were found with that kind (at severity
+medium or high, or at any severity with --any-severity), how often the first cause named is the
+planted one; for the healthy scripts: false alarms (findings of severity medium or high).
+
+    python benchmarks/detection.py [--jobs 2] [--json out.json] [--only PATTERN]
+
+The same harness backs tests/faults/test_detection.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FAULTS = ROOT / "tests" / "faults"
+PLANTED = re.compile(r"^planted: kind=(\w+) cause=(\w+)$", re.M)
+REQUIRES = re.compile(r"^requires: (\w+)$", re.M)
+SERIOUS = ("high", "medium")
+
+
+@dataclass
+class Case:
+    path: Path
+    kind: str  # "none" for healthy scripts
+    cause: str
+    requires: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def healthy(self) -> bool:
+        return self.kind == "none"
+
+
+@dataclass
+class Result:
+    case: Case
+    exit_code: int
+    seconds: float
+    findings: list[dict] = field(default_factory=list)
+    error: str = ""
+
+    def matching(self, serious_only: bool = True) -> list[dict]:
+        return [f for f in self.findings if f["kind"] == self.case.kind and (not serious_only or f["severity"] in SERIOUS)]
+
+    def detected(self, serious_only: bool = True) -> bool:
+        return bool(self.matching(serious_only))
+
+    def cause_first(self) -> bool:
+        found = self.matching(serious_only=False)
+        return bool(found) and bool(found[0]["causes"]) and found[0]["causes"][0] == self.case.cause
+
+    def false_alarms(self) -> list[dict]:
+        return [f for f in self.findings if f["severity"] in SERIOUS]
+
+
+def cases(only: str | None = None) -> list[Case]:
+    out = []
+    for path in sorted(FAULTS.glob("*__*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        m = PLANTED.search(doc)
+        if not m or (only and not re.search(only, path.stem)):
+            continue
+        req = REQUIRES.search(doc)
+        out.append(Case(path, m.group(1), m.group(2), req.group(1) if req else None))
+    return out
+
+
+def available(case: Case) -> bool:
+    if case.requires == "cuda":
+        try:
+            import torch
+
+            return torch.cuda.is_available()
+        except ImportError:
+            return False
+    return True
+
+
+def run_case(case: Case, workdir: Path, timeout: float = 300) -> Result:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    out = workdir / f"{case.name}.json"
+    started = time.perf_counter()
+    cmd = [sys.executable, "-m", "modeldebug", "run", "--store", str(workdir / f"{case.name}.db"),
+           "--json", str(out), "--", sys.executable, str(case.path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir)
+    seconds = time.perf_counter() - started
+    if not out.exists():
+        return Result(case, proc.returncode, seconds, error=(proc.stderr or proc.stdout)[-3000:])
+    report = json.loads(out.read_text())
+    return Result(case, proc.returncode, seconds, findings=report["findings"])
+
+
+def run_all(selected: list[Case], jobs: int = 2, workdir: Path | None = None) -> list[Result]:
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="modeldebug-detection-"))
+    runnable = [c for c in selected if available(c)]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(lambda c: run_case(c, workdir), runnable))
+
+
+def score(results: list[Result]) -> dict:
+    kinds: dict[str, dict] = {}
+    for r in results:
+        if r.case.healthy:
+            continue
+        k = kinds.setdefault(r.case.kind, {"cases": 0, "detected": 0, "detected_any": 0, "cause_first": 0})
+        k["cases"] += 1
+        k["detected"] += r.detected()
+        k["detected_any"] += r.detected(serious_only=False)
+        k["cause_first"] += r.cause_first()
+    healthy = [r for r in results if r.case.healthy]
+    broken = [r for r in results if not r.case.healthy]
+    return {
+        "kinds": kinds,
+        "broken": len(broken),
+        "detected": sum(r.detected() for r in broken),
+        "detected_any": sum(r.detected(serious_only=False) for r in broken),
+        "cause_first": sum(r.cause_first() for r in broken),
+        "healthy": len(healthy),
+        "false_alarms": sum(len(r.false_alarms()) for r in healthy),
+        "healthy_with_alarms": [r.case.name for r in healthy if r.false_alarms()],
+    }
+
+
+def table(results: list[Result], s: dict) -> str:
+    lines = [f"{'kind':24} {'detected':>9} {'any sev.':>9} {'cause 1st':>10}"]
+    for kind, k in sorted(s["kinds"].items()):
+        lines.append(f"{kind:24} {k['detected']:>4}/{k['cases']:<4} {k['detected_any']:>4}/{k['cases']:<4} "
+                     f"{k['cause_first']:>5}/{k['cases']:<4}")
+    lines.append(f"{'all broken scripts':24} {s['detected']:>4}/{s['broken']:<4} {s['detected_any']:>4}/{s['broken']:<4} "
+                 f"{s['cause_first']:>5}/{s['broken']:<4}")
+    lines.append(f"healthy scripts: {s['healthy']}, false alarms (medium/high): {s['false_alarms']}"
+                 + (f" in {', '.join(s['healthy_with_alarms'])}" if s["healthy_with_alarms"] else ""))
+    misses = [r for r in results if not r.case.healthy and not r.detected()]
+    for r in misses:
+        got = ", ".join(f"{f['kind']}({f['severity']})" for f in r.findings) or (r.error.splitlines() or ["no finding"])[-1]
+        lines.append(f"  missed {r.case.name}: {got}")
+    wrong_cause = [r for r in results if not r.case.healthy and r.detected(False) and not r.cause_first()]
+    for r in wrong_cause:
+        first = r.matching(False)[0]
+        lines.append(f"  cause of {r.case.name}: planted {r.case.cause}, named {first['causes']}")
+    for r in results:
+        if r.case.healthy and r.false_alarms():
+            lines.append(f"  false alarm in {r.case.name}: " + ", ".join(f"{f['kind']}({f['severity']})" for f in r.false_alarms()))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--only", help="regex on script names")
+    parser.add_argument("--json", help="write per-script results here")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    selected = cases(args.only)
+    results = run_all(selected, jobs=args.jobs)
+    s = score(results)
+    print(table(results, s))
+    skipped = [c.name for c in selected if not available(c)]
+    if skipped:
+        print(f"skipped (need a GPU): {', '.join(skipped)}")
+    print(f"{len(results)} scripts in {time.perf_counter() - started:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"score": s, "results": [
+            {"name": r.case.name, "kind": r.case.kind, "cause": r.case.cause, "exit_code": r.exit_code,
+             "seconds": round(r.seconds, 2), "findings": [{k: f[k] for k in ("kind", "severity", "causes", "location", "step")} for f in r.findings],
+             "error": r.error} for r in results]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
