@@ -172,7 +172,10 @@ def test_nan_fires_at_first_step_and_first_layer(grow, inputs_bad, first_cause):
     if inputs_bad:
         cols["steps"]["input_nonfinite"] = np.arange(len(cols["steps"]["step"])) >= 118
     (f,) = NanOrInf().check(build(cols))
-    assert (f.kind, f.step, f.location, f.severity) == ("nan_or_inf", 120, "net.2", "high")
+    if inputs_bad:  # the data's fault, not the model's: no layer blamed, data_issue says more
+        assert (f.kind, f.step, f.location, f.severity) == ("nan_or_inf", 120, None, "medium")
+    else:
+        assert (f.kind, f.step, f.location, f.severity) == ("nan_or_inf", 120, "net.2", "high")
     assert f.causes[0] == first_cause
     if grow:
         assert "lr is 0.01; try 0.001" in f.recommendations[0].description
@@ -183,3 +186,29 @@ def test_nan_quiet_on_healthy_and_on_missing_loss():
     # a NaN loss column without the non-finite flag is missing data, not a NaN loss
     ev = Evidence.build(steps=[{"step": i, "grad_norm": 1.0} for i in range(50)])
     assert NanOrInf().check(ev) == []
+
+
+@pytest.mark.parametrize(
+    "origin, location, first_cause, severity, words",
+    [
+        ({"phase": "forward", "module": "net.1", "module_type": "Log", "op": "log", "cause": "log of 0"},
+         "net.1", "numerically_unstable_op", "high", "`log` in net.1 (Log) in the forward pass: log of 0"),
+        ({"phase": "backward", "module": "net.0", "module_type": "RowNorm", "op": "SqrtBackward0",
+          "cause": "the gradient of sqrt at 0 is infinite"},
+         "net.0", "numerically_unstable_op", "high", "backward pass: the gradient of sqrt at 0"),
+        ({"phase": "loss", "module": None, "module_type": None, "op": None, "cause": "..."},
+         None, "numerically_unstable_op", "high", "arises in the loss computation"),
+        ({"phase": "input", "module": None, "module_type": None, "op": None, "cause": "NaN in the batch"},
+         None, "other", "medium", "the data, not the model"),
+    ],
+    ids=["forward-op", "backward-node", "in-the-loss", "in-the-batch"],
+)
+def test_nan_uses_the_collectors_replay_of_the_first_bad_step(origin, location, first_cause, severity, words):
+    cols = healthy_columns()
+    _nan_at(cols, 120, grow=True)  # even after gradient growth, a replayed op outranks the learning rate
+    ev = build(cols)
+    ev.events.append({"step": 121, "type": "nonfinite_origin", "data": {"step": 120, "details": {}, **origin}})
+    (f,) = NanOrInf().check(ev)
+    assert (f.location, f.causes[0], f.severity) == (location, first_cause, severity)
+    assert words in f.message
+    assert f.evidence["origin"]["phase"] == origin["phase"]

@@ -18,7 +18,7 @@ class StepRecord:
     loss: float = NAN
     grad_norm: float = NAN
     lr: float = NAN
-    data_s: float = NAN
+    data_s: float = NAN  # in DataLoader.__next__; without one, from the last step's end to the forward
     forward_s: float = NAN
     backward_s: float = NAN
     optimizer_s: float = NAN

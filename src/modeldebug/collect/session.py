@@ -560,6 +560,9 @@ class Debugger:
         st = self._state
         if st is None:
             st = self._begin_step(t)
+            if not st.data_seen and self._last_step_end is not None:
+                # No DataLoader: the time from the last step to this forward is spent getting the batch.
+                st.data_s, st.data_seen = t - self._last_step_end, True
         if st.forward_calls == 0:
             # The batch: its first floating tensor, else the first tensor (token ids).
             x = first_float_tensor((args, kwargs))

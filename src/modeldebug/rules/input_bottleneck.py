@@ -17,11 +17,13 @@ from modeldebug.types import Finding
 class InputBottleneck(Rule):
     """Data loading dominating the step time.
 
-    Reads: steps.data_s, steps.step_s (or forward_s + backward_s + optimizer_s + data_s when
+    Reads: steps.data_s (time in DataLoader.__next__, or without a DataLoader the time from the
+    last step to the forward), steps.step_s (or forward_s + backward_s + optimizer_s + data_s when
     step_s is missing), after the grace steps (the first batches pay for worker start-up).
-    Fires: when data time is at least ``data_fraction`` = 50% of total step time and the median
-    wait is at least ``min_data_s`` = 5 ms (a tiny model on tiny batches can spend half its
-    step in collate without anyone caring; fault suite). The GPU/CPU idles while it waits.
+    Fires: when the median step spends at least ``data_fraction`` = 50% of its time waiting for
+    data and the median wait is at least ``min_data_s`` = 1 ms (below that, collate overhead of
+    a tiny model; fault suite). Medians, so that an evaluation pass between two steps does not
+    count as waiting. The GPU/CPU idles while it waits.
     Severity: medium (high when at least 80%).
     Cause: slow_data_loading.
     Recommends: DataLoader workers, pinned memory, persistent workers, moving per-sample work
@@ -32,7 +34,7 @@ class InputBottleneck(Rule):
     kind = "input_bottleneck"
     reads = ("steps.data_s", "steps.step_s", "steps.forward_s", "steps.backward_s", "steps.optimizer_s")
     data_fraction: float = 0.5
-    min_data_s: float = 0.005
+    min_data_s: float = 0.001
     grace_steps: int = GRACE_STEPS
 
     def check(self, ev: Evidence) -> list[Finding]:
@@ -45,7 +47,7 @@ class InputBottleneck(Rule):
         ok = grace_mask(steps, self.grace_steps) & np.isfinite(data) & np.isfinite(total) & (total > 0)
         if ok.sum() < 3:
             return []
-        frac = float(data[ok].sum() / total[ok].sum())
+        frac = float(np.median(data[ok] / total[ok]))
         med = float(np.median(data[ok]))
         if frac < self.data_fraction or med < self.min_data_s:
             return []

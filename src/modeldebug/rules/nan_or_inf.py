@@ -29,14 +29,18 @@ from modeldebug.types import Finding
 class NanOrInf(Rule):
     """Non-finite values anywhere in training.
 
-    Reads: steps.loss_nonfinite, grad_nonfinite, input_nonfinite, loss, grad_norm;
-    layer_stats.nonfinite / grad_nonfinite (to name the first layer that produced them, in forward
-    order); param_stats.norm (weights that became NaN).
+    Reads: the ``nonfinite_origin`` event (the collector replays the first bad step before the
+    weights change: the module and op that produced the first NaN/Inf, forward or backward, or
+    the batch, or weights already blown up); steps.loss_nonfinite, grad_nonfinite,
+    input_nonfinite, loss, grad_norm; layer_stats.nonfinite / grad_nonfinite (the first layer
+    with non-finite values, in forward order, when no replay could be made, e.g. on CUDA);
+    param_stats.norm (weights that became NaN).
     Fires: at the first step with a non-finite loss or gradient (SageMaker's and AUTOTRAINER's
     NaN check: any NaN is a fault; no threshold). Always ``high``.
-    Causes: inputs already non-finite -> ``other`` (bad data; data_issue says more); gradient norm
-    growing ``growth``x over the steps before -> ``learning_rate_too_high``; otherwise
-    ``numerically_unstable_op`` (log(0), x/0, exp overflow) first.
+    Causes: inputs already non-finite -> ``other`` (bad data; data_issue says more, and this
+    finding is only medium); an op of the model (log of 0, x/0, exp overflow, sqrt at 0 in the
+    backward) -> ``numerically_unstable_op``; gradient norm growing ``growth``x over the steps
+    before, or weights already non-finite -> ``learning_rate_too_high``.
     Recommends: lower lr (concrete), gradient clipping, the stable op (log_softmax,
     BCEWithLogitsLoss, eps), torch.autograd.detect_anomaly to find the op.
     """
@@ -68,47 +72,76 @@ class NanOrInf(Rule):
         if weights_bad:
             what.append("weights")
 
+        replay = self._replay(ev)
         location, origin = self._origin(ev)
         inputs_bad = flag(s, "input_nonfinite") & (steps <= first)
         before = gn[(steps < first) & np.isfinite(gn)]
         grew = len(before) >= 2 and before[-1] > self.growth * max(np.min(before), 1e-12)
-        if inputs_bad.any():
+        phase = replay.get("phase") if replay else None
+        if inputs_bad.any() or phase == "input":
             causes = ["other", "numerically_unstable_op"]
-        elif grew or lr_is_high(ev):
+        elif phase in ("forward", "backward") and not (grew and str(replay.get("cause", "")).startswith("overflow")):
+            causes = ["numerically_unstable_op", "learning_rate_too_high"]
+        elif phase == "loss":  # e.g. log(0) in a hand-written loss
+            causes = ["numerically_unstable_op", "wrong_loss_function"]
+        elif grew or lr_is_high(ev) or phase == "weights":
             causes = ["learning_rate_too_high", "numerically_unstable_op", "bad_weight_init"]
         else:
             causes = ["numerically_unstable_op", "learning_rate_too_high"]
 
         msg = f"The {' and '.join(what) or 'values'} became NaN/Inf at step {first}"
-        if origin:
+        if replay and phase in ("forward", "backward"):
+            location = replay.get("module") or location
+            where = f"{location} ({replay.get('module_type')})" if location else "the model"
+            pass_ = "forward" if phase == "forward" else "backward"
+            msg += (f"; replaying that step, the first non-finite value comes from `{replay.get('op')}` in "
+                    f"{where} in the {pass_} pass: {replay.get('cause')}")
+        elif replay and phase == "loss":
+            location = None
+            msg += ("; replaying that step, the model's forward and backward stay finite: it arises in the loss "
+                    "computation (a hand-written log or division in the loss, or targets out of range)")
+        elif replay and phase == "weights":
+            location = replay.get("module") or location
+            msg += f"; the weights of {location} were already non-finite: an earlier update blew them up"
+        elif origin:
             msg += f"; the first layer in forward order with non-finite {origin[1]} is {location} ({origin[0]})"
         msg += "."
-        if inputs_bad.any():
-            msg += f" The inputs were already non-finite at step {first_true(inputs_bad, steps)}."
+        if inputs_bad.any() or phase == "input":
+            at = first_true(inputs_bad, steps) if inputs_bad.any() else replay.get("step", first)
+            msg += f" The input batch was already non-finite at step {at}: the data, not the model."
+            location = None
         elif grew:
             msg += f" The gradient norm rose from {g(np.min(before))} to {g(before[-1])} just before."
         recs = []
-        if inputs_bad.any():
+        if inputs_bad.any() or phase == "input":
             recs.append(fix("Drop or repair non-finite samples before they reach the model.",
                             "assert torch.isfinite(x).all(), 'non-finite input batch'"))
         if causes[0] == "learning_rate_too_high":
             recs += lower_lr(ev) + [clip_grad()]
-        recs.append(fix(
-            "Use numerically stable ops: log_softmax/CrossEntropyLoss instead of log(softmax), "
-            "BCEWithLogitsLoss instead of sigmoid+BCELoss, an eps in log/sqrt/division.",
-            "torch.log(x.clamp_min(1e-8))  # or x / (y + 1e-8)",
-        ))
+        recs.append(_stable_op_fix(replay))
         if causes[0] != "learning_rate_too_high":
             recs += [clip_grad()]
-        recs.append(best_practice("Find the op that produced the first NaN (slow: one run only).",
-                                  "with torch.autograd.detect_anomaly():\n    loss.backward()"))
+        if not replay or phase in ("unknown", "loss"):
+            recs.append(best_practice("Find the op that produced the first NaN (slow: one run only).",
+                                      "with torch.autograd.detect_anomaly():\n    loss.backward()"))
+        data_fault = bool(inputs_bad.any() or phase == "input")
         return [self.finding(
-            severity="high", confidence=0.95, location=location, step=first, message=msg,
+            severity="medium" if data_fault else "high", confidence=0.95, location=location, step=first,
+            message=msg,
             evidence={"first_step": first, "nonfinite_steps": int(bad.sum()), "what": what,
                       "last_finite_grad_norm": float(before[-1]) if len(before) else None,
-                      "weights": sorted(weights_bad)[:10]},
+                      "weights": sorted(weights_bad)[:10],
+                      **({"origin": {k: replay.get(k) for k in ("phase", "module", "module_type", "op", "cause")}}
+                         if replay else {})},
             causes=causes, recommendations=recs,
         )]
+
+    @staticmethod
+    def _replay(ev: Evidence) -> dict | None:
+        """The collector's replay of the first non-finite step (the first one that found something)."""
+        found = [e["data"] for e in ev.events if e.get("type") == "nonfinite_origin"]
+        useful = [d for d in found if d.get("phase") != "unknown"]
+        return (useful or found or [None])[0]
 
     def _origin(self, ev: Evidence) -> tuple[str | None, tuple[str, str] | None]:
         """First layer in forward order with non-finite outputs (or gradients) at the earliest such step."""
@@ -144,3 +177,28 @@ class NanOrInf(Rule):
         for st, n in sorted(zip(steps, names)):
             out.setdefault(str(n), (int(st), param_module(ev, str(n))))
         return out
+
+
+def _stable_op_fix(replay: dict | None):
+    """The numerically stable replacement for the op the replay named (generic advice otherwise)."""
+    op = str((replay or {}).get("op") or "").lower()
+    module = (replay or {}).get("module") or "the layer"
+    if op.startswith("log") or op.startswith("logbackward"):
+        return fix(f"Keep the argument of log in {module} away from 0: clamp it, or work in log space "
+                   "(log_softmax, BCEWithLogitsLoss instead of sigmoid + log).", "torch.log(x.clamp_min(1e-8))")
+    if op.startswith("div") or op.startswith("reciprocal"):
+        return fix(f"Add an epsilon to the divisor in {module}.", "x / (y + 1e-8)  # or y.clamp_min(1e-8)")
+    if op.startswith("exp"):
+        return fix(f"Keep exp in {module} from overflowing: subtract the max first or use logsumexp/softmax.",
+                   "torch.exp(x - x.amax(dim=-1, keepdim=True))")
+    if op.startswith("sqrt") or op.startswith("rsqrt") or op.startswith("pow"):
+        return fix(f"The derivative of sqrt is infinite at 0: add an epsilon inside the sqrt in {module}.",
+                   "torch.sqrt(x + 1e-12)  # or torch.linalg.vector_norm(x, dim=...) which handles 0")
+    if op.endswith("backward") and op[:-8]:
+        return fix(f"Check the backward() of the custom autograd function {op[:-8]} used in {module}: it "
+                   "returns a non-finite gradient; guard its divisions and logs.", None)
+    return fix(
+        "Use numerically stable ops: log_softmax/CrossEntropyLoss instead of log(softmax), "
+        "BCEWithLogitsLoss instead of sigmoid+BCELoss, an eps in log/sqrt/division.",
+        "torch.log(x.clamp_min(1e-8))  # or x / (y + 1e-8)",
+    )
