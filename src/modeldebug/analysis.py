@@ -12,6 +12,8 @@ from modeldebug.types import Report
 
 # Long series are downsampled to at most this many points in the report's metrics.
 MAX_POINTS = 500
+# Per-layer and per-parameter series (one per layer or parameter) keep fewer points each.
+MAX_LAYER_POINTS = 120
 
 
 def analyze(evidence: Evidence, rules: Sequence[Any] | None = None) -> Report:
@@ -26,7 +28,8 @@ def summarize(ev: Evidence) -> dict[str, Any]:
     steps = ev.steps
     out: dict[str, Any] = {"steps": int(len(steps))}
     if len(steps):
-        idx = _downsample_index(len(steps))
+        # Keep every bucket's extremes of loss and gradient norm, so spikes survive downsampling.
+        idx = _downsample_index(len(steps), keep=(steps.loss, steps.grad_norm))
         series = {"step": steps.step[idx]}
         for col in ("loss", "grad_norm", "lr", "data_s", "forward_s", "backward_s", "optimizer_s", "step_s",
                     "rss_bytes", "cuda_allocated", "cuda_reserved"):
@@ -37,6 +40,12 @@ def summarize(ev: Evidence) -> dict[str, Any]:
             v = steps[col][np.isfinite(steps[col])]
             timing[col] = float(np.median(v)) if len(v) else None
         out["timing_median_s"] = timing
+        bad = np.zeros(len(steps), dtype=bool)
+        for col in ("loss_nonfinite", "grad_nonfinite"):
+            if col in steps:
+                bad |= steps[col].astype(bool)
+        bad |= ~np.isfinite(steps.loss) & ~np.isnan(steps.loss)
+        out["first_nonfinite_step"] = int(steps.step[np.argmax(bad)]) if bad.any() else None
     if len(ev.validation):
         out["validation"] = {"step": _floats(ev.validation.step), "loss": _floats(ev.validation.loss)}
     layers = []
@@ -44,24 +53,28 @@ def summarize(ev: Evidence) -> dict[str, Any]:
         t = ev.layer(info.name)
         if not len(t):
             continue
-        last = len(t) - 1
+        i = _downsample_index(len(t), MAX_LAYER_POINTS, keep=(t.grad_norm,))
         entry = {
             "name": info.name,
             "type": info.type,
             "order": info.order,
             "samples": int(len(t)),
-            "step": _floats(t.step),
-            "output_mean": _floats(t.mean),
-            "output_std": _floats(t.std),
-            "zero_frac": _floats(t.zero_frac),
-            "dead_frac": _floats(t.dead_frac),
-            "sat_frac": _floats(t.sat_frac),
-            "grad_norm": _floats(t.grad_norm),
-            "fwd_time_s": _floats(t.fwd_time_s),
+            "step": _floats(t.step[i]),
+            "output_mean": _floats(t.mean[i]),
+            "output_std": _floats(t.std[i]),
+            "zero_frac": _floats(t.zero_frac[i]),
+            "dead_frac": _floats(t.dead_frac[i]),
+            "sat_frac": _floats(t.sat_frac[i]),
+            "grad_norm": _floats(t.grad_norm[i]),
+            "fwd_time_s": _floats(t.fwd_time_s[i]),
         }
-        hist = histogram_counts(t.hist[last]) if "hist" in t else None
-        if hist is not None:
-            entry["histogram"] = {"lo": _float(t.hist_lo[last]), "hi": _float(t.hist_hi[last]), "counts": hist.tolist()}
+        if "hist" in t:
+            # The latest histogram (the last sample may have none: a non-finite output), and the first.
+            have = [k for k, blob in enumerate(t.hist) if isinstance(blob, bytes)]
+            for key, k in (("histogram", have[-1] if have else None), ("histogram_first", have[0] if have else None)):
+                if k is not None:
+                    entry[key] = {"step": int(t.step[k]), "lo": _float(t.hist_lo[k]), "hi": _float(t.hist_hi[k]),
+                                  "counts": histogram_counts(t.hist[k]).tolist()}
         layers.append(entry)
     if layers:
         out["layers"] = layers
@@ -69,8 +82,10 @@ def summarize(ev: Evidence) -> dict[str, Any]:
     for name in ev.params:
         t = ev.param(name)
         if len(t):
-            params.append({"name": name, "step": _floats(t.step), "norm": _floats(t.norm),
-                           "grad_norm": _floats(t.grad_norm), "update_ratio": _floats(t.update_ratio)})
+            i = _downsample_index(len(t), MAX_LAYER_POINTS, keep=(t.grad_norm, t.update_ratio))
+            params.append({"name": name, "module": ev.params[name].module, "step": _floats(t.step[i]),
+                           "norm": _floats(t.norm[i]), "grad_norm": _floats(t.grad_norm[i]),
+                           "update_ratio": _floats(t.update_ratio[i])})
     if params:
         out["params"] = params
     if ev.class_counts:
@@ -78,10 +93,33 @@ def summarize(ev: Evidence) -> dict[str, Any]:
     return out
 
 
-def _downsample_index(n: int) -> np.ndarray:
-    if n <= MAX_POINTS:
+def _downsample_index(n: int, limit: int = MAX_POINTS, keep: Sequence[np.ndarray] = ()) -> np.ndarray:
+    """At most ``limit`` row indices, first and last included, spread evenly over ``n`` rows.
+
+    For each column in ``keep``, every bucket also keeps the rows of its largest and smallest
+    value and its first non-finite value, so a spike or a NaN between two picked rows is not lost.
+    """
+    if n <= limit:
         return np.arange(n)
-    return np.unique(np.linspace(0, n - 1, MAX_POINTS).round().astype(int))
+    per_bucket = 1 + 3 * len(keep)
+    buckets = max(1, (limit - 1) // per_bucket)
+    size = -(-n // buckets)
+    starts = np.arange(0, n, size)
+    picked = [starts, np.array([n - 1])]
+    pad = len(starts) * size - n
+    for col in keep:
+        v = np.asarray(col, dtype=float)
+        v = np.concatenate([v, np.full(pad, np.nan)]).reshape(len(starts), size)
+        finite = np.isfinite(v)
+        offset = np.arange(len(starts)) * size
+        hi = np.where(finite, v, -np.inf).argmax(axis=1)
+        lo = np.where(finite, v, np.inf).argmin(axis=1)
+        picked += [offset + hi, offset + lo]
+        inf = np.isinf(v)  # NaN also stands for "not measured" (and pads the last bucket): only inf counts here
+        if inf.any():
+            picked.append((offset + inf.argmax(axis=1))[inf.any(axis=1)])
+    idx = np.unique(np.concatenate(picked))
+    return idx[idx < n]
 
 
 def _float(x) -> float | None:
