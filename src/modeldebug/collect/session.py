@@ -605,6 +605,11 @@ class Debugger:
         st = self._state
         if st is None and self._prepared and torch.is_grad_enabled() and module.training:
             st = self._begin_step(_now())  # the first training forward of a prepared step
+            x = first_float_tensor(args)
+            if x is None:
+                x = first_float_tensor(args, floating=False)
+            if x is not None:  # the first layer to run receives the batch
+                self._input_stats(st, x)
         if st is not None:
             st.layer_start[name] = _now()
 

@@ -39,7 +39,11 @@ class ExplodingGradient(Rule):
     Fires: (a) the global gradient norm exceeds ``growth`` = 100 x its running minimum so far and
     10x the first steps' level (a blow-up by two orders of magnitude; fault suite); (b) the median
     ratio of first-layer to last-layer gradient norm exceeds ``layer_ratio`` = 70 (AUTOTRAINER);
-    (c) the norm exceeds the user's ``alert_thresholds.gradient_norm``.
+    (c) the norm exceeds the user's ``alert_thresholds.gradient_norm``; (d) the gradient is huge
+    in absolute terms from the start: its RMS per trainable weight (global norm / sqrt(count))
+    reaches ``rms_limit`` = 10 (healthy networks sit around 1e-4..1e-1; at 10 a single SGD step
+    with lr 0.01 moves every weight by ~0.1), which no growth test sees when step 0 is already
+    blown up by the init.
     Severity: high when the loss diverges or stalls, low when the loss still improves
     (AUTOTRAINER: a symptom that does not hurt is a hint); medium for a user alert alone.
     Causes: lr above its optimizer's usual range -> learning_rate_too_high first; inputs far from
@@ -56,6 +60,7 @@ class ExplodingGradient(Rule):
     layer_ratio: float = 70.0
     grace_steps: int = GRACE_STEPS
     init_scale: float = 3.0  # weight RMS x sqrt(fan_in) above ~2x Kaiming's 1.4 points at the init
+    rms_limit: float = 10.0
 
     def check(self, ev: Evidence) -> list[Finding]:
         steps, gn = col(ev.steps, "step"), col(ev.steps, "grad_norm")
@@ -84,6 +89,27 @@ class ExplodingGradient(Rule):
                              + (f"; the largest gradient is in {pname}." if pname else ".")
                              + self._loss_note(trend)),
                     evidence={"grad_norm": float(v[i]), "peak_grad_norm": peak, "baseline": base,
+                              "param": pname, "loss_start": trend and trend.start, "loss_end": trend and trend.end},
+                    causes=causes, recommendations=self._recs(ev, causes),
+                ))
+
+        # (d) huge from the very first steps (the init): no growth to see.
+        count = sum(p.numel for p in ev.params.values() if p.requires_grad)
+        if first is None and ok.any() and count:
+            rms = gn / np.sqrt(count)
+            over = ok & (rms >= self.rms_limit)
+            if over.any():
+                i = int(np.flatnonzero(over)[0])
+                first = int(steps[i])
+                loc, pname = self._loudest_param(ev, first)
+                causes = self._causes(ev)
+                findings.append(self.finding(
+                    severity=impact_severity(trend), confidence=0.85, location=loc, step=first,
+                    message=(f"The gradient norm is {g(gn[i])} at step {first}: {g(rms[i])} per weight on average "
+                             f"over {count} trainable weights, where healthy training sits far below 1"
+                             + (f"; the largest gradient is in {pname}." if pname else ".")
+                             + self._loss_note(trend)),
+                    evidence={"grad_norm": float(gn[i]), "rms_grad": float(rms[i]), "trainable": count,
                               "param": pname, "loss_start": trend and trend.start, "loss_end": trend and trend.end},
                     causes=causes, recommendations=self._recs(ev, causes),
                 ))
