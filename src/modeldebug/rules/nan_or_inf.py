@@ -82,7 +82,7 @@ class NanOrInf(Rule):
             causes = ["other", "numerically_unstable_op"]
         elif phase in ("forward", "backward") and not (grew and str(replay.get("cause", "")).startswith("overflow")):
             causes = ["numerically_unstable_op", "learning_rate_too_high"]
-        elif phase == "loss":  # e.g. log(0) in a hand-written loss
+        elif phase == "loss" and not grew:  # e.g. log(0) in a hand-written loss
             causes = ["numerically_unstable_op", "wrong_loss_function"]
         elif grew or lr_is_high(ev) or phase == "weights":
             causes = ["learning_rate_too_high", "numerically_unstable_op", "bad_weight_init"]
