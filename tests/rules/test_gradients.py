@@ -198,14 +198,19 @@ def test_nan_quiet_on_healthy_and_on_missing_loss():
          "net.0", "numerically_unstable_op", "high", "backward pass: the gradient of sqrt at 0"),
         ({"phase": "loss", "module": None, "module_type": None, "op": None, "cause": "..."},
          None, "numerically_unstable_op", "high", "arises in the loss computation"),
+        ({"phase": "loss", "module": None, "module_type": None, "op": None, "cause": "...", "grow": True},
+         None, "learning_rate_too_high", "high", "arises in the loss computation"),
         ({"phase": "input", "module": None, "module_type": None, "op": None, "cause": "NaN in the batch"},
          None, "other", "medium", "the data, not the model"),
     ],
-    ids=["forward-op", "backward-node", "in-the-loss", "in-the-batch"],
+    ids=["forward-op", "backward-node", "in-the-loss", "in-the-loss-after-blow-up", "in-the-batch"],
 )
 def test_nan_uses_the_collectors_replay_of_the_first_bad_step(origin, location, first_cause, severity, words):
     cols = healthy_columns()
-    _nan_at(cols, 120, grow=True)  # even after gradient growth, a replayed op outranks the learning rate
+    origin = dict(origin)
+    # A replayed op of the model outranks the learning rate even after gradient growth; a NaN
+    # that only appears in the loss after a blow-up is the learning rate's.
+    _nan_at(cols, 120, grow=origin.pop("grow", origin["phase"] != "loss"))
     ev = build(cols)
     ev.events.append({"step": 121, "type": "nonfinite_origin", "data": {"step": 120, "details": {}, **origin}})
     (f,) = NanOrInf().check(ev)
