@@ -47,6 +47,7 @@ def _fail(message: str, code: int = 2) -> None:
 def run(
     ctx: typer.Context,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report here."),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Write the HTML report (findings next to plots) here."),
     issue: Optional[str] = typer.Option(None, "--issue", help="What you are seeing, e.g. 'model not converging'."),
     fail_on: Optional[Severity] = typer.Option(
         None, "--fail-on", help="Exit 1 when a finding reaches this severity (for CI)."
@@ -60,6 +61,7 @@ def run(
     modeldebug run [OPTIONS] -- python train.py [ARGS...]
     """
     from modeldebug.config import DebuggingConfig
+    from modeldebug.errors import MissingExtraError
     from modeldebug.report.terminal import print_report
     from modeldebug.runner import run_script
 
@@ -68,8 +70,8 @@ def run(
         command = command[1:]
     try:
         config = DebuggingConfig(analysis_level=level.value, every=every, store_path=str(store))
-        result = run_script(command, config=config, store_path=store, json_out=json_out, issue=issue)
-    except ValueError as exc:
+        result = run_script(command, config=config, store_path=store, json_out=json_out, html_out=html_out, issue=issue)
+    except (ValueError, MissingExtraError) as exc:  # MissingExtraError: --html without the report extra
         _fail(str(exc))
     print_report(result.report, Console(stderr=True, highlight=False), issue=issue, written=result.written)
     raise typer.Exit(result.cli_exit_code(fail_on.value if fail_on else None))
@@ -101,6 +103,7 @@ def runs(
 def report(
     run_ref: str = typer.Argument("latest", metavar="RUN_ID|latest"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report here."),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Write the HTML report (findings next to plots) here."),
     reanalyze: bool = typer.Option(False, "--reanalyze", help="Run the rules again on the stored evidence."),
     store: Path = typer.Option(Path(".modeldebug/runs.db"), "--store", help=STORE_HELP),
 ) -> None:
@@ -124,6 +127,15 @@ def report(
     if json_out:
         write_json(rep, json_out)
         written.append(str(json_out))
+    if html_out:
+        from modeldebug.errors import MissingExtraError
+        from modeldebug.report.html import write_html
+
+        try:
+            write_html(rep, html_out, issue=rep.metrics.get("issue"))
+        except MissingExtraError as exc:
+            _fail(str(exc))
+        written.append(str(html_out))
     print_report(rep, Console(highlight=False), issue=rep.metrics.get("issue"), written=written)
 
 

@@ -64,11 +64,16 @@ def run_script(
     config: DebuggingConfig | None = None,
     store_path: str | os.PathLike = ".modeldebug/runs.db",
     json_out: str | os.PathLike | None = None,
+    html_out: str | os.PathLike | None = None,
     issue: str | None = None,
     show_status: bool = True,
 ) -> RunResult:
     config = config or DebuggingConfig()
     command = resolve_command(command)
+    if html_out:
+        from modeldebug.report.html import require_extra
+
+        require_extra()  # before the run: a missing extra should not cost the user a training run
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     store = RunStore(store_path)
     store.create_run(RunInfo(id=run_id, command=list(command), status="running"), config)
@@ -126,6 +131,11 @@ def run_script(
     if json_out:
         write_json(report, json_out)
         written.append(str(json_out))
+    if html_out:
+        from modeldebug.report.html import write_html
+
+        write_html(report, html_out, issue=issue)
+        written.append(str(html_out))
     return RunResult(report=report, exit_code=code, written=written)
 
 
