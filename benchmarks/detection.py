@@ -54,6 +54,7 @@ class Result:
     seconds: float
     findings: list[dict] = field(default_factory=list)
     error: str = ""
+    report_written: bool = True
 
     def matching(self, serious_only: bool = True) -> list[dict]:
         return [f for f in self.findings if f["kind"] == self.case.kind and (not serious_only or f["severity"] in SERIOUS)]
@@ -101,7 +102,7 @@ def run_case(case: Case, workdir: Path, timeout: float = 300) -> Result:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir)
     seconds = time.perf_counter() - started
     if not out.exists():
-        return Result(case, proc.returncode, seconds, error=(proc.stderr or proc.stdout)[-3000:])
+        return Result(case, proc.returncode, seconds, error=(proc.stderr or proc.stdout)[-3000:], report_written=False)
     report = json.loads(out.read_text())
     return Result(case, proc.returncode, seconds, findings=report["findings"])
 
