@@ -47,7 +47,8 @@ def summarize(ev: Evidence) -> dict[str, Any]:
         bad |= ~np.isfinite(steps.loss) & ~np.isnan(steps.loss)
         out["first_nonfinite_step"] = int(steps.step[np.argmax(bad)]) if bad.any() else None
     if len(ev.validation):
-        out["validation"] = {"step": _floats(ev.validation.step), "loss": _floats(ev.validation.loss)}
+        out["validation"] = {"step": _floats(ev.validation.step), "loss": _floats(ev.validation.loss),
+                             "accuracy": _floats(ev.validation.accuracy)}
     layers = []
     for info in ev.layers_in_order():
         t = ev.layer(info.name)

@@ -111,6 +111,10 @@ def test_collects_the_listed_evidence(arch, store_path):
     # evaluation passes are validation losses, not training steps
     assert list(ev.validation.step) == [4, 8, 12]
     assert np.isfinite(ev.validation.loss).all() and (ev.validation.batches == 4).all()
+    with torch.no_grad():  # top-1 accuracy of the last evaluation, measured again
+        model.eval()
+        hits = sum(int((logits(model(xb)).argmax(1) == yb).sum()) for xb, yb in loader)
+    assert ev.validation.accuracy[-1] == pytest.approx(hits / 64)
     # sampled steps: per-layer output and gradient statistics, parameters, inputs, classes
     sampled = set(steps.step[steps.sampled].tolist())
     assert {0, 1, 2, 4, 6} <= sampled and 5 not in sampled

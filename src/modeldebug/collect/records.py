@@ -84,6 +84,7 @@ class ValidationRecord:
     step: int  # training steps completed when the evaluation ran
     loss: float
     batches: int = 1
+    accuracy: float = NAN  # top-1, when the loss gets class scores and integer targets
 
 
 @dataclass(slots=True)

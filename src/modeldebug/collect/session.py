@@ -190,6 +190,8 @@ class Debugger:
         self._in_eval = False
         self._val_sum: torch.Tensor | None = None
         self._val_count = 0
+        self._val_hits: torch.Tensor | None = None  # correct class predictions in evaluation
+        self._val_seen = 0
         self._class_counts: dict[int, int] = {}
         self._class_pending: list[torch.Tensor] = []
         self._layer_order = 0
@@ -963,6 +965,10 @@ class Debugger:
                 value = output.detach().float().reshape(())
                 self._val_sum = value if self._val_sum is None else self._val_sum + value
                 self._val_count += 1
+                if name in _CLASS_TARGET_LOSSES and _class_scores(input, target):
+                    hits = (input.detach().argmax(1) == target).sum()
+                    self._val_hits = hits if self._val_hits is None else self._val_hits + hits
+                    self._val_seen += target.numel()
         else:
             st = self._state
             if (
@@ -996,8 +1002,12 @@ class Debugger:
     def _flush_validation(self) -> None:
         if self._val_count:
             loss = float(self._val_sum.item()) / self._val_count
-            self.store.add(self.run_id, ValidationRecord(step=self.step_count, loss=loss, batches=self._val_count))
-            self._val_sum, self._val_count = None, 0
+            acc = float(self._val_hits.item()) / self._val_seen if self._val_seen else math.nan
+            self.store.add(
+                self.run_id,
+                ValidationRecord(step=self.step_count, loss=loss, batches=self._val_count, accuracy=acc),
+            )
+            self._val_sum, self._val_count, self._val_hits, self._val_seen = None, 0, None, 0
 
     def _resolve_classes(self) -> None:
         for counts in self._class_pending:
@@ -1152,6 +1162,17 @@ def watch(
         for opt in [optimizer] if isinstance(optimizer, torch.optim.Optimizer) else list(optimizer):
             dbg.attach_optimizer(opt)
     return dbg
+
+
+def _class_scores(input, target) -> bool:
+    """Class scores [N, C, ...] with integer class targets [N, ...] (accuracy can be measured)."""
+    return (
+        isinstance(input, torch.Tensor)
+        and isinstance(target, torch.Tensor)
+        and not target.is_floating_point()
+        and input.dim() == target.dim() + 1
+        and input.shape[0] == target.shape[0]
+    )
 
 
 def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
