@@ -61,6 +61,8 @@ def run(
     modeldebug run [OPTIONS] -- python train.py [ARGS...]
     """
     from modeldebug.config import DebuggingConfig
+    from rich.markup import escape
+
     from modeldebug.errors import MissingExtraError
     from modeldebug.report.terminal import print_report
     from modeldebug.runner import run_script
@@ -72,7 +74,7 @@ def run(
         config = DebuggingConfig(analysis_level=level.value, every=every, store_path=str(store))
         result = run_script(command, config=config, store_path=store, json_out=json_out, html_out=html_out, issue=issue)
     except (ValueError, MissingExtraError) as exc:  # MissingExtraError: --html without the report extra
-        _fail(str(exc))
+        _fail(escape(str(exc)))
     print_report(result.report, Console(stderr=True, highlight=False), issue=issue, written=result.written)
     raise typer.Exit(result.cli_exit_code(fail_on.value if fail_on else None))
 
@@ -134,7 +136,9 @@ def report(
         try:
             write_html(rep, html_out, issue=rep.metrics.get("issue"))
         except MissingExtraError as exc:
-            _fail(str(exc))
+            from rich.markup import escape
+
+            _fail(escape(str(exc)))  # the message names the extra in brackets, which rich would take for markup
         written.append(str(html_out))
     print_report(rep, Console(highlight=False), issue=rep.metrics.get("issue"), written=written)
 

@@ -208,10 +208,18 @@ def plot_loss(canvas: _Canvas, metrics: dict, finding: Finding | None) -> str | 
     if not x and not vx:
         return None
     fig, (ax,) = canvas.figure()
-    ax.plot(x, y, color=COLORS["train"], linewidth=1, label="training loss")
+    ax.plot(x, y, color=COLORS["train"], linewidth=1, label="training loss", marker="o" if len(x) < 30 else None, markersize=3)
     if vx:
         ax.plot(vx, vy, color=COLORS["val"], marker="o", markersize=3, linewidth=1.2, label="validation loss")
     _logy_if_wide(ax, y + vy)
+    ax_acc = None
+    ax_, acc = _xy(val.get("step"), val.get("accuracy"))
+    if acc:
+        ax_acc = ax.twinx()
+        ax_acc.plot(ax_, acc, color=COLORS["ok"], marker="s", markersize=2.5, linewidth=0.8, label="validation accuracy")
+        ax_acc.set_ylim(0, 1.02)
+        ax_acc.set_ylabel("accuracy")
+        ax_acc.grid(False)
     if finding is not None and finding.kind == "overfitting" and finding.evidence.get("best_step") is not None:
         _mark_step(ax, finding.evidence["best_step"], "best validation")
     elif finding is not None:
@@ -219,7 +227,11 @@ def plot_loss(canvas: _Canvas, metrics: dict, finding: Finding | None) -> str | 
     _step_axis(ax)
     ax.set_ylabel("loss")
     ax.set_title("Loss")
-    ax.legend(loc="best")
+    handles, labels = ax.get_legend_handles_labels()
+    if ax_acc is not None:
+        more = ax_acc.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, loc="best")
     return canvas.uri(fig)
 
 
@@ -233,7 +245,7 @@ def plot_nonfinite(canvas: _Canvas, metrics: dict, finding: Finding | None) -> s
     for ax, col, title, color in ((axes[0], "loss", "training loss", COLORS["train"]),
                                   (axes[1], "grad_norm", "global gradient norm", COLORS["val"])):
         x, y = _xy(s["step"], s.get(col))
-        ax.plot(x, y, color=color, linewidth=1)
+        ax.plot(x, y, color=color, linewidth=1, marker="o" if len(x) < 30 else None, markersize=3)
         _logy_if_wide(ax, y)
         ax.set_ylabel(title)
         _mark_step(ax, bad, f"first non-finite: step {bad}" if ax is axes[0] and bad is not None else "")
