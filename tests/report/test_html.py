@@ -152,3 +152,30 @@ def test_10k_step_100_layer_run_summarises_fast_and_renders_small(tmp_path):
     write_html(report, tmp_path / "big.html")
     size = (tmp_path / "big.html").stat().st_size
     assert size < 1_500_000, size
+
+
+def test_onnx_reports_show_op_table_and_comparison_errors(tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from modeldebug.onnx import compare_with_torch, profile_execution
+    from modeldebug.onnx.compare import export_model
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Linear(32, 32), torch.nn.ReLU(),
+                              torch.nn.Linear(32, 4)).eval()
+    example = (torch.randn(2, 8),)
+    proto = export_model(net, example, "torchscript")
+    prof = render_html(profile_execution(proto, iterations=5, warmup=1))
+    assert "ONNX: time per op type" in prof and "<h3>ONNX: time per op</h3>" in prof and IMG.search(prof)
+    for t in proto.graph.initializer:  # plant a weight change in the second Linear
+        if t.name == "2.weight":
+            import onnx
+
+            arr = onnx.numpy_helper.to_array(t).copy()
+            arr.flat[0] += 0.5
+            t.CopyFrom(onnx.numpy_helper.from_array(arr, t.name))
+    report = compare_with_torch(net, example, onnx_model=proto)
+    page = render_html(report)
+    assert "<h3>ONNX: comparison errors</h3>" in page and 'class="bad"' in page
+    articles = _articles(page)
+    assert articles and all(IMG.search(a) for a in articles if "onnx_numerical_mismatch" in a)

@@ -32,6 +32,8 @@ from modeldebug.types import Finding, Report
 EXTRA = "report"
 MAX_HISTOGRAMS = 12  # small multiples in the activations overview
 MAX_BAR_ROWS = 40  # layers or ops in one bar chart
+HEATMAP_COLUMNS = 80  # step bins in the gradient-flow heatmap
+MAX_LINES = 24  # more parameters than this are drawn as a band
 COLORS = {"train": "#1f77b4", "val": "#ff7f0e", "bad": "#d62728", "ok": "#2ca02c", "muted": "#9aa0a6"}
 STEP_PARTS = (("data_s", "data", "#8c564b"), ("forward_s", "forward", "#1f77b4"),
               ("backward_s", "backward", "#ff7f0e"), ("optimizer_s", "optimizer", "#2ca02c"))
@@ -276,15 +278,22 @@ def plot_grad_flow(canvas: _Canvas, metrics: dict, finding: Finding | None) -> s
         return None
     location = finding.location if finding is not None else None
     hl = [i for i, n in enumerate(names) if _matches(n, location)]
-    # Heatmap: layers (rows, first at top) x sampled steps (columns), log10 of the norm.
+    # Heatmap: layers (rows, first at top) x step bins (columns), log10 of the largest norm in the bin.
     all_steps = sorted({s for row in steps for s in row if _finite(s)})
-    col = {s: j for j, s in enumerate(all_steps)}
-    grid = np.full((len(names), max(len(all_steps), 1)), np.nan)
+    if len(all_steps) > HEATMAP_COLUMNS:
+        edges = np.linspace(all_steps[0], all_steps[-1], HEATMAP_COLUMNS + 1)
+        bins = sorted({float(edges[max(0, int(np.searchsorted(edges, x, side="right")) - 1)]) for x in all_steps})
+    else:
+        bins = all_steps
+    grid = np.full((len(names), max(len(bins), 1)), np.nan)
     positive = [y for ys in values for y in ys or [] if _finite(y) and y > 0]
     floor = math.floor(math.log10(min(positive))) - 1 if positive else -12.0  # where exact zeros are drawn
     for i, (xs, ys) in enumerate(zip(steps, values)):
         for x, y in zip(*_xy(xs, ys)):
-            grid[i, col[x]] = math.log10(y) if y > 0 else floor
+            j = max(0, int(np.searchsorted(bins, x, side="right")) - 1)
+            v = math.log10(y) if y > 0 else floor
+            grid[i, j] = v if not (grid[i, j] >= v) else grid[i, j]
+    all_steps = bins
     per_layer = [np.array(_xy(xs, ys)[1], dtype=float) for xs, ys in zip(steps, values)]
     height = min(6.0, 1.2 + 0.14 * len(names))
     fig, (ax_line, ax_map) = canvas.figure(1, 2, height=max(2.6, height), width=9.0, gridspec_kw={"width_ratios": [1, 1.3]})
@@ -322,7 +331,7 @@ def plot_grad_flow(canvas: _Canvas, metrics: dict, finding: Finding | None) -> s
     if finding is not None and finding.step is not None and all_steps:
         j = int(np.searchsorted(all_steps, finding.step))
         ax_map.axvline(min(j, len(all_steps) - 1), color=COLORS["bad"], linestyle="--", linewidth=1)
-    ax_map.set_xlabel("sampled step")
+    ax_map.set_xlabel("step" if len(all_steps) == HEATMAP_COLUMNS else "sampled step")
     ax_map.set_title("Over time (sampled steps)")
     return canvas.uri(fig)
 
@@ -433,6 +442,11 @@ def plot_updates(canvas: _Canvas, metrics: dict, finding: Finding | None) -> str
         hl = [p for p in params if p["name"] in json.dumps(finding.evidence)]
     fig, (ax_u, ax_n) = canvas.figure(1, 2, width=9.0)
     many = len(params) > 12
+    norms = [v for p in params for v in p.get("norm") or []]
+    if len(params) > MAX_LINES:  # a band over all parameters, and the highlighted ones as lines
+        for ax, key in ((ax_u, "update_ratio"), (ax_n, "norm")):
+            _band(ax, params, key)
+        params = hl
     for p in params:
         mark = p in hl
         style = {"linewidth": 1.6 if mark else 0.8, "alpha": 1.0 if mark or not many else 0.45}
@@ -454,9 +468,30 @@ def plot_updates(canvas: _Canvas, metrics: dict, finding: Finding | None) -> str
         ax_u.legend(loc="best")
     _step_axis(ax_n)
     ax_n.set_ylabel("|w|")
-    _logy_if_wide(ax_n, [v for p in params for v in p.get("norm") or []])
+    _logy_if_wide(ax_n, norms)
     ax_n.set_title("Weight norm")
     return canvas.uri(fig)
+
+
+def _band(ax, rows: list[dict], key: str) -> None:
+    """Median and 10-90% band over many series of ``key`` (by step), positive values only."""
+    import numpy as np
+
+    steps = sorted({x for r in rows for x in r.get("step") or [] if _finite(x)})
+    col = {x: j for j, x in enumerate(steps)}
+    grid = np.full((len(rows), len(steps)), np.nan)
+    for i, r in enumerate(rows):
+        for x, y in zip(*_xy(r.get("step"), r.get(key))):
+            if y > 0:
+                grid[i, col[x]] = y
+    keep = np.isfinite(grid).any(axis=0)
+    if not keep.any():
+        return
+    xs, grid = np.asarray(steps)[keep], grid[:, keep]
+    lo, med, hi = np.nanpercentile(grid, [10, 50, 90], axis=0)
+    ax.fill_between(xs, lo, hi, color=COLORS["train"], alpha=0.2, label=f"10-90% of {len(rows)} parameters")
+    ax.plot(xs, med, color=COLORS["train"], linewidth=1, label="median")
+    ax.legend(loc="best")
 
 
 def plot_memory(canvas: _Canvas, metrics: dict, finding: Finding | None) -> str | None:
