@@ -21,6 +21,8 @@ app = typer.Typer(
 err = Console(stderr=True, highlight=False)
 
 STORE_HELP = "SQLite run store (one per project directory by default)."
+LM_HELP = "Explain and rank findings with this LM (e.g. openai/gpt-4o-mini; env MODELDEBUG_LM). Needs the llm extra."
+LM_API_BASE_HELP = "OpenAI-compatible server for --lm (env MODELDEBUG_LM_API_BASE)."
 
 
 class Severity(str, Enum):
@@ -55,6 +57,8 @@ def run(
     every: Optional[int] = typer.Option(None, "--every", min=1, help="Per-layer statistics every N steps (default: adaptive)."),
     level: Level = typer.Option(Level.detailed, "--level", help="How closely to watch."),
     store: Path = typer.Option(Path(".modeldebug/runs.db"), "--store", help=STORE_HELP),
+    lm: Optional[str] = typer.Option(None, "--lm", help=LM_HELP),
+    lm_api_base: Optional[str] = typer.Option(None, "--lm-api-base", help=LM_API_BASE_HELP),
 ) -> None:
     """Run a training script unmodified, watch it, and diagnose it.
 
@@ -70,12 +74,15 @@ def run(
     command = list(ctx.args)
     if command and command[0] == "--":
         command = command[1:]
+    lm_settings = _lm_settings(lm, lm_api_base)
     try:
         config = DebuggingConfig(analysis_level=level.value, every=every, store_path=str(store))
-        result = run_script(command, config=config, store_path=store, json_out=json_out, html_out=html_out, issue=issue)
+        result = run_script(command, config=config, store_path=store, json_out=json_out, html_out=html_out, issue=issue,
+                            lm=lm_settings)
     except (ValueError, MissingExtraError) as exc:  # MissingExtraError: --html without the report extra
         _fail(escape(str(exc)))
     print_report(result.report, Console(stderr=True, highlight=False), issue=issue, written=result.written)
+    _print_llm(result.report, Console(stderr=True, highlight=False))
     raise typer.Exit(result.cli_exit_code(fail_on.value if fail_on else None))
 
 
@@ -108,12 +115,15 @@ def report(
     html_out: Optional[Path] = typer.Option(None, "--html", help="Write the HTML report (findings next to plots) here."),
     reanalyze: bool = typer.Option(False, "--reanalyze", help="Run the rules again on the stored evidence."),
     store: Path = typer.Option(Path(".modeldebug/runs.db"), "--store", help=STORE_HELP),
+    lm: Optional[str] = typer.Option(None, "--lm", help=LM_HELP),
+    lm_api_base: Optional[str] = typer.Option(None, "--lm-api-base", help=LM_API_BASE_HELP),
 ) -> None:
     """Show a stored run's report again (and write it as JSON)."""
     from modeldebug.analysis import analyze
     from modeldebug.report.terminal import print_report
     from modeldebug.runner import write_json
 
+    lm_settings = _lm_settings(lm, lm_api_base)
     if not store.exists():
         _fail(f"No run store at {store}: run `modeldebug run -- python train.py` first.", 1)
     with _open_store(store) as s:
@@ -125,6 +135,10 @@ def report(
         if rep is None:
             rep = analyze(s.load_evidence(run_id))
             s.save_report(run_id, rep)
+    if lm_settings is not None:  # the LM's additions go to the outputs, the store keeps the rules' report
+        from modeldebug.llm import enrich_report
+
+        rep, _ = enrich_report(rep, lm_settings, issue=rep.metrics.get("issue"))
     written = []
     if json_out:
         write_json(rep, json_out)
@@ -141,6 +155,39 @@ def report(
             _fail(escape(str(exc)))  # the message names the extra in brackets, which rich would take for markup
         written.append(str(html_out))
     print_report(rep, Console(highlight=False), issue=rep.metrics.get("issue"), written=written)
+    _print_llm(rep, Console(stderr=True, highlight=False))
+
+
+@app.command()
+def ask(
+    run_ref: str = typer.Argument(..., metavar="RUN_ID|latest"),
+    question: str = typer.Argument(..., help='e.g. "why does the loss go flat after epoch 3?"'),
+    lm: Optional[str] = typer.Option(None, "--lm", help=LM_HELP),
+    lm_api_base: Optional[str] = typer.Option(None, "--lm-api-base", help=LM_API_BASE_HELP),
+    store: Path = typer.Option(Path(".modeldebug/runs.db"), "--store", help=STORE_HELP),
+) -> None:
+    """Ask a question about a stored run (an LM agent reads its numbers; without --lm, the matching findings)."""
+    from rich.markup import escape
+
+    from modeldebug.analysis import analyze
+    from modeldebug.llm.chat import ask as ask_run
+
+    lm_settings = _lm_settings(lm, lm_api_base)
+    if not store.exists():
+        _fail(f"No run store at {store}: run `modeldebug run -- python train.py` first.", 1)
+    with _open_store(store) as s:
+        try:
+            run_id = s.resolve(run_ref)
+        except ValueError as exc:
+            _fail(str(exc), 1)
+        evidence = s.load_evidence(run_id)
+        rep = s.load_report(run_id) or analyze(evidence)
+    result = ask_run(evidence, rep, question, lm_settings)
+    if result.notice:
+        err.print(f"[yellow]note:[/] {escape(result.notice)}")
+    elif lm_settings is None:
+        err.print("[dim]no LM configured (--lm MODEL or MODELDEBUG_LM): answering from the rule engine's findings[/]")
+    Console(highlight=False).print(escape(result.answer))
 
 
 @app.command()
@@ -149,6 +196,30 @@ def schema() -> None:
     from modeldebug.types import Report
 
     sys.stdout.write(json.dumps(Report.json_schema(), indent=2) + "\n")
+
+
+def _lm_settings(model: Optional[str], api_base: Optional[str]):
+    """LMSettings from the options or the environment; a missing extra or a bad value ends the command."""
+    from rich.markup import escape
+
+    from modeldebug.errors import MissingExtraError
+    from modeldebug.llm.settings import resolve_settings
+
+    try:
+        return resolve_settings(model, api_base)
+    except (MissingExtraError, ValueError) as exc:
+        _fail(escape(str(exc)))
+
+
+def _print_llm(report, console: Console) -> None:
+    """One line when the LM could not be used; its summary when it could."""
+    from rich.markup import escape
+
+    llm = (report.metrics or {}).get("llm") or {}
+    if llm.get("status") == "fallback":
+        console.print(f"[yellow]note:[/] {escape(llm.get('notice', 'the LM gave no usable answer'))}")
+    elif llm.get("status") == "ok" and llm.get("summary"):
+        console.print(f"[bold]LM ({escape(str(llm.get('model')))}):[/] {escape(llm['summary'])}")
 
 
 def _open_store(path: Path):

@@ -67,7 +67,12 @@ def run_script(
     html_out: str | os.PathLike | None = None,
     issue: str | None = None,
     show_status: bool = True,
+    lm=None,
 ) -> RunResult:
+    """Run ``command`` watched and diagnose it; ``lm`` (LMSettings or a dspy LM) adds the LM's explanation.
+
+    An LM failure never changes the result: its notice is kept in ``report.metrics["llm"]``.
+    """
     config = config or DebuggingConfig()
     command = resolve_command(command)
     if html_out:
@@ -124,6 +129,10 @@ def run_script(
         report = analyze(store.load_evidence(run_id))
         if issue:
             report.metrics["issue"] = issue
+        if lm is not None:
+            from modeldebug.llm import enrich_report
+
+            report, _ = enrich_report(report, lm, issue=issue)
         store.save_report(run_id, report)
     finally:
         store.close()
