@@ -184,7 +184,7 @@ def ask(
         rep = s.load_report(run_id) or analyze(evidence)
     result = ask_run(evidence, rep, question, lm_settings)
     if result.notice:
-        err.print(f"[yellow]note:[/] {escape(result.notice)}")
+        err.print(f"[yellow]note:[/] {escape(result.notice)}", soft_wrap=True)
     elif lm_settings is None:
         err.print("[dim]no LM configured (--lm MODEL or MODELDEBUG_LM): answering from the rule engine's findings[/]")
     Console(highlight=False).print(escape(result.answer))
@@ -217,7 +217,7 @@ def _print_llm(report, console: Console) -> None:
 
     llm = (report.metrics or {}).get("llm") or {}
     if llm.get("status") == "fallback":
-        console.print(f"[yellow]note:[/] {escape(llm.get('notice', 'the LM gave no usable answer'))}")
+        console.print(f"[yellow]note:[/] {escape(llm.get('notice', 'the LM gave no usable answer'))}", soft_wrap=True)
     elif llm.get("status") == "ok" and llm.get("summary"):
         console.print(f"[bold]LM ({escape(str(llm.get('model')))}):[/] {escape(llm['summary'])}")
 

@@ -53,7 +53,8 @@ TOPICS: tuple[IssueTopic, ...] = (
                ("input_bottleneck", "slow_operation", "onnx_slow_node"), ("slow_data_loading",), ("PerformanceProfiler",)),
     IssueTopic("crash", r"crash|error|exception|raise|fail|shape|dtype|device|mismatch|traceback|in-?place",
                ("runtime_error", "onnx_invalid_model", "onnx_shape_error", "onnx_unsupported_op"), (), ("ErrorDiagnoser",)),
-    IssueTopic("weights", r"weights? (don'?t|do not|never) (change|update)|frozen|not updat|no update|requires_grad",
+    IssueTopic("weights", (r"(weights?|param\w*|layers?)\b.*\b(never|not|don'?t|doesn'?t|won'?t|stop\w*)\b.*\b(chang|updat|mov|train|learn)"
+                r"|never (chang|updat)|frozen|freez|not updat|no update|requires_grad"),
                ("unchanged_weights",), ("frozen_parameters", "parameters_not_in_optimizer", "detached_graph"),
                ("GradientDebugger",)),
     IssueTopic("data", r"\bdata\b|input|normali[sz]|dataset|loader|batch",
