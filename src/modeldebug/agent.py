@@ -267,7 +267,7 @@ class ModelDebuggingAgent:
                     except StopIteration:
                         notices.append(f"The data ran out after {step} batches; the probe stopped there.")
                         break
-                    inputs, target = _split(_to(batch, device))
+                    inputs, target = _split(_to(batch, device), model_takes_target=req.loss_fn is None)
                     if first_batch is None:
                         first_batch = (inputs, target)
                     if opt_c is not None:
@@ -430,11 +430,14 @@ def _batches(data: Any) -> Iterator[Any]:
     return cycle()
 
 
-def _split(batch: Any) -> tuple[Any, Any]:
+def _split(batch: Any, model_takes_target: bool = False) -> tuple[Any, Any]:
+    """(inputs, target); without a loss_fn the whole batch goes to the model, which returns its loss."""
     import torch
 
     if isinstance(batch, torch.Tensor) or isinstance(batch, dict):
         return batch, None
+    if isinstance(batch, (tuple, list)) and model_takes_target:
+        return tuple(batch) if len(batch) > 1 else batch[0], None
     if isinstance(batch, (tuple, list)):
         if len(batch) == 1:
             return batch[0], None

@@ -38,6 +38,8 @@ TOPICS: tuple[IssueTopic, ...] = (
                 "exploding_gradient", "dead_relu", "saturated_activation", "poor_weight_init", "data_issue",
                 "gradient_accumulation", "nan_or_inf"),
                (), ("GradientDebugger", "LayerAnalyzer")),
+    IssueTopic("growing_gradient", r"grad\w*\b.*\b(grow|increas|ris|bigger|larger|accumulat)|accumulat|zero_grad",
+               ("gradient_accumulation", "exploding_gradient"), ("missing_zero_grad",), ("GradientDebugger",)),
     IssueTopic("gradient", r"gradient|grads?\b|backprop",
                ("vanishing_gradient", "exploding_gradient", "unchanged_weights", "gradient_accumulation", "nan_or_inf"),
                (), ("GradientDebugger",)),
