@@ -104,3 +104,16 @@ def test_first_float_tensor_walks_tuples_dicts_and_dataclasses():
 def test_histogram_of_constant_values():
     s = summarize(reduce(torch.zeros(64, 8)).numpy(), 512, bins=16)  # a layer whose units all died
     assert s["hist"].sum() == 512 and s["zero_frac"] == 1.0
+
+
+@pytest.mark.parametrize("scale", [1e18, 1e30, 3e38], ids=["1e18", "1e30", "near-float32-max"])
+def test_huge_finite_activations_are_finite_and_histogrammed(scale):
+    """A blown-up layer: its float32 sum of squares overflows, its values do not."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(64, 300, generator=g) * 2 - 1) * scale
+    s = _summary(x)
+    assert s["nonfinite"] == 0
+    assert s["max"] == pytest.approx(x.max().item())
+    assert s["std"] == pytest.approx(x.double().std().item(), rel=0.1)
+    s = summarize(reduce(x).numpy(), x.numel(), bins=16)
+    assert s["hist"].sum() == len(reduce(x)) - 5

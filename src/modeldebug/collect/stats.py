@@ -66,22 +66,33 @@ def summarize(
 ) -> dict[str, float | int | np.ndarray | None]:
     """Host-side statistics from a ``reduce`` vector of a tensor with ``numel`` values."""
     s, ss, lo, hi, alive = (float(v) for v in vec[:HEAD])
-    sample = vec[HEAD:]
-    mean = s / numel
-    std = math.sqrt(max(ss / numel - mean * mean, 0.0)) if math.isfinite(ss) else math.nan
+    # float64 on the host: under numpy 2 a float32 array stays float32 in arithmetic with Python
+    # floats, and huge activations would overflow there (histogram bin indices out of range).
+    sample = vec[HEAD:].astype(np.float64)
     finite = np.isfinite(sample)
-    all_finite = math.isfinite(s) and math.isfinite(ss) and math.isfinite(lo) and math.isfinite(hi)
+    good = sample[finite]
+    mean = s / numel
+    # min and max propagate NaN and Inf; the float32 sum of squares may overflow on its own.
+    all_finite = math.isfinite(lo) and math.isfinite(hi)
+    if all_finite and math.isfinite(ss) and math.isfinite(s):
+        std = math.sqrt(max(ss / numel - mean * mean, 0.0))
+        norm = math.sqrt(ss)
+    elif all_finite and len(good):  # finite values too large for float32 sums: estimate from the sample
+        if not math.isfinite(s):
+            mean = float(good.mean())
+        std, norm = float(good.std()), math.sqrt(float(np.mean(good * good)) * numel)
+    else:
+        std = norm = math.nan
     if all_finite:
         nonfinite = 0
     else:  # estimated from the subsample, at least 1
         nonfinite = max(1, round((len(sample) - int(finite.sum())) * numel / max(len(sample), 1)))
-    good = sample[finite]
     out: dict = {
         "mean": mean,
         "std": std,
         "min": lo,
         "max": hi,
-        "norm": math.sqrt(ss) if ss >= 0 else math.nan,
+        "norm": norm,
         "max_abs": max(abs(lo), abs(hi)),
         "zero_frac": float(np.mean(good == 0)) if len(good) else math.nan,
         "dead_frac": 1.0 - alive / units if units and math.isfinite(alive) else math.nan,
