@@ -24,8 +24,10 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# The overhead benchmark of issue 4 (about 10 minutes; `$(PY) benchmarks/overhead.py --quick` for 2).
 bench: setup
-	$(PY) benchmarks/overhead.py
+	$(PY) -m pip install -q -e '.[bench]'
+	WANDB_MODE=offline $(PY) benchmarks/overhead.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .modeldebug build src/*.egg-info
