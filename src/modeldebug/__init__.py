@@ -30,6 +30,7 @@ _LAZY = {
     "PerformanceProfiler": "modeldebug.tools",
     "MemoryTracker": "modeldebug.tools",
     "ErrorDiagnoser": "modeldebug.tools",
+    "explain": "modeldebug.diagnose",
 }
 
 
@@ -57,6 +58,7 @@ __all__ = [
     "PerformanceProfiler",
     "MemoryTracker",
     "ErrorDiagnoser",
+    "explain",
     "DebugMetrics",
     "DebuggingConfig",
     "DebuggingError",

@@ -198,6 +198,34 @@ def schema() -> None:
     sys.stdout.write(json.dumps(Report.json_schema(), indent=2) + "\n")
 
 
+@app.command()
+def explain(
+    traceback_file: str = typer.Argument(..., metavar="TRACEBACK_FILE", help="A saved traceback (or its last line); - for stdin."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report with this one finding as JSON here."),
+) -> None:
+    """Explain a crash from its saved traceback: the cause, the layer, and the fix."""
+    from modeldebug.diagnose import diagnose_text
+    from modeldebug.report.terminal import print_report
+    from modeldebug.types import Report, RunInfo
+
+    if traceback_file == "-":
+        text = sys.stdin.read()
+    else:
+        path = Path(traceback_file)
+        if not path.is_file():
+            _fail(f"No traceback file at {path}: save the error output first (python train.py 2> traceback.txt).")
+        text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        _fail(f"{traceback_file} is empty: expected a Python traceback or an error message.")
+    rep = Report(run=RunInfo(id="explain", status="completed"), findings=[diagnose_text(text)])
+    written = []
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(rep.to_json(), encoding="utf-8")
+        written.append(str(json_out))
+    print_report(rep, Console(highlight=False), written=written)
+
+
 def _lm_settings(model: Optional[str], api_base: Optional[str]):
     """LMSettings from the options or the environment; a missing extra or a bad value ends the command."""
     from rich.markup import escape

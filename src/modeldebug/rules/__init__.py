@@ -94,6 +94,7 @@ def _load_builtin() -> None:
         oscillating_loss,
         overfitting,
         poor_weight_init,
+        runtime_error,
         saturated_activation,
         slow_operation,
         unchanged_weights,
