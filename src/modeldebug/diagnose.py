@@ -999,12 +999,17 @@ def context_from_exception(exc: BaseException, module_names: Any = None) -> Cont
     module = module_frame = None
     op_frame = None
     loss = None
-    for frame, lineno in reversed(frames):  # innermost first
+    for i in range(len(frames) - 1, -1, -1):  # innermost first
+        frame, lineno = frames[i]
         code = frame.f_code
-        loc = frame.f_locals
-        this = loc.get("self")
         if ctx.where is None and not _is_torch_file(code.co_filename):
             ctx.where = f"{code.co_filename}:{lineno}"
+        if i == 0 and len(frames) > 1:
+            # The frame that caught the exception is still running: reading its f_locals would
+            # snapshot (and keep alive) its locals. Every other frame has finished.
+            continue
+        loc = frame.f_locals
+        this = loc.get("self")
         if isinstance(this, nn.Module):
             if module is None:
                 module = this
@@ -1021,7 +1026,7 @@ def context_from_exception(exc: BaseException, module_names: Any = None) -> Cont
             if loss is None and isinstance(tensors, (tuple, list)) and tensors and isinstance(tensors[0], torch.Tensor):
                 loss = tensors[0]
     if op_frame is None:  # e.g. F.cross_entropy called by nn.CrossEntropyLoss.forward
-        for frame, _ in reversed(frames):
+        for frame, _ in reversed(frames[1:]):
             if _is_torch_file(frame.f_code.co_filename) and not isinstance(frame.f_locals.get("self"), nn.Module) \
                     and frame.f_code.co_name not in ("_engine_run_backward", "backward", "_call_impl", "_wrapped_call_impl"):
                 op_frame = frame

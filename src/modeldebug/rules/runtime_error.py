@@ -37,8 +37,9 @@ class RuntimeErrorRule(Rule):
     ``traceback`` (the formatted traceback: ``diagnose_text``), else ``exception`` (type and
     message only).
     Fires: once, when any of them is present. Severity high: the run crashed.
-    Causes and recommendations: those of the diagnosis (shape, dtype, device, in-place, out of
-    memory, NaN, other), with sizes and types taken from the error. No thresholds.
+    Recommends: what the diagnosis derives (cause among shape, dtype, device, in-place, out of
+    memory, NaN, other), with sizes and types taken from the error: ``nn.Linear(2048, 10)``,
+    ``x.float()``, ``x.to(device)``, ... No thresholds.
     """
 
     id = "runtime_error"
