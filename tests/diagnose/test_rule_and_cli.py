@@ -92,3 +92,21 @@ def test_cli_explain_missing_file(tmp_path):
     assert r.returncode == 2
     assert "No traceback file" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) <= 2
+
+
+@pytest.mark.slow
+def test_modeldebug_run_reports_the_crash(tmp_path):
+    """End to end: a script that crashes under `modeldebug run` gets a runtime_error finding (from the
+    traceback event until the collector stores the in-process diagnosis)."""
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "scripts" / "train_small.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", STEPS="20", CRASH_AT="6")
+    proc = subprocess.run([sys.executable, "-m", "modeldebug", "run", "--json", "r.json", "--", sys.executable, str(script)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 1
+    rep = Report.from_json((tmp_path / "r.json").read_text())
+    (f,) = [f for f in rep.findings if f.kind == "runtime_error"]
+    assert f.severity == "high" and f.evidence["cause"] == "shape_mismatch"
+    assert f.evidence["module_type"] == "Linear" or f.location  # the layer, by name in-process or by type from text
+    assert any("nn.Linear(9," in (r.implementation or "") for r in f.recommendations), f.recommendations
