@@ -702,10 +702,24 @@ def print_goals(rows) -> None:
 def profile(model_name: str, steps: int, tmp: Path, top: int = 25) -> None:
     """cProfile of modeldebug's default and every-step configs on one model, monitor functions first."""
     src = str(Path(md.__file__).parent)
-    for name in ("md-default", "md-every"):
+    # The wrappers of the user's own calls (backward, zero_grad, loss functions): their cumtime is
+    # mostly the user's work, so they are left out of the listing (the hooks they call are in it).
+    wrappers = {"backward", "_run_backward", "zero_grad", "loss_fn", "__next__"}
+    user_work = {"backward", "zero_grad", "inner", "cross_entropy", "mse_loss"}
+    for name in ("md-unsampled", "md-default", "md-every"):
         torch.manual_seed(0)
         base, x, y = MODELS[model_name]()
-        case = make_case(name, base, x, y, tmp, model_name + "-prof")
+        if name == "md-unsampled":  # the always-on path alone: only step 0 is sampled
+            case = make_case("md-default", base, x, y, tmp, model_name + "-prof0")
+            case.dbg.stop()
+            model = copy.deepcopy(base)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            case = ModelDebug(name, model, opt, x, y, nn.CrossEntropyLoss())
+            cfg = md.DebuggingConfig(every=10**9, warmup_steps=0, store_path=str(tmp / "prof0.db"))
+            case.dbg = md.watch(model, opt, config=cfg).start()
+            case.dbg.pause()
+        else:
+            case = make_case(name, base, x, y, tmp, model_name + "-prof")
         case.begin_chunk()
         for _ in range(30):
             case.timed_step(record=False)
@@ -720,12 +734,14 @@ def profile(model_name: str, steps: int, tmp: Path, top: int = 25) -> None:
         case.close()
         st = pstats.Stats(prof)
         rows = [
-            (k, v) for k, v in st.stats.items() if k[0].startswith(src) or "modeldebug" in k[0]
+            (k, v) for k, v in st.stats.items()
+            if k[0].startswith(src) and not (k[0].endswith("patches.py") and k[2] in wrappers)
         ]
         total_tt = sum(v[2] for _, v in rows)
         print(f"\n== cProfile: {model_name} {name}, {steps} steps, {wall:.2f} s under the profiler; "
               f"{total_tt:.3f} s own time in modeldebug functions ({100 * total_tt / wall:.1f}%), "
-              f"sampled {sum(case.sampled)} steps ==")
+              f"sampled {sum(case.sampled)} steps; self-reported monitor time "
+              f"{1e3 * case.monitor_s / steps:.3f} ms/step, step median {1e3 * median(case.times):.2f} ms ==")
         print(f"  {'ncalls':>8} {'tottime':>8} {'cumtime':>8} {'cum/step ms':>11}  function")
         for (fn, line, func), (cc, nc, tt, ct, _) in sorted(rows, key=lambda kv: -kv[1][3])[:top]:
             print(f"  {nc:>8} {tt:>8.3f} {ct:>8.3f} {1e3 * ct / steps:>11.3f}  {Path(fn).relative_to(src) if fn.startswith(src) else fn}:{line}({func})")
@@ -733,7 +749,7 @@ def profile(model_name: str, steps: int, tmp: Path, top: int = 25) -> None:
         callees: dict[tuple, list[float]] = {}
         for k, v in st.stats.items():
             for caller, cv in v[4].items():
-                if caller[0].startswith(src) and not k[0].startswith(src):
+                if caller[0].startswith(src) and not k[0].startswith(src) and k[2] not in user_work:
                     acc = callees.setdefault(k, [0, 0.0])
                     acc[0] += cv[1]
                     acc[1] += cv[3]
