@@ -16,6 +16,7 @@ import numpy as np
 from modeldebug.collect.records import (
     LayerRecord,
     ParamRecord,
+    RankRecord,
     StepRecord,
     ValidationRecord,
     column_names,
@@ -102,6 +103,7 @@ STEP_COLUMNS = column_names(StepRecord)
 LAYER_COLUMNS = column_names(LayerRecord)
 PARAM_COLUMNS = column_names(ParamRecord)
 VALIDATION_COLUMNS = column_names(ValidationRecord)
+RANK_COLUMNS = column_names(RankRecord)
 
 
 @dataclass
@@ -145,6 +147,8 @@ class Evidence:
     optimizers: list[OptimizerInfo] = field(default_factory=list)
     class_counts: dict[int, int] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
+    # Distributed runs: every rank's summaries, gathered by rank 0 (collect/distributed.py).
+    ranks: Table = field(default_factory=lambda: Table.from_rows([], RANK_COLUMNS))
 
     def __post_init__(self) -> None:
         self._layer_groups: dict[str, Table] | None = None
@@ -173,6 +177,7 @@ class Evidence:
         validation: Iterable[ValidationRecord | dict] = (),
         layer_stats: Iterable[LayerRecord | dict] = (),
         param_stats: Iterable[ParamRecord | dict] = (),
+        ranks: Iterable[RankRecord | dict] = (),
         run: RunInfo | None = None,
         **rest: Any,
     ) -> "Evidence":
@@ -189,6 +194,7 @@ class Evidence:
             validation=table(validation, ValidationRecord, VALIDATION_COLUMNS),
             layer_stats=table(layer_stats, LayerRecord, LAYER_COLUMNS),
             param_stats=table(param_stats, ParamRecord, PARAM_COLUMNS),
+            ranks=table(ranks, RankRecord, RANK_COLUMNS),
             **rest,
         )
 

@@ -126,7 +126,7 @@ def run_script(
         if info is None or info.duration_s == 0:
             fields["duration_s"] = time.time() - started
         store.update_run(run_id, **fields)
-        report = analyze(store.load_evidence(run_id))
+        report = _analyze(store, run_id)
         if issue:
             report.metrics["issue"] = issue
         if lm is not None:
@@ -146,6 +146,23 @@ def run_script(
         write_html(report, html_out, issue=issue)
         written.append(str(html_out))
     return RunResult(report=report, exit_code=code, written=written)
+
+
+def _analyze(store: RunStore, run_id: str) -> Report:
+    """Diagnose rank 0's run; for a torchrun job, with every rank's outcome (which rank failed
+    first, ranks left waiting) recorded first and the NaN finding naming its rank."""
+    from modeldebug.collect.distributed import summarize_ranks
+    from modeldebug.collect.records import EventRecord
+    from modeldebug.rules.rank_attribution import attribute_ranks
+
+    ranks = summarize_ranks(store, run_id)
+    if ranks:
+        store.add(run_id, EventRecord(step=None, type="ranks", data={"ranks": ranks}))
+    evidence = store.load_evidence(run_id)
+    report = analyze(evidence)
+    if len(evidence.ranks):
+        report.findings = attribute_ranks(report.findings, evidence)
+    return report
 
 
 def write_json(report: Report, path: str | os.PathLike) -> None:

@@ -36,6 +36,7 @@ from modeldebug.collect.records import (
     EventRecord,
     LayerRecord,
     ParamRecord,
+    RankRecord,
     StepRecord,
     ValidationRecord,
     column_names,
@@ -181,6 +182,7 @@ _SPECS = [
     _Spec("param_stats", ParamRecord, "param", "step, rowid"),
     _Spec("validation", ValidationRecord, None, "step, rowid"),
     _Spec("events", EventRecord, None, "rowid"),  # event steps may be NULL: keep them as written
+    _Spec("rank_stats", RankRecord, "rank", "step, rank, rowid"),  # cross-rank summaries (distributed runs)
 ]
 _SPEC_BY_TYPE = {s.record_type: s for s in _SPECS}
 _SPEC_BY_TABLE = {s.table: s for s in _SPECS}
@@ -565,6 +567,7 @@ class RunStore:
             validation=tables["validation"],
             layer_stats=tables["layer_stats"],
             param_stats=tables["param_stats"],
+            ranks=tables["rank_stats"],
             layers={k: _from_dict(LayerInfo, v) for k, v in meta.get("layers", {}).items()},
             params={k: _from_dict(ParamInfo, v) for k, v in meta.get("params", {}).items()},
             optimizers=[_from_dict(OptimizerInfo, v) for v in meta.get("optimizers", [])],

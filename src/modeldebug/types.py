@@ -38,6 +38,8 @@ FindingKind = Literal[
     # distributed
     "distributed_desync",
     "straggler_rank",
+    "uneven_batches",
+    "rank_failure",
     # failures
     "runtime_error",
     # onnx

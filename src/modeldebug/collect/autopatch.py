@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,11 @@ def install_from_env() -> None:
     if not spec or _is_helper_process():
         return
     settings = json.loads(spec)
+    from modeldebug.collect.distributed import is_launcher
+
+    if is_launcher():
+        # torchrun trains nothing itself: its workers inherit MODELDEBUG_RUN and each watches its rank.
+        return
     # Only the process that was started is watched, not Python processes it starts in turn.
     os.environ.pop(ENV_RUN, None)
     if "torch" in sys.modules:
@@ -85,11 +91,14 @@ def _start(settings: dict[str, Any]) -> None:
     from modeldebug.config import DebuggingConfig
 
     try:
+        from modeldebug.collect.distributed import prepare_rank_run, process_rank
+
         config = DebuggingConfig.model_validate(settings.get("config") or {})
+        ranked = process_rank()  # a torchrun worker: rank 0 writes the run, rank r "<run_id>.rank<r>"
         _active = auto_debugger_class()(
             config,
             store=settings.get("store"),
-            run_id=settings.get("run_id"),
+            run_id=prepare_rank_run(settings, ranked[0]) if ranked else settings.get("run_id"),
             command=settings.get("command"),
             existing_run=True,
         )
@@ -204,7 +213,9 @@ def _make_auto_debugger():
             self._candidates = []
             if not trained:
                 return
-            modules = [o for o in gc.get_objects() if isinstance(o, nn.Module)]
+            with warnings.catch_warnings():  # isinstance on torch.distributed.reduce_op warns
+                warnings.simplefilter("ignore", FutureWarning)
+                modules = [o for o in gc.get_objects() if isinstance(o, nn.Module)]
             contained = {id(c) for m in modules for c in m.children()}
             roots = []
             for m in modules:

@@ -88,6 +88,34 @@ class ValidationRecord:
 
 
 @dataclass(slots=True)
+class RankRecord:
+    """One rank's summary of the steps since the previous cross-rank gather, as rank 0 stored it
+    (collect/distributed.py). Times are means over the window; loss and grad_norm the last step's."""
+
+    step: int  # the step at whose close the ranks gathered
+    rank: int
+    world_size: int = 1
+    steps_done: int = 0
+    window: int = 0  # steps the means cover
+    step_s: float = NAN
+    data_s: float = NAN
+    forward_s: float = NAN
+    backward_s: float = NAN  # in DDP this includes waiting for the other ranks in the gradient all-reduce
+    optimizer_s: float = NAN
+    loss: float = NAN
+    grad_norm: float = NAN
+    first_nonfinite_loss: int = -1  # first step (on this rank) with a non-finite loss; -1: none yet
+    first_nonfinite_grad: int = -1
+    first_nonfinite_input: int = -1
+    checksum: float = NAN  # sum over parameters of sum(p) + |p|, float64
+    checksum_rel_diff: float = NAN  # |checksum - reference rank's| / sum of the reference's parameter norms
+    desync: bool = False  # parameters differ from the reference rank's (the majority; rank 0 on a tie)
+    desync_param: str = ""  # the parameter that differs most
+    desync_param_diff: float = NAN  # its relative checksum difference
+    gather_s: float = NAN  # seconds this rank spent in the previous gather (checksum and collective)
+
+
+@dataclass(slots=True)
 class EventRecord:
     step: int | None
     type: str

@@ -217,6 +217,7 @@ class Debugger:
         self._root_seen = False  # a training forward of a watched root module was seen
         self._origin_budget = 3  # NaN-origin replays per run
         self._replaying = False  # our own replay of a step runs: its hooks are not the user's steps
+        self._dist = None  # RankWatch when this process is one rank of several (collect/distributed.py)
 
     # ------------------------------------------------------------------ attaching
 
@@ -320,6 +321,9 @@ class Debugger:
             self._remove_hooks()
             raise
         self._started = True
+        from modeldebug.collect.distributed import RankWatch
+
+        self._dist = RankWatch.for_process(self)
         return self
 
     def _install_hooks(self) -> None:
@@ -381,6 +385,8 @@ class Debugger:
                 self._flush_validation()
                 if error is not None:
                     self._event("exception", {"type": type(error).__name__, "message": str(error)[:2000]})
+                if self._dist is not None:
+                    self._dist.on_stop(status, error)
                 self._write_meta()
                 self.store.update_run(
                     self.run_id,
@@ -505,6 +511,8 @@ class Debugger:
             self._resolve()
         if self._entry_missing and not self._root_seen and not self._stopped:
             self._prepare_next()
+        if self._dist is not None and not self._stopped:
+            self._dist.on_step(rec)  # every N steps: the cross-rank gather (all ranks close the same steps)
 
     _last_step_end: float | None = None
 

@@ -84,6 +84,7 @@ def _load_builtin() -> None:
     from modeldebug.rules import (  # noqa: F401
         dead_relu,
         data_issue,
+        distributed_desync,
         exploding_gradient,
         gradient_accumulation,
         input_bottleneck,
@@ -94,10 +95,13 @@ def _load_builtin() -> None:
         oscillating_loss,
         overfitting,
         poor_weight_init,
+        rank_failure,
         runtime_error,
         saturated_activation,
         slow_operation,
+        straggler_rank,
         unchanged_weights,
+        uneven_batches,
         vanishing_gradient,
     )
 
