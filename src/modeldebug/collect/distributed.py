@@ -304,12 +304,28 @@ class RankWatch:
             data["message"] = str(error)[:1000]
             data["comm_error"] = is_comm_error(type(error).__name__, str(error))
         self.dbg._event("rank_exit", data)
+        self._release_group()
         if self._previous_term is not None:
             try:
                 signal.signal(signal.SIGTERM, self._previous_term)
             except (ValueError, OSError):
                 pass
             self._previous_term = None
+
+    def _release_group(self) -> None:
+        """Free the gather's group now, not in interpreter teardown (where freeing a gloo group
+        whose threads still run aborts the process: "terminate called without an active exception")."""
+        group, self._group = self._group, None
+        if group is None:
+            return
+        try:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group(group)  # local: no collective
+        except Exception:  # already destroyed with the script's destroy_process_group()
+            pass
+        del group
 
     def _catch_sigterm(self) -> None:
         """torchrun ends the other workers with SIGTERM when one fails: record it before dying."""
