@@ -18,8 +18,11 @@ MAX_LAYER_POINTS = 120
 
 def analyze(evidence: Evidence, rules: Sequence[Any] | None = None) -> Report:
     from modeldebug.rules import run_rules
+    from modeldebug.rules.rank_attribution import attribute_ranks
 
     findings = run_rules(evidence, rules)
+    if len(evidence.ranks):  # a torchrun job: name the rank a NaN started on
+        findings = attribute_ranks(findings, evidence)
     return Report(run=evidence.run, findings=findings, metrics=summarize(evidence))
 
 

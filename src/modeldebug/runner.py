@@ -153,16 +153,12 @@ def _analyze(store: RunStore, run_id: str) -> Report:
     first, ranks left waiting) recorded first and the NaN finding naming its rank."""
     from modeldebug.collect.distributed import summarize_ranks
     from modeldebug.collect.records import EventRecord
-    from modeldebug.rules.rank_attribution import attribute_ranks
 
     ranks = summarize_ranks(store, run_id)
     if ranks:
         store.add(run_id, EventRecord(step=None, type="ranks", data={"ranks": ranks}))
     evidence = store.load_evidence(run_id)
-    report = analyze(evidence)
-    if len(evidence.ranks):
-        report.findings = attribute_ranks(report.findings, evidence)
-    return report
+    return analyze(evidence)
 
 
 def write_json(report: Report, path: str | os.PathLike) -> None:

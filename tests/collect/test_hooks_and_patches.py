@@ -161,3 +161,15 @@ def test_a_failure_inside_the_monitor_never_breaks_training(store_path, monkeypa
     errors = [e for e in ev.events if e["type"] == "monitor_error"]
     assert len(errors) == 1 and errors[0]["data"]["message"] == "statistics blew up"
     assert "stopped watching" in caplog.text
+
+
+def test_a_crash_in_a_watched_model_is_diagnosed_with_its_module(store_path):
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Sequential(nn.Linear(16, 2)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(RuntimeError):
+        with watch(model, opt, config=md.DebuggingConfig(store_path=store_path)) as dbg:
+            model(torch.randn(3, 4))
+    report = dbg.report()
+    (f,) = [f for f in report.findings if f.kind == "runtime_error"]
+    assert f.location == "2.0" and f.evidence["cause"] == "shape_mismatch"
+    assert "nn.Linear(8, 2)" in " ".join(r.implementation or "" for r in f.recommendations) + f.message

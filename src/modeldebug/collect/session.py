@@ -198,7 +198,7 @@ class Debugger:
 
         self._device: torch.device | None = None
         self._resolve_every = 1
-        self._unresolved: list[tuple[StepRecord, torch.Tensor, _Step]] = []
+        self._unresolved: list[tuple[StepRecord, torch.Tensor | list[float], _Step]] = []
         self._recent = deque(maxlen=256)  # StepRecords for metrics (bounded)
         self._latest_layers: dict[str, LayerRecord] = {}
         self._last_norms: dict[str, float] = {}
@@ -212,6 +212,8 @@ class Debugger:
         self._rss = None
         self._broken = False  # set when one of the monitor's own hooks failed
         self._paused = False
+        self._paused_at = 0.0
+        self._paused_s = 0.0
         self._entry_missing = False  # steps begin at backward: no watched root module is called
         self._prepared = False  # layer hooks installed ahead for the next (sampled) step
         self._root_seen = False  # a training forward of a watched root module was seen
@@ -347,10 +349,12 @@ class Debugger:
         self._state = None
         self._remove_hooks()
         self._paused = True
+        self._paused_at = _now()
 
     def resume(self) -> None:
         if self._paused and not self._stopped:
             self._paused = False
+            self._paused_s += _now() - self._paused_at  # not part of the run's watched time
             self._last_step_end = None  # the pause is not part of the next step's time
             self._install_hooks()
 
@@ -385,6 +389,7 @@ class Debugger:
                 self._flush_validation()
                 if error is not None:
                     self._event("exception", {"type": type(error).__name__, "message": str(error)[:2000]})
+                    self._diagnose(error)
                 if self._dist is not None:
                     self._dist.on_stop(status, error)
                 self._write_meta()
@@ -402,6 +407,20 @@ class Debugger:
                 self._rss.close()
             except Exception:  # never mask the user's exception, nor end their script with ours
                 log.exception("modeldebug could not finish writing run %s", self.run_id)
+
+    def _diagnose(self, error: BaseException) -> None:
+        """Explain the exception in this process, while its traceback's frames still exist."""
+        if isinstance(error, KeyboardInterrupt):
+            return
+        try:
+            from modeldebug.diagnose import diagnose_exception, module_names_of
+
+            names = module_names_of(*[(w.prefix, getattr(w.module, "_orig_mod", w.module)) for w in self._models])
+            finding = diagnose_exception(error, module_names=names, step=self.step_count)
+        except Exception:  # the rule falls back to the exception's text
+            log.exception("modeldebug could not diagnose the exception")
+            return
+        self._event("runtime_error", finding.model_dump(mode="json"))
 
     def __enter__(self) -> "Debugger":
         return self.start()
@@ -494,19 +513,17 @@ class Debugger:
         if self.config.monitoring_config.memory:
             self._memory(rec)
         self.step_count += 1
-        # Device scalars of the step, copied to the host together (or batched on CUDA).
-        nan = torch.full((), math.nan, device=self._device or "cpu")
-        loss = st.loss_sum / st.loss_count if st.loss_count else nan
-        scalars = torch.stack(
-            [
-                loss.to(nan.device).float(),
-                (st.grad_norm if st.grad_norm is not None else nan).to(nan.device).float(),
-                (st.stale_grad_norm if st.stale_grad_norm is not None else nan).to(nan.device).float(),
-                (st.input_flag if st.input_flag is not None else nan).to(nan.device).float(),
-            ]
-        )
+        loss = st.loss_sum / st.loss_count if st.loss_count else None
+        parts = (loss, st.grad_norm, st.stale_grad_norm, st.input_flag)
+        if self._resolve_every == 1:
+            # CPU: reading a scalar costs no sync, and four reads are cheaper than building a tensor.
+            scalars = [math.nan if x is None else float(x) for x in parts]
+        else:  # CUDA: stacked on the device, copied to the host in batches of steps
+            nan = torch.full((), math.nan, device=self._device)
+            scalars = torch.stack([(nan if x is None else x.to(nan.device).float()) for x in parts])
         self._unresolved.append((rec, scalars, st))
-        self._monitor_s += _now() - t + st.monitor_s
+        st.monitor_s += _now() - t
+        self._monitor_s += st.monitor_s
         if st.sampled or len(self._unresolved) >= self._resolve_every:
             self._resolve()
         if self._entry_missing and not self._root_seen and not self._stopped:
@@ -523,7 +540,7 @@ class Debugger:
         t = _now()
         pending, self._unresolved = self._unresolved, []
         for rec, scalars, st in pending:
-            values = scalars.tolist()
+            values = scalars if isinstance(scalars, list) else scalars.tolist()
             rec.loss, rec.grad_norm, rec.stale_grad_norm, flag = values[:4]
             rec.loss_nonfinite = st.loss_count > 0 and not math.isfinite(rec.loss)
             rec.grad_nonfinite = st.grad_norm is not None and not math.isfinite(rec.grad_norm)
@@ -535,12 +552,14 @@ class Debugger:
                 # Look closer at the next steps; a run that stays non-finite is not sampled forever.
                 self._force_sample = True
                 self._nonfinite_looks += 1
+            written = _now()
             if st.sampled:
                 self._samples += 1
                 self._write_sampled(st, rec)
             self.store.add(self.run_id, rec)
             self._recent.append(rec)
-            self.schedule.observe(rec.step, rec.step_s, st.sampled, st.monitor_s)
+            # The schedule sees everything a step cost the monitor, its host-side summaries included.
+            self.schedule.observe(rec.step, rec.step_s, st.sampled, st.monitor_s + _now() - written)
         if self._class_pending:
             self._resolve_classes()
         self._monitor_s += _now() - t
@@ -1084,7 +1103,7 @@ class Debugger:
         return out
 
     def monitor_overhead(self) -> MonitorOverhead:
-        wall = (self._wall_end or _now()) - self._t0 if self._t0 else 0.0
+        wall = (self._wall_end or _now()) - self._t0 - self._paused_s if self._t0 else 0.0
         return MonitorOverhead(
             time_fraction=self._monitor_s / wall if wall > 0 else 0.0,
             peak_memory_bytes=int(self._peak_bytes),
