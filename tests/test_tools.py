@@ -107,8 +107,10 @@ def test_error_diagnoser_gives_a_runtime_error_finding():
     try:
         model(torch.randn(2, 4))
     except RuntimeError as exc:
-        finding = ErrorDiagnoser().diagnose(exc, module_names=["0", "1"], step=3)
+        finding = ErrorDiagnoser().diagnose(exc, model=model, step=3)
     assert finding.kind == "runtime_error" and finding.severity == "high" and finding.step == 3
+    assert finding.location == "1" and finding.evidence["cause"] == "shape_mismatch"
+    assert "nn.Linear(8, 2)" in finding.message + " ".join(r.implementation or "" for r in finding.recommendations)
     text = ErrorDiagnoser().run("RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x8 and 6x2)")
     assert json.loads(text)["kind"] == "runtime_error"
 

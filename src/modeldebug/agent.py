@@ -301,7 +301,7 @@ class ModelDebuggingAgent:
         if error is not None:
             exc, at = error
             finding = self._tool("ErrorDiagnoser").diagnose(
-                exc, module_names=[n for n, _ in model_c.named_modules() if n], step=at)
+                exc, model=model_c, step=at)
             report.findings.insert(0, finding)
         elif not trained and not notices:
             notices.append("The probe ran no training step.")

@@ -576,23 +576,18 @@ class ErrorDiagnoser(Tool):
     description = "Explains an exception raised in training (shape, dtype, device, in-place, out of memory) and how to fix it"
     category = "debugging"
 
-    def diagnose(self, exc: BaseException, module_names: Sequence[str] | None = None,
-                 step: int | None = None) -> Finding:
-        """A ``runtime_error`` Finding for an exception raised by the user's model or training step."""
-        try:
-            from modeldebug.diagnose import diagnose_exception
-        except ImportError:
-            return _basic_diagnosis(type(exc).__name__, str(exc), step)
-        return diagnose_exception(exc, module_names=list(module_names or []), step=step)
+    def diagnose(self, exc: BaseException, model: Any = None, step: int | None = None) -> Finding:
+        """A ``runtime_error`` Finding for an exception raised by the user's model or training step;
+        with the ``model``, the module it happened in is named by its qualified name."""
+        from modeldebug.diagnose import diagnose_exception, module_names_of
+
+        names = module_names_of(model) if model is not None else None
+        return diagnose_exception(exc, module_names=names, step=step)
 
     def diagnose_text(self, text: str) -> Finding:
         """A ``runtime_error`` Finding from an error message or a traceback's text."""
-        try:
-            from modeldebug.diagnose import diagnose_text
-        except ImportError:
-            last = [l for l in (text or "").strip().splitlines() if l.strip()][-1:] or [""]
-            name, _, message = last[0].partition(":")
-            return _basic_diagnosis(name.strip() or "Error", message.strip() or text, None)
+        from modeldebug.diagnose import diagnose_text
+
         return diagnose_text(text)
 
     def _parse(self, input: str) -> dict[str, Any]:
@@ -613,14 +608,6 @@ class ErrorDiagnoser(Tool):
             data = json.loads(data)
         return {"run": ev.run.id, "status": ev.run.status,
                 "finding": self.diagnose_text(f"{data.get('type', 'Error')}: {data.get('message', '')}")}
-
-
-def _basic_diagnosis(error_type: str, message: str, step: int | None) -> Finding:
-    """Used only while modeldebug.diagnose is unavailable: the error, unclassified."""
-    first = (message.strip().splitlines() or [""])[0][:300]
-    return Finding(kind="runtime_error", severity="high", confidence=0.5, step=step,
-                   message=f"Training raised {error_type}: {first}",
-                   evidence={"error_type": error_type, "cause": "other"}, causes=["other"])
 
 
 def all_tools(gradient_threshold: float = 1e-3) -> list[Tool]:
