@@ -316,7 +316,9 @@ class GaussianPolicy(nn.Module):
         self.mu = nn.Linear(4, 2)
 
     def forward(self, obs):
-        return torch.distributions.Normal(self.mu(obs), 1.0)
+        # validate_args explicitly: torch.compile/export (used by other tests in the same process)
+        # switches the global default off (torch._dynamo.eval_frame).
+        return torch.distributions.Normal(self.mu(obs), 1.0, validate_args=True)
 
 
 def policy_nan_mean():
