@@ -94,10 +94,6 @@ def runs(
     """List the runs in the store, newest first."""
     from rich.table import Table
 
-    from modeldebug.store import RunStore
-
-    if not store.exists():
-        _fail(f"No run store at {store}: run `modeldebug run -- python train.py` first.", 1)
     with _open_store(store) as s:
         rows = s.list_runs(limit=limit)
         table = Table("id", "status", "steps", "duration", "findings", "command")
@@ -124,13 +120,8 @@ def report(
     from modeldebug.runner import write_json
 
     lm_settings = _lm_settings(lm, lm_api_base)
-    if not store.exists():
-        _fail(f"No run store at {store}: run `modeldebug run -- python train.py` first.", 1)
     with _open_store(store) as s:
-        try:
-            run_id = s.resolve(run_ref)
-        except ValueError as exc:
-            _fail(str(exc), 1)
+        run_id = _resolve(s, run_ref)
         rep = None if reanalyze else s.load_report(run_id)
         if rep is None:
             rep = analyze(s.load_evidence(run_id))
@@ -173,13 +164,8 @@ def ask(
     from modeldebug.llm.chat import ask as ask_run
 
     lm_settings = _lm_settings(lm, lm_api_base)
-    if not store.exists():
-        _fail(f"No run store at {store}: run `modeldebug run -- python train.py` first.", 1)
     with _open_store(store) as s:
-        try:
-            run_id = s.resolve(run_ref)
-        except ValueError as exc:
-            _fail(str(exc), 1)
+        run_id = _resolve(s, run_ref)
         evidence = s.load_evidence(run_id)
         rep = s.load_report(run_id) or analyze(evidence)
     result = ask_run(evidence, rep, question, lm_settings)
@@ -251,12 +237,22 @@ def _print_llm(report, console: Console) -> None:
 
 
 def _open_store(path: Path):
+    """An existing run store, or a one-line error that says what to do."""
     from modeldebug.errors import DebuggingError
     from modeldebug.store import RunStore
 
+    if not path.exists():
+        _fail(f"No run store at {path}: run `modeldebug run -- python train.py` first.", 1)
     try:
         return RunStore(path)
     except DebuggingError as exc:
+        _fail(str(exc), 1)
+
+
+def _resolve(store, run_ref: str) -> str:
+    try:
+        return store.resolve(run_ref)
+    except ValueError as exc:
         _fail(str(exc), 1)
 
 

@@ -10,16 +10,6 @@ from torch.utils.data import dataloader
 import modeldebug as md
 from modeldebug.collect.session import watch
 
-ORIGINALS = {
-    "backward": torch.Tensor.backward,
-    "autograd.backward": torch.autograd.backward,
-    "cross_entropy": F.cross_entropy,
-    "mse_loss": F.mse_loss,
-    "next": dataloader._BaseDataLoaderIter.__next__,
-    "zero_grad": torch.optim.Optimizer.zero_grad,
-}
-
-
 def _current():
     return {
         "backward": torch.Tensor.backward,
@@ -29,6 +19,9 @@ def _current():
         "next": dataloader._BaseDataLoaderIter.__next__,
         "zero_grad": torch.optim.Optimizer.zero_grad,
     }
+
+
+ORIGINALS = _current()  # as torch has them before any debugger runs
 
 
 class Boom(nn.Module):

@@ -205,6 +205,8 @@ class Debugger:
         self._samples = 0
 
         self._t0 = 0.0
+        self._last_step_end: float | None = None  # when the previous step closed
+        self._pending_data_s = 0.0  # data wait seen before the step it belongs to began
         self._wall_end: float | None = None
         self._monitor_s = 0.0
         self._held_bytes = 0
@@ -481,8 +483,6 @@ class Debugger:
             self._install_layer_hooks()
             self._prepared = True
 
-    _pending_data_s = 0.0
-
     def _close_step(self) -> None:
         t = _now()
         st = self._state
@@ -530,8 +530,6 @@ class Debugger:
             self._prepare_next()
         if self._dist is not None and not self._stopped:
             self._dist.on_step(rec)  # every N steps: the cross-rank gather (all ranks close the same steps)
-
-    _last_step_end: float | None = None
 
     def _resolve(self, all_pending: bool = False) -> None:
         """Copy pending step scalars (and a sampled step's layer and parameter stats) to the host."""
