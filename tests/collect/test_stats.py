@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from modeldebug.collect.stats import SAMPLE, first_float_tensor, num_units, reduce, summarize
+from modeldebug.collect.stats import SAMPLE, first_float_tensor, reduce, summarize, summarize_many, to_host
 
 
 def _summary(t, **kw):
-    units = num_units(t)
-    return summarize(reduce(t, units=True).numpy(), t.numel(), units=units, **kw)
+    return summarize(reduce(t, units=True), **kw)
 
 
 @pytest.mark.parametrize(
@@ -48,7 +47,7 @@ def test_dead_units_follow_the_unit_dimension():
 
 def test_zero_and_saturated_fractions_exact_on_small_tensors():
     x = torch.tensor([0.0, 0.0, 0.5, -0.995, 0.999, 0.1, 0.0, -0.2])
-    s = summarize(reduce(x).numpy(), x.numel(), bounds=(-1.0, 1.0))
+    s = summarize(reduce(x), bounds=(-1.0, 1.0))
     assert s["zero_frac"] == pytest.approx(3 / 8)
     assert s["sat_frac"] == pytest.approx(2 / 8)  # within 1% of the range from a bound
 
@@ -58,13 +57,13 @@ def test_fractions_estimated_from_a_subsample_on_large_tensors():
     x = torch.relu(torch.randn(256, 512, generator=g))
     s = _summary(x)
     true_zero = (x == 0).float().mean().item()
-    assert len(reduce(x)) <= 5 + SAMPLE
+    assert len(reduce(x).sample) <= SAMPLE
     assert s["zero_frac"] == pytest.approx(true_zero, abs=0.05)
 
 
 def test_histogram_counts_the_subsample_over_min_max():
     x = torch.linspace(0, 1, 1000)
-    s = summarize(reduce(x).numpy(), x.numel(), bins=10)
+    s = summarize(reduce(x), bins=10)
     assert s["hist"].sum() == 1000
     assert (s["hist"] == 100).all()
     assert (s["hist_lo"], s["hist_hi"]) == (0.0, 1.0)
@@ -74,7 +73,7 @@ def test_nonfinite_values_are_flagged_and_do_not_break_the_histogram():
     x = torch.randn(5000)
     x[17] = float("nan")
     x[4000] = float("inf")
-    s = summarize(reduce(x).numpy(), x.numel(), bins=8)
+    s = summarize(reduce(x), bins=8)
     assert s["nonfinite"] >= 1
     assert math.isnan(s["mean"])
     assert s["hist"] is not None and s["hist"].sum() > 0
@@ -102,7 +101,7 @@ def test_first_float_tensor_walks_tuples_dicts_and_dataclasses():
 
 
 def test_histogram_of_constant_values():
-    s = summarize(reduce(torch.zeros(64, 8)).numpy(), 512, bins=16)  # a layer whose units all died
+    s = summarize(reduce(torch.zeros(64, 8)), bins=16)  # a layer whose units all died
     assert s["hist"].sum() == 512 and s["zero_frac"] == 1.0
 
 
@@ -115,5 +114,27 @@ def test_huge_finite_activations_are_finite_and_histogrammed(scale):
     assert s["nonfinite"] == 0
     assert s["max"] == pytest.approx(x.max().item())
     assert s["std"] == pytest.approx(x.double().std().item(), rel=0.1)
-    s = summarize(reduce(x).numpy(), x.numel(), bins=16)
-    assert s["hist"].sum() == len(reduce(x)) - 5
+    s = summarize(reduce(x), bins=16)
+    assert s["hist"].sum() == len(reduce(x).sample)
+
+
+def test_one_copy_for_many_tensors_gives_each_its_own_statistics():
+    g = torch.Generator().manual_seed(2)
+    tensors = [torch.randn(16, 8, generator=g), torch.randn(3, 4, 5, 5, generator=g) + 2, torch.randn(40, generator=g)]
+    extra = [torch.tensor([1.0, 2.0]), torch.arange(3.0)]
+    host, rest = to_host([reduce(t, units=True) for t in tensors], extra)
+    together = summarize_many(host, bins=8)
+    for t, s in zip(tensors, together):
+        alone = summarize(reduce(t, units=True), bins=8)
+        assert s["mean"] == pytest.approx(t.double().mean().item(), abs=1e-5)
+        assert {k: v for k, v in s.items() if k != "hist"} == pytest.approx(
+            {k: v for k, v in alone.items() if k != "hist"}, nan_ok=True)
+        assert (s["hist"] == alone["hist"]).all()
+    assert [r.tolist() for r in rest] == [[1.0, 2.0], [0.0, 1.0, 2.0]]
+
+
+def test_wide_outputs_estimate_dead_units_from_a_subset():
+    x = torch.rand(8, 10_000)
+    x[:, ::2] = -1.0  # every other unit dead
+    s = summarize(reduce(x, units=True))
+    assert s["dead_frac"] == pytest.approx(0.5, abs=0.01)

@@ -35,7 +35,7 @@ from modeldebug.collect import patches
 from modeldebug.collect.memory import RssReader, cuda_memory, cuda_total_memory
 from modeldebug.collect.records import EventRecord, LayerRecord, ParamRecord, StepRecord, ValidationRecord
 from modeldebug.collect.schedule import Adaptive, Every
-from modeldebug.collect.stats import SATURATING, first_float_tensor, num_units, reduce, summarize
+from modeldebug.collect.stats import SATURATING, Reduced, first_float_tensor, reduce, summarize_many, to_host
 from modeldebug.config import DebuggingConfig
 from modeldebug.evidence import LayerInfo, OptimizerInfo, ParamInfo
 from modeldebug.types import (
@@ -110,12 +110,12 @@ class _Step:
     grad_norm: torch.Tensor | None = None
     stale_grad_norm: torch.Tensor | None = None
     input_flag: torch.Tensor | None = None
-    input_vec: tuple[int, torch.Tensor] | None = None  # (numel, reduce vector) on sampled steps
+    input_vec: Reduced | None = None  # the batch, on sampled steps
     input_ref: torch.Tensor | None = None  # CPU batch, checked only if the loss turns non-finite
     replay: tuple | None = None  # (root, args, kwargs, rng state): to find a NaN's origin (CPU)
     layer_start: dict[str, float] = field(default_factory=dict)
-    layer_vecs: dict[str, tuple[int, int | None, torch.Tensor, float]] = field(default_factory=dict)
-    grad_vecs: dict[str, tuple[int, torch.Tensor]] = field(default_factory=dict)
+    layer_vecs: dict[str, tuple[Reduced, float]] = field(default_factory=dict)  # output, forward time
+    grad_vecs: dict[str, Reduced] = field(default_factory=dict)  # gradient of the output
     param_pre: dict[str, Any] | None = None
     param_post: dict[str, Any] | None = None
 
@@ -617,7 +617,7 @@ class Debugger:
     def _input_stats(self, st: _Step, x: torch.Tensor) -> None:
         x = x.detach()
         if st.sampled:
-            st.input_vec = (x.numel(), reduce(x))
+            st.input_vec = reduce(x)
         elif x.is_cuda:
             # On CUDA the whole-batch check is cheap next to the step; on CPU it waits for a bad
             # loss (the batch is held, not copied, until the step closes).
@@ -649,7 +649,7 @@ class Debugger:
         x = first_float_tensor(output)
         if x is not None:
             fwd = t - st.layer_start.get(name, t)
-            st.layer_vecs[name] = (x.numel(), num_units(x), reduce(x, units=True), fwd)
+            st.layer_vecs[name] = (reduce(x, units=True), fwd)
             info = self.layer_info[name]
             if info.order < 0:
                 info.order = self._layer_order
@@ -663,7 +663,7 @@ class Debugger:
     def _output_grad(self, name, st, grad):
         t = _now()
         if grad is not None and name not in st.grad_vecs and grad.is_floating_point():
-            st.grad_vecs[name] = (grad.numel(), reduce(grad))
+            st.grad_vecs[name] = reduce(grad)
         st.monitor_s += _now() - t
         return None
 
@@ -858,24 +858,27 @@ class Debugger:
 
     def _param_snapshot(self, subsets: bool = True) -> dict[str, Any]:
         """Norms and gradient moments of every parameter; with ``subsets``, a copy of a bounded
-        subset of each parameter's values to measure the coming update against."""
-        params = [p for _, p in self._params]
+        subset of each parameter's values to measure the coming update against. Foreach ops
+        where torch has them: a sampled step pays per op dispatched, not per value."""
+        params = [p.detach() for _, p in self._params]
         with torch.no_grad():
-            norms = torch._foreach_norm([p.detach() for p in params])
-            subsets = [_subset(p).clone() for p in params] if subsets else []
-            grad_rows = []
+            norms = torch._foreach_norm(params)
+            # _foreach_mul copies the strided views in one op (the values must outlive the step).
+            copies = torch._foreach_mul([_subset(p) for p in params], 1.0) if subsets else []
+            has_grad, grads = [], []
             for _, p in self._params:
                 g = p.grad
-                if g is None:
-                    grad_rows.append(None)
-                    continue
-                if g.is_sparse:
-                    g = g.coalesce().values()
-                gf = g.detach().float()
-                grad_rows.append(torch.stack([torch.linalg.vector_norm(gf), gf.sum()]))
-        held = sum(s.numel() * s.element_size() for s in subsets)
+                has_grad.append(g is not None)
+                if g is not None:
+                    if g.is_sparse:
+                        g = g.coalesce().values()
+                    grads.append(g.detach().float())
+            grad_stats = None
+            if grads:
+                grad_stats = torch.cat([torch.stack(torch._foreach_norm(grads)), torch.stack([g.sum() for g in grads])])
+        held = sum(c.numel() * c.element_size() for c in copies)
         self._track_bytes(held)
-        return {"norms": norms, "subsets": subsets, "grads": grad_rows, "held": held}
+        return {"norms": norms, "subsets": copies, "has_grad": has_grad, "grad_stats": grad_stats, "held": held}
 
     def _param_after(self, pre: dict[str, Any]) -> dict[str, Any]:
         params = [p for _, p in self._params]
@@ -884,9 +887,11 @@ class Debugger:
             deltas = torch._foreach_sub([_subset(p) for p in params], pre["subsets"])
             delta_norms = torch._foreach_norm(deltas)
             subset_norms = torch._foreach_norm(pre["subsets"])
+            # One row each: norms after the step, |update| and |values before| of the subsets.
+            stats = torch.stack([*post_norms, *delta_norms, *subset_norms]).float()
         self._held_bytes -= pre["held"]
         pre["subsets"] = None
-        return {"norms": post_norms, "delta": delta_norms, "subset_norms": subset_norms}
+        return {"stats": stats}
 
     def _track_bytes(self, n: int) -> None:
         self._held_bytes += n
@@ -896,41 +901,29 @@ class Debugger:
 
     def _write_sampled(self, st: _Step, step_rec: StepRecord) -> None:
         """One host copy for all of a sampled step's layer, input and parameter statistics."""
-        parts: list[torch.Tensor] = []
         layer_names = list(st.layer_vecs)
         grad_names = list(st.grad_vecs)
-        parts += [st.layer_vecs[n][2] for n in layer_names]
-        parts += [st.grad_vecs[n][1] for n in grad_names]
+        items = [st.layer_vecs[n][0] for n in layer_names] + [st.grad_vecs[n] for n in grad_names]
         if st.input_vec is not None:
-            parts.append(st.input_vec[1])
+            items.append(st.input_vec)
         pre, post = st.param_pre, st.param_post
-        param_rows = []
+        extra: list[torch.Tensor] = []
         if pre is not None:
-            params_n = len(self._params)
-            parts.append(torch.stack(pre["norms"]).float())
-            param_rows = pre["grads"]
-            parts += [r for r in param_rows if r is not None]
+            extra.append(torch.stack(pre["norms"]))
+            if pre["grad_stats"] is not None:
+                extra.append(pre["grad_stats"])
             if post is not None:
-                parts.append(torch.stack(post["norms"]).float())
-                parts.append(torch.stack(post["delta"]).float())
-                parts.append(torch.stack(post["subset_norms"]).float())
-        if not parts:
+                extra.append(post["stats"])
+        if not items and not extra:
             return
-        dev = parts[0].device
-        flat = torch.cat([p.reshape(-1).float().to(dev) for p in parts]).cpu().numpy()
-        pos = 0
-
-        def take(n):
-            nonlocal pos
-            out = flat[pos : pos + n]
-            pos += n
-            return out
-
+        host, extra_host = to_host(items, extra)
+        n_layers = len(layer_names)
+        outs = summarize_many(host[:n_layers], self._bins, [SATURATING.get(self.layer_info[n].type) for n in layer_names])
+        plain = summarize_many(host[n_layers:])
         rows: dict[str, LayerRecord] = {}
-        for name in layer_names:
-            numel, units, vec, fwd = st.layer_vecs[name]
-            bounds = SATURATING.get(self.layer_info[name].type)
-            s = summarize(take(vec.numel()), numel, units=units, bins=self._bins, bounds=bounds)
+        for name, s in zip(layer_names, outs):
+            reduced, fwd = st.layer_vecs[name]
+            numel = reduced.numel
             rec = LayerRecord(
                 step=st.index, layer=name, numel=numel, fwd_time_s=fwd, mean=s["mean"], std=s["std"],
                 min=s["min"], max=s["max"], zero_frac=s["zero_frac"], dead_frac=s["dead_frac"],
@@ -939,36 +932,44 @@ class Debugger:
             if s["hist"] is not None:
                 rec.hist, rec.hist_lo, rec.hist_hi = s["hist"].tobytes(), s["hist_lo"], s["hist_hi"]
             rows[name] = rec
-        for name in grad_names:
-            numel, vec = st.grad_vecs[name]
-            s = summarize(take(vec.numel()), numel)
-            rec = rows.get(name) or LayerRecord(step=st.index, layer=name, numel=numel)
-            rec.grad_mean, rec.grad_std, rec.grad_norm = s["mean"], s["std"], s["norm"]
-            rec.grad_max_abs, rec.grad_zero_frac, rec.grad_nonfinite = s["max_abs"], s["zero_frac"], s["nonfinite"]
-            rows[name] = rec
-        for rec in rows.values():
-            self.store.add(self.run_id, rec)
-            self._latest_layers[rec.layer] = rec
         if st.input_vec is not None:
-            s = summarize(take(st.input_vec[1].numel()), st.input_vec[0])
+            s = plain.pop()
             step_rec.input_mean, step_rec.input_std, step_rec.input_min, step_rec.input_max = (
                 s["mean"], s["std"], s["min"], s["max"])
             step_rec.input_nonfinite = step_rec.input_nonfinite or s["nonfinite"] > 0
+        for name, s in zip(grad_names, plain):
+            rec = rows.get(name) or LayerRecord(step=st.index, layer=name, numel=st.grad_vecs[name].numel)
+            rec.grad_mean, rec.grad_std, rec.grad_norm = s["mean"], s["std"], s["norm"]
+            rec.grad_max_abs, rec.grad_zero_frac, rec.grad_nonfinite = s["max_abs"], s["zero_frac"], s["nonfinite"]
+            rows[name] = rec
+        self.store.add_many(self.run_id, rows.values())
+        for rec in rows.values():
+            self._latest_layers[rec.layer] = rec
         if pre is None:
             return
-        norms = take(params_n)
-        grad_vals = [take(2) if r is not None else None for r in param_rows]
+        params_n = len(self._params)
+        norms = extra_host[0]
+        graded = sum(pre["has_grad"])
+        grad_norms = grad_sums = ()
+        if graded:
+            grad_norms, grad_sums = extra_host[1][:graded], extra_host[1][graded:]
         if post is not None:
-            post_norms, deltas, subset_norms = take(params_n), take(params_n), take(params_n)
+            stats = extra_host[-1]
+            post_norms, deltas, subset_norms = stats[:params_n], stats[params_n : 2 * params_n], stats[2 * params_n :]
+        grad_at = {}  # parameter index -> its row in grad_norms / grad_sums
+        for i, has in enumerate(pre["has_grad"]):
+            if has:
+                grad_at[i] = len(grad_at)
+        records = []
         for i, (pname, p) in enumerate(self._params):
             rec = ParamRecord(step=st.index, param=pname, norm=float(norms[i]))
-            g = grad_vals[i]
-            if g is not None:
+            j = grad_at.get(i)
+            if j is not None:
                 n = p.numel()
                 rec.has_grad = True
-                rec.grad_norm = float(g[0])
-                rec.grad_mean = float(g[1]) / n
-                rec.grad_std = math.sqrt(max(float(g[0]) ** 2 / n - rec.grad_mean**2, 0.0))
+                rec.grad_norm = float(grad_norms[j])
+                rec.grad_mean = float(grad_sums[j]) / n
+                rec.grad_std = math.sqrt(max(rec.grad_norm**2 / n - rec.grad_mean**2, 0.0))
             if post is not None:
                 base = float(subset_norms[i])
                 rec.update_ratio = float(deltas[i]) / base if base > 0 else (0.0 if deltas[i] == 0 else math.inf)
@@ -976,7 +977,8 @@ class Debugger:
             else:  # no optimizer step to measure: did it change since the last look?
                 rec.changed = pname in self._last_norms and self._last_norms[pname] != rec.norm
             self._last_norms[pname] = float(post_norms[i]) if post is not None else rec.norm
-            self.store.add(self.run_id, rec)
+            records.append(rec)
+        self.store.add_many(self.run_id, records)
 
     # ------------------------------------------------------------------ losses and data (patched)
 
