@@ -34,8 +34,8 @@ class AlertThresholds(BaseModel):
 # Presets named by cost: how often per-layer statistics are sampled and what they include.
 # `target_overhead` drives the adaptive schedule (see collect.schedule.Adaptive).
 _LEVELS: dict[str, dict] = {
-    "basic": {"target_overhead": 0.01, "histograms": False},
-    "detailed": {"target_overhead": 0.02, "histograms": True},
+    "basic": {"target_overhead": 0.005, "histograms": False},
+    "detailed": {"target_overhead": 0.01, "histograms": True},
     "comprehensive": {"target_overhead": None, "histograms": True},  # every step
 }
 

@@ -36,7 +36,7 @@ class Adaptive(Every):
     every 2nd) and relaxes as measurements arrive; never sparser than ``max_every``.
     """
 
-    def __init__(self, target_overhead: float = 0.02, warmup: int = 3, max_every: int = 200, window: int = 50):
+    def __init__(self, target_overhead: float = 0.01, warmup: int = 3, max_every: int = 200, window: int = 50):
         super().__init__(2, warmup)
         if not 0 < target_overhead < 1:
             raise ValueError(f"Expected `target_overhead` in (0, 1) but got {target_overhead}")
