@@ -224,3 +224,24 @@ def test_with_dummy_lm_the_summary_and_marked_additions_come_back(monkeypatch):
     assert [f.kind for f in r.issues if f.source == "llm"] == ["saturated_activation"]
     assert any(rec.source == "llm" for rec in r.recommendations)
     assert dspy.settings.lm is None
+
+
+def test_probe_says_when_the_monitor_switched_itself_off(monkeypatch):
+    """The collector turns itself off after an internal error (recorded as a monitor_error event): the
+    findings then cover only the steps before, and the response says so."""
+    from modeldebug.collect.session import Debugger
+
+    monkeypatch.delenv("MODELDEBUG_LM", raising=False)
+    real = Debugger.evidence
+
+    def evidence(self):
+        ev = real(self)
+        ev.events.append({"step": 3, "type": "monitor_error",
+                          "data": {"hook": "_optimizer_post", "type": "ValueError", "message": "boom"}})
+        return ev
+
+    monkeypatch.setattr(Debugger, "evidence", evidence)
+    model, opt = frozen_layer()
+    r = md.ModelDebuggingAgent().debug_model(md.DebuggingRequest(
+        model=model, data=data(), loss_fn=nn.CrossEntropyLoss(), optimizer=opt, analysis_config=FAST))
+    assert any("monitor stopped at probe step 3" in n and "ValueError: boom" in n for n in r.notices), r.notices
