@@ -27,6 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
@@ -116,6 +117,7 @@ class _Step:
     layer_start: dict[str, float] = field(default_factory=dict)
     layer_vecs: dict[str, tuple[Reduced, float]] = field(default_factory=dict)  # output, forward time
     grad_vecs: dict[str, Reduced] = field(default_factory=dict)  # gradient of the output
+    class_counts: torch.Tensor | None = None  # targets per class, on sampled steps
     param_pre: dict[str, Any] | None = None
     param_post: dict[str, Any] | None = None
 
@@ -193,7 +195,6 @@ class Debugger:
         self._val_hits: torch.Tensor | None = None  # correct class predictions in evaluation
         self._val_seen = 0
         self._class_counts: dict[int, int] = {}
-        self._class_pending: list[torch.Tensor] = []
         self._layer_order = 0
 
         self._device: torch.device | None = None
@@ -558,8 +559,6 @@ class Debugger:
             self._recent.append(rec)
             # The schedule sees everything a step cost the monitor, its host-side summaries included.
             self.schedule.observe(rec.step, rec.step_s, st.sampled, st.monitor_s + _now() - written)
-        if self._class_pending:
-            self._resolve_classes()
         self._monitor_s += _now() - t
 
     def _lr(self) -> float:
@@ -758,8 +757,10 @@ class Debugger:
                 st.loss_count += p.loss_count
         # The first held iteration's sampled statistics stand for the merged step.
         st.sampled = st.sampled or first.sampled
-        for attr in ("layer_vecs", "grad_vecs", "input_vec", "stale_grad_norm", "input_flag", "param_pre", "replay"):
-            if not getattr(st, attr) and getattr(first, attr) is not None:
+        for attr in ("layer_vecs", "grad_vecs", "input_vec", "stale_grad_norm", "input_flag", "param_pre", "replay",
+                     "class_counts"):
+            mine = getattr(st, attr)
+            if (mine is None or (isinstance(mine, dict) and not mine)) and getattr(first, attr) is not None:
                 setattr(st, attr, getattr(first, attr))
         st.start = first.start
         st.index = self.step_count
@@ -908,6 +909,8 @@ class Debugger:
             items.append(st.input_vec)
         pre, post = st.param_pre, st.param_post
         extra: list[torch.Tensor] = []
+        if st.class_counts is not None:
+            extra.append(st.class_counts)
         if pre is not None:
             extra.append(torch.stack(pre["norms"]))
             if pre["grad_stats"] is not None:
@@ -917,6 +920,10 @@ class Debugger:
         if not items and not extra:
             return
         host, extra_host = to_host(items, extra)
+        if st.class_counts is not None:
+            counts = extra_host.pop(0)
+            for cls in np.flatnonzero(counts).tolist():
+                self._class_counts[cls] = self._class_counts.get(cls, 0) + int(counts[cls])
         n_layers = len(layer_names)
         outs = summarize_many(host[:n_layers], self._bins, [SATURATING.get(self.layer_info[n].type) for n in layer_names])
         plain = summarize_many(host[n_layers:])
@@ -1005,9 +1012,7 @@ class Debugger:
                 and isinstance(target, torch.Tensor)
                 and not target.is_floating_point()
             ):
-                labels = target.detach().reshape(-1)
-                labels = labels[labels >= 0]
-                self._class_pending.append(torch.bincount(labels))
+                st.class_counts = _class_counts(input, target, st.class_counts)
         self._monitor_s += _now() - t
 
     @_guarded
@@ -1035,13 +1040,6 @@ class Debugger:
                 ValidationRecord(step=self.step_count, loss=loss, batches=self._val_count, accuracy=acc),
             )
             self._val_sum, self._val_count, self._val_hits, self._val_seen = None, 0, None, 0
-
-    def _resolve_classes(self) -> None:
-        for counts in self._class_pending:
-            for cls, n in enumerate(counts.tolist()):
-                if n:
-                    self._class_counts[cls] = self._class_counts.get(cls, 0) + n
-        self._class_pending = []
 
     # ------------------------------------------------------------------ meta, metrics, report
 
@@ -1200,6 +1198,19 @@ def _class_scores(input, target) -> bool:
         and input.dim() == target.dim() + 1
         and input.shape[0] == target.shape[0]
     )
+
+
+def _class_counts(input: torch.Tensor, target: torch.Tensor, counts: torch.Tensor | None) -> torch.Tensor | None:
+    """Targets per class of a batch, on the device without a sync (``bincount`` and boolean
+    indexing both wait for the device to know their output's size); ``ignore_index`` targets
+    (negative) are left out."""
+    if not _class_scores(input, target):
+        return counts
+    n = input.shape[1]
+    labels = target.detach().reshape(-1)
+    valid = ((labels >= 0) & (labels < n)).float()
+    batch = torch.zeros(n, device=labels.device).index_add_(0, labels.clamp(0, n - 1), valid)
+    return batch if counts is None else counts + batch
 
 
 def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
