@@ -22,15 +22,14 @@ import math
 import operator
 import os
 import sqlite3
+import sys
 import threading
 import time
 import weakref
 from contextlib import contextmanager
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from modeldebug.collect.records import (
     EventRecord,
@@ -41,10 +40,17 @@ from modeldebug.collect.records import (
     ValidationRecord,
     column_names,
 )
-from modeldebug.config import DebuggingConfig
 from modeldebug.errors import DebuggingError
-from modeldebug.evidence import Evidence, LayerInfo, OptimizerInfo, ParamInfo, Table
-from modeldebug.types import Report, RunInfo
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from modeldebug.config import DebuggingConfig
+    from modeldebug.evidence import Evidence, LayerInfo, OptimizerInfo, ParamInfo
+    from modeldebug.types import Report, RunInfo
+
+# numpy, pydantic (the report models) and Evidence are imported where they are used: creating a
+# store and a run needs only sqlite3, so `modeldebug run` starts the script without loading them.
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +59,24 @@ BUSY_TIMEOUT_S = 10.0
 MAX_PENDING_BATCHES = 64  # rows kept for retry when writes fail, in units of flush_rows
 RUNS_HINT = "list runs with `modeldebug runs`"
 
-# numpy scalars reach records easily (np.float32 losses, np.int64 counts); sqlite3 binds only
-# Python numbers, so teach it these once rather than converting every value in add().
-for _t in (np.float16, np.float32):
-    sqlite3.register_adapter(_t, float)
-for _t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64):
-    sqlite3.register_adapter(_t, int)
-sqlite3.register_adapter(np.bool_, bool)
+_numpy_adapted = False
+
+
+def _adapt_numpy() -> None:
+    """numpy scalars reach records easily (np.float32 losses, np.int64 counts); sqlite3 binds only
+    Python numbers, so teach it these once rather than converting every value in add(). Called
+    before rows are written: a process that has not imported numpy has no numpy scalars to write."""
+    global _numpy_adapted
+    if _numpy_adapted or "numpy" not in sys.modules:
+        return
+    import numpy as np
+
+    for t in (np.float16, np.float32):
+        sqlite3.register_adapter(t, float)
+    for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64):
+        sqlite3.register_adapter(t, int)
+    sqlite3.register_adapter(np.bool_, bool)
+    _numpy_adapted = True
 
 
 # --- tables generated from the record dataclasses ---------------------------------------------
@@ -111,7 +128,13 @@ class _Spec:
             self.indexes[f"{table}_run_{name_column}"] = f'run_id, "{name_column}"'
         self._get = operator.attrgetter(*self.names)  # one C call per record instead of a loop
         self._json = [i for i, c in enumerate(self.columns) if c.kind == "json"]
-        self._dtype = np.dtype([(c.name, _NUMPY_TYPES.get(c.kind, object)) for c in self.columns])
+
+    @functools.cached_property
+    def _dtype(self) -> "np.dtype":
+        import numpy as np
+
+        types = {"real": np.float64, "int": np.int64, "bool": np.bool_}
+        return np.dtype([(c.name, types.get(c.kind, object)) for c in self.columns])
 
     def row(self, run_id: str, record: Any) -> tuple:
         values = self._get(record)
@@ -127,6 +150,8 @@ class _Spec:
 
     def columns_from_rows(self, rows: list[tuple]) -> dict[str, np.ndarray]:
         """Numpy columns straight from cursor rows: numpy converts the tuples in C, no per-row objects."""
+        import numpy as np
+
         try:
             packed = np.array(rows, dtype=self._dtype)  # NULL (SQLite's NaN) becomes NaN in float fields
         except (TypeError, ValueError):  # a NULL in an integer column (or a stray value): go column by column
@@ -143,10 +168,9 @@ class _Spec:
         ]
 
 
-_NUMPY_TYPES = {"real": np.float64, "int": np.int64, "bool": np.bool_}
-
-
 def _finish(column: np.ndarray, kind: str) -> np.ndarray:
+    import numpy as np
+
     if kind == "text" and not np.equal(column, None).any():
         return column.astype(str)  # the dtype Evidence.build gives names: fast sorting and grouping
     if kind == "json":
@@ -155,6 +179,8 @@ def _finish(column: np.ndarray, kind: str) -> np.ndarray:
 
 
 def _array(values: tuple, kind: str) -> np.ndarray:
+    import numpy as np
+
     try:
         if kind == "real":
             return np.array(values, dtype=np.float64)
@@ -171,6 +197,8 @@ def _array(values: tuple, kind: str) -> np.ndarray:
 
 
 def _objects(values) -> np.ndarray:
+    import numpy as np
+
     out = np.empty(len(values), dtype=object)  # filled, not np.array(values): no nesting of lists
     out[:] = values
     return out
@@ -361,24 +389,35 @@ class RunStore:
 
     # --- runs --------------------------------------------------------------------------------
 
-    def create_run(self, info: RunInfo, config: DebuggingConfig | None = None) -> str:
-        if info.started_at is None:
-            info = info.model_copy(update={"started_at": time.time()})
+    def create_run(self, info: RunInfo | dict[str, Any], config: DebuggingConfig | dict[str, Any] | None = None) -> str:
+        """Add a run. ``info`` and ``config`` may also be plain dicts of RunInfo's and DebuggingConfig's
+        fields (how `modeldebug run` creates the run before the script starts, without importing
+        pydantic); they are validated when read back, like everything in the store."""
+        if isinstance(info, dict):
+            info = {**info, "started_at": info.get("started_at") or time.time()}
+            run_id, started_at, info_json = info["id"], info["started_at"], json.dumps(info)
+        else:
+            if info.started_at is None:
+                info = info.model_copy(update={"started_at": time.time()})
+            run_id, started_at, info_json = info.id, info.started_at, info.model_dump_json()
+        config_json = None if config is None else json.dumps(config) if isinstance(config, dict) else config.model_dump_json()
         with self._write() as conn:
-            if conn.execute("SELECT 1 FROM runs WHERE id = ?", (info.id,)).fetchone():
+            if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone():
                 raise ValueError(
-                    f"A run with id {info.id!r} already exists in {self._where}; give the new run another id."
+                    f"A run with id {run_id!r} already exists in {self._where}; give the new run another id."
                 )
             conn.execute(
                 "INSERT INTO runs (id, started_at, info, config, meta) VALUES (?, ?, ?, ?, ?)",
-                (info.id, info.started_at, info.model_dump_json(), config.model_dump_json() if config else None, "{}"),
+                (run_id, started_at, info_json, config_json, "{}"),
             )
-        return info.id
+        return run_id
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         """Change RunInfo fields (status, exit_code, steps, duration_s, models, ...); validated as RunInfo."""
         if "id" in fields:
             raise ValueError("A run's id cannot change.")
+        from modeldebug.types import RunInfo
+
         with self._lock:
             with self._write() as conn:
                 (text,) = self._run_row(conn, run_id, "info")
@@ -424,13 +463,18 @@ class RunStore:
         """The saved report, or None when the run has none yet."""
         with self._read() as conn:
             (text,) = self._run_row(conn, run_id, "report")
+        from modeldebug.types import Report
+
         return None if text is None else Report.from_json(text)
 
-    def list_runs(self, limit: int = 50) -> list[RunInfo]:
-        """Runs newest first."""
+    def list_runs(self, limit: int = 50, *, prefix: str | None = None) -> list[RunInfo]:
+        """Runs newest first; with ``prefix``, only those whose id starts with it (a run and its ranks' runs)."""
+        from modeldebug.types import RunInfo
+
+        where, args = ("WHERE substr(id, 1, ?) = ? ", (len(prefix), prefix)) if prefix else ("", ())
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT id, info FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?", (limit,)
+                f"SELECT id, info FROM runs {where}ORDER BY started_at DESC, rowid DESC LIMIT ?", (*args, limit)
             ).fetchall()
         runs = []
         for run_id, info in rows:
@@ -534,6 +578,7 @@ class RunStore:
             self._pending_count = 0
 
     def _write_pending(self, conn: sqlite3.Connection) -> None:
+        _adapt_numpy()
         for table, rows in self._pending.items():
             conn.executemany(_SPEC_BY_TABLE[table].insert, rows)
 
@@ -548,6 +593,9 @@ class RunStore:
 
     def load_evidence(self, run_id: str) -> Evidence:
         """Everything about one run as Evidence, this process's buffered rows included."""
+        from modeldebug.evidence import Evidence, LayerInfo, OptimizerInfo, ParamInfo, Table
+        from modeldebug.types import RunInfo
+
         self.flush()  # buffered rows are written first, so one query per table sees them all
         with self._read() as conn:
             info, config, meta = self._run_row(conn, run_id, "info, config, meta")
@@ -576,6 +624,8 @@ class RunStore:
         )
 
     def _config(self, text: str | None, run_id: str) -> DebuggingConfig:
+        from modeldebug.config import DebuggingConfig
+
         if not text:
             return DebuggingConfig()
         try:
