@@ -16,7 +16,9 @@ Given a model and data it runs a short probe on a copy, never on the user's obje
    explains and ranks (never required: on any failure its notice is kept and the rules' report
    stands).
 
-With ``run="latest"`` (or a run id) the stored run is analysed instead, and no model is needed.
+With ``run="latest"`` (or a run id) the stored run is analysed instead, and no model is needed;
+without an LM of its own the agent shows what an LM said about that run before (stored by
+``modeldebug run/report --lm``), marked as the LM's.
 The user's ``issue`` text orders the tools and the findings (see ``llm.helpers.match_issue``).
 """
 
@@ -166,7 +168,6 @@ class ModelDebuggingAgent:
             report.metrics["issue"] = request.issue
         if request.context:
             report.metrics["context"] = request.context
-        summary = None
         if self.lm is not None:
             from modeldebug.llm import enrich_report
 
@@ -174,7 +175,7 @@ class ModelDebuggingAgent:
                                            adapter=self.adapter)
             if notice:
                 notices.append(notice)
-            summary = (report.metrics.get("llm") or {}).get("summary")
+        summary = (report.metrics.get("llm") or {}).get("summary")
         matched = match_issue(request.issue, report.findings)
         rest = [i for i in range(len(report.findings)) if i not in matched]
         issues = [report.findings[i] for i in matched + rest]
@@ -205,12 +206,16 @@ class ModelDebuggingAgent:
                                  {"store": path})
         store = RunStore(path)
         try:
-            ev = store.load_evidence(store.resolve(req.run))
-        except ValueError as exc:
-            raise DebuggingError(str(exc), "analysis", {"store": str(path), "run": req.run}) from exc
+            try:
+                run_id = store.resolve(req.run)
+                ev = store.load_evidence(run_id)
+            except ValueError as exc:
+                raise DebuggingError(str(exc), "analysis", {"store": str(path), "run": req.run}) from exc
+            report = analyze(ev)
+            if self.lm is None:  # what an LM said about this run before (`--lm`), marked as its own
+                report = store.with_llm_analysis(run_id, report)
         finally:
             store.close()
-        report = analyze(ev)
         ac = req.analysis_config
         tool_out: dict[str, Any] = {}
         for name in tools_for(req.issue, [t.name for t in self.tools]):

@@ -98,7 +98,7 @@ def runs(
         rows = s.list_runs(limit=limit)
         table = Table("id", "status", "steps", "duration", "findings", "command")
         for info in rows:
-            report = s.load_report(info.id)
+            report = s.load_report(info.id, llm=False)
             findings = "-" if report is None else str(len(report.findings))
             table.add_row(info.id, info.status, str(info.steps), f"{info.duration_s:.1f} s", findings, " ".join(info.command))
     Console(highlight=False).print(table)
@@ -122,14 +122,15 @@ def report(
     lm_settings = _lm_settings(lm, lm_api_base)
     with _open_store(store) as s:
         run_id = _resolve(s, run_ref)
-        rep = None if reanalyze else s.load_report(run_id)
+        rep = None if reanalyze else s.load_report(run_id)  # with the latest LM analysis stored for the run
         if rep is None:
-            rep = analyze(s.load_evidence(run_id))
-            s.save_report(run_id, rep)
-    if lm_settings is not None:  # the LM's additions go to the outputs, the store keeps the rules' report
-        from modeldebug.llm import enrich_report
+            s.save_report(run_id, analyze(s.load_evidence(run_id)))
+            rep = s.load_report(run_id)
+        if lm_settings is not None:  # the store keeps the rules' report and, beside it, what the LM said
+            from modeldebug.llm import enrich_report
 
-        rep, _ = enrich_report(rep, lm_settings, issue=rep.metrics.get("issue"))
+            rep, _ = enrich_report(rep, lm_settings, issue=rep.metrics.get("issue"))
+            s.save_report(run_id, rep)
     written = []
     if json_out:
         write_json(rep, json_out)
@@ -167,7 +168,7 @@ def ask(
     with _open_store(store) as s:
         run_id = _resolve(s, run_ref)
         evidence = s.load_evidence(run_id)
-        rep = s.load_report(run_id) or analyze(evidence)
+        rep = s.load_report(run_id, llm=False) or analyze(evidence)  # the measured findings: what AskRun promises
     result = ask_run(evidence, rep, question, lm_settings)
     if result.notice:
         err.print(f"[yellow]note:[/] {escape(result.notice)}", soft_wrap=True)
@@ -226,14 +227,12 @@ def _lm_settings(model: Optional[str], api_base: Optional[str]):
 
 
 def _print_llm(report, console: Console) -> None:
-    """One line when the LM could not be used; its summary when it could."""
+    """One line when the LM could not be used (what it said, when it could, is in the report printed above)."""
     from rich.markup import escape
 
     llm = (report.metrics or {}).get("llm") or {}
     if llm.get("status") == "fallback":
         console.print(f"[yellow]note:[/] {escape(llm.get('notice', 'the LM gave no usable answer'))}", soft_wrap=True)
-    elif llm.get("status") == "ok" and llm.get("summary"):
-        console.print(f"[bold]LM ({escape(str(llm.get('model')))}):[/] {escape(llm['summary'])}")
 
 
 def _open_store(path: Path):

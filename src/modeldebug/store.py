@@ -10,6 +10,10 @@ One file per project directory (``.modeldebug/runs.db``), stdlib ``sqlite3`` in 
   (each write waits up to ``BUSY_TIMEOUT_S`` for the lock).
 - Row tables are generated from the record dataclasses in ``collect.records``: a new field is a
   new column, and an older file gets it through ``ALTER TABLE`` when opened.
+- ``runs.report`` always holds the rules' report. What a language model said about a run (its
+  summary, ranking, explanations, recommendations and the findings it added, all marked as its
+  own) is a row of ``llm_analyses`` next to it: :meth:`RunStore.save_report` splits an enriched
+  report in two, :meth:`RunStore.load_report` puts the latest successful analysis back.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import threading
 import time
 import weakref
 from contextlib import contextmanager
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
@@ -79,6 +83,22 @@ def _adapt_numpy() -> None:
     _numpy_adapted = True
 
 
+@dataclass(slots=True)
+class LLMAnalysisRecord:
+    """One LM analysis of a run (``modeldebug run/report --lm``), written by the LM layer, not the collector.
+
+    ``analysis`` is :func:`modeldebug.llm.analyst.analysis_of` of the enriched report: what lands in
+    ``report.metrics["llm"]`` plus the findings the LM added. Failed attempts are kept too
+    (``status == "fallback"`` with the one-line notice) but never applied to a report.
+    """
+
+    created_at: float
+    model: str
+    status: str  # ok | fallback
+    issue: str | None = None
+    analysis: dict = field(default_factory=dict)
+
+
 # --- tables generated from the record dataclasses ---------------------------------------------
 
 _KINDS = {"float": "real", "int": "int", "bool": "bool", "str": "text", "bytes": "blob"}
@@ -115,7 +135,7 @@ def _column_of(f) -> _Column:
 class _Spec:
     """One record type's table: columns, DDL, INSERT and SELECT, all from the dataclass fields."""
 
-    def __init__(self, table: str, record_type: type, name_column: str | None, order: str):
+    def __init__(self, table: str, record_type: type, name_column: str | None, order: str, by_step: bool = True):
         self.table = table
         self.record_type = record_type
         self.columns = [_column_of(f) for f in fields(record_type)]
@@ -123,7 +143,7 @@ class _Spec:
         quoted = ", ".join(f'"{n}"' for n in self.names)
         self.insert = f'INSERT INTO {table} (run_id, {quoted}) VALUES ({", ".join("?" * (len(self.names) + 1))})'
         self.select = f"SELECT {quoted} FROM {table} WHERE run_id = ? ORDER BY {order}"
-        self.indexes = {f"{table}_run_step": "run_id, step"}
+        self.indexes = {f"{table}_run_step": "run_id, step"} if by_step else {f"{table}_run": "run_id"}
         if name_column:
             self.indexes[f"{table}_run_{name_column}"] = f'run_id, "{name_column}"'
         self._get = operator.attrgetter(*self.names)  # one C call per record instead of a loop
@@ -211,6 +231,7 @@ _SPECS = [
     _Spec("validation", ValidationRecord, None, "step, rowid"),
     _Spec("events", EventRecord, None, "rowid"),  # event steps may be NULL: keep them as written
     _Spec("rank_stats", RankRecord, "rank", "step, rank, rowid"),  # cross-rank summaries (distributed runs)
+    _Spec("llm_analyses", LLMAnalysisRecord, None, "created_at, rowid", by_step=False),  # written directly, not buffered
 ]
 _SPEC_BY_TYPE = {s.record_type: s for s in _SPECS}
 _SPEC_BY_TABLE = {s.table: s for s in _SPECS}
@@ -455,17 +476,74 @@ class RunStore:
             conn.execute("UPDATE runs SET meta = ? WHERE id = ?", (json.dumps(merged, default=_json_default), run_id))
 
     def save_report(self, run_id: str, report: Report) -> None:
+        """Save the run's report: the rules' part as the report, an LM's analysis (if it carries a new one)
+        as a row of ``llm_analyses``, in one transaction."""
+        from modeldebug.llm.analyst import analysis_of, rules_only
+
+        analysis = analysis_of(report)
+        if analysis is not None:
+            stored = (report.metrics.get("llm") or {}).get("stored")
+            report = rules_only(report)
+            if stored:  # applied from this store: nothing new to keep
+                analysis = None
         with self._write() as conn:
             self._run_row(conn, run_id, "id")
             conn.execute("UPDATE runs SET report = ? WHERE id = ?", (report.to_json(indent=None), run_id))
+            if analysis is not None:
+                self._insert_analysis(conn, run_id, analysis)
 
-    def load_report(self, run_id: str) -> Report | None:
-        """The saved report, or None when the run has none yet."""
+    def load_report(self, run_id: str, *, llm: bool = True) -> Report | None:
+        """The saved report, or None when the run has none yet.
+
+        With ``llm`` (the default) the latest successful LM analysis of the run is applied to it
+        (marked: ``metrics["llm"]`` with ``stored``, the LM's findings with ``source="llm"``);
+        ``llm=False`` gives the rules' report alone.
+        """
         with self._read() as conn:
             (text,) = self._run_row(conn, run_id, "report")
         from modeldebug.types import Report
 
-        return None if text is None else Report.from_json(text)
+        if text is None:
+            return None
+        report = Report.from_json(text)
+        return self.with_llm_analysis(run_id, report) if llm else report
+
+    def with_llm_analysis(self, run_id: str, report: Report) -> Report:
+        """``report`` (a rules' report of this run) with the run's latest successful LM analysis applied, if any."""
+        row = next((r for r in reversed(self.llm_analyses(run_id)) if r["status"] == "ok"), None)
+        if row is None:
+            return report
+        from modeldebug.llm.analyst import apply_analysis
+
+        report = apply_analysis(report, row["analysis"])
+        report.metrics["llm"]["stored"] = {"id": row["id"], "created_at": row["created_at"]}
+        return report
+
+    def save_llm_analysis(self, run_id: str, analysis: dict[str, Any]) -> int:
+        """Keep one LM analysis of the run (see :class:`LLMAnalysisRecord`); returns its id."""
+        with self._write() as conn:
+            self._run_row(conn, run_id, "id")
+            return self._insert_analysis(conn, run_id, analysis)
+
+    def llm_analyses(self, run_id: str) -> list[dict[str, Any]]:
+        """Every LM analysis of the run, oldest first: id, created_at, model, status, issue, analysis."""
+        spec = _SPEC_BY_TYPE[LLMAnalysisRecord]
+        with self._read() as conn:
+            self._run_row(conn, run_id, "id")
+            rows = conn.execute(spec.select.replace("SELECT ", "SELECT rowid, ", 1), (run_id,)).fetchall()
+        out = []
+        for rowid, *values in rows:
+            (d,) = spec.dicts_from_rows([tuple(values)])
+            out.append({"id": rowid, **d})
+        return out
+
+    @staticmethod
+    def _insert_analysis(conn: sqlite3.Connection, run_id: str, analysis: dict[str, Any]) -> int:
+        spec = _SPEC_BY_TYPE[LLMAnalysisRecord]
+        record = LLMAnalysisRecord(created_at=time.time(), model=str(analysis.get("model") or ""),
+                                   status=str(analysis.get("status") or "ok"), issue=analysis.get("issue"),
+                                   analysis=analysis)
+        return conn.execute(spec.insert, spec.row(run_id, record)).lastrowid
 
     def list_runs(self, limit: int = 50, *, prefix: str | None = None) -> list[RunInfo]:
         """Runs newest first; with ``prefix``, only those whose id starts with it (a run and its ranks' runs)."""
@@ -601,6 +679,8 @@ class RunStore:
             info, config, meta = self._run_row(conn, run_id, "info, config, meta")
             tables = {}
             for spec in _SPECS:
+                if spec.record_type is LLMAnalysisRecord:  # not evidence: what an LM said about it
+                    continue
                 rows = conn.execute(spec.select, (run_id,)).fetchall()
                 if spec.table == "events":
                     events = spec.dicts_from_rows(rows)

@@ -113,5 +113,5 @@ def test_cli_report_with_good_lm_prints_summary(stored_run, fake_openai, chat, t
     res = CliRunner().invoke(app, ["report", run_id, "--store", path, "--json", str(out),
                                    "--lm", "openai/test-model", "--lm-api-base", fake_openai.api_base])
     assert res.exit_code == 0, res.output
-    assert "Unfreeze layer 0." in res.stderr
+    assert "Unfreeze layer 0." in res.stdout and "language model" in res.stdout  # in the report, marked
     assert json.loads(out.read_text())["metrics"]["llm"]["status"] == "ok"

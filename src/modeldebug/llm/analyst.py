@@ -4,6 +4,13 @@ The contract with the rule engine: the LM explains and ranks, it never removes a
 and anything it adds is marked as its own (``Finding.source == "llm"``, ``report.metrics["llm"]``).
 Any LM error, timeout or unparseable answer returns the rules' report unchanged except for
 ``metrics["llm"] = {"status": "fallback", "notice": ...}``, and a one-line notice for the caller.
+
+What the LM said is also a value of its own, an *analysis* (a JSON-able dict): ``metrics["llm"]``
+plus the findings it added and the identity (kind, location, step) of each rule finding it saw
+under its id F1, F2, ... The run store keeps analyses next to the rules' report
+(:meth:`RunStore.save_report` splits an enriched report with :func:`rules_only` and
+:func:`analysis_of`; :meth:`RunStore.load_report` puts the latest back with
+:func:`apply_analysis`). None of these three needs dspy.
 """
 
 from __future__ import annotations
@@ -76,7 +83,7 @@ def enrich_report(
     ``lm`` is LMSettings, a model name, or a dspy LM object. Never raises for an LM failure.
     """
     started = time.perf_counter()
-    rules_report = report.model_copy(deep=True)
+    rules_report = rules_only(report)  # an earlier LM's ranking and additions are not facts for this one
     try:
         lm_obj = as_lm(lm)
         dspy = load_dspy()
@@ -87,54 +94,153 @@ def enrich_report(
                 findings=to_json(findings_for_prompt(findings)),
                 issue=issue or "",
             )
-        enriched = merge(rules_report, pred, model=describe_lm(lm))
-        enriched.metrics["llm"]["seconds"] = round(time.perf_counter() - started, 3)
-        return enriched, None
+        analysis = analysis_from_prediction(rules_report, pred, model=describe_lm(lm), issue=issue)
+        analysis["seconds"] = round(time.perf_counter() - started, 3)
+        return apply_analysis(rules_report, analysis), None
     except Exception as exc:  # any LM failure: the rules' answer stands
         log.debug("LM analysis failed", exc_info=True)
         notice = fallback_notice(lm, exc)
         rules_report.metrics["llm"] = {"status": "fallback", "model": describe_lm(lm), "notice": notice,
-                                       "seconds": round(time.perf_counter() - started, 3)}
+                                       "issue": issue or None, "seconds": round(time.perf_counter() - started, 3)}
         return rules_report, notice
 
 
 def merge(report: Report, pred: Any, *, model: str) -> Report:
     """Apply a parsed DebugAnalysis answer: reorder (never drop) rule findings, add the LM's own marked."""
-    findings = list(report.findings)
-    ids = {finding_id(i): f for i, f in enumerate(findings)}
-    order: list[Finding] = []
-    for fid in pred.ranking or []:
-        f = ids.get(str(fid).strip())
-        if f is not None and f not in order:
-            order.append(f)
-    order += [f for f in findings if f not in order]
+    return apply_analysis(report, analysis_from_prediction(report, pred, model=model))
 
+
+def _key(f: Finding) -> dict[str, Any]:
+    return {"kind": f.kind, "location": f.location, "step": f.step}
+
+
+def analysis_from_prediction(report: Report, pred: Any, *, model: str, issue: str | None = None) -> dict[str, Any]:
+    """What the LM said about ``report`` (the rules' report it was shown), as a JSON-able analysis.
+
+    Issues that restate a rule finding become its explanation; new ones of a known kind become
+    findings marked ``source="llm"`` at a low confidence (unless a rule finding already has that kind
+    and location); the rest are notes. Ids the LM made up are ignored.
+    """
+    findings = list(report.findings)
+    ids = {finding_id(i) for i in range(len(findings))}
+    ranking: list[str] = []
+    for fid in pred.ranking or []:
+        fid = str(fid).strip()
+        if fid in ids and fid not in ranking:
+            ranking.append(fid)
     explanations: dict[str, str] = {}
     notes: list[dict[str, Any]] = []
-    added: list[Finding] = []
-    for issue in pred.issues or []:
-        fid = (issue.finding_id or "").strip()
+    added: list[dict[str, Any]] = []
+    for issue_ in pred.issues or []:
+        fid = (issue_.finding_id or "").strip()
         if fid in ids:
-            explanations[fid] = issue.description
+            explanations[fid] = issue_.description
             continue
-        kind = (issue.kind or "").strip()
-        duplicate = any(f.kind == kind and (f.location or None) == (issue.location or None) for f in findings)
+        kind = (issue_.kind or "").strip()
+        duplicate = any(f.kind == kind and (f.location or None) == (issue_.location or None) for f in findings)
         if kind in _KINDS and not duplicate:
-            added.append(Finding(kind=kind, severity=issue.severity, confidence=LLM_CONFIDENCE,
-                                 location=issue.location, message=issue.description, source="llm",
-                                 evidence={"llm_issue_type": issue.type}))
+            added.append(Finding(kind=kind, severity=issue_.severity, confidence=LLM_CONFIDENCE,
+                                 location=issue_.location, message=issue_.description, source="llm",
+                                 evidence={"llm_issue_type": issue_.type}).model_dump(mode="json"))
         elif not duplicate:
-            notes.append({**issue.model_dump(), "source": "llm"})
-    out = report.model_copy(deep=True)
-    out.findings = order + added
-    out.metrics["llm"] = {
+            notes.append({**issue_.model_dump(), "source": "llm"})
+    return {
         "status": "ok",
         "model": model,
+        "issue": issue or None,
         "summary": pred.summary,
-        "ranking": [finding_id(findings.index(f)) for f in order],
+        "ranking": ranking,
         "explanations": explanations,
         "recommendations": [{**r.model_dump(), "source": "llm"} for r in pred.recommendations or []],
         "notes": notes,
-        "added_findings": len(added),
+        "findings": added,
+        "findings_seen": {finding_id(i): _key(f) for i, f in enumerate(findings)},
     }
+
+
+def rules_only(report: Report) -> Report:
+    """The rules' report inside a report an LM enriched: the LM's findings and ``metrics["llm"]``
+    taken out, the rule findings back in the order the rules gave them. A copy; a rules' report
+    comes back unchanged."""
+    out = report.model_copy(deep=True)
+    llm = out.metrics.pop("llm", None) or {}
+    rules = [f for f in out.findings if f.source != "llm"]
+    seen = llm.get("findings_seen") or {}
+    if seen:
+        position: dict[int, int] = {}
+        free = dict(seen)
+        for i, f in enumerate(rules):
+            fid = next((k for k, v in free.items() if v == _key(f)), None)
+            if fid is not None:
+                del free[fid]
+                position[i] = int(fid[1:])
+        rules = [f for _, f in sorted(enumerate(rules), key=lambda t: (position.get(t[0], 1 << 30), t[0]))]
+    out.findings = rules
     return out
+
+
+def analysis_of(report: Report) -> dict[str, Any] | None:
+    """The LM analysis an enriched report carries (``metrics["llm"]`` and the LM's findings), or None."""
+    llm = (report.metrics or {}).get("llm")
+    if not llm:
+        return None
+    out = {k: v for k, v in llm.items() if k not in ("stored", "unmatched")}
+    if out.get("status") == "ok":
+        out["findings"] = [f.model_dump(mode="json") for f in report.findings if f.source == "llm"]
+    return out
+
+
+def apply_analysis(report: Report, analysis: dict[str, Any]) -> Report:
+    """``report`` (the rules') with an LM analysis applied; every rule finding stays, unchanged.
+
+    The rule findings the LM saw are found again by kind, location and step, so an analysis still
+    applies after the rules ran again (``modeldebug report --reanalyze``): findings it ranked come
+    first in its order, the others follow in the rules' order; its explanations stay keyed by the
+    ids it used; ids whose finding is gone are listed under ``unmatched``; its own findings come
+    last, marked ``source="llm"``. A fallback analysis only sets ``metrics["llm"]``.
+    """
+    out = rules_only(report)
+    meta = {k: v for k, v in analysis.items() if k != "findings"}
+    if analysis.get("status") != "ok":
+        out.metrics["llm"] = meta
+        return out
+    findings = list(out.findings)
+    seen = analysis.get("findings_seen")
+    if seen is None:  # an analysis without identities: ids are positions in the rules' list
+        seen = {finding_id(i): _key(f) for i, f in enumerate(findings)}
+    where: dict[str, int] = {}
+    taken: set[int] = set()
+    for fid, key in seen.items():
+        i = next((i for i, f in enumerate(findings) if i not in taken and _key(f) == key), None)
+        if i is not None:
+            where[fid] = i
+            taken.add(i)
+    ranked = [where[fid] for fid in analysis.get("ranking") or [] if fid in where]
+    ranked = list(dict.fromkeys(ranked))
+    order = [findings[i] for i in ranked] + [f for i, f in enumerate(findings) if i not in ranked]
+    added = []
+    for data in analysis.get("findings") or []:
+        f = Finding.model_validate({**data, "source": "llm"})
+        if not any(r.kind == f.kind and (r.location or None) == (f.location or None) for r in findings):
+            added.append(f)
+    out.findings = order + added
+    meta["ranking"] = [fid for fid in analysis.get("ranking") or [] if fid in where]
+    meta["explanations"] = {fid: text for fid, text in (analysis.get("explanations") or {}).items() if fid in where}
+    meta["findings_seen"] = seen
+    meta["added_findings"] = len(added)
+    unmatched = [fid for fid in seen if fid not in where]
+    if unmatched:
+        meta["unmatched"] = unmatched
+    out.metrics["llm"] = meta
+    return out
+
+
+def explanation_for(report: Report, finding: Finding) -> str | None:
+    """The LM's explanation of one rule finding of an enriched report, if it gave one."""
+    llm = (report.metrics or {}).get("llm") or {}
+    if finding.source == "llm" or not llm.get("explanations"):
+        return None
+    for fid, key in (llm.get("findings_seen") or {}).items():
+        if key == _key(finding) and fid in llm["explanations"]:
+            return llm["explanations"][fid]
+    return None

@@ -50,11 +50,15 @@ def render_html(report: Report, *, issue: str | None = None) -> str:
     canvas = _Canvas()
     metrics = report.metrics or {}
     issue = issue if issue is not None else metrics.get("issue")
+    llm = metrics.get("llm") if (metrics.get("llm") or {}).get("status") == "ok" else None
+    if llm is not None:
+        from modeldebug.llm.analyst import explanation_for
     findings = []
     for f in report.sorted_findings():
         plot = FINDING_PLOTS.get(f.kind)
         findings.append({"f": f, "plot": canvas.draw(plot, metrics, f) if plot else None,
-                         "evidence": _evidence_rows(f.evidence)})
+                         "evidence": _evidence_rows(f.evidence),
+                         "llm": explanation_for(report, f) if llm is not None else None})
     sections = [(title, canvas.draw(plot, metrics, None), plot in WIDE) for title, plot in OVERVIEW]
     sections = [s for s in sections if s[1]]
     counts = {s: sum(1 for f in report.findings if f.severity == s) for s in ("high", "medium", "low")}
@@ -62,7 +66,7 @@ def render_html(report: Report, *, issue: str | None = None) -> str:
     env = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
     return env.from_string(source).render(
         report=report, run=report.run, issue=issue, findings=findings, sections=sections, counts=counts,
-        tables=_tables(metrics), facts=_facts(report), fmt=_fmt,
+        tables=_tables(metrics), facts=_facts(report), fmt=_fmt, llm=llm,
     )
 
 

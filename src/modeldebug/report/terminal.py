@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from rich.console import Console
 from rich.markup import escape
@@ -32,6 +33,12 @@ def print_report(report: Report, console: Console | None = None, *, issue: str |
     console.print(head)
 
     findings = report.sorted_findings()
+    llm = (report.metrics or {}).get("llm") or {}
+    explain = None
+    if llm.get("status") == "ok" and llm.get("explanations"):
+        from modeldebug.llm.analyst import explanation_for
+
+        explain = explanation_for
     for f in findings:
         title = Text()
         title.append(f.severity.upper(), style=_STYLE[f.severity])
@@ -50,9 +57,14 @@ def print_report(report: Report, console: Console | None = None, *, issue: str |
             if r.implementation:
                 code = "\n".join("    " + line for line in r.implementation.splitlines())
                 body.append("\n" + code, style="green dim")
+        text = explain(report, f) if explain else None
+        if text:
+            body.append(f"\nlanguage model: {text}", style="italic")
         if f.source == "llm":
             body.append("\n(added by the language model)", style="dim italic")
         console.print(Panel(body, title=title, title_align="left", border_style=_STYLE[f.severity]))
+    if llm.get("status") == "ok":
+        _print_llm_panel(llm, console)
 
     counts = {s: sum(1 for f in findings if f.severity == s) for s in ("high", "medium", "low")}
     summary = Text()
@@ -67,6 +79,31 @@ def print_report(report: Report, console: Console | None = None, *, issue: str |
     console.print(summary)
     for path in written:
         console.print(f"report written to {escape(path)}", style="dim")
+
+
+def _print_llm_panel(llm: dict, console: Console) -> None:
+    """What the language model said (its summary, recommendations, notes), apart from the measured findings."""
+    body = Text()
+    if llm.get("summary"):
+        body.append(str(llm["summary"]))
+    for r in llm.get("recommendations") or []:
+        body.append(f"\n→ {r.get('description')}", style="green")
+        if r.get("implementation"):
+            code = "\n".join("    " + line for line in str(r["implementation"]).splitlines())
+            body.append("\n" + code, style="green dim")
+    for n in llm.get("notes") or []:
+        body.append(f"\nnote ({n.get('severity', '?')}, {n.get('type', '?')}): {n.get('description')}", style="dim")
+    if llm.get("unmatched"):
+        body.append(f"\n{len(llm['unmatched'])} finding(s) it discussed are no longer in the rules' report.", style="dim")
+    if not body.plain:
+        return
+    title = Text("language model", style="bold")
+    title.append(f"  {llm.get('model') or ''}", style="dim")
+    stored = llm.get("stored")
+    if stored and stored.get("created_at"):
+        title.append(time.strftime("  (stored %Y-%m-%d %H:%M)", time.localtime(stored["created_at"])), style="dim")
+    console.print(Panel(body, title=title, title_align="left", border_style="magenta",
+                        subtitle="explanation, not measurement", subtitle_align="right"))
 
 
 def _compact(evidence: dict, limit: int = 300) -> str:
