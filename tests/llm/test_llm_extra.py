@@ -84,3 +84,18 @@ def test_agent_works_without_the_extra_and_an_lm_falls_back(no_dspy, monkeypatch
     with_lm = md.ModelDebuggingAgent(lm=LMSettings("openai/x", api_base="http://127.0.0.1:9/v1")).debug_model(req)
     assert any("modeldebug[llm]" in n for n in with_lm.notices)
     assert with_lm.report.metrics["llm"]["status"] == "fallback"
+
+
+def test_a_stored_lm_analysis_shows_without_the_extra(no_dspy, stored_run):
+    """Showing what an LM said earlier needs no LM and no dspy."""
+    from modeldebug.cli import app
+    from modeldebug.store import RunStore
+
+    path, run_id, _ = stored_run
+    with RunStore(path) as s:
+        s.save_llm_analysis(run_id, {"status": "ok", "model": "openai/x", "summary": "Layer 0 is frozen.",
+                                     "ranking": ["F1"], "explanations": {}, "recommendations": [], "notes": [],
+                                     "findings": [], "findings_seen": {}})
+    res = CliRunner().invoke(app, ["report", "latest", "--store", path])
+    assert res.exit_code == 0, res.output
+    assert "Layer 0 is frozen." in res.stdout and "language model" in res.stdout
