@@ -164,12 +164,19 @@ class Case:
     dbg: Any = None
     extra: Any = None  # wandb run / SummaryWriter
 
-    def step(self) -> float:
+    def step(self) -> torch.Tensor:
         self.opt.zero_grad(set_to_none=True)
         loss = self.loss_fn(self.model(self.x), self.y)
         loss.backward()
         self.opt.step()
-        return loss.item()
+        return loss.detach()
+
+    def work(self) -> None:
+        """One step as the user's loop runs it: on CPU reading the loss each step (free there),
+        on CUDA never waiting for the device (the loop a GPU user tunes for)."""
+        loss = self.step()
+        if not loss.is_cuda:
+            loss.item()
 
     # Per configuration: what surrounds a chunk of steps, and each step.
     def begin_chunk(self) -> None:
@@ -180,10 +187,22 @@ class Case:
 
     def timed_step(self, record: bool) -> None:
         t = time.perf_counter()
-        self.step()
+        self.work()
         dt = time.perf_counter() - t
         if record:
             self.times.append(dt)
+            self.sampled.append(False)
+
+    def timed_chunk(self, n: int, record: bool) -> None:
+        """CUDA: n steps timed together between two synchronisations (a step alone is not
+        timeable without a sync of its own); one entry, the mean step, per chunk."""
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(n):
+            self.work()
+        torch.cuda.synchronize()
+        if record:
+            self.times.append((time.perf_counter() - t) / n)
             self.sampled.append(False)
 
     def close(self) -> None:
@@ -203,30 +222,28 @@ class ModelDebug(Case):
 
     def timed_step(self, record: bool) -> None:
         before = self.dbg.monitor_overhead()
-        t = time.perf_counter()
-        self.step()
-        dt = time.perf_counter() - t
+        super().timed_step(record)
         after = self.dbg.monitor_overhead()  # on CPU a step's scalars resolve as it closes
         if record:
-            self.times.append(dt)
-            self.sampled.append(after.sampled_steps > before.sampled_steps)
+            self.sampled[-1] = after.sampled_steps > before.sampled_steps
             self.monitor_s += after.monitor_time_s - before.monitor_time_s
+
+    def timed_chunk(self, n: int, record: bool) -> None:
+        before = self.dbg.monitor_overhead()
+        super().timed_chunk(n, record)
+        if record:
+            self.monitor_s += (self.dbg.monitor_overhead().monitor_time_s - before.monitor_time_s) / n
 
     def close(self) -> None:
         self.dbg.stop()
 
 
 class Wandb(Case):
-    def timed_step(self, record: bool) -> None:
+    def work(self) -> None:
         import wandb
 
-        t = time.perf_counter()
         loss = self.step()
-        wandb.log({f"{self.name}/loss": loss})  # histograms are committed with the user's log
-        dt = time.perf_counter() - t
-        if record:
-            self.times.append(dt)
-            self.sampled.append(False)
+        wandb.log({f"{self.name}/loss": loss.item()})  # histograms are committed with the user's log
 
     def close(self) -> None:
         import wandb
@@ -237,26 +254,21 @@ class Wandb(Case):
 class TensorBoard(Case):
     n = 0
 
-    def timed_step(self, record: bool) -> None:
-        t = time.perf_counter()
+    def work(self) -> None:
         loss = self.step()
         w, self.n = self.extra, self.n + 1
-        w.add_scalar("loss", loss, self.n)
+        w.add_scalar("loss", loss.item(), self.n)
         for pname, p in self.model.named_parameters():
             w.add_histogram(pname, p, self.n)
             if p.grad is not None:
                 w.add_histogram(pname + ".grad", p.grad, self.n)
-        dt = time.perf_counter() - t
-        if record:
-            self.times.append(dt)
-            self.sampled.append(False)
 
     def close(self) -> None:
         self.extra.close()
 
 
 class Anomaly(Case):
-    def step(self) -> float:
+    def step(self) -> torch.Tensor:
         with torch.autograd.detect_anomaly(check_nan=True):
             return super().step()
 
@@ -329,16 +341,45 @@ def amortized(case: Case) -> float:
     return (1 - f) * median(u) + f * median(s)
 
 
+def scale_batch(base: nn.Module, x: torch.Tensor, y: torch.Tensor, target_ms: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """CUDA: repeat the batch (doubling) until a plain step takes ``target_ms`` (at most 1024x)."""
+    model = copy.deepcopy(base)
+    probe = Plain("probe", model, torch.optim.Adam(model.parameters(), lr=1e-3), x, y, nn.CrossEntropyLoss())
+    k = 1
+    while True:
+        probe.x, probe.y = x.repeat(k, *([1] * (x.dim() - 1))), y.repeat(k)
+        probe.timed_chunk(3, record=False)
+        probe.timed_chunk(10, record=True)
+        if probe.times[-1] * 1e3 >= target_ms or k >= 1024:
+            break
+        k *= 2
+    del probe, model
+    torch.cuda.empty_cache()
+    return x.repeat(k, *([1] * (x.dim() - 1))), y.repeat(k), k
+
+
 def bench_model(model_name: str, configs: list[str], rounds: int, chunk: int, warmup: int, tmp: Path,
-                seed: int = 0) -> dict:
+                seed: int = 0, device: str = "cpu", target_ms: float = 0.0) -> dict:
     torch.manual_seed(seed)
     base, x, y = MODELS[model_name]()
+    base, x, y = base.to(device), x.to(device), y.to(device)
+    cuda = x.is_cuda
+    batch_scale = 1
+    if cuda and target_ms > 0:
+        x, y, batch_scale = scale_batch(base, x, y, target_ms)
     cases = [make_case(c, base, x, y, tmp, model_name) for c in configs]
+
+    def run(case: Case, n: int, record: bool) -> None:
+        if cuda:
+            case.timed_chunk(n, record)
+        else:
+            for _ in range(n):
+                case.timed_step(record)
+
     started = time.perf_counter()
     for case in cases:  # warm-up: allocator, caches, modeldebug's schedule, wandb's first logs
         case.begin_chunk()
-        for _ in range(max(2, int(round(warmup * CONFIGS[case.name][1])))):
-            case.timed_step(record=False)
+        run(case, max(2, int(round(warmup * CONFIGS[case.name][1]))), record=False)
         case.end_chunk()
     rng = random.Random(seed)
     spent = {c.name: 0.0 for c in cases}
@@ -349,11 +390,11 @@ def bench_model(model_name: str, configs: list[str], rounds: int, chunk: int, wa
             n = max(1, int(round(chunk * CONFIGS[case.name][1])))
             t = time.perf_counter()
             case.begin_chunk()
-            for _ in range(n):
-                case.timed_step(record=True)
+            run(case, n, record=True)
             case.end_chunk()
             spent[case.name] += time.perf_counter() - t
-    out = {"model": model_name, "params": sum(p.numel() for p in base.parameters()),
+    out = {"model": model_name, "device": str(x.device), "batch_scale": batch_scale, "batch": x.shape[0],
+           "params": sum(p.numel() for p in base.parameters()),
            "leaf_modules": sum(1 for m in base.modules() if next(m.children(), None) is None),
            "wall_s": time.perf_counter() - started, "configs": {}}
     plain = next((c for c in cases if c.name == "plain"), None)
@@ -394,7 +435,9 @@ def print_steps(results: list[dict]) -> None:
     print("\n== Step time, ratio to plain (interleaved; median / mean / amortized) ==")
     print("Plain step: " + ", ".join(
         f"{r['model']} {r['configs']['plain']['median_ms']:.1f} ms ({r['params'] / 1e6:.2f}M params, "
-        f"{r['leaf_modules']} leaf modules)" for r in results if "plain" in r["configs"]))
+        f"{r['leaf_modules']} leaf modules, batch {r['batch']})" for r in results if "plain" in r["configs"]))
+    if any(r["device"] != "cpu" for r in results):
+        print("(CUDA: each entry is the mean step of a chunk timed between two syncs; the loop never reads the loss)")
     names = [n for n in CONFIGS if any(n in r["configs"] for r in results)]
     models = [r["model"] for r in results]
     head = f"{'configuration':<38}" + "".join(f"{m:>22}" for m in models)
@@ -774,7 +817,12 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", metavar="MODEL", help="only profile modeldebug's configs on MODEL")
     ap.add_argument("--profile-steps", type=int, default=200)
     ap.add_argument("--json", metavar="PATH", help="save every number as JSON")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (part steps; chunks timed between syncs on cuda)")
+    ap.add_argument("--target-ms", type=float, default=0.0,
+                    help="cuda: repeat each model's batch until a plain step takes this long (0: as on CPU)")
     args = ap.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device here")
 
     logging.getLogger("wandb").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
@@ -792,9 +840,10 @@ def main(argv=None) -> int:
     long_steps = args.long_steps or (2000 if args.quick else 10000)
     repeats = args.repeats or (3 if args.quick else 5)
 
+    gpu = f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""
     print(f"modeldebug overhead benchmark, {time.strftime('%Y-%m-%d %H:%M')}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s), {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"load average {os.getloadavg()[0]:.2f}")
+          f"load average {os.getloadavg()[0]:.2f}; device {args.device}{gpu}")
     t_all = time.perf_counter()
     out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
                            "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "args": vars(args)}
@@ -814,7 +863,8 @@ def main(argv=None) -> int:
                                        settings=wandb.Settings(silent=True, console="off"))
             try:
                 for m in models:
-                    r = bench_model(m, configs, rounds, args.chunk, warmup=30, tmp=tmp)
+                    r = bench_model(m, configs, rounds, args.chunk, warmup=30, tmp=tmp, device=args.device,
+                                    target_ms=args.target_ms)
                     results.append(r)
                     print(f"  [{m}: {r['wall_s']:.0f} s]", flush=True)
             finally:

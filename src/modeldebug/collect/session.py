@@ -533,14 +533,25 @@ class Debugger:
             self._dist.on_step(rec)  # every N steps: the cross-rank gather (all ranks close the same steps)
 
     def _resolve(self, all_pending: bool = False) -> None:
-        """Copy pending step scalars (and a sampled step's layer and parameter stats) to the host."""
+        """Copy pending step scalars (and a sampled step's layer and parameter stats) to the host.
+
+        One transfer for all of them: on CUDA the only synchronisation, once per sampled step or
+        per batch of unsampled steps. (A sampled step always closes a batch: it resolves at once.)
+        """
         if not self._unresolved:
             return
         t = _now()
         pending, self._unresolved = self._unresolved, []
-        for rec, scalars, st in pending:
-            values = scalars if isinstance(scalars, list) else scalars.tolist()
-            rec.loss, rec.grad_norm, rec.stale_grad_norm, flag = values[:4]
+        on_device = not isinstance(pending[0][1], list)
+        sampled = pending[-1][2] if pending[-1][2].sampled else None
+        items, extra = self._sampled_parts(sampled) if sampled is not None else ([], [])
+        if on_device:
+            extra.insert(0, torch.stack([scalars for _, scalars, _ in pending]).reshape(-1))
+        host, extra_host = to_host(items, extra)
+        copy_s = _now() - t
+        values = extra_host.pop(0).reshape(-1, 4).tolist() if on_device else [sc for _, sc, _ in pending]
+        for (rec, _, st), (loss, grad_norm, stale, flag) in zip(pending, values):
+            rec.loss, rec.grad_norm, rec.stale_grad_norm = loss, grad_norm, stale
             rec.loss_nonfinite = st.loss_count > 0 and not math.isfinite(rec.loss)
             rec.grad_nonfinite = st.grad_norm is not None and not math.isfinite(rec.grad_norm)
             rec.input_nonfinite = flag == 1.0
@@ -552,9 +563,10 @@ class Debugger:
                 self._force_sample = True
                 self._nonfinite_looks += 1
             written = _now()
-            if st.sampled:
+            if st is sampled:
                 self._samples += 1
-                self._write_sampled(st, rec)
+                self._write_sampled(st, rec, host, extra_host)
+                written -= copy_s
             self.store.add(self.run_id, rec)
             self._recent.append(rec)
             # The schedule sees everything a step cost the monitor, its host-side summaries included.
@@ -900,11 +912,9 @@ class Debugger:
 
     # ------------------------------------------------------------------ writing sampled statistics
 
-    def _write_sampled(self, st: _Step, step_rec: StepRecord) -> None:
-        """One host copy for all of a sampled step's layer, input and parameter statistics."""
-        layer_names = list(st.layer_vecs)
-        grad_names = list(st.grad_vecs)
-        items = [st.layer_vecs[n][0] for n in layer_names] + [st.grad_vecs[n] for n in grad_names]
+    def _sampled_parts(self, st: _Step) -> tuple[list[Reduced], list[torch.Tensor]]:
+        """What a sampled step sends to the host: its reduced tensors, then its parameter rows."""
+        items = [st.layer_vecs[n][0] for n in st.layer_vecs] + list(st.grad_vecs.values())
         if st.input_vec is not None:
             items.append(st.input_vec)
         pre, post = st.param_pre, st.param_post
@@ -917,9 +927,13 @@ class Debugger:
                 extra.append(pre["grad_stats"])
             if post is not None:
                 extra.append(post["stats"])
-        if not items and not extra:
-            return
-        host, extra_host = to_host(items, extra)
+        return items, extra
+
+    def _write_sampled(self, st: _Step, step_rec: StepRecord, host: list, extra_host: list) -> None:
+        """Records of a sampled step from its parts on the host (``_sampled_parts``, ``to_host``)."""
+        layer_names = list(st.layer_vecs)
+        grad_names = list(st.grad_vecs)
+        pre, post = st.param_pre, st.param_post
         if st.class_counts is not None:
             counts = extra_host.pop(0)
             for cls in np.flatnonzero(counts).tolist():
