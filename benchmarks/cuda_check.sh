@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU half of issue 4, in one go on a machine with CUDA (a few minutes on an H100/H200):
 #   1. tests/collect/test_cuda.py: no device synchronisation per layer, CUDA memory recorded;
-#   2. the fault suite's memory_pressure scripts (they need CUDA) through `modeldebug run`;
+#   2. the fault suite's memory_pressure scripts (they need CUDA) through `modeldebug run`, one at a time
+#      (each fills most of the free device memory);
 #   3. benchmarks/overhead.py on CUDA: the models as sized for the CPU (launch-bound steps of a
 #      few ms), then with their batches repeated until a plain step takes 20 ms.
 # Usage: bash benchmarks/cuda_check.sh [OUTDIR]    (PYTHONPATH must reach src/ if not installed)
@@ -13,7 +14,7 @@ py=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/gpu.txt"
 "$py" -m pytest -q -p no:cacheprovider -s tests/collect/test_cuda.py 2>&1 | tee "$out/test_cuda.txt"
-"$py" benchmarks/detection.py --only memory_pressure 2>&1 | tee "$out/detection.txt"
+"$py" benchmarks/detection.py --jobs 1 --only memory_pressure 2>&1 | tee "$out/detection.txt"
 configs=plain,md-default,md-every,tb-hist,anomaly
 "$py" benchmarks/overhead.py --device cuda --parts steps --only $configs --rounds 10 \
     --json "$out/overhead-cuda-small.json" 2>&1 | tee "$out/overhead-cuda-small.txt"
