@@ -1,22 +1,47 @@
 """modeldebug: watch a PyTorch training run or an ONNX model, find what is wrong, say how to fix it."""
 
-from modeldebug.config import AlertThresholds, DebuggingConfig, MonitoringConfig
-from modeldebug.errors import DebuggingError, MissingExtraError
-from modeldebug.types import (
-    DebugMetrics,
-    Finding,
-    LayerMetrics,
-    PerformanceMetrics,
-    Recommendation,
-    Report,
-    RunInfo,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time every name is loaded on first use
+    from modeldebug.agent import DebuggingRequest, DebuggingResponse, ModelDebuggingAgent
+    from modeldebug.analysis import analyze
+    from modeldebug.collect.session import Debugger, watch
+    from modeldebug.config import AlertThresholds, DebuggingConfig, MonitoringConfig
+    from modeldebug.diagnose import explain
+    from modeldebug.errors import DebuggingError, MissingExtraError
+    from modeldebug.evidence import Evidence
+    from modeldebug.store import RunStore
+    from modeldebug.tools import ErrorDiagnoser, GradientDebugger, LayerAnalyzer, MemoryTracker, PerformanceProfiler
+    from modeldebug.types import (
+        DebugMetrics,
+        Finding,
+        LayerMetrics,
+        PerformanceMetrics,
+        Recommendation,
+        Report,
+        RunInfo,
+    )
 
 __version__ = "0.1.0"
 
-# Names that import torch are loaded on first use: `modeldebug run`'s parent process, the
-# report and schema commands never pay for importing torch.
+# Every name is loaded on first use: `import modeldebug` (and `modeldebug run`'s parent process,
+# and the hook `modeldebug run` puts in the watched script) imports neither torch nor pydantic
+# until a name that needs them is used.
 _LAZY = {
+    "AlertThresholds": "modeldebug.config",
+    "DebuggingConfig": "modeldebug.config",
+    "MonitoringConfig": "modeldebug.config",
+    "DebuggingError": "modeldebug.errors",
+    "MissingExtraError": "modeldebug.errors",
+    "DebugMetrics": "modeldebug.types",
+    "Finding": "modeldebug.types",
+    "LayerMetrics": "modeldebug.types",
+    "PerformanceMetrics": "modeldebug.types",
+    "Recommendation": "modeldebug.types",
+    "Report": "modeldebug.types",
+    "RunInfo": "modeldebug.types",
     "watch": "modeldebug.collect.session",
     "Debugger": "modeldebug.collect.session",
     "Evidence": "modeldebug.evidence",
@@ -42,6 +67,11 @@ def __getattr__(name: str):
         globals()[name] = value
         return value
     raise AttributeError(f"module 'modeldebug' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AlertThresholds",

@@ -16,17 +16,15 @@ import torch and then starts an auto-discovering :class:`AutoDebugger`:
 from __future__ import annotations
 
 import atexit
-import importlib.abc
 import importlib.machinery
 import json
-import logging
 import os
 import sys
-import traceback
-import warnings
 from typing import Any
 
-log = logging.getLogger(__name__)
+# This module is imported by sitecustomize when a watched process starts: it imports nothing
+# more than the standard library's start-up already has, and the collector (torch, pydantic,
+# the run store) only once the script imports torch.
 
 ENV_RUN = "MODELDEBUG_RUN"  # JSON: {"run_id", "store", "config", "command"}
 
@@ -37,9 +35,7 @@ def install_from_env() -> None:
     if not spec or _is_helper_process():
         return
     settings = json.loads(spec)
-    from modeldebug.collect.distributed import is_launcher
-
-    if is_launcher():
+    if _is_launcher():
         # torchrun trains nothing itself: its workers inherit MODELDEBUG_RUN and each watches its rank.
         return
     # Only the process that was started is watched, not Python processes it starts in turn.
@@ -50,13 +46,23 @@ def install_from_env() -> None:
         sys.meta_path.insert(0, _AfterImport("torch", lambda: _start(settings)))
 
 
+def _is_launcher() -> bool:
+    argv = getattr(sys, "orig_argv", sys.argv)
+    if not any("torchrun" in a or "torch.distributed" in a for a in argv):
+        return False  # the common case, decided without importing collect.distributed
+    from modeldebug.collect.distributed import is_launcher
+
+    return is_launcher()
+
+
 def _is_helper_process() -> bool:
     # multiprocessing's spawn/forkserver children (DataLoader workers) run no training.
     return any(a.startswith("--multiprocessing-fork") or "multiprocessing" in a for a in sys.argv[:3])
 
 
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Runs a callback right after a module finishes importing (a post-import hook)."""
+class _AfterImport:
+    """Runs a callback right after a module finishes importing (a post-import hook; a meta path
+    finder by protocol, without importlib.abc)."""
 
     def __init__(self, name: str, callback):
         self.name = name
@@ -71,7 +77,7 @@ class _AfterImport(importlib.abc.MetaPathFinder):
             return spec
         loader, callback = spec.loader, self.callback
 
-        class _Loader(importlib.abc.Loader):
+        class _Loader:
             def create_module(self, spec):
                 return loader.create_module(spec)
 
@@ -104,7 +110,9 @@ def _start(settings: dict[str, Any]) -> None:
         )
         _active.start()
     except Exception:  # the user's script must run even when the monitor cannot
-        log.exception("modeldebug could not start; the script runs unwatched")
+        import logging
+
+        logging.getLogger(__name__).exception("modeldebug could not start; the script runs unwatched")
         _active = None
         return
     previous_hook = sys.excepthook
@@ -145,6 +153,8 @@ def auto_debugger_class():
 
 def _make_auto_debugger():
     import gc
+    import traceback
+    import warnings
 
     from torch import nn
     from torch.nn.modules import module as module_mod

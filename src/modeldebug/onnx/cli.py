@@ -11,11 +11,12 @@ import importlib
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 import typer
 
-from modeldebug.types import SEVERITY_ORDER, Report
+if TYPE_CHECKING:  # mounted on the main CLI: `modeldebug run` must not import pydantic through here
+    from modeldebug.types import Report
 
 onnx_app = typer.Typer(
     name="onnx",
@@ -222,6 +223,8 @@ def _load_source(spec: str) -> tuple[Any, Any]:
 
 
 def _finish(report: Report, json_path: Optional[Path], fail_on: Optional[str], summary: Callable) -> None:
+    from modeldebug.types import SEVERITY_ORDER
+
     if fail_on is not None and fail_on not in SEVERITY_ORDER:
         raise ValueError(f"Expected --fail-on to be high, medium or low but got {fail_on!r}.")
     if json_path is not None:
