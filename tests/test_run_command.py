@@ -183,3 +183,93 @@ def test_live_status_line_on_a_terminal(tmp_path):
     assert "modeldebug ▸ step" in text and "· loss" in text
     assert "done" in text  # the script's own stderr still shows
     assert "completed" in text and "No problems found" in text
+
+
+# --- start-up: `modeldebug run` adds at most 0.5 s beyond importing torch (issue #4) -------------
+
+# Modules the parent process must not have loaded when it launches the script: they are needed
+# only for the diagnosis at the end, and load while the script runs.
+HEAVY = ("torch", "numpy", "pydantic", "pydantic_core", "rich", "jinja2", "matplotlib", "dspy", "onnx",
+         "onnxruntime", "modeldebug.types", "modeldebug.config", "modeldebug.evidence", "modeldebug.analysis",
+         "modeldebug.rules", "modeldebug.report.terminal", "modeldebug.collect.session")
+
+_PARENT_PROBE = """
+import json, runpy, subprocess, sys
+launched = []
+init = subprocess.Popen.__init__
+def recording_init(self, *args, **kwargs):
+    launched.append(sorted(sys.modules))
+    return init(self, *args, **kwargs)
+subprocess.Popen.__init__ = recording_init
+sys.argv = ["modeldebug"] + sys.argv[1:]
+try:
+    runpy.run_module("modeldebug", run_name="__main__", alter_sys=True)
+finally:
+    with open("parent_modules.json", "w") as f:
+        json.dump(launched[0] if launched else None, f)
+"""
+
+_CHILD_PROBE = "import json, sys; json.dump(sorted(sys.modules), open('child_modules.json', 'w'))"
+
+
+def test_the_parent_launches_the_script_before_loading_heavy_modules(tmp_path):
+    (tmp_path / "probe.py").write_text(_PARENT_PROBE)
+    proc = subprocess.run(
+        [sys.executable, "probe.py", "run", "--every", "2", "--store", "runs.db", "--", sys.executable, "-c", _CHILD_PROBE],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr
+    parent = json.loads((tmp_path / "parent_modules.json").read_text())
+    assert parent is not None, "the script was not launched through subprocess.Popen"
+    loaded = [m for m in HEAVY if m in parent]
+    assert not loaded, f"loaded before the script started: {loaded}"
+    # The watched process, before it imports torch: only the post-import hook is in place.
+    child = json.loads((tmp_path / "child_modules.json").read_text())
+    assert "modeldebug.collect.autopatch" in child
+    assert not [m for m in HEAVY if m in child]
+    # and the diagnosis still happened, from the store the parent created
+    assert "No problems found" in proc.stderr or "finding" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--", "python", "train.py"],
+        ["run", "--json", "r.json", "--html=r.html", "--issue", "loss flat", "--fail-on", "medium", "--every", "5",
+         "--level=comprehensive", "--store", "x/runs.db", "--lm", "openai/m", "--lm-api-base", "http://h:1/v1",
+         "--", "python", "train.py", "--json", "--every", "-3"],
+    ],
+    ids=["defaults", "every-option"],
+)
+def test_run_options_read_without_typer_as_typer_reads_them(argv, monkeypatch):
+    """`modeldebug run` reads its options itself on the way to the script (typer's pydantic-based
+    conversion costs ~0.1 s of start-up); what it reads must be what typer would have passed."""
+    from typer.testing import CliRunner
+
+    from modeldebug import cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "_run", lambda command, **options: seen.update(command=command, **options))
+    result = CliRunner().invoke(cli.app, argv)
+    assert result.exit_code == 0, result.output
+    command, options = cli._run_args(argv)
+    assert {"command": command, **options} == seen
+    assert {p.opts[0] for p in typer_params(cli.app, "run")} == set(cli._RUN_OPTIONS)
+
+
+def typer_params(app, name):
+    import typer
+
+    return [p for p in typer.main.get_command(app).commands[name].params if p.opts and p.opts[0].startswith("--")]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["run"], ["run", "--help", "--", "x"], ["run", "python", "train.py"], ["run", "--every", "0", "--", "x"],
+     ["run", "--level", "max", "--", "x"], ["run", "--fail-on", "HIGH", "--", "x"], ["run", "--store", "--", "x"],
+     ["run", "--unknown", "1", "--", "x"], ["run", "--"], ["runs"], ["report", "--", "x"]],
+)
+def test_anything_else_goes_to_typer(argv):
+    from modeldebug import cli
+
+    assert cli._run_args(argv) is None

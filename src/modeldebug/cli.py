@@ -6,10 +6,15 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
-from rich.console import Console
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# Commands import what they use inside their bodies: `modeldebug run` starts the script after
+# loading typer and the run store only (rich, pydantic and numpy load while the script runs).
 
 app = typer.Typer(
     name="modeldebug",
@@ -18,7 +23,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True, highlight=False)
+
+
+def _console(stderr: bool = False) -> "Console":
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
 
 STORE_HELP = "SQLite run store (one per project directory by default)."
 LM_HELP = "Explain and rank findings with this LM (e.g. openai/gpt-4o-mini; env MODELDEBUG_LM). Needs the llm extra."
@@ -38,7 +48,7 @@ class Level(str, Enum):
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    _console(stderr=True).print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
 
 
@@ -64,26 +74,111 @@ def run(
 
     modeldebug run [OPTIONS] -- python train.py [ARGS...]
     """
-    from modeldebug.config import DebuggingConfig
-    from rich.markup import escape
-
-    from modeldebug.errors import MissingExtraError
-    from modeldebug.report.terminal import print_report
-    from modeldebug.runner import run_script
-
     command = list(ctx.args)
     if command and command[0] == "--":
         command = command[1:]
+    _run(command, json_out=json_out, html_out=html_out, issue=issue, fail_on=fail_on.value if fail_on else None,
+         every=every, level=level.value, store=store, lm=lm, lm_api_base=lm_api_base)
+
+
+def _run(
+    command: List[str],
+    *,
+    json_out: Optional[Path],
+    html_out: Optional[Path],
+    issue: Optional[str],
+    fail_on: Optional[str],
+    every: Optional[int],
+    level: str,
+    store: Path,
+    lm: Optional[str],
+    lm_api_base: Optional[str],
+) -> None:
+    """`modeldebug run` once its options are read (by typer, or by :func:`_run_args`)."""
+    from modeldebug.errors import MissingExtraError
+    from modeldebug.runner import run_script
+
     lm_settings = _lm_settings(lm, lm_api_base)
+    # DebuggingConfig's fields, validated by the watched process: each value has been checked here.
+    config = {"analysis_level": level, "every": every, "store_path": str(store)}
     try:
-        config = DebuggingConfig(analysis_level=level.value, every=every, store_path=str(store))
         result = run_script(command, config=config, store_path=store, json_out=json_out, html_out=html_out, issue=issue,
-                            lm=lm_settings)
+                            lm=lm_settings, prepare=("rich.console", "modeldebug.report.terminal"))
     except (ValueError, MissingExtraError) as exc:  # MissingExtraError: --html without the report extra
+        from rich.markup import escape
+
         _fail(escape(str(exc)))
-    print_report(result.report, Console(stderr=True, highlight=False), issue=issue, written=result.written)
-    _print_llm(result.report, Console(stderr=True, highlight=False))
-    raise typer.Exit(result.cli_exit_code(fail_on.value if fail_on else None))
+    from modeldebug.report.terminal import print_report
+
+    print_report(result.report, _console(stderr=True), issue=issue, written=result.written)
+    _print_llm(result.report, _console(stderr=True))
+    raise typer.Exit(result.cli_exit_code(fail_on))
+
+
+# `modeldebug run [OPTIONS] -- COMMAND...` is read without typer when every option before `--` is
+# one of run's, in a form typer reads the same way: typer converts option values through
+# pydantic, about 0.1 s before the script can start. Anything else (--help, a value typer would
+# refuse, no `--`) goes to typer, which owns the messages. A test checks that this table matches
+# the typer command's options and defaults.
+_RUN_OPTIONS = {
+    "--json": "json_out",
+    "--html": "html_out",
+    "--issue": "issue",
+    "--fail-on": "fail_on",
+    "--every": "every",
+    "--level": "level",
+    "--store": "store",
+    "--lm": "lm",
+    "--lm-api-base": "lm_api_base",
+}
+_RUN_DEFAULTS = {
+    "json_out": None,
+    "html_out": None,
+    "issue": None,
+    "fail_on": None,
+    "every": None,
+    "level": Level.detailed.value,
+    "store": ".modeldebug/runs.db",
+    "lm": None,
+    "lm_api_base": None,
+}
+
+
+def _run_args(argv: List[str]) -> Optional[tuple]:
+    """(command, options) for `_run`, or None when typer should read ``argv``."""
+    if len(argv) < 3 or argv[0] != "run" or "--" not in argv:
+        return None
+    end = argv.index("--")
+    options, command = argv[1:end], argv[end + 1 :]
+    if not command:
+        return None
+    values = dict(_RUN_DEFAULTS)
+    i = 0
+    while i < len(options):
+        flag, eq, value = options[i].partition("=")
+        if flag not in _RUN_OPTIONS:
+            return None
+        if not eq:
+            if i + 1 >= len(options):
+                return None
+            i += 1
+            value = options[i]
+        if value.startswith("-"):
+            return None
+        values[_RUN_OPTIONS[flag]] = value
+        i += 1
+    if values["fail_on"] is not None and values["fail_on"] not in Severity.__members__:
+        return None
+    if values["level"] not in Level.__members__:
+        return None
+    if values["every"] is not None:
+        if not (values["every"].isascii() and values["every"].isdigit() and int(values["every"]) >= 1):
+            return None
+        values["every"] = int(values["every"])
+    for key in ("json_out", "html_out", "store"):
+        if values[key] is not None:
+            values[key] = Path(values[key])
+    return command, values
 
 
 @app.command()
@@ -101,7 +196,7 @@ def runs(
             report = s.load_report(info.id, llm=False)
             findings = "-" if report is None else str(len(report.findings))
             table.add_row(info.id, info.status, str(info.steps), f"{info.duration_s:.1f} s", findings, " ".join(info.command))
-    Console(highlight=False).print(table)
+    _console().print(table)
 
 
 @app.command()
@@ -146,8 +241,8 @@ def report(
 
             _fail(escape(str(exc)))  # the message names the extra in brackets, which rich would take for markup
         written.append(str(html_out))
-    print_report(rep, Console(highlight=False), issue=rep.metrics.get("issue"), written=written)
-    _print_llm(rep, Console(stderr=True, highlight=False))
+    print_report(rep, _console(), issue=rep.metrics.get("issue"), written=written)
+    _print_llm(rep, _console(stderr=True))
 
 
 @app.command()
@@ -171,10 +266,12 @@ def ask(
         rep = s.load_report(run_id, llm=False) or analyze(evidence)  # the measured findings: what AskRun promises
     result = ask_run(evidence, rep, question, lm_settings)
     if result.notice:
-        err.print(f"[yellow]note:[/] {escape(result.notice)}", soft_wrap=True)
+        _console(stderr=True).print(f"[yellow]note:[/] {escape(result.notice)}", soft_wrap=True)
     elif lm_settings is None:
-        err.print("[dim]no LM configured (--lm MODEL or MODELDEBUG_LM): answering from the rule engine's findings[/]")
-    Console(highlight=False).print(escape(result.answer))
+        _console(stderr=True).print(
+            "[dim]no LM configured (--lm MODEL or MODELDEBUG_LM): answering from the rule engine's findings[/]"
+        )
+    _console().print(escape(result.answer))
 
 
 @app.command()
@@ -210,19 +307,19 @@ def explain(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(rep.to_json(), encoding="utf-8")
         written.append(str(json_out))
-    print_report(rep, Console(highlight=False), written=written)
+    print_report(rep, _console(), written=written)
 
 
 def _lm_settings(model: Optional[str], api_base: Optional[str]):
     """LMSettings from the options or the environment; a missing extra or a bad value ends the command."""
-    from rich.markup import escape
-
     from modeldebug.errors import MissingExtraError
     from modeldebug.llm.settings import resolve_settings
 
     try:
         return resolve_settings(model, api_base)
     except (MissingExtraError, ValueError) as exc:
+        from rich.markup import escape
+
         _fail(escape(str(exc)))
 
 
@@ -263,6 +360,17 @@ def _mount_subcommands() -> None:
 
 
 def main() -> None:
+    fast = _run_args(sys.argv[1:])
+    if fast is not None:
+        command, options = fast
+        try:
+            _run(command, **options)
+        except typer.Exit as exc:  # what click's standalone mode does with these
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            sys.stderr.write("\nAborted!\n")
+            sys.exit(1)
+        return
     _mount_subcommands()
     app()
 

@@ -4,6 +4,10 @@ The script runs in a child process whose PYTHONPATH starts with ``collect/boot``
 sitecustomize starts the collector once torch is imported, see ``collect/autopatch``). The child
 writes to the run store; this parent process owns the run's final status, diagnoses the run from
 the store and writes the reports, also when the child crashed, was interrupted or was killed.
+
+Start-up is on the user's clock: before the script starts, this process loads only the standard
+library, the CLI and the sqlite run store (no torch, numpy, pydantic or rich). What the diagnosis
+needs afterwards is imported in a background thread while the script runs.
 """
 
 from __future__ import annotations
@@ -14,20 +18,37 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from modeldebug import live
-from modeldebug.analysis import analyze
 from modeldebug.collect.autopatch import ENV_RUN
-from modeldebug.config import DebuggingConfig
-from modeldebug.store import RunStore
-from modeldebug.types import SEVERITY_ORDER, Report, RunInfo
+
+if TYPE_CHECKING:
+    from modeldebug.config import DebuggingConfig
+    from modeldebug.store import RunStore
+    from modeldebug.types import Report
 
 BOOT_DIR = Path(__file__).parent / "collect" / "boot"
+
+# Imported while the script runs, for the diagnosis at its end (each failure is left for the
+# import at the point of use to report).
+DIAGNOSIS_MODULES = (
+    "numpy",
+    "modeldebug.types",
+    "modeldebug.config",
+    "modeldebug.evidence",
+    "modeldebug.collect.records",
+    "modeldebug.collect.distributed",
+    "modeldebug.rules",
+    "modeldebug.rules.rank_attribution",
+    "modeldebug.analysis",
+    "modeldebug.llm.analyst",  # RunStore.save_report splits an LM's analysis off the report
+)
 
 
 @dataclass
@@ -40,6 +61,8 @@ class RunResult:
         """The script's exit code, or 1 when findings reach ``fail_on`` in a run that otherwise passed."""
         code = self.exit_code if self.exit_code >= 0 else 128 - self.exit_code
         if fail_on and code == 0:
+            from modeldebug.types import SEVERITY_ORDER
+
             limit = SEVERITY_ORDER[fail_on]
             if any(SEVERITY_ORDER[f.severity] <= limit for f in self.report.findings):
                 return 1
@@ -61,33 +84,46 @@ def resolve_command(command: Sequence[str]) -> list[str]:
 def run_script(
     command: Sequence[str],
     *,
-    config: DebuggingConfig | None = None,
+    config: DebuggingConfig | Mapping[str, Any] | None = None,
     store_path: str | os.PathLike = ".modeldebug/runs.db",
     json_out: str | os.PathLike | None = None,
     html_out: str | os.PathLike | None = None,
     issue: str | None = None,
     show_status: bool = True,
     lm=None,
+    prepare: Sequence[str] = (),
 ) -> RunResult:
     """Run ``command`` watched and diagnose it; ``lm`` (LMSettings or a dspy LM) adds the LM's explanation.
 
+    ``config`` is a DebuggingConfig or a mapping of its fields; a mapping is validated by the
+    watched process (as DebuggingConfig, when it starts watching), so the command line starts the
+    script without importing pydantic. ``prepare`` names modules the caller uses on the result
+    (the CLI's report printer): they are imported while the script runs.
+
     An LM failure never changes the result: its notice is kept in ``report.metrics["llm"]``.
     """
-    config = config or DebuggingConfig()
+    if config is None:
+        settings: dict[str, Any] = {}
+    elif isinstance(config, Mapping):
+        settings = dict(config)
+    else:
+        settings = config.model_dump()
     command = resolve_command(command)
     if html_out:
         from modeldebug.report.html import require_extra
 
         require_extra()  # before the run: a missing extra should not cost the user a training run
+    from modeldebug.store import RunStore
+
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     store = RunStore(store_path)
-    store.create_run(RunInfo(id=run_id, command=list(command), status="running"), config)
+    store.create_run({"id": run_id, "command": list(command), "status": "running"}, settings)
     store.close()
 
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BOOT_DIR), env.get("PYTHONPATH")) if p)
     env[ENV_RUN] = json.dumps(
-        {"run_id": run_id, "store": str(Path(store_path).resolve()), "config": config.model_dump(), "command": command}
+        {"run_id": run_id, "store": str(Path(store_path).resolve()), "config": settings, "command": command}
     )
     env["MODELDEBUG_PYTHON"] = sys.executable
 
@@ -98,6 +134,9 @@ def run_script(
         proc, master = live.spawn(command, env)
     else:
         proc = subprocess.Popen(command, env=env)
+    warm_up = threading.Thread(target=_import_quietly, args=(DIAGNOSIS_MODULES + tuple(prepare),),
+                               name="modeldebug-prepare", daemon=True)
+    warm_up.start()
 
     def forward_interrupt(signum, frame):
         # A terminal's Ctrl-C reaches the child too; a SIGINT sent to us alone is passed on.
@@ -113,10 +152,13 @@ def run_script(
         code = proc.wait()
     finally:
         signal.signal(signal.SIGINT, previous)
+    # The main thread imports nothing while the warm-up thread may be importing: two threads
+    # importing the same modules in different orders can deadlock on the import locks.
+    warm_up.join()
 
     store = RunStore(store_path)
     try:
-        info = next((r for r in store.list_runs(limit=1000) if r.id == run_id), None)
+        info = next((r for r in store.list_runs(limit=1000, prefix=run_id) if r.id == run_id), None)
         status = info.status if info else "running"
         if code != 0 and status in ("running", "completed"):
             status = "interrupted" if interrupted or code in (-signal.SIGINT, 130) else "crashed"
@@ -148,9 +190,20 @@ def run_script(
     return RunResult(report=report, exit_code=code, written=written)
 
 
+def _import_quietly(names: Sequence[str]) -> None:
+    import importlib
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # a missing optional module: the import where it is used says so
+            pass
+
+
 def _analyze(store: RunStore, run_id: str) -> Report:
     """Diagnose rank 0's run; for a torchrun job, with every rank's outcome (which rank failed
     first, ranks left waiting) recorded first and the NaN finding naming its rank."""
+    from modeldebug.analysis import analyze
     from modeldebug.collect.distributed import summarize_ranks
     from modeldebug.collect.records import EventRecord
 

@@ -100,7 +100,7 @@ def prepare_rank_run(settings: dict[str, Any], rank: int) -> str:
     if rank == 0:
         return run_id
     with RunStore(settings["store"]) as store:
-        main = next((r for r in store.list_runs(limit=200) if r.id == base), None)
+        main = next((r for r in store.list_runs(limit=200, prefix=base) if r.id == base), None)
         started = (main.started_at if main and main.started_at else time.time()) - 1e-3 * rank
         config = DebuggingConfig.model_validate(settings.get("config") or {})
         store.create_run(RunInfo(id=run_id, command=list(settings.get("command") or []), status="running",
@@ -379,7 +379,8 @@ def summarize_ranks(store, run_id: str) -> list[dict[str, Any]]:
     Ranks whose run is still "running" were killed before they could write (SIGKILL, or a node
     lost): they are marked crashed here. Empty for a run that was not distributed.
     """
-    runs = {r.id: r for r in store.list_runs(limit=1000) if r.id == run_id or r.id.startswith(run_id + ".rank")}
+    runs = {r.id: r for r in store.list_runs(limit=1000, prefix=run_id)
+            if r.id == run_id or r.id.startswith(run_id + ".rank")}
     if len(runs) < 2:
         return []
     out = []
