@@ -134,6 +134,20 @@ def test_flat_loss_with_tiny_updates_blames_low_lr():
     assert "ln(10)" in f.message  # stuck at chance level of the 10-way Linear head
 
 
+@pytest.mark.parametrize("ratio, fires", [(1e-7, True), (1e-3, False)], ids=["still-weights", "moving-weights"])
+def test_a_noisy_small_drop_with_still_weights_is_not_learning(ratio, fires):
+    """A flat loss with minibatch noise that happens to end 2% lower: not learning when no weight moves."""
+    cols = healthy_columns()
+    rng = np.random.default_rng(1)
+    n = len(cols["steps"]["loss"])
+    cols["steps"]["loss"] = 1.1 * (1 - 0.02 * np.arange(n) / n) * (1 + 0.03 * rng.standard_normal(n))
+    cols["param_stats"]["update_ratio"][:] = ratio
+    found = LossNotDecreasing().check(build(cols))
+    assert bool(found) == fires
+    if fires:
+        assert "no more than its minibatch noise" in found[0].message and found[0].causes[0] == "learning_rate_too_low"
+
+
 @pytest.mark.parametrize(
     "plant, first_cause",
     [(lambda c: c["steps"]["optimizer_stepped"].fill(False), "missing_optimizer_step"),

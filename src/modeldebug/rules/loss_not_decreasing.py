@@ -39,8 +39,13 @@ class LossNotDecreasing(Rule):
     config.alert_thresholds.loss / accuracy.
     Fires: after ``min_steps`` finite losses, when the loss fell less than ``min_drop`` = 1% over
     the run (SageMaker's LossNotDecreasing asks 0.1% per 10 steps; per-step minibatch noise makes
-    whole-run medians the robust form), or rose more than 10% (diverging). Also when the loss ends
-    above ``alert_thresholds.loss`` or the last accuracy is below ``alert_thresholds.accuracy``.
+    whole-run medians the robust form), or rose more than 10% (diverging). Also when no parameter
+    moves (the largest per-parameter median update ratio below ``min_update_ratio``, DeepDiagnosis'
+    lower bound) and the loss fell by less than ``noise_z`` = 3 standard errors of the difference of
+    the two window medians (from the windows' own spread): with weights that still, a drop of a few
+    percent is the minibatches' noise, not learning (a flat loss at lr 1e-7 "fell" 1-2% by chance in
+    1 of 5 100-step runs). Also when the loss ends above ``alert_thresholds.loss`` or the last
+    accuracy is below ``alert_thresholds.accuracy``.
     Severity: high (medium for runs shorter than ``short_run`` steps).
     Causes, from the evidence: optimizer.step() never called -> missing_optimizer_step; stale
     gradients -> missing_zero_grad; no gradient at all -> detached_graph; Softmax as last layer
@@ -62,6 +67,7 @@ class LossNotDecreasing(Rule):
     grace_steps: int = GRACE_STEPS
     min_update_ratio: float = 1e-5
     max_update_ratio: float = 0.1
+    noise_z: float = 3.0
 
     def check(self, ev: Evidence) -> list[Finding]:
         findings = []
@@ -69,16 +75,32 @@ class LossNotDecreasing(Rule):
         steps = col(ev.steps, "step")
         if trend is not None and abs(trend.start) > 1e-6:
             rising = trend.end > trend.start + 0.1 * abs(trend.start)
-            if rising or trend.end > trend.start - self.min_drop * abs(trend.start):
+            if (rising or trend.end > trend.start - self.min_drop * abs(trend.start)
+                    or self._drop_is_noise_of_still_weights(ev, trend)):
                 findings.append(self._stalled(ev, trend, rising, steps))
         findings += self._alerts(ev, steps)
         return findings
+
+    def _drop_is_noise_of_still_weights(self, ev: Evidence, trend) -> bool:
+        ur_max, _ = self._update_ratios(ev)
+        if ur_max is None or not ur_max < self.min_update_ratio:
+            return False
+        steps, loss = col(ev.steps, "step"), col(ev.steps, "loss")
+        keep = grace_mask(steps, self.grace_steps) if len(steps) > 2 * self.grace_steps + self.min_steps \
+            else np.ones(len(steps), bool)
+        finite = loss[keep & np.isfinite(loss)]
+        k = int(np.clip(len(finite) // 10, 3, 50))  # the windows loss_trend takes its medians over
+        spread = [1.4826 * float(np.median(np.abs(w - np.median(w)))) for w in (finite[:k], finite[-k:])]
+        se_diff = 1.2533 * float(np.mean(spread)) * np.sqrt(2.0 / k)  # standard error of a median, two windows
+        return trend.start - trend.end < self.noise_z * se_diff
 
     def _stalled(self, ev: Evidence, trend, rising: bool, steps: np.ndarray) -> Finding:
         causes, why = self._causes(ev, rising)
         first = int(steps[grace_mask(steps, self.grace_steps)][0]) if len(steps) > self.grace_steps else int(steps[0])
         chance = self._chance_note(ev, trend)
-        msg = (f"The training loss {'rose' if rising else 'did not decrease'}: {g(trend.start)} at the start -> "
+        noise = not rising and trend.end <= trend.start - self.min_drop * abs(trend.start)  # the still-weights case
+        verb = "rose" if rising else "fell no more than its minibatch noise" if noise else "did not decrease"
+        msg = (f"The training loss {verb}: {g(trend.start)} at the start -> "
                f"{g(trend.end)} at the end over {trend.n} steps ({g(100 * trend.rel_change)}%).{chance}")
         if why:
             msg += f" {why}"
