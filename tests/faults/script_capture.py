@@ -87,7 +87,8 @@ def capture(path: str | Path, *, stop_at_backward: int = 2, seed: int = 0) -> Ca
 
     handles = []
     threads = torch.get_num_threads()
-    with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(io.StringIO()):
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda), contextlib.redirect_stdout(io.StringIO()):
         torch.manual_seed(seed)
         try:
             handles.append(register_module_forward_pre_hook(pre))
