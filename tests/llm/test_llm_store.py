@@ -118,7 +118,7 @@ def test_reanalyze_keeps_what_the_lm_said(stored_run, fake_openai, chat, tmp_pat
     assert llm["summary"] == SUMMARY and llm["explanations"] == {"F1": EXPLANATION} and "unmatched" not in llm
 
 
-def test_run_lm_stores_the_analysis_beside_the_rules_report(tmp_path, fake_openai, chat):
+def frozen_script(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(
         "import torch\nfrom torch import nn\ntorch.manual_seed(0)\n"
@@ -129,6 +129,11 @@ def test_run_lm_stores_the_analysis_beside_the_rules_report(tmp_path, fake_opena
         "for i in range(40):\n"
         "    opt.zero_grad(); nn.functional.cross_entropy(model(x[i % 16 * 16:][:16]), y[i % 16 * 16:][:16]).backward()\n"
         "    opt.step()\n")
+    return script
+
+
+def test_run_lm_stores_the_analysis_beside_the_rules_report(tmp_path, fake_openai, chat):
+    script = frozen_script(tmp_path)
     store = tmp_path / "runs.db"
     fake_openai.replies.append(chat(**answer(1)))
     res = invoke("run", "--store", store, "--lm", "openai/test-model", "--lm-api-base", fake_openai.api_base,
@@ -186,3 +191,19 @@ def test_the_agent_on_a_stored_run_shows_the_stored_analysis(stored_run, fake_op
     assert r.summary == SUMMARY and r.report.metrics["llm"]["stored"]
     assert any(rec.source == "llm" for rec in r.recommendations)
     assert {f.kind for f in report.findings} <= {f.kind for f in r.issues if f.source == "rules"}
+
+
+def test_run_lm_that_answers_garbage_keeps_the_exit_code_and_the_rules_report(tmp_path, fake_openai, sentinels):
+    script = frozen_script(tmp_path)
+    store = tmp_path / "runs.db"
+    fake_openai.replies.append(sentinels["GARBAGE"])
+    res = invoke("run", "--store", store, "--lm", "openai/test-model", "--lm-api-base", fake_openai.api_base,
+                 "--", sys.executable, script)
+    assert res.exit_code == 0, res.output
+    notes = [l for l in res.stderr.splitlines() if l.startswith("note:")]
+    assert len(notes) == 1 and "rule engine" in notes[0]
+    with RunStore(store) as s:
+        run_id = s.resolve("latest")
+        assert [r["status"] for r in s.llm_analyses(run_id)] == ["fallback"]
+        shown = s.load_report(run_id)
+    assert "unchanged_weights" in [f.kind for f in shown.findings] and "llm" not in shown.metrics
