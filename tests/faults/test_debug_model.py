@@ -11,7 +11,7 @@ optimizer, loss module and data are picked out of its globals by type and handed
   are checked instead through ``debug_model(run=...)`` on a run recorded by ``modeldebug run``.
 - A fault that shows only in the loss over the script's whole run, and that a probe from the
   current weights meets on some random trajectories only, is listed in TRAJECTORY with what was measured.
-- The memory_pressure scripts need CUDA (skipped without it; DEVICE says why their findings are not asserted).
+- The memory_pressure scripts need CUDA (skipped without it; DEVICE says why one is not asserted).
 - A healthy script gives no finding of severity medium or high.
 - For every script the user's model and optimizer state (and the gradients) are bit-for-bit what
   they were before debug_model, and so is the torch random stream.
@@ -64,12 +64,14 @@ TRAJECTORY = {
         "its loss swings 1.6-2.6x its median against the rule's 2.5x: a probe met that in 0 of 4 trajectories "
         "at 60 steps, 1 of 4 at 200 (the script's own run, seed 0, does)",
 }
-# Need CUDA (skipped without it); on a GPU only the user's state is checked, the findings are not asserted.
+# The memory_pressure scripts need CUDA (skipped without it). memory_pressure__dataset_cached_on_gpu is
+# asserted: its cache still fills the device while the probe runs in the same process (found, medium, on
+# an H100). This one is not:
 DEVICE = {
-    "memory_pressure__dataset_cached_on_gpu":
-        "what fills the device is the script's own cache tensor, not the model, optimizer or batches handed over",
     "memory_pressure__max_batch_probe_transformer":
-        "the pressure comes from the loop doubling the batch until it runs out of memory, after the capture point",
+        "the pressure comes from the loop doubling the batch until it runs out of memory, after the capture "
+        "point, and the model and its head are two top-level modules the loop joins (the probe gets the "
+        "model alone and reports the shape error)",
 }
 STORED = ["gradient_accumulation__mlp_no_zero_grad", "unchanged_weights__missing_optimizer_step"]
 
@@ -140,7 +142,7 @@ def test_the_lists_name_real_broken_scripts():
     assert set(LOOP) <= names and set(TRAJECTORY) <= names and set(DEVICE) <= names and set(STORED) <= set(LOOP)
     assert not set(LOOP) & set(TRAJECTORY)
     assert all(not n.startswith("healthy") for n in [*LOOP, *TRAJECTORY, *DEVICE])
-    assert {n for n in names if "requires: cuda" in (HERE / f"{n}.py").read_text()} == set(DEVICE)
+    assert set(DEVICE) <= {n for n in names if "requires: cuda" in (HERE / f"{n}.py").read_text()}
 
 
 @pytest.mark.parametrize("name", STORED)
