@@ -15,6 +15,10 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/gpu.txt"
 "$py" -m pytest -q -p no:cacheprovider -s tests/collect/test_cuda.py 2>&1 | tee "$out/test_cuda.txt"
 "$py" benchmarks/detection.py --jobs 1 --only memory_pressure 2>&1 | tee "$out/detection.txt"
+for script in tests/faults/memory_pressure__*.py; do  # the reports themselves, for a closer look
+    "$py" -m modeldebug run --store "$out/runs.db" -- "$py" "$script" >>"$out/memory_pressure_reports.txt" 2>&1
+done
+rm -f "$out"/runs.db*
 configs=plain,md-default,md-every,tb-hist,anomaly
 "$py" benchmarks/overhead.py --device cuda --parts steps --only $configs --rounds 10 \
     --json "$out/overhead-cuda-small.json" 2>&1 | tee "$out/overhead-cuda-small.txt"

@@ -36,7 +36,7 @@ from modeldebug.collect import patches
 from modeldebug.collect.memory import RssReader, cuda_memory, cuda_total_memory
 from modeldebug.collect.records import EventRecord, LayerRecord, ParamRecord, StepRecord, ValidationRecord
 from modeldebug.collect.schedule import Adaptive, Every
-from modeldebug.collect.stats import SATURATING, Reduced, first_float_tensor, reduce, summarize_many, to_host
+from modeldebug.collect.stats import SATURATING, Reduced, Transfer, first_float_tensor, reduce, summarize_many
 from modeldebug.config import DebuggingConfig
 from modeldebug.evidence import LayerInfo, OptimizerInfo, ParamInfo
 from modeldebug.types import (
@@ -110,7 +110,7 @@ class _Step:
     loss_count: int = 0
     grad_norm: torch.Tensor | None = None
     stale_grad_norm: torch.Tensor | None = None
-    input_flag: torch.Tensor | None = None
+    input_finite: torch.Tensor | None = None  # CUDA: the batch is all finite (0-d bool)
     input_vec: Reduced | None = None  # the batch, on sampled steps
     input_ref: torch.Tensor | None = None  # CPU batch, checked only if the loss turns non-finite
     replay: tuple | None = None  # (root, args, kwargs, rng state): to find a NaN's origin (CPU)
@@ -200,6 +200,8 @@ class Debugger:
         self._device: torch.device | None = None
         self._resolve_every = 1
         self._unresolved: list[tuple[StepRecord, torch.Tensor | list[float], _Step]] = []
+        self._inflight: deque[tuple[Transfer, list, _Step | None, bool]] = deque()  # sent, not yet arrived
+        self._nan: torch.Tensor | None = None  # CUDA: stands for a step's missing scalars
         self._recent = deque(maxlen=256)  # StepRecords for metrics (bounded)
         self._latest_layers: dict[str, LayerRecord] = {}
         self._last_norms: dict[str, float] = {}
@@ -293,6 +295,14 @@ class Debugger:
     def _set_device(self, device: torch.device) -> None:
         self._device = device
         self._resolve_every = 16 if device.type == "cuda" else 1
+        if self._started:  # a model found after start (zero-code runs find it at the first backward)
+            self._device_event()
+
+    def _device_event(self) -> None:
+        """The device's name and total memory, once: memory_pressure measures against it."""
+        if self._device is not None and self._device.type == "cuda":
+            self._event("device", {"type": "cuda", "name": torch.cuda.get_device_name(self._device),
+                                   "total_memory": cuda_total_memory(self._device)})
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> "Debugger":
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -319,9 +329,7 @@ class Debugger:
             )
         try:
             self._install_hooks()
-            if self._device is not None and self._device.type == "cuda":
-                self._event("device", {"type": "cuda", "name": torch.cuda.get_device_name(self._device),
-                                       "total_memory": cuda_total_memory(self._device)})
+            self._device_event()
         except BaseException:
             self._remove_hooks()
             raise
@@ -515,31 +523,45 @@ class Debugger:
             self._memory(rec)
         self.step_count += 1
         loss = st.loss_sum / st.loss_count if st.loss_count else None
-        parts = (loss, st.grad_norm, st.stale_grad_norm, st.input_flag)
+        parts = (loss, st.grad_norm, st.stale_grad_norm, st.input_finite)
         if self._resolve_every == 1:
             # CPU: reading a scalar costs no sync, and four reads are cheaper than building a tensor.
             scalars = [math.nan if x is None else float(x) for x in parts]
         else:  # CUDA: stacked on the device, copied to the host in batches of steps
-            nan = torch.full((), math.nan, device=self._device)
-            scalars = torch.stack([(nan if x is None else x.to(nan.device).float()) for x in parts])
+            nan = self._nan
+            if nan is None or nan.device != self._device:
+                nan = self._nan = torch.full((), math.nan, device=self._device)
+            scalars = torch.stack([(nan if x is None else x.to(nan.device, torch.float32)) for x in parts])
         self._unresolved.append((rec, scalars, st))
         st.monitor_s += _now() - t
         self._monitor_s += st.monitor_s
         if st.sampled or len(self._unresolved) >= self._resolve_every:
             self._resolve()
+        elif self._inflight:
+            self._collect()
         if self._entry_missing and not self._root_seen and not self._stopped:
             self._prepare_next()
         if self._dist is not None and not self._stopped:
             self._dist.on_step(rec)  # every N steps: the cross-rank gather (all ranks close the same steps)
 
     def _resolve(self, all_pending: bool = False) -> None:
-        """Copy pending step scalars (and a sampled step's layer and parameter stats) to the host.
+        """Send pending step scalars (and a sampled step's statistics) to the host, and write the
+        records of every transfer that has arrived; with ``all_pending``, wait for all of them."""
+        if self._unresolved:
+            self._launch()
+        self._collect(wait=all_pending)
 
-        One transfer for all of them: on CUDA the only synchronisation, once per sampled step or
-        per batch of unsampled steps. (A sampled step always closes a batch: it resolves at once.)
-        """
-        if not self._unresolved:
-            return
+    def _collect(self, wait: bool = False) -> None:
+        """Write the records of the transfers that have arrived (all of them with ``wait``)."""
+        t = _now()
+        while self._inflight and (wait or self._inflight[0][0].ready()):
+            self._arrive(*self._inflight.popleft())
+        self._monitor_s += _now() - t
+
+    def _launch(self) -> None:
+        """One transfer for the pending steps: on CUDA, once per sampled step or per batch of
+        unsampled steps, and never waited for (see ``Transfer``). A sampled step always closes
+        a batch: it is sent at once."""
         t = _now()
         pending, self._unresolved = self._unresolved, []
         on_device = not isinstance(pending[0][1], list)
@@ -547,14 +569,19 @@ class Debugger:
         items, extra = self._sampled_parts(sampled) if sampled is not None else ([], [])
         if on_device:
             extra.insert(0, torch.stack([scalars for _, scalars, _ in pending]).reshape(-1))
-        host, extra_host = to_host(items, extra)
+        self._inflight.append((Transfer(items, extra), pending, sampled, on_device))
+        self._monitor_s += _now() - t
+
+    def _arrive(self, transfer: Transfer, pending: list, sampled: _Step | None, on_device: bool) -> None:
+        t = _now()
+        host, extra_host = transfer.result()
         copy_s = _now() - t
         values = extra_host.pop(0).reshape(-1, 4).tolist() if on_device else [sc for _, sc, _ in pending]
-        for (rec, _, st), (loss, grad_norm, stale, flag) in zip(pending, values):
+        for (rec, _, st), (loss, grad_norm, stale, finite) in zip(pending, values):
             rec.loss, rec.grad_norm, rec.stale_grad_norm = loss, grad_norm, stale
             rec.loss_nonfinite = st.loss_count > 0 and not math.isfinite(rec.loss)
             rec.grad_nonfinite = st.grad_norm is not None and not math.isfinite(rec.grad_norm)
-            rec.input_nonfinite = flag == 1.0
+            rec.input_nonfinite = finite == 0.0  # (NaN where not checked)
             if (rec.loss_nonfinite or rec.grad_nonfinite) and st.input_ref is not None:
                 rec.input_nonfinite = not bool(torch.isfinite(st.input_ref).all())
             st.input_ref = None
@@ -571,7 +598,6 @@ class Debugger:
             self._recent.append(rec)
             # The schedule sees everything a step cost the monitor, its host-side summaries included.
             self.schedule.observe(rec.step, rec.step_s, st.sampled, st.monitor_s + _now() - written)
-        self._monitor_s += _now() - t
 
     def _lr(self) -> float:
         opt = self._primary or (self._optimizers[0] if self._optimizers else None)
@@ -632,7 +658,7 @@ class Debugger:
         elif x.is_cuda:
             # On CUDA the whole-batch check is cheap next to the step; on CPU it waits for a bad
             # loss (the batch is held, not copied, until the step closes).
-            st.input_flag = (~torch.isfinite(x).all()).float()
+            st.input_finite = torch.isfinite(x).all()
         else:
             st.input_ref = x
 
@@ -769,7 +795,7 @@ class Debugger:
                 st.loss_count += p.loss_count
         # The first held iteration's sampled statistics stand for the merged step.
         st.sampled = st.sampled or first.sampled
-        for attr in ("layer_vecs", "grad_vecs", "input_vec", "stale_grad_norm", "input_flag", "param_pre", "replay",
+        for attr in ("layer_vecs", "grad_vecs", "input_vec", "stale_grad_norm", "input_finite", "param_pre", "replay",
                      "class_counts"):
             mine = getattr(st, attr)
             if (mine is None or (isinstance(mine, dict) and not mine)) and getattr(first, attr) is not None:

@@ -2,8 +2,9 @@
 
 On the device (no ``.item()``, no host sync) a tensor is reduced to a few small tensors: its sum,
 sum of squares, min and max, each unit's maximum over the batch (live units), and a strided
-subsample of at most ``SAMPLE`` values. They are not packed per tensor: ``to_host`` packs all the
-tensors of a step with one stack and one cat and copies them to the host at once, where
+subsample of at most ``SAMPLE`` values. They are not packed per tensor: a ``Transfer`` packs all
+the tensors of a step with one stack and one cat and copies them to the host at once (on CUDA
+without waiting for the device), where
 ``summarize_many`` turns them into statistics together. A sampled step's cost is mostly the ops
 dispatched (a few microseconds each, whatever the tensor's size), so the device does only what
 needs every value (moments, extremes, live units) and the host does what a subsample answers as
@@ -79,45 +80,74 @@ def reduce(t: torch.Tensor, units: bool = False) -> Reduced:
     return Reduced(flat.numel(), (flat.sum(), torch.dot(flat, flat), lo, hi), unit_max, flat[::stride])
 
 
-def to_host(items: list[Reduced], extra: list[torch.Tensor] = ()) -> tuple[list[HostReduced], list[np.ndarray]]:
-    """Copy reduced tensors (and ``extra`` 1-d float tensors) to the host in one transfer.
+class Transfer:
+    """Reduced tensors (and ``extra`` 1-d tensors) on their way to the host, all in one copy.
 
-    One ``stack`` of every head scalar and one ``cat`` of everything else, then a single copy:
-    on CUDA, the step's only synchronisation.
+    One ``stack`` of every head scalar and one ``cat`` of everything else, then a single copy.
+    On CUDA the copy goes into pinned memory without blocking and an event marks its end: the
+    monitor polls ``ready()`` at later steps and never waits for the device while training runs
+    (``result()`` waits only if asked before the copy is done, at the end of a run).
     """
-    if not items and not extra:
-        return [], []
-    first = items[0].sample if items else extra[0]
-    dev = first.device
 
-    def here(t: torch.Tensor) -> torch.Tensor:  # model parallel: parts on several devices
-        return t if t.device == dev else t.to(dev)
+    def __init__(self, items: list[Reduced], extra: list[torch.Tensor] = ()):
+        self._items = items
+        self._extra_sizes = [e.numel() for e in extra]
+        self._event = None
+        if not items and not extra:
+            self._buf = None
+            return
+        dev = (items[0].sample if items else extra[0]).device
 
-    parts: list[torch.Tensor] = []
-    if items:
-        parts.append(torch.stack([here(h) for r in items for h in r.head]))
-    for r in items:
-        if r.unit_max is not None:
-            parts.append(here(r.unit_max))
-        parts.append(here(r.sample))
-    parts += [here(e.reshape(-1).float()) for e in extra]
-    flat = (torch.cat(parts) if len(parts) > 1 else parts[0]).cpu().numpy().astype(np.float64)
-    pos = 4 * len(items)
-    heads = flat[:pos].reshape(len(items), 4)
-    out = []
-    for i, r in enumerate(items):
-        unit_max = None
-        if r.unit_max is not None:
-            unit_max = flat[pos : pos + r.unit_max.numel()]
-            pos += r.unit_max.numel()
-        sample = flat[pos : pos + r.sample.numel()]
-        pos += r.sample.numel()
-        out.append(HostReduced(r.numel, heads[i], unit_max, sample))
-    rest = []
-    for e in extra:
-        rest.append(flat[pos : pos + e.numel()])
-        pos += e.numel()
-    return out, rest
+        def here(t: torch.Tensor) -> torch.Tensor:  # model parallel: parts on several devices
+            return t if t.device == dev else t.to(dev)
+
+        parts: list[torch.Tensor] = []
+        if items:
+            parts.append(torch.stack([here(h) for r in items for h in r.head]))
+        for r in items:
+            if r.unit_max is not None:
+                parts.append(here(r.unit_max))
+            parts.append(here(r.sample))
+        parts += [here(e.reshape(-1).float()) for e in extra]
+        flat = torch.cat(parts) if len(parts) > 1 else parts[0]
+        if flat.is_cuda:
+            self._buf = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+            self._buf.copy_(flat, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._buf = flat
+
+    def ready(self) -> bool:
+        return self._event is None or self._event.query()
+
+    def result(self) -> tuple[list[HostReduced], list[np.ndarray]]:
+        if self._buf is None:
+            return [], []
+        if self._event is not None:
+            self._event.synchronize()
+        flat = self._buf.numpy().astype(np.float64)
+        pos = 4 * len(self._items)
+        heads = flat[:pos].reshape(len(self._items), 4)
+        out = []
+        for i, r in enumerate(self._items):
+            unit_max = None
+            if r.unit_max is not None:
+                unit_max = flat[pos : pos + r.unit_max.numel()]
+                pos += r.unit_max.numel()
+            sample = flat[pos : pos + r.sample.numel()]
+            pos += r.sample.numel()
+            out.append(HostReduced(r.numel, heads[i], unit_max, sample))
+        rest = []
+        for n in self._extra_sizes:
+            rest.append(flat[pos : pos + n])
+            pos += n
+        return out, rest
+
+
+def to_host(items: list[Reduced], extra: list[torch.Tensor] = ()) -> tuple[list[HostReduced], list[np.ndarray]]:
+    """Copy reduced tensors (and ``extra`` 1-d tensors) to the host now (see ``Transfer``)."""
+    return Transfer(items, extra).result()
 
 
 def summarize(
