@@ -19,6 +19,7 @@ for script in tests/faults/memory_pressure__*.py; do  # the reports themselves, 
     "$py" -m modeldebug run --store "$out/runs.db" -- "$py" "$script" >>"$out/memory_pressure_reports.txt" 2>&1
 done
 rm -f "$out"/runs.db*
+"$py" benchmarks/overhead.py --device cuda --profile mlp --profile-steps 200 2>&1 | tee "$out/profile-cuda-mlp.txt"
 configs=plain,md-default,md-every,tb-hist,anomaly
 "$py" benchmarks/overhead.py --device cuda --parts steps --only $configs --rounds 10 \
     --json "$out/overhead-cuda-small.json" 2>&1 | tee "$out/overhead-cuda-small.txt"

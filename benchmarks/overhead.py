@@ -742,7 +742,7 @@ def print_goals(rows) -> None:
 # ---------------------------------------------------------------------------------------- profile
 
 
-def profile(model_name: str, steps: int, tmp: Path, top: int = 25) -> None:
+def profile(model_name: str, steps: int, tmp: Path, top: int = 25, device: str = "cpu") -> None:
     """cProfile of modeldebug's default and every-step configs on one model, monitor functions first."""
     src = str(Path(md.__file__).parent)
     # The wrappers of the user's own calls (backward, zero_grad, loss functions): their cumtime is
@@ -752,6 +752,7 @@ def profile(model_name: str, steps: int, tmp: Path, top: int = 25) -> None:
     for name in ("md-unsampled", "md-default", "md-every"):
         torch.manual_seed(0)
         base, x, y = MODELS[model_name]()
+        base, x, y = base.to(device), x.to(device), y.to(device)
         if name == "md-unsampled":  # the always-on path alone: only step 0 is sampled
             case = make_case("md-default", base, x, y, tmp, model_name + "-prof0")
             case.dbg.stop()
@@ -850,7 +851,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="md-bench-") as tmpname:
         tmp = Path(tmpname)
         if args.profile:
-            profile(args.profile, args.profile_steps, tmp)
+            profile(args.profile, args.profile_steps, tmp, device=args.device)
             return 0
         results: list[dict] = []
         e2e = long = None
