@@ -39,6 +39,7 @@ BOOT_DIR = Path(__file__).parent / "collect" / "boot"
 # import at the point of use to report).
 DIAGNOSIS_MODULES = (
     "numpy",
+    "numpy.ma",  # np.median imports it on first use
     "modeldebug.types",
     "modeldebug.config",
     "modeldebug.evidence",

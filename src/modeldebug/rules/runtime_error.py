@@ -59,8 +59,6 @@ class RuntimeErrorRule(Rule):
                 if f.step is None and stored.get("step") is not None:
                     f = f.model_copy(update={"step": int(stored["step"])})
                 return [f]
-        from modeldebug.diagnose import diagnose_text
-
         text = None
         tb = _last(events, "traceback")
         if tb is not None:
@@ -71,6 +69,8 @@ class RuntimeErrorRule(Rule):
             text = f"{data.get('type') or 'Error'}: {data.get('message') or ''}"
         if not text:
             return []
+        from modeldebug.diagnose import diagnose_text  # ~1200 lines and their regexes: only for a run that failed
+
         f = diagnose_text(text)
         step = (exc or tb or {}).get("step")
         if step is not None:
