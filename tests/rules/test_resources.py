@@ -148,3 +148,19 @@ def test_memory_usage_alert_as_fraction_and_bytes():
     assert "host memory" in f.message
     cfg = DebuggingConfig(alert_thresholds=AlertThresholds(memory_usage=600e6))
     assert MemoryPressure().check(build(healthy_columns(), config=cfg)) == []
+
+
+def test_memory_pressure_counts_the_peak_of_a_step_that_ran_out_of_memory():
+    """The out-of-memory step never closed: only the allocator's peak read at stop holds it."""
+    stop = {"step": 300, "type": "memory_at_stop", "data": {"cuda_allocated": 60 * GiB, "cuda_reserved": 70 * GiB,
+                                                            "cuda_peak": 79.5 * GiB}}
+    assert MemoryPressure().check(_gpu(60)) == []  # the closed steps peak at 75%
+    cols = healthy_columns()
+    cols["steps"]["cuda_reserved"] = np.linspace(30, 60, 300) * GiB
+    events = [{"step": None, "type": "device", "data": {"total_memory": 80 * GiB}}, stop]
+    (f,) = MemoryPressure().check(build(cols, events=events))
+    assert f.severity == "high" and f.step == 299 and f.evidence["peak_bytes"] == 79.5 * GiB
+    # a run that stopped well below the limit stays quiet
+    quiet = {**stop, "data": {"cuda_allocated": GiB, "cuda_reserved": 2 * GiB, "cuda_peak": 50 * GiB}}
+    events = [events[0], quiet]
+    assert MemoryPressure().check(build(cols, events=events)) == []

@@ -106,6 +106,8 @@ class _Step:
     fwd_start: float | None = None
     opt_start: float | None = None
     monitor_s: float = 0.0
+    end_event: Any = None  # CUDA: recorded as the step closes
+    after_pause: bool = False  # the device time since the last step's end includes a pause
     loss_sum: torch.Tensor | None = None
     loss_count: int = 0
     grad_norm: torch.Tensor | None = None
@@ -202,6 +204,9 @@ class Debugger:
         self._unresolved: list[tuple[StepRecord, torch.Tensor | list[float], _Step]] = []
         self._inflight: deque[tuple[Transfer, list, _Step | None, bool]] = deque()  # sent, not yet arrived
         self._nan: torch.Tensor | None = None  # CUDA: stands for a step's missing scalars
+        self._last_end_event: Any = None  # CUDA: the previous step's end on the device
+        self._resumed = False
+        self._device_plain: deque[float] = deque(maxlen=50)  # CUDA: device seconds of unsampled steps
         self._recent = deque(maxlen=256)  # StepRecords for metrics (bounded)
         self._latest_layers: dict[str, LayerRecord] = {}
         self._last_norms: dict[str, float] = {}
@@ -367,6 +372,7 @@ class Debugger:
             self._paused = False
             self._paused_s += _now() - self._paused_at  # not part of the run's watched time
             self._last_step_end = None  # the pause is not part of the next step's time
+            self._resumed = True
             self._install_hooks()
 
     def _hook_root(self, watched: _Watched) -> None:
@@ -398,6 +404,11 @@ class Debugger:
                 self._flush_pending_backward(as_steps=True)
                 self._resolve(all_pending=True)
                 self._flush_validation()
+                if self._device is not None and self._device.type == "cuda":
+                    # A step that ran out of memory never closes: the allocator's peak tells it.
+                    allocated, reserved, peak = cuda_memory(self._device)
+                    self._event("memory_at_stop", {"cuda_allocated": allocated, "cuda_reserved": reserved,
+                                                   "cuda_peak": peak})
                 if error is not None:
                     self._event("exception", {"type": type(error).__name__, "message": str(error)[:2000]})
                     self._diagnose(error)
@@ -522,12 +533,17 @@ class Debugger:
         if self.config.monitoring_config.memory:
             self._memory(rec)
         self.step_count += 1
-        loss = st.loss_sum / st.loss_count if st.loss_count else None
+        loss = st.loss_sum if st.loss_count == 1 else (st.loss_sum / st.loss_count if st.loss_count else None)
         parts = (loss, st.grad_norm, st.stale_grad_norm, st.input_finite)
         if self._resolve_every == 1:
             # CPU: reading a scalar costs no sync, and four reads are cheaper than building a tensor.
             scalars = [math.nan if x is None else float(x) for x in parts]
         else:  # CUDA: stacked on the device, copied to the host in batches of steps
+            # The step's end on the device's clock: what a sampled step costs the device (its
+            # reductions run there, invisible to host timers) is read from these when they arrive.
+            st.end_event = torch.cuda.Event(enable_timing=True)
+            st.end_event.record()
+            st.after_pause, self._resumed = self._resumed, False
             nan = self._nan
             if nan is None or nan.device != self._device:
                 nan = self._nan = torch.full((), math.nan, device=self._device)
@@ -597,7 +613,28 @@ class Debugger:
             self.store.add(self.run_id, rec)
             self._recent.append(rec)
             # The schedule sees everything a step cost the monitor, its host-side summaries included.
-            self.schedule.observe(rec.step, rec.step_s, st.sampled, st.monitor_s + _now() - written)
+            cost, step_s = st.monitor_s + _now() - written, rec.step_s
+            device = self._device_step_s(st)
+            if device is not None:
+                # On CUDA the host's clocks see launches, not the reductions: a sampled step's
+                # cost is its device time beyond an ordinary step's (also counted as the
+                # monitor's time), and steps last as long as the device says.
+                step_s = max(step_s, device)
+                if st.sampled and self._device_plain:
+                    extra = max(0.0, device - sorted(self._device_plain)[len(self._device_plain) // 2])
+                    cost = max(cost, extra)
+                    self._monitor_s += extra
+                elif not st.sampled:
+                    self._device_plain.append(device)
+            self.schedule.observe(rec.step, step_s, st.sampled, cost)
+
+    def _device_step_s(self, st: _Step) -> float | None:
+        """Seconds between this step's end and the previous step's on the device (both done:
+        the transfer that brought this step's numbers was recorded after them)."""
+        prev, self._last_end_event = self._last_end_event, st.end_event
+        if prev is None or st.end_event is None or st.after_pause:
+            return None
+        return prev.elapsed_time(st.end_event) / 1e3
 
     def _lr(self) -> float:
         opt = self._primary or (self._optimizers[0] if self._optimizers else None)

@@ -29,14 +29,26 @@ def device_memory(ev: Evidence) -> tuple[float | None, float | None]:
     return (float(dev) if dev else None), (float(host) if host else None)
 
 
+def peak_at_stop(ev: Evidence) -> float:
+    """The CUDA allocator's peak (and reserved) bytes read as the run stopped: a step that ran
+    out of memory never closes, so no step record holds it. NaN when not recorded."""
+    peak = np.nan
+    for e in ev.events:
+        data = e.get("data") or {}
+        if e.get("type") == "memory_at_stop" and isinstance(data, dict):
+            peak = np.fmax(peak, np.fmax(float(data.get("cuda_peak") or np.nan), float(data.get("cuda_reserved") or np.nan)))
+    return float(peak)
+
+
 @register
 @dataclass
 class MemoryPressure(Rule):
     """Peak memory near the limit.
 
     Reads: steps.cuda_reserved / cuda_peak / rss_bytes, the ``device`` event's total_memory
-    (and host_total_memory), config.alert_thresholds.memory_usage (bytes, or a fraction of the
-    device's memory when <= 1).
+    (and host_total_memory), the ``memory_at_stop`` event (the allocator's peak when the run
+    ended: an out-of-memory step never closes), config.alert_thresholds.memory_usage (bytes, or
+    a fraction of the device's memory when <= 1).
     Fires: when peak CUDA reserved (or peak allocated) memory reaches ``fraction`` = 90% of the
     device's total: the allocator starts to fragment and retry, and a longer sequence or a
     larger batch will run out (common practice; fault suite); or when the peak crosses the
@@ -49,7 +61,7 @@ class MemoryPressure(Rule):
 
     id = "memory_pressure"
     kind = "memory_pressure"
-    reads = ("steps.cuda_reserved", "steps.cuda_peak", "steps.rss_bytes", "events.device",
+    reads = ("steps.cuda_reserved", "steps.cuda_peak", "steps.rss_bytes", "events.device", "events.memory_at_stop",
              "config.alert_thresholds.memory_usage")
     fraction: float = 0.90
     high_fraction: float = 0.97
@@ -62,8 +74,12 @@ class MemoryPressure(Rule):
         cuda = np.fmax(col(s, "cuda_reserved"), col(s, "cuda_peak"))
         rss = col(s, "rss_bytes")
         dev_total, host_total = device_memory(ev)
-        on_cuda = np.isfinite(cuda).any()
+        at_stop = peak_at_stop(ev)
+        on_cuda = np.isfinite(cuda).any() or np.isfinite(at_stop)
         mem, total, what = (cuda, dev_total, "GPU memory") if on_cuda else (rss, host_total, "host memory (RSS)")
+        if on_cuda and np.isfinite(at_stop) and not (np.nanmax(mem, initial=-np.inf) >= at_stop):
+            # Counted at the last step: the peak came after it (the step that ran out of memory).
+            mem, steps = np.append(mem, at_stop), np.append(steps, steps[-1])
         if not np.isfinite(mem).any():
             return []
         i = int(np.nanargmax(mem))
