@@ -47,13 +47,18 @@ class Adaptive(Every):
         self._last_sampled = -1
 
     def __call__(self, step: int) -> bool:
-        if step < self.warmup:
+        # The decision itself marks the step as sampled: on CUDA a sampled step's costs arrive
+        # steps later (non-blocking copies), and a schedule that waited for them would sample
+        # every step until they did. (Asked again for the same step, it answers the same.)
+        if step == self._last_sampled:
             return True
-        return step - self._last_sampled >= self.n
+        if step < self.warmup or step - self._last_sampled >= self.n:
+            self._last_sampled = step
+            return True
+        return False
 
     def observe(self, step: int, step_s: float, sampled: bool, monitor_s: float) -> None:
         if sampled:
-            self._last_sampled = step
             self._extra.append(monitor_s)
         elif step_s > 0:
             self._plain.append(step_s)
