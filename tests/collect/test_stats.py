@@ -138,3 +138,9 @@ def test_wide_outputs_estimate_dead_units_from_a_subset():
     x[:, ::2] = -1.0  # every other unit dead
     s = summarize(reduce(x, units=True))
     assert s["dead_frac"] == pytest.approx(0.5, abs=0.01)
+
+
+@pytest.mark.parametrize("value", [0.0, 3.0, 1e20, -1e30], ids=["zero", "three", "1e20", "-1e30"])
+def test_histogram_of_a_constant_has_a_range_around_it(value):
+    s = summarize(reduce(torch.full((16, 8), value)), bins=8)
+    assert s["hist_lo"] < value < s["hist_hi"] and s["hist"].sum() == 128

@@ -226,8 +226,10 @@ def summarize_many(
         s_hi = np.where(finite, sample, -np.inf).max(1)
         h_lo, h_hi = np.where(all_finite, lo, s_lo), np.where(all_finite, hi, s_hi)
         with np.errstate(all="ignore"):
-            flat_range = ~(h_hi - h_lo > 1e-6 * np.maximum(np.maximum(np.abs(h_lo), np.abs(h_hi)), 1e-30))
-            h_lo, h_hi = np.where(flat_range, h_lo - 0.5, h_lo), np.where(flat_range, h_hi + 0.5, h_hi)
+            magnitude = np.maximum(np.maximum(np.abs(h_lo), np.abs(h_hi)), 1e-30)
+            flat_range = ~(h_hi - h_lo > 1e-6 * magnitude)
+            pad = np.maximum(0.5, 1e-6 * magnitude)  # +-0.5 vanishes in float64 above ~1e16
+            h_lo, h_hi = np.where(flat_range, h_lo - pad, h_lo), np.where(flat_range, h_hi + pad, h_hi)
             scale = bins / (h_hi - h_lo)
             idx = np.floor((good - h_lo[:, None]) * scale[:, None])
         idx = np.clip(np.nan_to_num(idx, nan=0.0, posinf=bins - 1, neginf=0.0), 0, bins - 1).astype(np.intp)
