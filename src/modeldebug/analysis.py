@@ -94,6 +94,13 @@ def summarize(ev: Evidence) -> dict[str, Any]:
         out["params"] = params
     if ev.class_counts:
         out["class_counts"] = {str(k): int(v) for k, v in sorted(ev.class_counts.items())}
+    stopped = next((e for e in ev.events if e.get("type") == "monitor_error"), None)
+    if stopped is not None:
+        # The collector switched itself off after an error in its own code (the script went on):
+        # the findings cover the steps before it.
+        data = stopped.get("data") or {}
+        out["monitor_stopped"] = {"step": stopped.get("step"), "hook": data.get("hook"),
+                                  "error": f"{data.get('type', 'Error')}: {data.get('message', '')}"}
     return out
 
 

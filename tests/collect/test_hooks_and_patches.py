@@ -154,6 +154,17 @@ def test_a_failure_inside_the_monitor_never_breaks_training(store_path, monkeypa
     errors = [e for e in ev.events if e["type"] == "monitor_error"]
     assert len(errors) == 1 and errors[0]["data"]["message"] == "statistics blew up"
     assert "stopped watching" in caplog.text
+    # and the report says so, with the step (the user should not read silence as health)
+    from rich.console import Console
+
+    from modeldebug.report.terminal import print_report
+
+    report = dbg.report()
+    assert report.metrics["monitor_stopped"] == {"step": 0, "hook": "_root_pre",  # reduces the batch
+                                                 "error": "RuntimeError: statistics blew up"}
+    console = Console(record=True, width=200)
+    print_report(report, console)
+    assert "stopped watching at step 0" in console.export_text()
 
 
 def test_a_crash_in_a_watched_model_is_diagnosed_with_its_module(store_path):

@@ -30,6 +30,11 @@ def print_report(report: Report, console: Console | None = None, *, issue: str |
         head.append("\n$ " + " ".join(run.command), style="dim")
     if issue:
         head.append(f"\nissue: {issue}", style="italic")
+    stopped = (report.metrics or {}).get("monitor_stopped")
+    if stopped:
+        head.append(f"\nmodeldebug stopped watching at step {stopped.get('step')} after an error in its own code "
+                    f"({stopped.get('hook')}: {stopped.get('error')}); the findings cover the steps before.",
+                    style="yellow")
     console.print(head)
 
     findings = report.sorted_findings()
