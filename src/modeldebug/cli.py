@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional
+from typing import List, Optional
 
 import typer
 
-if TYPE_CHECKING:
-    from rich.console import Console
-
-# Commands import what they use inside their bodies: `modeldebug run` starts the script after
-# loading typer and the run store only (rich, pydantic and numpy load while the script runs).
+# `modeldebug run` in its plain form never gets here (modeldebug.cli_run reads it without typer);
+# the commands import what they use inside their bodies.
+from modeldebug.cli_run import Level, Severity
+from modeldebug.cli_run import console as _console
+from modeldebug.cli_run import fail as _fail
+from modeldebug.cli_run import lm_settings as _lm_settings
+from modeldebug.cli_run import print_llm as _print_llm
+from modeldebug.cli_run import run as _run
 
 app = typer.Typer(
     name="modeldebug",
@@ -25,31 +27,9 @@ app = typer.Typer(
 )
 
 
-def _console(stderr: bool = False) -> "Console":
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False)
-
 STORE_HELP = "SQLite run store (one per project directory by default)."
 LM_HELP = "Explain and rank findings with this LM (e.g. openai/gpt-4o-mini; env MODELDEBUG_LM). Needs the llm extra."
 LM_API_BASE_HELP = "OpenAI-compatible server for --lm (env MODELDEBUG_LM_API_BASE)."
-
-
-class Severity(str, Enum):
-    high = "high"
-    medium = "medium"
-    low = "low"
-
-
-class Level(str, Enum):
-    basic = "basic"
-    detailed = "detailed"
-    comprehensive = "comprehensive"
-
-
-def _fail(message: str, code: int = 2) -> None:
-    _console(stderr=True).print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
 
 
 @app.command(
@@ -79,106 +59,6 @@ def run(
         command = command[1:]
     _run(command, json_out=json_out, html_out=html_out, issue=issue, fail_on=fail_on.value if fail_on else None,
          every=every, level=level.value, store=store, lm=lm, lm_api_base=lm_api_base)
-
-
-def _run(
-    command: List[str],
-    *,
-    json_out: Optional[Path],
-    html_out: Optional[Path],
-    issue: Optional[str],
-    fail_on: Optional[str],
-    every: Optional[int],
-    level: str,
-    store: Path,
-    lm: Optional[str],
-    lm_api_base: Optional[str],
-) -> None:
-    """`modeldebug run` once its options are read (by typer, or by :func:`_run_args`)."""
-    from modeldebug.errors import MissingExtraError
-    from modeldebug.runner import run_script
-
-    lm_settings = _lm_settings(lm, lm_api_base)
-    # DebuggingConfig's fields, validated by the watched process: each value has been checked here.
-    config = {"analysis_level": level, "every": every, "store_path": str(store)}
-    try:
-        result = run_script(command, config=config, store_path=store, json_out=json_out, html_out=html_out, issue=issue,
-                            lm=lm_settings, prepare=("rich.console", "modeldebug.report.terminal"))
-    except (ValueError, MissingExtraError) as exc:  # MissingExtraError: --html without the report extra
-        from rich.markup import escape
-
-        _fail(escape(str(exc)))
-    from modeldebug.report.terminal import print_report
-
-    print_report(result.report, _console(stderr=True), issue=issue, written=result.written)
-    _print_llm(result.report, _console(stderr=True))
-    raise typer.Exit(result.cli_exit_code(fail_on))
-
-
-# `modeldebug run [OPTIONS] -- COMMAND...` is read without typer when every option before `--` is
-# one of run's, in a form typer reads the same way: typer converts option values through
-# pydantic, about 0.1 s before the script can start. Anything else (--help, a value typer would
-# refuse, no `--`) goes to typer, which owns the messages. A test checks that this table matches
-# the typer command's options and defaults.
-_RUN_OPTIONS = {
-    "--json": "json_out",
-    "--html": "html_out",
-    "--issue": "issue",
-    "--fail-on": "fail_on",
-    "--every": "every",
-    "--level": "level",
-    "--store": "store",
-    "--lm": "lm",
-    "--lm-api-base": "lm_api_base",
-}
-_RUN_DEFAULTS = {
-    "json_out": None,
-    "html_out": None,
-    "issue": None,
-    "fail_on": None,
-    "every": None,
-    "level": Level.detailed.value,
-    "store": ".modeldebug/runs.db",
-    "lm": None,
-    "lm_api_base": None,
-}
-
-
-def _run_args(argv: List[str]) -> Optional[tuple]:
-    """(command, options) for `_run`, or None when typer should read ``argv``."""
-    if len(argv) < 3 or argv[0] != "run" or "--" not in argv:
-        return None
-    end = argv.index("--")
-    options, command = argv[1:end], argv[end + 1 :]
-    if not command:
-        return None
-    values = dict(_RUN_DEFAULTS)
-    i = 0
-    while i < len(options):
-        flag, eq, value = options[i].partition("=")
-        if flag not in _RUN_OPTIONS:
-            return None
-        if not eq:
-            if i + 1 >= len(options):
-                return None
-            i += 1
-            value = options[i]
-        if value.startswith("-"):
-            return None
-        values[_RUN_OPTIONS[flag]] = value
-        i += 1
-    if values["fail_on"] is not None and values["fail_on"] not in Severity.__members__:
-        return None
-    if values["level"] not in Level.__members__:
-        return None
-    if values["every"] is not None:
-        if not (values["every"].isascii() and values["every"].isdigit() and int(values["every"]) >= 1):
-            return None
-        values["every"] = int(values["every"])
-    for key in ("json_out", "html_out", "store"):
-        if values[key] is not None:
-            values[key] = Path(values[key])
-    return command, values
 
 
 @app.command()
@@ -310,28 +190,6 @@ def explain(
     print_report(rep, _console(), written=written)
 
 
-def _lm_settings(model: Optional[str], api_base: Optional[str]):
-    """LMSettings from the options or the environment; a missing extra or a bad value ends the command."""
-    from modeldebug.errors import MissingExtraError
-    from modeldebug.llm.settings import resolve_settings
-
-    try:
-        return resolve_settings(model, api_base)
-    except (MissingExtraError, ValueError) as exc:
-        from rich.markup import escape
-
-        _fail(escape(str(exc)))
-
-
-def _print_llm(report, console: Console) -> None:
-    """One line when the LM could not be used (what it said, when it could, is in the report printed above)."""
-    from rich.markup import escape
-
-    llm = (report.metrics or {}).get("llm") or {}
-    if llm.get("status") == "fallback":
-        console.print(f"[yellow]note:[/] {escape(llm.get('notice', 'the LM gave no usable answer'))}", soft_wrap=True)
-
-
 def _open_store(path: Path):
     """An existing run store, or a one-line error that says what to do."""
     from modeldebug.errors import DebuggingError
@@ -360,16 +218,9 @@ def _mount_subcommands() -> None:
 
 
 def main() -> None:
-    fast = _run_args(sys.argv[1:])
-    if fast is not None:
-        command, options = fast
-        try:
-            _run(command, **options)
-        except typer.Exit as exc:  # what click's standalone mode does with these
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            sys.stderr.write("\nAborted!\n")
-            sys.exit(1)
+    from modeldebug.cli_run import main as run_main
+
+    if run_main(sys.argv[1:]):
         return
     _mount_subcommands()
     app()

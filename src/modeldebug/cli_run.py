@@ -1,0 +1,180 @@
+"""`modeldebug run`, read and carried out without typer.
+
+Until the script starts, `modeldebug run` is on the user's clock (issue 4: at most 0.5 s beyond
+importing torch). typer costs ~45 ms to import and converts option values through pydantic
+(~0.1 s more), so `modeldebug run [OPTIONS] -- COMMAND...` is read here when every option before
+`--` is one of run's in a form typer reads the same way. ``python -m modeldebug`` and the
+``modeldebug`` entry point (:func:`modeldebug.__main__.main`) come here first; anything else
+(--help, a value typer would refuse, no `--`, another command) goes to the typer app in
+:mod:`modeldebug.cli`, which owns the help and the error messages. tests/test_run_command.py checks
+that both read the same options into the same values.
+
+The helpers the typer commands share with `run` (console, error exit, LM settings) live here too,
+so that this module imports nothing beyond the standard library until the command needs it.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, List, NoReturn, Optional
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class Severity(str, Enum):
+    high = "high"
+    medium = "medium"
+    low = "low"
+
+
+class Level(str, Enum):
+    basic = "basic"
+    detailed = "detailed"
+    comprehensive = "comprehensive"
+
+
+def console(stderr: bool = False) -> "Console":
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``message`` (rich markup) as an error and end the command with ``code``."""
+    console(stderr=True).print(f"[bold red]error:[/] {message}")
+    raise SystemExit(code)
+
+
+def lm_settings(model: Optional[str], api_base: Optional[str]):
+    """LMSettings from the options or the environment; a missing extra or a bad value ends the command."""
+    from modeldebug.errors import MissingExtraError
+    from modeldebug.llm.settings import resolve_settings
+
+    try:
+        return resolve_settings(model, api_base)
+    except (MissingExtraError, ValueError) as exc:
+        from rich.markup import escape
+
+        fail(escape(str(exc)))
+
+
+def print_llm(report, out: "Console") -> None:
+    """One line when the LM could not be used (what it said, when it could, is in the report printed above)."""
+    from rich.markup import escape
+
+    llm = (report.metrics or {}).get("llm") or {}
+    if llm.get("status") == "fallback":
+        out.print(f"[yellow]note:[/] {escape(llm.get('notice', 'the LM gave no usable answer'))}", soft_wrap=True)
+
+
+def run(
+    command: List[str],
+    *,
+    json_out: Optional[Path],
+    html_out: Optional[Path],
+    issue: Optional[str],
+    fail_on: Optional[str],
+    every: Optional[int],
+    level: str,
+    store: Path,
+    lm: Optional[str],
+    lm_api_base: Optional[str],
+) -> NoReturn:
+    """`modeldebug run` once its options are read (by typer, or by :func:`run_args`); exits with the
+    script's exit code (or 1 when ``fail_on`` is reached)."""
+    from modeldebug.errors import MissingExtraError
+    from modeldebug.runner import run_script
+
+    settings = lm_settings(lm, lm_api_base)
+    # DebuggingConfig's fields, validated by the watched process: each value has been checked here.
+    config = {"analysis_level": level, "every": every, "store_path": str(store)}
+    try:
+        result = run_script(command, config=config, store_path=store, json_out=json_out, html_out=html_out, issue=issue,
+                            lm=settings, prepare=("rich.console", "modeldebug.report.terminal"))
+    except (ValueError, MissingExtraError) as exc:  # MissingExtraError: --html without the report extra
+        from rich.markup import escape
+
+        fail(escape(str(exc)))
+    from modeldebug.report.terminal import print_report
+
+    print_report(result.report, console(stderr=True), issue=issue, written=result.written)
+    print_llm(result.report, console(stderr=True))
+    raise SystemExit(result.cli_exit_code(fail_on))
+
+
+RUN_OPTIONS = {
+    "--json": "json_out",
+    "--html": "html_out",
+    "--issue": "issue",
+    "--fail-on": "fail_on",
+    "--every": "every",
+    "--level": "level",
+    "--store": "store",
+    "--lm": "lm",
+    "--lm-api-base": "lm_api_base",
+}
+RUN_DEFAULTS = {
+    "json_out": None,
+    "html_out": None,
+    "issue": None,
+    "fail_on": None,
+    "every": None,
+    "level": Level.detailed.value,
+    "store": ".modeldebug/runs.db",
+    "lm": None,
+    "lm_api_base": None,
+}
+
+
+def run_args(argv: List[str]) -> Optional[tuple]:
+    """(command, options) for :func:`run`, or None when typer should read ``argv``."""
+    if len(argv) < 3 or argv[0] != "run" or "--" not in argv:
+        return None
+    end = argv.index("--")
+    options, command = argv[1:end], argv[end + 1 :]
+    if not command:
+        return None
+    values = dict(RUN_DEFAULTS)
+    i = 0
+    while i < len(options):
+        flag, eq, value = options[i].partition("=")
+        if flag not in RUN_OPTIONS:
+            return None
+        if not eq:
+            if i + 1 >= len(options):
+                return None
+            i += 1
+            value = options[i]
+        if value.startswith("-"):
+            return None
+        values[RUN_OPTIONS[flag]] = value
+        i += 1
+    if values["fail_on"] is not None and values["fail_on"] not in Severity.__members__:
+        return None
+    if values["level"] not in Level.__members__:
+        return None
+    if values["every"] is not None:
+        if not (values["every"].isascii() and values["every"].isdigit() and int(values["every"]) >= 1):
+            return None
+        values["every"] = int(values["every"])
+    for key in ("json_out", "html_out", "store"):
+        if values[key] is not None:
+            values[key] = Path(values[key])
+    return command, values
+
+
+def main(argv: List[str]) -> bool:
+    """Carry out ``argv`` when it is a `modeldebug run` read here (exits); False when typer should."""
+    parsed = run_args(argv)
+    if parsed is None:
+        return False
+    command, options = parsed
+    try:
+        run(command, **options)
+    except KeyboardInterrupt:  # what click's standalone mode does
+        sys.stderr.write("\nAborted!\n")
+        raise SystemExit(1) from None
+    return True
