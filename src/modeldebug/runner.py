@@ -165,6 +165,8 @@ def run_script(
             status = "interrupted" if interrupted or code in (-signal.SIGINT, 130) else "crashed"
         elif interrupted and status == "running":
             status = "interrupted"
+        elif status == "running":  # ended well without being watched (it never imported torch)
+            status = "completed"
         fields = {"status": status, "exit_code": code}
         if info is None or info.duration_s == 0:
             fields["duration_s"] = time.time() - started
