@@ -130,3 +130,20 @@ def test_cuda_memory_is_recorded_every_step(tmp_path):
     assert steps.cuda_allocated[-1] == pytest.approx(allocated, rel=0.5)
     assert (steps.cuda_peak >= steps.cuda_allocated).all()
     assert (dbg.report().run.device or "").startswith("cuda")
+
+
+def test_a_nan_batch_is_flagged_on_an_unsampled_step(tmp_path):
+    torch.manual_seed(0)
+    model = _mlp(3)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    y = torch.randint(0, 10, (32,), device="cuda")
+    with md.watch(model, opt, config=md.DebuggingConfig(every=3, store_path=str(tmp_path / "n.db"))) as dbg:
+        for step in range(11):
+            x = torch.randn(32, 64, device="cuda")
+            if step == 10:  # unsampled (every 3rd is), and the last: later steps would all be NaN
+                x[3, 5] = float("nan")
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    steps = dbg.evidence().steps
+    assert steps.input_nonfinite.astype(bool).tolist() == [False] * 10 + [True]

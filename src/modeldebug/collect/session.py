@@ -112,7 +112,7 @@ class _Step:
     loss_count: int = 0
     grad_norm: torch.Tensor | None = None
     stale_grad_norm: torch.Tensor | None = None
-    input_finite: torch.Tensor | None = None  # CUDA: the batch is all finite (0-d bool)
+    input_range: tuple[torch.Tensor, torch.Tensor] | None = None  # CUDA: the batch's min and max
     input_vec: Reduced | None = None  # the batch, on sampled steps
     input_ref: torch.Tensor | None = None  # CPU batch, checked only if the loss turns non-finite
     replay: tuple | None = None  # (root, args, kwargs, rng state): to find a NaN's origin (CPU)
@@ -534,7 +534,7 @@ class Debugger:
             self._memory(rec)
         self.step_count += 1
         loss = st.loss_sum if st.loss_count == 1 else (st.loss_sum / st.loss_count if st.loss_count else None)
-        parts = (loss, st.grad_norm, st.stale_grad_norm, st.input_finite)
+        parts = (loss, st.grad_norm, st.stale_grad_norm, *(st.input_range or (None, None)))
         if self._resolve_every == 1:
             # CPU: reading a scalar costs no sync, and four reads are cheaper than building a tensor.
             scalars = [math.nan if x is None else float(x) for x in parts]
@@ -592,12 +592,13 @@ class Debugger:
         t = _now()
         host, extra_host = transfer.result()
         copy_s = _now() - t
-        values = extra_host.pop(0).reshape(-1, 4).tolist() if on_device else [sc for _, sc, _ in pending]
-        for (rec, _, st), (loss, grad_norm, stale, finite) in zip(pending, values):
+        values = extra_host.pop(0).reshape(-1, 5).tolist() if on_device else [sc for _, sc, _ in pending]
+        for (rec, _, st), (loss, grad_norm, stale, lo, hi) in zip(pending, values):
             rec.loss, rec.grad_norm, rec.stale_grad_norm = loss, grad_norm, stale
             rec.loss_nonfinite = st.loss_count > 0 and not math.isfinite(rec.loss)
             rec.grad_nonfinite = st.grad_norm is not None and not math.isfinite(rec.grad_norm)
-            rec.input_nonfinite = finite == 0.0  # (NaN where not checked)
+            # Checked on CUDA only (min and max of the batch; both NaN where not checked).
+            rec.input_nonfinite = st.input_range is not None and not (math.isfinite(lo) and math.isfinite(hi))
             if (rec.loss_nonfinite or rec.grad_nonfinite) and st.input_ref is not None:
                 rec.input_nonfinite = not bool(torch.isfinite(st.input_ref).all())
             st.input_ref = None
@@ -693,9 +694,11 @@ class Debugger:
         if st.sampled:
             st.input_vec = reduce(x)
         elif x.is_cuda:
-            # On CUDA the whole-batch check is cheap next to the step; on CPU it waits for a bad
-            # loss (the batch is held, not copied, until the step closes).
-            st.input_finite = torch.isfinite(x).all()
+            # On CUDA the whole-batch check is cheap next to the step: min and max in one kernel
+            # (NaN and Inf show there; isfinite().all() is five); on CPU it waits for a bad loss
+            # (the batch is held, not copied, until the step closes).
+            if x.is_floating_point():
+                st.input_range = torch.aminmax(x.reshape(-1))
         else:
             st.input_ref = x
 
@@ -832,7 +835,7 @@ class Debugger:
                 st.loss_count += p.loss_count
         # The first held iteration's sampled statistics stand for the merged step.
         st.sampled = st.sampled or first.sampled
-        for attr in ("layer_vecs", "grad_vecs", "input_vec", "stale_grad_norm", "input_finite", "param_pre", "replay",
+        for attr in ("layer_vecs", "grad_vecs", "input_vec", "stale_grad_norm", "input_range", "param_pre", "replay",
                      "class_counts"):
             mine = getattr(st, attr)
             if (mine is None or (isinstance(mine, dict) and not mine)) and getattr(first, attr) is not None:
