@@ -118,6 +118,8 @@ def _start(settings: dict[str, Any]) -> None:
     previous_hook = sys.excepthook
 
     def excepthook(exc_type, exc, tb):
+        if issubclass(exc_type, KeyboardInterrupt):
+            _ignore_sigint()
         if _active is not None:
             _active.record_exception(exc, tb)
         previous_hook(exc_type, exc, tb)
@@ -126,18 +128,40 @@ def _start(settings: dict[str, Any]) -> None:
     atexit.register(_finish)
 
 
+def _ignore_sigint():
+    """The script has ended (an exception reached the top, or the interpreter exits): a second
+    SIGINT must not cut the run's last writes short. A terminal's Ctrl-C reaches this process and
+    `modeldebug run`, which passes on a SIGINT while the script is still alive, so the script can
+    get two. Returns the handler to restore, or None."""
+    import signal
+
+    if sys.flags.interactive:  # `python -i`: the prompt that follows keeps its Ctrl-C
+        return None
+    try:
+        return signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except (ValueError, OSError):  # not the main thread, or no signals here
+        return None
+
+
 def _finish() -> None:
     global _active
     dbg, _active = _active, None
     if dbg is None:
         return
-    exc = dbg.exception
-    if exc is None:
-        dbg.stop("completed")
-    elif isinstance(exc, KeyboardInterrupt):
-        dbg.stop("interrupted", error=exc)
-    else:
-        dbg.stop("crashed", error=exc)
+    previous = _ignore_sigint()
+    try:
+        exc = dbg.exception
+        if exc is None:
+            dbg.stop("completed")
+        elif isinstance(exc, KeyboardInterrupt):
+            dbg.stop("interrupted", error=exc)
+        else:
+            dbg.stop("crashed", error=exc)
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, previous)
 
 
 _auto_class = None
