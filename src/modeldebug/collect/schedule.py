@@ -45,6 +45,7 @@ class Adaptive(Every):
         self._plain = deque(maxlen=window)  # step times of unsampled steps
         self._extra = deque(maxlen=8)  # monitor seconds of sampled steps
         self._last_sampled = -1
+        self._plain_seen = 0
 
     def __call__(self, step: int) -> bool:
         # The decision itself marks the step as sampled: on CUDA a sampled step's costs arrive
@@ -62,6 +63,9 @@ class Adaptive(Every):
             self._extra.append(monitor_s)
         elif step_s > 0:
             self._plain.append(step_s)
+            self._plain_seen += 1
+            if self._plain_seen % 8 and self.n > 2:
+                return  # the plain median moves slowly: re-plan on sampled steps and every 8th plain one
         if self._extra and self._plain:
             plain = sorted(self._plain)[len(self._plain) // 2]
             extra = sorted(self._extra)[len(self._extra) // 2]

@@ -585,12 +585,15 @@ class Debugger:
         items, extra = self._sampled_parts(sampled) if sampled is not None else ([], [])
         if on_device:
             extra.insert(0, torch.stack([scalars for _, scalars, _ in pending]).reshape(-1))
-        self._inflight.append((Transfer(items, extra), pending, sampled, on_device))
+        if not items and not extra:  # CPU, unsampled: the scalars are already on the host
+            self._arrive(None, pending, None, False)
+        else:
+            self._inflight.append((Transfer(items, extra), pending, sampled, on_device))
         self._monitor_s += _now() - t
 
-    def _arrive(self, transfer: Transfer, pending: list, sampled: _Step | None, on_device: bool) -> None:
+    def _arrive(self, transfer: Transfer | None, pending: list, sampled: _Step | None, on_device: bool) -> None:
         t = _now()
-        host, extra_host = transfer.result()
+        host, extra_host = transfer.result() if transfer is not None else ([], [])
         copy_s = _now() - t
         values = extra_host.pop(0).reshape(-1, 5).tolist() if on_device else [sc for _, sc, _ in pending]
         for (rec, _, st), (loss, grad_norm, stale, lo, hi) in zip(pending, values):
