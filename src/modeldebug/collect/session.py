@@ -53,8 +53,10 @@ from modeldebug.types import (
 
 log = logging.getLogger(__name__)
 
-# Parameters larger than this are compared on a strided subset for |Δw|/|w| (bounded memory).
+# Parameters larger than this are compared on a subset for |Δw|/|w| (bounded memory and time):
+# UPDATE_CHUNKS contiguous runs of UPDATE_SAMPLE / UPDATE_CHUNKS values spread over the tensor.
 UPDATE_SAMPLE = 65536
+UPDATE_CHUNKS = 16
 # Backward passes seen without any optimizer step before each one counts as its own iteration.
 MAX_ACCUMULATION = 64
 _CLASS_TARGET_LOSSES = {"cross_entropy", "nll_loss", "multi_margin_loss"}
@@ -881,12 +883,17 @@ class Debugger:
         if st is None:
             st = self._adopt_pending(t) if self._pending_backward else self._begin_step(t)
         if st.grad_norm is None:
-            grads = [p.grad for _, p in self._params if p.grad is not None and not p.grad.is_sparse]
-            if grads:
-                st.grad_norm = _total_norm(grads)
-            self._check_nonfinite(st)
             if st.sampled and self.config.monitoring_config.gradients:
+                # The snapshot's per-parameter gradient norms give the global one too (one pass).
                 st.param_pre = self._param_snapshot()
+                dense = st.param_pre["dense_grad_norms"]
+                if dense:
+                    st.grad_norm = torch.linalg.vector_norm(torch.stack(_same_device(dense)).float())
+            else:
+                grads = [p.grad for _, p in self._params if p.grad is not None and not p.grad.is_sparse]
+                if grads:
+                    st.grad_norm = _total_norm(grads)
+            self._check_nonfinite(st)
         st.opt_start = _now()
         st.monitor_s += st.opt_start - t
         return None
@@ -947,20 +954,25 @@ class Debugger:
             norms = torch._foreach_norm(params)
             # _foreach_mul copies the strided views in one op (the values must outlive the step).
             copies = torch._foreach_mul([_subset(p) for p in params], 1.0) if subsets else []
-            has_grad, grads = [], []
+            has_grad, grads, sparse = [], [], []
             for _, p in self._params:
                 g = p.grad
                 has_grad.append(g is not None)
                 if g is not None:
+                    sparse.append(g.is_sparse)
                     if g.is_sparse:
                         g = g.coalesce().values()
                     grads.append(g.detach().float())
-            grad_stats = None
+            grad_stats, dense_norms = None, []
             if grads:
-                grad_stats = torch.cat([torch.stack(torch._foreach_norm(grads)), torch.stack([g.sum() for g in grads])])
+                grad_norms = torch._foreach_norm(grads)
+                dense_norms = [n for n, sp in zip(grad_norms, sparse) if not sp]
+                grad_stats = torch.cat([torch.stack(_same_device(grad_norms)),
+                                        torch.stack(_same_device([g.sum() for g in grads]))])
         held = sum(c.numel() * c.element_size() for c in copies)
         self._track_bytes(held)
-        return {"norms": norms, "subsets": copies, "has_grad": has_grad, "grad_stats": grad_stats, "held": held}
+        return {"norms": norms, "subsets": copies, "has_grad": has_grad, "grad_stats": grad_stats,
+                "dense_grad_norms": dense_norms, "held": held}
 
     def _param_after(self, pre: dict[str, Any]) -> dict[str, Any]:
         params = [p for _, p in self._params]
@@ -1298,15 +1310,24 @@ def _class_counts(input: torch.Tensor, target: torch.Tensor, counts: torch.Tenso
 
 def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     norms = torch._foreach_norm([t.detach() for t in tensors])
-    if len({n.device for n in norms}) > 1:
-        norms = [n.cpu() for n in norms]
-    return torch.linalg.vector_norm(torch.stack(norms).float())
+    return torch.linalg.vector_norm(torch.stack(_same_device(norms)).float())
+
+
+def _same_device(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Model parallel: norms from several devices are brought to the host to be combined."""
+    return [t.cpu() for t in tensors] if len({t.device for t in tensors}) > 1 else tensors
 
 
 def _subset(p: torch.Tensor) -> torch.Tensor:
+    """A view of at most UPDATE_SAMPLE values of a parameter: all of a small one, else
+    UPDATE_CHUNKS contiguous runs spread evenly over it (a strided subset would touch every cache
+    line of the tensor, as costly as the whole; contiguous runs read only what they keep)."""
     flat = p.detach().reshape(-1)
-    stride = max(1, flat.numel() // UPDATE_SAMPLE)
-    return flat[::stride]
+    n = flat.numel()
+    if n <= UPDATE_SAMPLE:
+        return flat
+    size = UPDATE_SAMPLE // UPDATE_CHUNKS
+    return flat.unfold(0, size, (n - size) // (UPDATE_CHUNKS - 1))[:UPDATE_CHUNKS]
 
 
 def _opt(x: float) -> float | None:
