@@ -276,3 +276,16 @@ def test_anything_else_goes_to_typer(argv):
     from modeldebug import cli_run
 
     assert cli_run.run_args(argv) is None
+
+
+def test_fail_on_counts_only_the_rules_findings():
+    from modeldebug.runner import RunResult
+    from modeldebug.types import Finding, Report, RunInfo
+
+    def finding(source):
+        return Finding(kind="dead_relu", severity="high", confidence=0.3, message="m", source=source)
+
+    run = RunInfo(id="r", status="completed", exit_code=0)
+    assert RunResult(Report(run=run, findings=[finding("llm")]), 0).cli_exit_code("medium") == 0
+    assert RunResult(Report(run=run, findings=[finding("rules")]), 0).cli_exit_code("medium") == 1
+    assert RunResult(Report(run=run, findings=[finding("rules")]), 3).cli_exit_code("medium") == 3

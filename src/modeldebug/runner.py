@@ -59,13 +59,17 @@ class RunResult:
     written: list[str] = field(default_factory=list)
 
     def cli_exit_code(self, fail_on: str | None) -> int:
-        """The script's exit code, or 1 when findings reach ``fail_on`` in a run that otherwise passed."""
+        """The script's exit code, or 1 when findings reach ``fail_on`` in a run that otherwise passed.
+
+        Only the rules' findings count: what a language model added is explanation, not
+        measurement, and must not change a CI job's outcome."""
         code = self.exit_code if self.exit_code >= 0 else 128 - self.exit_code
         if fail_on and code == 0:
             from modeldebug.types import SEVERITY_ORDER
 
             limit = SEVERITY_ORDER[fail_on]
-            if any(SEVERITY_ORDER[f.severity] <= limit for f in self.report.findings):
+            measured = [f for f in self.report.findings if f.source != "llm"]
+            if any(SEVERITY_ORDER[f.severity] <= limit for f in measured):
                 return 1
         return code
 
