@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from modeldebug._lazy import lazy_exports
+
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time every name is loaded on first use
     from modeldebug.agent import DebuggingRequest, DebuggingResponse, ModelDebuggingAgent
     from modeldebug.analysis import analyze
@@ -59,18 +61,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'modeldebug' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports("modeldebug", _LAZY, globals())
 
 
 __all__ = [

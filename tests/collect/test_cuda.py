@@ -32,13 +32,16 @@ def _mlp(depth: int) -> nn.Sequential:
     return nn.Sequential(*layers).cuda()
 
 
+def _batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(n, 64, device="cuda"), torch.randint(0, 10, (n,), device="cuda")
+
+
 def _syncs(depth: int, steps: int, store_path: str | None, **config) -> tuple[list[str], list[str], int]:
     """Synchronising calls during ``steps`` steps: (all, those in modeldebug's code, layers watched)."""
     torch.manual_seed(0)
     model = _mlp(depth)
     opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
-    x = torch.randn(256, 64, device="cuda")
-    y = torch.randint(0, 10, (256,), device="cuda")
+    x, y = _batch(256)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -96,8 +99,7 @@ def test_statistics_arrive_without_a_sync(tmp_path):
     torch.manual_seed(0)
     model = _mlp(4)
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
-    x = torch.randn(256, 64, device="cuda")
-    y = torch.randint(0, 10, (256,), device="cuda")
+    x, y = _batch(256)
     losses = []
     with md.watch(model, opt, config=md.DebuggingConfig(every=3, store_path=str(tmp_path / "s.db"))) as dbg:
         for _ in range(40):
@@ -116,8 +118,7 @@ def test_cuda_memory_is_recorded_every_step(tmp_path):
     torch.manual_seed(0)
     model = _mlp(4)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = torch.randn(512, 64, device="cuda")
-    y = torch.randint(0, 10, (512,), device="cuda")
+    x, y = _batch(512)
     with md.watch(model, opt, config=md.DebuggingConfig(store_path=str(tmp_path / "m.db"))) as dbg:
         for _ in range(20):
             opt.zero_grad()

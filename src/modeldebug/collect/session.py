@@ -1011,7 +1011,7 @@ class Debugger:
         return items, extra
 
     def _write_sampled(self, st: _Step, step_rec: StepRecord, host: list, extra_host: list) -> None:
-        """Records of a sampled step from its parts on the host (``_sampled_parts``, ``to_host``)."""
+        """Records of a sampled step from its parts on the host (``_sampled_parts``, then a ``Transfer``)."""
         layer_names = list(st.layer_vecs)
         grad_names = list(st.grad_vecs)
         pre, post = st.param_pre, st.param_post

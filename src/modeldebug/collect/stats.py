@@ -46,7 +46,7 @@ def unit_dim(ndim: int) -> int | None:
 
 
 class Reduced(NamedTuple):
-    """A tensor reduced on its device (tensors still there); ``to_host`` brings many over at once."""
+    """A tensor reduced on its device (tensors still there); a ``Transfer`` brings many over at once."""
 
     numel: int
     head: tuple[torch.Tensor, ...]  # 0-d float32: sum, sum of squares, min, max
@@ -172,7 +172,7 @@ def summarize_many(
     if k == 0:
         return []
     bounds = bounds or [None] * k
-    # float64 on the host (to_host's buffer): under numpy 2 a float32 array stays float32 in
+    # float64 on the host (a Transfer's buffer): under numpy 2 a float32 array stays float32 in
     # arithmetic with Python floats, and huge activations would overflow there.
     head = np.stack([r.head for r in items])
     lens = np.array([len(r.sample) for r in items])
@@ -248,11 +248,6 @@ def summarize_many(
             row["hist"], row["hist_lo"], row["hist_hi"] = h
         out.append(row)
     return out
-
-
-def num_units(t: torch.Tensor) -> int | None:
-    dim = unit_dim(t.dim())
-    return t.shape[dim] if dim is not None else None
 
 
 def first_float_tensor(value, _depth: int = 0, floating: bool = True) -> torch.Tensor | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from modeldebug._lazy import lazy_exports
+
 if TYPE_CHECKING:
     from modeldebug.onnx._common import load_model
     from modeldebug.onnx.check import analyze_model
@@ -26,18 +28,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'modeldebug.onnx' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports("modeldebug.onnx", _LAZY, globals())
 
 
 __all__ = ["analyze_model", "compare_with_torch", "find_nonfinite", "load_model", "profile_execution"]
