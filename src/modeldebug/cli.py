@@ -17,6 +17,7 @@ from modeldebug.cli_run import fail as _fail
 from modeldebug.cli_run import lm_settings as _lm_settings
 from modeldebug.cli_run import print_llm as _print_llm
 from modeldebug.cli_run import run as _run
+from modeldebug.store import DEFAULT_PATH
 
 app = typer.Typer(
     name="modeldebug",
@@ -46,7 +47,7 @@ def run(
     ),
     every: Optional[int] = typer.Option(None, "--every", min=1, help="Per-layer statistics every N steps (default: adaptive)."),
     level: Level = typer.Option(Level.detailed, "--level", help="How closely to watch."),
-    store: Path = typer.Option(Path(".modeldebug/runs.db"), "--store", help=STORE_HELP),
+    store: Path = typer.Option(Path(DEFAULT_PATH), "--store", help=STORE_HELP),
     lm: Optional[str] = typer.Option(None, "--lm", help=LM_HELP),
     lm_api_base: Optional[str] = typer.Option(None, "--lm-api-base", help=LM_API_BASE_HELP),
 ) -> None:
@@ -63,7 +64,7 @@ def run(
 
 @app.command()
 def runs(
-    store: Path = typer.Option(Path(".modeldebug/runs.db"), "--store", help=STORE_HELP),
+    store: Path = typer.Option(Path(DEFAULT_PATH), "--store", help=STORE_HELP),
     limit: int = typer.Option(20, "--limit", min=1),
 ) -> None:
     """List the runs in the store, newest first."""
@@ -85,7 +86,7 @@ def report(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report here."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Write the HTML report (findings next to plots) here."),
     reanalyze: bool = typer.Option(False, "--reanalyze", help="Run the rules again on the stored evidence."),
-    store: Path = typer.Option(Path(".modeldebug/runs.db"), "--store", help=STORE_HELP),
+    store: Path = typer.Option(Path(DEFAULT_PATH), "--store", help=STORE_HELP),
     lm: Optional[str] = typer.Option(None, "--lm", help=LM_HELP),
     lm_api_base: Optional[str] = typer.Option(None, "--lm-api-base", help=LM_API_BASE_HELP),
 ) -> None:
@@ -131,7 +132,7 @@ def ask(
     question: str = typer.Argument(..., help='e.g. "why does the loss go flat after epoch 3?"'),
     lm: Optional[str] = typer.Option(None, "--lm", help=LM_HELP),
     lm_api_base: Optional[str] = typer.Option(None, "--lm-api-base", help=LM_API_BASE_HELP),
-    store: Path = typer.Option(Path(".modeldebug/runs.db"), "--store", help=STORE_HELP),
+    store: Path = typer.Option(Path(DEFAULT_PATH), "--store", help=STORE_HELP),
 ) -> None:
     """Ask a question about a stored run (an LM agent reads its numbers; without --lm, the matching findings)."""
     from rich.markup import escape

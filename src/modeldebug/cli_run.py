@@ -20,6 +20,8 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, List, NoReturn, Optional
 
+from modeldebug.store import DEFAULT_PATH
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -123,7 +125,7 @@ RUN_DEFAULTS = {
     "fail_on": None,
     "every": None,
     "level": Level.detailed.value,
-    "store": ".modeldebug/runs.db",
+    "store": DEFAULT_PATH,
     "lm": None,
     "lm_api_base": None,
 }

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from modeldebug.store import DEFAULT_PATH
+
 AnalysisLevel = Literal["basic", "detailed", "comprehensive"]
 
 
@@ -58,7 +60,7 @@ class DebuggingConfig(BaseModel):
     histogram_bins: int = Field(32, ge=2, le=1024)
     warmup_steps: int = Field(3, ge=0, description="Steps sampled unconditionally at the start.")
     store_path: str | None = Field(
-        ".modeldebug/runs.db", description="SQLite run store; None keeps the run in memory only."
+        DEFAULT_PATH, description="SQLite run store; None keeps the run in memory only."
     )
 
     @model_validator(mode="after")

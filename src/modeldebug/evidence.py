@@ -13,7 +13,10 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from modeldebug.collect.records import (
+from modeldebug.records import (  # noqa: F401  (infos re-exported for old imports)
+    LayerInfo,
+    OptimizerInfo,
+    ParamInfo,
     LayerRecord,
     ParamRecord,
     RankRecord,
@@ -104,34 +107,6 @@ LAYER_COLUMNS = column_names(LayerRecord)
 PARAM_COLUMNS = column_names(ParamRecord)
 VALIDATION_COLUMNS = column_names(ValidationRecord)
 RANK_COLUMNS = column_names(RankRecord)
-
-
-@dataclass
-class LayerInfo:
-    name: str
-    type: str
-    order: int  # position in the forward pass (first sampled step); -1 when never seen running
-    parameters: int = 0
-    description: str = ""  # e.g. "Linear(in_features=512, out_features=10, bias=True)"
-    model: str = ""
-
-
-@dataclass
-class ParamInfo:
-    name: str  # qualified, prefixed by the model's name when several models are watched
-    module: str
-    shape: list[int]
-    numel: int
-    requires_grad: bool
-    in_optimizer: bool
-    lr: float | None = None
-    model: str = ""
-
-
-@dataclass
-class OptimizerInfo:
-    type: str
-    param_groups: list[dict[str, Any]] = field(default_factory=list)  # lr, momentum, weight_decay, params
 
 
 @dataclass

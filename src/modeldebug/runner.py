@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from modeldebug import live
 from modeldebug.collect.autopatch import ENV_RUN
+from modeldebug.store import DEFAULT_PATH
 
 if TYPE_CHECKING:
     from modeldebug.config import DebuggingConfig
@@ -43,7 +44,7 @@ DIAGNOSIS_MODULES = (
     "modeldebug.types",
     "modeldebug.config",
     "modeldebug.evidence",
-    "modeldebug.collect.records",
+    "modeldebug.records",
     "modeldebug.collect.distributed",
     "modeldebug.rules",
     "modeldebug.rules.rank_attribution",
@@ -90,7 +91,7 @@ def run_script(
     command: Sequence[str],
     *,
     config: DebuggingConfig | Mapping[str, Any] | None = None,
-    store_path: str | os.PathLike = ".modeldebug/runs.db",
+    store_path: str | os.PathLike = DEFAULT_PATH,
     json_out: str | os.PathLike | None = None,
     html_out: str | os.PathLike | None = None,
     issue: str | None = None,
@@ -212,7 +213,7 @@ def _analyze(store: RunStore, run_id: str) -> Report:
     first, ranks left waiting) recorded first and the NaN finding naming its rank."""
     from modeldebug.analysis import analyze
     from modeldebug.collect.distributed import summarize_ranks
-    from modeldebug.collect.records import EventRecord
+    from modeldebug.records import EventRecord
 
     ranks = summarize_ranks(store, run_id)
     if ranks:

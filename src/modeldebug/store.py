@@ -8,7 +8,7 @@ One file per project directory (``.modeldebug/runs.db``), stdlib ``sqlite3`` in 
 - WAL lets another process (``modeldebug report`` while training runs) read a consistent
   snapshot while the writer goes on; several processes may write different runs to one file
   (each write waits up to ``BUSY_TIMEOUT_S`` for the lock).
-- Row tables are generated from the record dataclasses in ``collect.records``: a new field is a
+- Row tables are generated from the record dataclasses in ``modeldebug.records``: a new field is a
   new column, and an older file gets it through ``ALTER TABLE`` when opened.
 - ``runs.report`` always holds the rules' report. What a language model said about a run (its
   summary, ranking, explanations, recommendations and the findings it added, all marked as its
@@ -35,7 +35,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from modeldebug.collect.records import (
+from modeldebug.records import (
     EventRecord,
     LayerRecord,
     ParamRecord,
@@ -50,7 +50,8 @@ if TYPE_CHECKING:
     import numpy as np
 
     from modeldebug.config import DebuggingConfig
-    from modeldebug.evidence import Evidence, LayerInfo, OptimizerInfo, ParamInfo
+    from modeldebug.evidence import Evidence
+    from modeldebug.records import LayerInfo, OptimizerInfo, ParamInfo
     from modeldebug.types import Report, RunInfo
 
 # numpy, pydantic (the report models) and Evidence are imported where they are used: creating a
@@ -671,7 +672,8 @@ class RunStore:
 
     def load_evidence(self, run_id: str) -> Evidence:
         """Everything about one run as Evidence, this process's buffered rows included."""
-        from modeldebug.evidence import Evidence, LayerInfo, OptimizerInfo, ParamInfo, Table
+        from modeldebug.evidence import Evidence, Table
+        from modeldebug.records import LayerInfo, OptimizerInfo, ParamInfo
         from modeldebug.types import RunInfo
 
         self.flush()  # buffered rows are written first, so one query per table sees them all

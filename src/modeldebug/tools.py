@@ -30,9 +30,9 @@ from torch import nn
 
 from modeldebug.errors import DebuggingError, ErrorType
 from modeldebug.evidence import Evidence
+from modeldebug.store import DEFAULT_PATH as DEFAULT_STORE
 from modeldebug.types import Finding
 
-DEFAULT_STORE = ".modeldebug/runs.db"
 GRADIENT_FINDINGS = ("exploding_gradient", "vanishing_gradient", "nan_or_inf", "unchanged_weights",
                      "gradient_accumulation", "dead_relu")
 PERFORMANCE_FINDINGS = ("input_bottleneck", "slow_operation")

@@ -1,7 +1,7 @@
 """Public data models: the report contract (docs/report-contract.md) and the metrics users read.
 
 Pydantic models for everything that crosses a boundary (JSON report, API results). Records the
-collector produces at every step are plain dataclasses in ``collect.records`` instead: they are
+collector produces at every step are plain dataclasses in ``modeldebug.records`` instead: they are
 made thousands of times and never validated.
 """
 

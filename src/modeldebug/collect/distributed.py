@@ -36,7 +36,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from modeldebug.collect.records import EventRecord, RankRecord
+from modeldebug.records import EventRecord, RankRecord
 
 if TYPE_CHECKING:
     import torch

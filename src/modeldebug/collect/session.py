@@ -34,11 +34,11 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 from modeldebug.collect import patches
 from modeldebug.collect.memory import RssReader, cuda_memory, cuda_total_memory
-from modeldebug.collect.records import EventRecord, LayerRecord, ParamRecord, StepRecord, ValidationRecord
+from modeldebug.records import EventRecord, LayerRecord, ParamRecord, StepRecord, ValidationRecord
 from modeldebug.collect.schedule import Adaptive, Every
 from modeldebug.collect.stats import SATURATING, Reduced, Transfer, first_float_tensor, reduce, summarize_many
 from modeldebug.config import DebuggingConfig
-from modeldebug.evidence import LayerInfo, OptimizerInfo, ParamInfo
+from modeldebug.records import LayerInfo, OptimizerInfo, ParamInfo
 from modeldebug.types import (
     DebugMetrics,
     GradientStats,

@@ -1,4 +1,5 @@
-"""Rows the collector writes: one per step, one per (sampled step, layer), one per (sampled step, parameter).
+"""The shared vocabulary: rows the collector writes (one per step, per (sampled step, layer), per
+(sampled step, parameter), ...) and what a run knows of its layers, parameters and optimizers.
 
 Plain slotted dataclasses: made thousands of times a run, never validated. Field names are the
 run store's column names and the Evidence table's column names: one vocabulary end to end.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 NAN = math.nan
 
@@ -120,6 +122,37 @@ class EventRecord:
     step: int | None
     type: str
     data: dict = field(default_factory=dict)
+
+
+# --- what the run knows of its models and optimizers (written once, as run meta) ---
+
+
+@dataclass
+class LayerInfo:
+    name: str
+    type: str
+    order: int  # position in the forward pass (first sampled step); -1 when never seen running
+    parameters: int = 0
+    description: str = ""  # e.g. "Linear(in_features=512, out_features=10, bias=True)"
+    model: str = ""
+
+
+@dataclass
+class ParamInfo:
+    name: str  # qualified, prefixed by the model's name when several models are watched
+    module: str
+    shape: list[int]
+    numel: int
+    requires_grad: bool
+    in_optimizer: bool
+    lr: float | None = None
+    model: str = ""
+
+
+@dataclass
+class OptimizerInfo:
+    type: str
+    param_groups: list[dict[str, Any]] = field(default_factory=list)  # lr, momentum, weight_decay, params
 
 
 def column_names(record_type) -> list[str]:
