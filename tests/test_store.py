@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modeldebug.collect.records import EventRecord, LayerRecord, ParamRecord, StepRecord, ValidationRecord
+from modeldebug.records import EventRecord, LayerRecord, ParamRecord, StepRecord, ValidationRecord
 from modeldebug.config import DebuggingConfig
 from modeldebug.errors import DebuggingError
 from modeldebug.evidence import LayerInfo, OptimizerInfo, ParamInfo, histogram_counts
@@ -288,7 +288,7 @@ def test_several_writers_share_one_file(db):
 
 CHILD = """
 import sys
-from modeldebug.collect.records import LayerRecord, StepRecord
+from modeldebug.records import LayerRecord, StepRecord
 from modeldebug.store import RunStore
 from modeldebug.types import RunInfo
 
