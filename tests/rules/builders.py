@@ -1,4 +1,4 @@
-"""Builders of hand-made Evidence for rule tests.
+"""Builders of hand-made Evidence for rule tests (imported by them as ``from builders import ...``).
 
 ``healthy_columns`` makes the columns of a healthy synthetic run (loss falling with minibatch
 noise, steady gradients, plateaued memory, ReLU MLP with default init); a test changes the
@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 
 from modeldebug.evidence import (
     LAYER_COLUMNS,
@@ -123,8 +122,3 @@ def build(cols: dict, **extra) -> Evidence:
         validation=_table(v, VALIDATION_COLUMNS, len(v.get("step", []))),
         **kw,
     )
-
-
-@pytest.fixture
-def healthy():
-    return healthy_columns()

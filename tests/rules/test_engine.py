@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from conftest import build, healthy_columns
+from builders import build, healthy_columns
 
 from modeldebug.config import DebuggingConfig
 from modeldebug.evidence import Evidence

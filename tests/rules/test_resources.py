@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import build, healthy_columns
+from builders import build, healthy_columns
 
 from modeldebug.config import AlertThresholds, DebuggingConfig
 from modeldebug.evidence import Evidence, LayerInfo

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import build, healthy_columns
+from builders import build, healthy_columns
 
 from modeldebug.config import AlertThresholds, DebuggingConfig
 from modeldebug.evidence import Evidence, LayerInfo, OptimizerInfo, ParamInfo

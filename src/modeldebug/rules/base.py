@@ -7,7 +7,6 @@ Helpers here are pure functions of Evidence columns (numpy, no loops over rows).
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -15,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from modeldebug.evidence import Evidence, Table
+from modeldebug.findings import best_practice, fix, make_finding, optimization  # noqa: F401  (rules import them from here)
 from modeldebug.types import Finding, Recommendation
 
 # Steps at the start of a run that dynamics rules ignore: initial transients are not faults.
@@ -36,38 +36,7 @@ class Rule:
 
     def finding(self, **fields: Any) -> Finding:
         fields.setdefault("kind", self.kind)
-        fields["evidence"] = {k: _plain(v) for k, v in fields.get("evidence", {}).items()}
-        fields["confidence"] = float(min(1.0, max(0.0, fields.get("confidence", 0.8))))
-        if fields.get("step") is not None:
-            fields["step"] = int(fields["step"])
-        return Finding(**fields)
-
-
-def _plain(v: Any) -> Any:
-    """JSON-friendly values for Finding.evidence (numpy scalars and arrays become Python)."""
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float):
-        return v if math.isfinite(v) else str(v)
-    if isinstance(v, np.ndarray):
-        return [_plain(x) for x in v.tolist()]
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    return v
-
-
-def fix(description: str, implementation: str | None = None) -> Recommendation:
-    return Recommendation(type="fix", description=description, implementation=implementation)
-
-
-def optimization(description: str, implementation: str | None = None) -> Recommendation:
-    return Recommendation(type="optimization", description=description, implementation=implementation)
-
-
-def best_practice(description: str, implementation: str | None = None) -> Recommendation:
-    return Recommendation(type="best_practice", description=description, implementation=implementation)
+        return make_finding(**fields)
 
 
 def g(x: float) -> str:
