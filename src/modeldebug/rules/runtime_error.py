@@ -69,7 +69,7 @@ class RuntimeErrorRule(Rule):
             text = f"{data.get('type') or 'Error'}: {data.get('message') or ''}"
         if not text:
             return []
-        from modeldebug.diagnose import diagnose_text  # ~1200 lines and their regexes: only for a run that failed
+        from modeldebug.diagnose import diagnose_text  # a package of parsers and regexes: only for a run that failed
 
         f = diagnose_text(text)
         step = (exc or tb or {}).get("step")
