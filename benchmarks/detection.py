@@ -4,9 +4,11 @@ For each planted kind: how many of its broken scripts were found with that kind 
 medium or high, or at any severity with --any-severity), how often the first cause named is the
 planted one; for the healthy scripts: false alarms (findings of severity medium or high).
 
-    python benchmarks/detection.py [--jobs 2] [--json out.json] [--only PATTERN]
+    python benchmarks/detection.py [--jobs 2] [--json out.json] [--only PATTERN] [--pending | --all]
 
-The same harness backs tests/faults/test_detection.py.
+--pending scores the staged scripts of tests/faults/pending/ instead of tests/faults/, --all both;
+either adds one line per script with what was found. The same harness (tests/faults/ only) backs
+tests/faults/test_detection.py.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULTS = ROOT / "tests" / "faults"
+PENDING = FAULTS / "pending"
 PLANTED = re.compile(r"^planted: kind=(\w+) cause=(\w+)$", re.M)
 REQUIRES = re.compile(r"^requires: (\w+)$", re.M)
 SERIOUS = ("high", "medium")
@@ -41,6 +44,11 @@ class Case:
     @property
     def name(self) -> str:
         return self.path.stem
+
+    @property
+    def key(self) -> str:
+        """Unique across folders (a pending script may share a name with one of the suite)."""
+        return self.name if self.path.parent == FAULTS else f"{self.path.parent.name}-{self.name}"
 
     @property
     def healthy(self) -> bool:
@@ -70,9 +78,13 @@ class Result:
         return [f for f in self.findings if f["severity"] in SERIOUS]
 
 
-def cases(only: str | None = None) -> list[Case]:
+def found(f: dict) -> str:
+    return f"{f['kind']}({f['severity']})"
+
+
+def cases(only: str | None = None, folders: tuple[Path, ...] = (FAULTS,)) -> list[Case]:
     out = []
-    for path in sorted(FAULTS.glob("*__*.py")):
+    for path in [p for folder in folders for p in sorted(folder.glob("*__*.py"))]:
         doc = ast.get_docstring(ast.parse(path.read_text())) or ""
         m = PLANTED.search(doc)
         if not m or (only and not re.search(only, path.stem)):
@@ -95,9 +107,9 @@ def available(case: Case) -> bool:
 
 def run_case(case: Case, workdir: Path, timeout: float = 300) -> Result:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
-    out = workdir / f"{case.name}.json"
+    out = workdir / f"{case.key}.json"
     started = time.perf_counter()
-    cmd = [sys.executable, "-m", "modeldebug", "run", "--store", str(workdir / f"{case.name}.db"),
+    cmd = [sys.executable, "-m", "modeldebug", "run", "--store", str(workdir / f"{case.key}.db"),
            "--json", str(out), "--", sys.executable, str(case.path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir)
     seconds = time.perf_counter() - started
@@ -134,7 +146,7 @@ def score(results: list[Result]) -> dict:
         "cause_first": sum(r.cause_first() for r in broken),
         "healthy": len(healthy),
         "false_alarms": sum(len(r.false_alarms()) for r in healthy),
-        "healthy_with_alarms": [r.case.name for r in healthy if r.false_alarms()],
+        "healthy_with_alarms": [r.case.key for r in healthy if r.false_alarms()],
     }
 
 
@@ -149,15 +161,26 @@ def table(results: list[Result], s: dict) -> str:
                  + (f" in {', '.join(s['healthy_with_alarms'])}" if s["healthy_with_alarms"] else ""))
     misses = [r for r in results if not r.case.healthy and not r.detected()]
     for r in misses:
-        got = ", ".join(f"{f['kind']}({f['severity']})" for f in r.findings) or (r.error.splitlines() or ["no finding"])[-1]
-        lines.append(f"  missed {r.case.name}: {got}")
+        got = ", ".join(found(f) for f in r.findings) or (r.error.splitlines() or ["no finding"])[-1]
+        lines.append(f"  missed {r.case.key}: {got}")
     wrong_cause = [r for r in results if not r.case.healthy and r.detected(False) and not r.cause_first()]
     for r in wrong_cause:
         first = r.matching(False)[0]
-        lines.append(f"  cause of {r.case.name}: planted {r.case.cause}, named {first['causes']}")
+        lines.append(f"  cause of {r.case.key}: planted {r.case.cause}, named {first['causes']}")
     for r in results:
         if r.case.healthy and r.false_alarms():
-            lines.append(f"  false alarm in {r.case.name}: " + ", ".join(f"{f['kind']}({f['severity']})" for f in r.false_alarms()))
+            lines.append(f"  false alarm in {r.case.key}: " + ", ".join(found(f) for f in r.false_alarms()))
+    return "\n".join(lines)
+
+
+def per_script(results: list[Result]) -> str:
+    """One line per script: what was planted and every finding, in report order."""
+    width = max((len(r.case.key) for r in results), default=0)
+    lines = []
+    for r in results:
+        got = " ".join(found(f) for f in r.findings) or ("no finding" if r.report_written else "no report")
+        mark = "ok " if (not r.false_alarms() if r.case.healthy else r.detected()) else "-- "
+        lines.append(f"{mark}{r.case.key:{width}} {r.seconds:5.1f} s  planted {r.case.kind}: {got}")
     return "\n".join(lines)
 
 
@@ -166,19 +189,25 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--only", help="regex on script names")
     parser.add_argument("--json", help="write per-script results here")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--pending", action="store_true", help="score tests/faults/pending/ instead of tests/faults/")
+    which.add_argument("--all", action="store_true", help="score tests/faults/ and tests/faults/pending/")
     args = parser.parse_args()
     started = time.perf_counter()
-    selected = cases(args.only)
+    folders = (PENDING,) if args.pending else (FAULTS, PENDING) if args.all else (FAULTS,)
+    selected = cases(args.only, folders)
     results = run_all(selected, jobs=args.jobs)
     s = score(results)
     print(table(results, s))
+    if args.pending or args.all:
+        print(per_script(results))
     skipped = [c.name for c in selected if not available(c)]
     if skipped:
         print(f"skipped (need a GPU): {', '.join(skipped)}")
     print(f"{len(results)} scripts in {time.perf_counter() - started:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({"score": s, "results": [
-            {"name": r.case.name, "kind": r.case.kind, "cause": r.case.cause, "exit_code": r.exit_code,
+            {"name": r.case.key, "kind": r.case.kind, "cause": r.case.cause, "exit_code": r.exit_code,
              "seconds": round(r.seconds, 2), "findings": [{k: f[k] for k in ("kind", "severity", "causes", "location", "step")} for f in r.findings],
              "error": r.error} for r in results]}, indent=2))
     return 0
