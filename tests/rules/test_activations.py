@@ -158,3 +158,43 @@ def test_poor_init_needs_the_initial_weights():
     late = pt["step"] >= 20
     cols["param_stats"] = {k: v[late] for k, v in pt.items()}
     assert PoorWeightInit().check(build(cols)) == []
+
+
+# --- layer families: tables keyed by torch.nn class names match subclasses too -----------------
+
+
+def _as_subclass(cols, layer, type_name, family):
+    info = cols["layers"][layer]
+    info.type = type_name
+    info.family = family  # what the collector writes: the first built-in torch.nn class in the MRO
+
+
+def test_saturated_fires_on_a_subclass_of_tanh():
+    cols = healthy_columns(act="Tanh")
+    _stall(cols)
+    _as_subclass(cols, "net.1", "MyTanh", "Tanh")
+    _set_layer(cols, "sat_frac", "net.1", 0.8, 30)
+    (f,) = SaturatedActivation().check(build(cols))
+    assert f.location == "net.1"
+    assert any("nn.Tanh()" in (r.implementation or "") for r in f.recommendations)
+
+
+def test_dead_relu_fires_on_a_subclass_of_relu_and_a_custom_module_is_not_one():
+    cols = healthy_columns()
+    _stall(cols)
+    _as_subclass(cols, "net.1", "ClippedReLU", "ReLU")
+    _as_subclass(cols, "net.3", "MyGate", "")  # a plain custom nn.Module: no family
+    _set_layer(cols, "dead_frac", "net.1", 0.8)
+    _set_layer(cols, "dead_frac", "net.3", 0.8)
+    assert [f.location for f in DeadReLU().check(build(cols))] == ["net.1"]
+
+
+def test_previous_weighted_layer_is_found_through_its_family():
+    from modeldebug.rules.base import previous_weighted
+
+    cols = healthy_columns()
+    _as_subclass(cols, "net.2", "MaskedLinear", "Linear")
+    ev = build(cols)
+    assert previous_weighted(ev, "net.3") == "net.2"
+    assert previous_weighted(ev, "net.1") == "net.0"
+    assert previous_weighted(ev, "net.0") is None

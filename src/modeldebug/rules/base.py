@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from modeldebug.evidence import Evidence, Table
+from modeldebug.evidence import Evidence, LayerInfo, Table
 from modeldebug.findings import best_practice, fix, make_finding, optimization  # noqa: F401  (rules import them from here)
 from modeldebug.types import Finding, Recommendation
 
@@ -224,14 +224,37 @@ def param_module(ev: Evidence, param: str) -> str:
     return param.rsplit(".", 1)[0] if "." in param else ""
 
 
-def layer_type(ev: Evidence, name: str) -> str:
+# Layers with weights a recommendation can re-initialize, by family.
+WEIGHTED = frozenset({"Linear", "LazyLinear", "Bilinear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d",
+                      "ConvTranspose2d", "ConvTranspose3d", "LSTM", "GRU", "RNN"})
+
+
+def family(info: LayerInfo) -> str:
+    """The built-in torch.nn class a layer is (a ``class MyTanh(nn.Tanh)`` is "Tanh"), else its own type
+    name: what every table keyed by layer type matches, so subclasses are not skipped."""
+    return getattr(info, "family", "") or info.type  # getattr: stores written before LayerInfo.family
+
+
+def layer_family(ev: Evidence, name: str) -> str:
     info = ev.layers.get(name)
-    return info.type if info else ""
+    return family(info) if info else ""
+
+
+def layers_of(ev: Evidence, families: set[str] | frozenset[str]) -> list[str]:
+    """Names of the layers whose family is in ``families``."""
+    return [n for n, info in ev.layers.items() if family(info) in families]
 
 
 def layer_order(ev: Evidence, name: str) -> int:
     info = ev.layers.get(name)
     return info.order if info else -1
+
+
+def previous_weighted(ev: Evidence, name: str) -> str | None:
+    """The closest layer with weights that runs before ``name``."""
+    order = layer_order(ev, name)
+    before = [info for info in ev.layers_in_order() if info.order < order and family(info) in WEIGHTED]
+    return before[-1].name if before else None
 
 
 _INT_ARG = re.compile(r"(\w+)=(\d+)")

@@ -8,7 +8,7 @@ import numpy as np
 
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
-from modeldebug.rules.base import Rule, col, first_true, fix, flag, g, impact_severity, loss_trend
+from modeldebug.rules.base import Rule, col, family, first_true, fix, flag, g, impact_severity, loss_trend
 from modeldebug.types import Finding
 
 _TOKEN_INPUT = {"Embedding", "EmbeddingBag"}  # integer ids: their mean/std say nothing about scaling
@@ -65,7 +65,7 @@ class DataIssue(Rule):
 
     def _scale(self, ev: Evidence) -> list[Finding]:
         order = ev.layers_in_order()
-        if order and order[0].type in _TOKEN_INPUT:
+        if order and family(order[0]) in _TOKEN_INPUT:
             return []
         s = ev.steps
         mean, std = col(s, "input_mean"), col(s, "input_std")

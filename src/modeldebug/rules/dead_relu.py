@@ -18,15 +18,16 @@ from modeldebug.rules.base import (
     grace_mask,
     impact_severity,
     layer_order,
+    layers_of,
     loss_trend,
     lower_lr,
     lr_is_high,
     per_group_median,
+    previous_weighted,
 )
 from modeldebug.types import Finding
 
 _RELUS = {"ReLU", "ReLU6", "RReLU", "Threshold"}
-_HAS_WEIGHTS = {"Linear", "Conv1d", "Conv2d", "Conv3d", "LazyLinear", "Bilinear"}
 
 
 @register
@@ -61,7 +62,7 @@ class DeadReLU(Rule):
         if len(t) == 0:
             return []
         names = t["layer"]
-        relu = np.isin(names, [n for n, l in ev.layers.items() if l.type in _RELUS])
+        relu = np.isin(names, layers_of(ev, _RELUS))
         if not relu.any():
             return []
         steps = col(t, "step")
@@ -94,7 +95,7 @@ class DeadReLU(Rule):
         else:
             causes = ["learning_rate_too_high", "bad_weight_init", "missing_normalization_layer"]
         hurt = "high" if frac >= 0.9 else "medium"
-        prev = self._previous_weighted(ev, name)
+        prev = previous_weighted(ev, name)
         recs = [fix(f"Use a LeakyReLU at {name} so negative units keep a gradient.",
                     f"{attr_path(name)} = nn.LeakyReLU(0.01)")]
         if causes[0] == "learning_rate_too_high":
@@ -117,10 +118,3 @@ class DeadReLU(Rule):
                       "previous_layer": prev},
             causes=causes, recommendations=recs,
         )
-
-    @staticmethod
-    def _previous_weighted(ev: Evidence, name: str) -> str | None:
-        """The closest layer with weights that runs before ``name``."""
-        order = layer_order(ev, name)
-        before = [l for l in ev.layers_in_order() if l.order < order and l.type in _HAS_WEIGHTS]
-        return before[-1].name if before else None

@@ -12,6 +12,7 @@ from modeldebug.rules.base import (
     GRACE_STEPS,
     Rule,
     col,
+    family,
     fix,
     flag,
     g,
@@ -128,7 +129,7 @@ class LossNotDecreasing(Rule):
         if len(t) and not flag(t, "has_grad").any():
             return ["detached_graph", "frozen_parameters"], "No parameter ever received a gradient."
         order = ev.layers_in_order()
-        if order and order[-1].type == "Softmax":
+        if order and family(order[-1]) == "Softmax":
             return (["wrong_loss_function", "learning_rate_too_low"],
                     f"The last layer ({order[-1].name}) is a Softmax: CrossEntropyLoss applies log_softmax itself.")
         if len(ev.class_counts) == 1:

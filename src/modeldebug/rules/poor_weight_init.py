@@ -12,10 +12,11 @@ from modeldebug.rules.base import (
     Rule,
     attr_path,
     col,
+    family,
     fix,
     g,
     impact_severity,
-    layer_type,
+    layer_family,
     loss_trend,
     param_module,
 )
@@ -65,7 +66,7 @@ class PoorWeightInit(Rule):
         names, norms = t["param"][at], norm[at]
         info = [ev.params.get(str(n)) for n in names]
         shape_ok = np.array([i is not None and len(i.shape) >= 2 and i.numel > 0
-                             and layer_type(ev, i.module) not in _SKIP for i in info], dtype=bool)
+                             and layer_family(ev, i.module) not in _SKIP for i in info], dtype=bool)
         if not shape_ok.any():
             return []
         names, norms = names[shape_ok], norms[shape_ok]
@@ -76,7 +77,7 @@ class PoorWeightInit(Rule):
         bad = (var > self.max_var) | (scale < self.min_scale) | (scale > self.max_scale)
         trend = loss_trend(ev)
         hurt = "high" if trend is not None and trend.diverged else "medium"
-        types = {l.type for l in ev.layers.values()}
+        types = {family(info) for info in ev.layers.values()}
         findings = []
         for i in np.flatnonzero(bad):
             p = str(names[i])

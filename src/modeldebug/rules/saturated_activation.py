@@ -13,20 +13,22 @@ from modeldebug.rules.base import (
     Rule,
     attr_path,
     col,
+    family,
     fix,
     g,
     grace_mask,
     impact_severity,
     layer_arg,
     layer_order,
+    layers_of,
     loss_trend,
     lr_is_high,
     per_group_median,
+    previous_weighted,
 )
 from modeldebug.types import Finding
 
 _BOUNDED = {"Sigmoid", "Tanh", "Hardtanh", "Softsign", "Hardsigmoid"}
-_HAS_WEIGHTS = {"Linear", "Conv1d", "Conv2d", "Conv3d", "LSTM", "GRU", "RNN"}
 
 
 @register
@@ -59,7 +61,7 @@ class SaturatedActivation(Rule):
         if len(t) == 0:
             return []
         names, steps, sat = t["layer"], col(t, "step"), col(t, "sat_frac")
-        bounded = np.isin(names, [n for n, l in ev.layers.items() if l.type in _BOUNDED])
+        bounded = np.isin(names, layers_of(ev, _BOUNDED))
         late = grace_mask(steps, self.grace_steps) & bounded & np.isfinite(sat)
         med = per_group_median(names[late], sat[late])
         trend = loss_trend(ev, self.grace_steps)
@@ -79,7 +81,7 @@ class SaturatedActivation(Rule):
         return findings
 
     def _finding(self, ev, name, frac, first, at_start, trend) -> Finding:
-        typ = ev.layers[name].type
+        typ = family(ev.layers[name])
         scale = np.nanmax(np.abs(np.concatenate([col(ev.steps, "input_mean"), col(ev.steps, "input_std")])),
                           initial=0.0)
         causes = []
@@ -87,7 +89,7 @@ class SaturatedActivation(Rule):
             causes.append("unnormalized_inputs")
         causes.append("bad_weight_init" if at_start or not lr_is_high(ev) else "learning_rate_too_high")
         causes += ["saturating_activation_choice", "missing_normalization_layer"]
-        prev = self._previous_weighted(ev, name)
+        prev = previous_weighted(ev, name)
         width = None
         if prev:
             width = layer_arg(ev, prev, "out_features") or layer_arg(ev, prev, "out_channels") \
@@ -115,9 +117,3 @@ class SaturatedActivation(Rule):
                       "input_scale": float(scale)},
             causes=causes, recommendations=recs,
         )
-
-    @staticmethod
-    def _previous_weighted(ev: Evidence, name: str) -> str | None:
-        order = layer_order(ev, name)
-        before = [l for l in ev.layers_in_order() if l.order < order and l.type in _HAS_WEIGHTS]
-        return before[-1].name if before else None

@@ -13,6 +13,7 @@ from modeldebug.rules.base import (
     Rule,
     attr_path,
     col,
+    family,
     fix,
     g,
     grace_mask,
@@ -98,7 +99,7 @@ class VanishingGradient(Rule):
                               f"{numel} parameters (RMS {g(rms)} < {g(self.tiny)}).")]
 
     def _finding(self, ev, trend, first_p, step, evidence, msg) -> Finding:
-        types = {l.type for l in ev.layers.values()}
+        types = {family(info) for info in ev.layers.values()}
         saturating = sorted(types & _SATURATING)
         causes = []
         init_small = first_p is not None and init_scales(ev).get(first_p, 1.0) < 0.1
