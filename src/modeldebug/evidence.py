@@ -25,6 +25,7 @@ from modeldebug.records import (  # noqa: F401  (infos re-exported for old impor
     column_names,
 )
 from modeldebug.config import DebuggingConfig
+from modeldebug.events import E, events_of
 from modeldebug.types import RunInfo
 
 
@@ -121,6 +122,7 @@ class Evidence:
     params: dict[str, ParamInfo] = field(default_factory=dict)
     optimizers: list[OptimizerInfo] = field(default_factory=list)
     class_counts: dict[int, int] = field(default_factory=dict)
+    # Stored event rows ({"step", "type", "data"}), unknown types included: read through events_of.
     events: list[dict[str, Any]] = field(default_factory=list)
     # Distributed runs: every rank's summaries, gathered by rank 0 (collect/distributed.py).
     ranks: Table = field(default_factory=lambda: Table.from_rows([], RANK_COLUMNS))
@@ -139,6 +141,10 @@ class Evidence:
         if self._param_groups is None:
             self._param_groups = self.param_stats.group_by("param")
         return self._param_groups.get(name) or Table.from_rows([], PARAM_COLUMNS)
+
+    def events_of(self, cls: type[E]) -> list[E]:
+        """The run's events of one type (a ``modeldebug.events`` class), in the order written."""
+        return events_of(self.events, cls)
 
     def layers_in_order(self) -> list[LayerInfo]:
         seen = [l for l in self.layers.values() if l.order >= 0]

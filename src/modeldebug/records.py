@@ -135,6 +135,9 @@ class LayerInfo:
     parameters: int = 0
     description: str = ""  # e.g. "Linear(in_features=512, out_features=10, bias=True)"
     model: str = ""
+    # The first built-in torch.nn class in the module's MRO ("Tanh" for a subclass of nn.Tanh; the
+    # type itself for a built-in; "" for a plain custom module): tables keyed by layer type match on it.
+    family: str = ""
 
 
 @dataclass

@@ -1,0 +1,224 @@
+"""Typed events: what happened once in a run (the device, an exception, a rank's exit, ...).
+
+One dataclass per event type, tagged by the string the store keeps (``tag``). The stored form is
+unchanged, ``EventRecord(step, type=<tag>, data=<dict>)`` (``Evidence.events`` holds those rows as
+dicts, so old stores load and unknown types are kept as they are); ``Evidence.events_of(Cls)`` reads
+the events of one type as ``Cls`` instances. Fields are the data's keys; a key missing from an old
+store takes the field's default, a key a newer version wrote is left out. Standard library only:
+the store, the rules and the parent ``modeldebug run`` read these without importing torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Iterable, TypeVar
+
+from modeldebug.records import EventRecord
+
+E = TypeVar("E", bound="Event")
+
+# A field with this metadata is left out of the stored data while it is None (written only when known).
+OPTIONAL = {"optional": True}
+
+
+@dataclass
+class Event:
+    tag: ClassVar[str] = ""
+    # The step count when the event was written (the record's step, not part of its data).
+    at_step: int | None = field(default=None, kw_only=True, compare=False)
+
+    def to_data(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name != "at_step" and not (f.metadata.get("optional") and getattr(self, f.name) is None)}
+
+    @classmethod
+    def from_data(cls: type[E], data: dict[str, Any], at_step: int | None = None) -> E:
+        known = {f.name for f in fields(cls)} - {"at_step"}
+        return cls(**{k: v for k, v in data.items() if k in known}, at_step=at_step)
+
+    def record(self, step: int | None) -> EventRecord:
+        """The row the store keeps, written at ``step`` (the record's step)."""
+        return EventRecord(step=step, type=self.tag, data=self.to_data())
+
+
+def decoded(data: Any) -> dict[str, Any]:
+    """An event's data as a dict: some stores keep it as JSON text; text that is not JSON is ``{"text": ...}``."""
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            return {"text": data}
+    return data if isinstance(data, dict) else {}
+
+
+def events_of(rows: Iterable[dict[str, Any]], cls: type[E]) -> list[E]:
+    """The events of type ``cls`` among stored event rows (dicts with step, type, data), in order."""
+    return [cls.from_data(decoded(r.get("data")), at_step=r.get("step")) for r in rows if r.get("type") == cls.tag]
+
+
+# ---------------------------------------------------------------------- the collector's events
+
+
+@dataclass
+class Device(Event):
+    """The CUDA device the run trained on, once: memory_pressure measures against its memory."""
+
+    tag: ClassVar[str] = "device"
+    type: str = ""
+    name: str = ""
+    total_memory: int | None = None
+    host_total_memory: int | None = field(default=None, metadata=OPTIONAL)
+
+    @classmethod
+    def from_data(cls, data, at_step=None):
+        if "total_memory" not in data and "cuda_total_memory" in data:  # an older spelling
+            data = {**data, "total_memory": data["cuda_total_memory"]}
+        return super().from_data(data, at_step)
+
+
+@dataclass
+class MemoryAtStop(Event):
+    """The CUDA allocator's counters as the run stopped (an out-of-memory step never closes)."""
+
+    tag: ClassVar[str] = "memory_at_stop"
+    cuda_allocated: float | None = None
+    cuda_reserved: float | None = None
+    cuda_peak: float | None = None
+
+
+@dataclass
+class ScriptException(Event):
+    """The exception that ended the run: type and message only."""
+
+    tag: ClassVar[str] = "exception"
+    type: str = ""
+    message: str = ""
+
+
+@dataclass
+class RuntimeErrorDiagnosis(Event):
+    """The exception diagnosed in-process (a Finding, as JSON): the stored data is the finding itself."""
+
+    tag: ClassVar[str] = "runtime_error"
+    finding: dict[str, Any] = field(default_factory=dict)
+
+    def to_data(self) -> dict[str, Any]:
+        return dict(self.finding)
+
+    @classmethod
+    def from_data(cls, data, at_step=None):
+        return cls(finding=dict(data), at_step=at_step)
+
+
+@dataclass
+class Traceback(Event):
+    """The formatted traceback of the exception that ended a zero-code run."""
+
+    tag: ClassVar[str] = "traceback"
+    text: str = ""
+
+
+@dataclass
+class NonfiniteOrigin(Event):
+    """Where the first NaN/Inf of a step came from, found by replaying the step (collect/nan_origin.py)."""
+
+    tag: ClassVar[str] = "nonfinite_origin"
+    step: int | None = None  # the replayed step
+    phase: str = "unknown"  # input | weights | forward | backward | loss | unknown
+    module: str | None = None
+    module_type: str | None = None
+    op: str | None = None
+    cause: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("phase", "module", "module_type", "op", "cause")}
+
+
+@dataclass
+class MonitorError(Event):
+    """The monitor switched itself off after an error in one of its own hooks (the script went on)."""
+
+    tag: ClassVar[str] = "monitor_error"
+    hook: str = ""
+    type: str = ""
+    message: str = ""
+
+
+# ---------------------------------------------------------------------- distributed runs
+
+
+@dataclass
+class Rank(Event):
+    """This process is one rank of several (written by every rank into its own run)."""
+
+    tag: ClassVar[str] = "rank"
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    host: str = ""
+    pid: int = 0
+    every: int = 0
+
+
+@dataclass
+class RankGatherError(Event):
+    tag: ClassVar[str] = "rank_gather_error"
+    type: str = ""
+    message: str = ""
+
+
+@dataclass
+class RankExit(Event):
+    """A rank's own record of how it stopped (no collective at stop: ranks stop at different points)."""
+
+    tag: ClassVar[str] = "rank_exit"
+    rank: int = 0
+    world_size: int = 1
+    status: str = ""
+    time: float | None = None
+    steps: int = 0
+    gathers: int = 0
+    gather_s_median: float | None = None
+    error_type: str | None = field(default=None, metadata=OPTIONAL)
+    message: str | None = field(default=None, metadata=OPTIONAL)
+    comm_error: bool | None = field(default=None, metadata=OPTIONAL)
+
+
+@dataclass
+class RankKilled(Event):
+    """torchrun ended this rank with a signal (after another rank failed)."""
+
+    tag: ClassVar[str] = "rank_killed"
+    rank: int = 0
+    signal: int | None = None
+    time: float | None = None
+    steps: int | None = None
+
+
+@dataclass
+class Ranks(Event):
+    """Every rank's outcome, gathered from their runs by the ``modeldebug run`` parent when the job
+    ended (collect/distributed.summarize_ranks): one dict per rank with rank, run_id, status,
+    steps, and where known time, error_type, message, comm_error, killed_by_signal, lost."""
+
+    tag: ClassVar[str] = "ranks"
+    ranks: list[dict[str, Any]] = field(default_factory=list)
+
+    def first_failed(self) -> dict[str, Any] | None:
+        """The rank where the failure began: a rank that raised an error of its own (not a lost
+        connection to another rank) earliest; else a rank that died without a word; else the
+        earliest crash."""
+        failed = [r for r in self.ranks
+                  if r.get("status") in ("crashed", "interrupted") and not r.get("killed_by_signal")]
+        if not failed:
+            return None
+        own = [r for r in failed if r.get("error_type") and not r.get("comm_error")]
+        if own:
+            return min(own, key=lambda r: r.get("time") or math.inf)
+        lost = [r for r in failed if r.get("lost")]
+        if lost:
+            return lost[0]
+        return min(failed, key=lambda r: r.get("time") or math.inf)
