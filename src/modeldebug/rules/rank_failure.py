@@ -8,7 +8,7 @@ from modeldebug.collect.distributed import first_failed
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
 from modeldebug.rules.base import Rule, best_practice
-from modeldebug.rules.uneven_batches import rank_outcomes
+from modeldebug.rules.ranks import rank_outcomes
 from modeldebug.types import Finding
 
 

@@ -7,13 +7,8 @@ from dataclasses import dataclass
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
 from modeldebug.rules.base import Rule, fix
+from modeldebug.rules.ranks import rank_outcomes
 from modeldebug.types import Finding
-
-
-def rank_outcomes(ev: Evidence) -> list[dict]:
-    """Each rank's outcome, as ``modeldebug run`` recorded it when the job ended (event ``ranks``)."""
-    found = [e["data"].get("ranks", []) for e in ev.events if e.get("type") == "ranks"]
-    return found[-1] if found else []
 
 
 @register

@@ -1,0 +1,11 @@
+"""What the distributed rules share (not a rule): each rank's outcome when the job ended."""
+
+from __future__ import annotations
+
+from modeldebug.evidence import Evidence
+
+
+def rank_outcomes(ev: Evidence) -> list[dict]:
+    """Each rank's outcome, as ``modeldebug run`` recorded it when the job ended (event ``ranks``)."""
+    found = [e["data"].get("ranks", []) for e in ev.events if e.get("type") == "ranks"]
+    return found[-1] if found else []
