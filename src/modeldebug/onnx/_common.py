@@ -130,13 +130,6 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     return _one_line(exc, limit)
 
 
-def opset_of(proto, domain: str = "") -> int | None:
-    for imp in proto.opset_import:
-        if imp.domain in (domain, "ai.onnx" if domain == "" else domain):
-            return int(imp.version)
-    return None
-
-
 def make_session(
     proto,
     providers: Sequence[str] | None = None,

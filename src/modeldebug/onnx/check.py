@@ -26,7 +26,8 @@ from modeldebug.onnx._common import (
     ort_mod,
     subgraph_nodes,
 )
-from modeldebug.types import Finding, Recommendation, Report
+from modeldebug.findings import fix, make_finding
+from modeldebug.types import Finding, Report
 
 _NODE_IN_MESSAGE = re.compile(r"op_type:\s*([\w.]+)(?:,\s*node name:\s*([^)]*))?\)")
 _ORT_NODE = re.compile(r"Node \(([^)]*)\) Op \(([\w.]+)\)")
@@ -34,8 +35,7 @@ _ORT_NOT_IMPLEMENTED = re.compile(r"Could not find an implementation for (\w+)\(
 _ORT_NO_KERNEL = re.compile(r"Failed to find kernel for (\w+)\((\d+)\) \(node:'([^']*)'")
 _ORT_NOT_REGISTERED = re.compile(r"([\w.]*):(\w+)\((-?\d+)\) is not a registered function/op")
 
-_REEXPORT = Recommendation(
-    type="fix",
+_REEXPORT = fix(
     description="Re-export the model with a current exporter and opset, then check it again.",
     implementation="torch.onnx.export(model, args, 'model.onnx', dynamo=True)",
 )
@@ -63,8 +63,8 @@ def analyze_model(
     try:
         proto = load_model(model)
     except DebuggingError as exc:
-        finding = Finding(
-            kind="onnx_invalid_model",
+        finding = make_finding(
+            "onnx_invalid_model",
             severity="high",
             confidence=1.0,
             location=None,
@@ -186,8 +186,8 @@ def _run_checker(proto) -> list[Finding]:
         text = str(exc).strip()
         location = _node_from_checker(text)
         return [
-            Finding(
-                kind="onnx_invalid_model",
+            make_finding(
+                "onnx_invalid_model",
                 severity="high",
                 confidence=0.95,
                 location=location,
@@ -223,8 +223,8 @@ def _infer_shapes(proto) -> list[Finding]:
         last = list(_NODE_IN_MESSAGE.finditer(text))
         detail = text[last[-1].end() :].lstrip(": ").strip() if last else text
         return [
-            Finding(
-                kind="onnx_shape_error",
+            make_finding(
+                "onnx_shape_error",
                 severity="high",
                 confidence=0.9,
                 location=name or None,
@@ -236,8 +236,7 @@ def _infer_shapes(proto) -> list[Finding]:
                 evidence={"stage": "shape_inference", "node": name, "op_type": op, "error": text[:2000]},
                 causes=["export_problem"],
                 recommendations=[
-                    Recommendation(
-                        type="fix",
+                    fix(
                         description="Check the shapes feeding this node in the source model (or the exporter's dynamic axes); "
                         "re-export once the shapes agree.",
                     )
@@ -313,8 +312,8 @@ def _unsupported_finding(u: dict[str, Any], providers: Sequence[str]) -> Finding
     ort = ort_mod()
     name = u["op_type"] if u["domain"] == "ai.onnx" else f"{u['domain']}:{u['op_type']}"
     versions = f" (it has kernels for versions {', '.join(u['known_versions'])})" if u["known_versions"] else ""
-    return Finding(
-        kind="onnx_unsupported_op",
+    return make_finding(
+        "onnx_unsupported_op",
         severity="high",
         confidence=0.9,
         location=u["nodes"][0] or None,
@@ -325,8 +324,7 @@ def _unsupported_finding(u: dict[str, Any], providers: Sequence[str]) -> Finding
         evidence=dict(u, providers=list(providers), onnxruntime=ort.__version__),
         causes=["export_problem"],
         recommendations=[
-            Recommendation(
-                type="fix",
+            fix(
                 description="Export with an opset the runtime supports, replace the operator in the source model, "
                 "or register a custom-op library with onnxruntime.",
                 implementation="torch.onnx.export(model, args, 'model.onnx', opset_version=18)",
@@ -369,8 +367,8 @@ def _try_session(proto, providers: Sequence[str], earlier: list[Finding]) -> tup
         if any(f.kind == kind and (location is None or f.location == location) for f in earlier):
             return [], False
         return [
-            Finding(
-                kind=kind,
+            make_finding(
+                kind,
                 severity="high",
                 confidence=1.0,
                 location=location,

@@ -244,33 +244,9 @@ def _print(report: Report, summary: Callable) -> None:
 
     console = Console()
     summary(console, report.metrics)
-    try:
-        from modeldebug.report.terminal import print_report  # the shared renderer, where it exists
-    except ImportError:
-        print_report = None
-    if print_report is not None:
-        print_report(report)
-        return
-    _print_findings(console, report)
+    from modeldebug.report.terminal import print_report
 
-
-def _print_findings(console, report: Report) -> None:
-    from rich.table import Table
-
-    if not report.findings:
-        console.print("[green]No findings.[/green]")
-        return
-    colors = {"high": "red", "medium": "yellow", "low": "cyan"}
-    for f in report.sorted_findings():
-        c = colors[f.severity]
-        console.print(f"[bold {c}]{f.severity.upper()}[/] [bold]{f.kind}[/] at [magenta]{f.location or '-'}[/]", highlight=False)
-        console.print(f"  {f.message}", highlight=False, markup=False)
-        for r in f.recommendations:
-            console.print(f"  -> {r.description}" + (f"  [dim]{r.implementation}[/]" if r.implementation else ""), highlight=False)
-    table = Table(title=None, show_header=False, box=None)
-    counts = {s: sum(1 for f in report.findings if f.severity == s) for s in ("high", "medium", "low")}
-    table.add_row(", ".join(f"{n} {s}" for s, n in counts.items() if n))
-    console.print(table)
+    print_report(report)
 
 
 def _summary_check(console, m: dict) -> None:

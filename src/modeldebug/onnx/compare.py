@@ -33,6 +33,7 @@ from modeldebug.onnx._common import (
     onnx_mod,
     with_all_outputs,
 )
+from modeldebug.findings import fix, make_finding
 from modeldebug.types import Finding, Recommendation, Report
 
 _SCOPE_KEY = "pkg.torch.onnx.name_scopes"
@@ -449,7 +450,7 @@ def _findings(module, proto, compared, outputs, rtol, atol, modules) -> list[Fin
             f"the module is in train mode with {len(training)} mode-dependent layer(s) ({', '.join(training[:3])}): "
             "dropout and batch statistics make PyTorch's outputs differ from the export"
         )
-        recs.append(Recommendation(type="fix", description="Call model.eval() before exporting and comparing.", implementation="model.eval()"))
+        recs.append(fix(description="Call model.eval() before exporting and comparing.", implementation="model.eval()"))
     if first is not None:
         location = first["module"] or None  # "" is the root module: the model itself
         op_level = first.get("level") == "op"
@@ -465,16 +466,16 @@ def _findings(module, proto, compared, outputs, rtol, atol, modules) -> list[Fin
             evidence["weight_differences"] = weights
             w = weights[0]
             causes_text.append(f"the ONNX weight {w['name']} differs from the module's parameter (max abs diff {w['max_abs']:.3g})")
-            recs.append(Recommendation(type="fix", description="Re-export from the intended checkpoint; the ONNX file's weights are not the module's."))
+            recs.append(fix(description="Re-export from the intended checkpoint; the ONNX file's weights are not the module's."))
         if first["torch_dtype"] != first["onnx_dtype"]:
             causes_text.append(f"the dtype changes ({first['torch_dtype']} in PyTorch, {first['onnx_dtype']} in ONNX)")
-            recs.append(Recommendation(type="fix", description="Export with the dtypes the module computes in (cast inputs, avoid .half() only on one side)."))
+            recs.append(fix(description="Export with the dtypes the module computes in (cast inputs, avoid .half() only on one side)."))
         expected = _EXPECTED_OPS.get(first["module_type"])
         if expected and not op_level and not expected & set(first["op_types"]):
             causes_text.append(
                 f"{first['module_type']} was exported as {', '.join(first['op_types'])} (a replacement or approximation of the original op)"
             )
-            recs.append(Recommendation(type="fix", description=f"Export with an opset that has a native op for {first['module_type']}, or use an exact formulation in the source model."))
+            recs.append(fix(description=f"Export with an opset that has a native op for {first['module_type']}, or use an exact formulation in the source model."))
         where = (
             f"the {first['op_types'][0]} op {first['value']} inside {first['module'] or 'the top-level module'} ({first['module_type']})"
             if op_level
@@ -498,15 +499,14 @@ def _findings(module, proto, compared, outputs, rtol, atol, modules) -> list[Fin
         message += " Likely cause: " + "; ".join(causes_text) + "."
     else:
         recs.append(
-            Recommendation(
-                type="fix",
+            fix(
                 description="Look at the ONNX nodes of this module (evidence.onnx_ops) against its PyTorch code; "
                 "re-export with the other exporter to see whether the export or the runtime is at fault.",
             )
         )
     return [
-        Finding(
-            kind="onnx_numerical_mismatch",
+        make_finding(
+            "onnx_numerical_mismatch",
             severity="high",
             confidence=0.9 if first is not None else 0.7,
             location=location,

@@ -27,7 +27,8 @@ from modeldebug.onnx._common import (
     value_stats,
     with_all_outputs,
 )
-from modeldebug.types import Finding, Recommendation, Report
+from modeldebug.findings import fix, make_finding
+from modeldebug.types import Finding, Report
 
 FP16_MAX = 65504.0
 
@@ -137,18 +138,18 @@ def _origin_finding(index: int, node, bad_out: list[str], values: dict[str, Any]
     out_stats = {o: value_stats(values[o]) for o in bad_out}
     in_stats = {i: value_stats(values[i]) for i in node.input if i and isinstance(values.get(i), np.ndarray)}
     first = out_stats[bad_out[0]]
-    what, fix, code = _OP_ADVICE.get(node.op_type, ("a numerically unstable operation", "Guard this operation's inputs (clamp or add an epsilon).", None))
+    what, remedy, code = _OP_ADVICE.get(node.op_type, ("a numerically unstable operation", "Guard this operation's inputs (clamp or add an epsilon).", None))
     overflow = _looks_like_overflow(node, values)
     if overflow:
         what = "an overflow of its output type (the inputs are finite but the result exceeds the type's range)"
-        fix = "Compute this part in float32, or scale the values down before it."
+        remedy = "Compute this part in float32, or scale the values down before it."
         code = None
     inputs_text = "; ".join(
         f"{i}: min {s.get('min', float('nan')):.3g}, max {s.get('max', float('nan')):.3g}, zeros {s.get('zero_count', 0)}, negatives {s.get('negative_count', 0)}"
         for i, s in in_stats.items()
     )
-    return Finding(
-        kind="onnx_nan_or_inf",
+    return make_finding(
+        "onnx_nan_or_inf",
         severity="high",
         confidence=0.95,
         location=label,
@@ -165,7 +166,7 @@ def _origin_finding(index: int, node, bad_out: list[str], values: dict[str, Any]
             "inputs": in_stats,
         },
         causes=["numerically_unstable_op"],
-        recommendations=[Recommendation(type="fix", description=fix, implementation=code)],
+        recommendations=[fix(remedy, code)],
     )
 
 
@@ -182,8 +183,8 @@ def _looks_like_overflow(node, values: dict[str, Any]) -> bool:
 def _source_finding(name: str, is_input: bool, value: Any) -> Finding:
     what = "input" if is_input else "initializer (weight)"
     stats = value_stats(value) if isinstance(value, np.ndarray) else {}
-    return Finding(
-        kind="onnx_nan_or_inf",
+    return make_finding(
+        "onnx_nan_or_inf",
         severity="high",
         confidence=0.9,
         location=name,
@@ -192,8 +193,7 @@ def _source_finding(name: str, is_input: bool, value: Any) -> Finding:
         evidence={"value": name, "source": "input" if is_input else "initializer", "stats": stats},
         causes=["unnormalized_inputs"] if is_input else ["export_problem", "bad_weight_init"],
         recommendations=[
-            Recommendation(
-                type="fix",
+            fix(
                 description="Check the data pipeline for NaN/Inf before inference."
                 if is_input
                 else "The exported weights are broken: check the checkpoint for NaN and re-export.",
@@ -226,8 +226,8 @@ def _fp16_findings(hits: list[dict[str, Any]]) -> list[Finding]:
     first = hits[0]
     native = first["dtype"] == "float16"
     return [
-        Finding(
-            kind="onnx_nan_or_inf",
+        make_finding(
+            "onnx_nan_or_inf",
             severity="medium" if native else "low",
             confidence=0.7,
             location=first["node"],
@@ -239,8 +239,7 @@ def _fp16_findings(hits: list[dict[str, Any]]) -> list[Finding]:
             evidence={"values": hits[:20], "fp16_max": FP16_MAX},
             causes=["numerically_unstable_op"],
             recommendations=[
-                Recommendation(
-                    type="fix",
+                fix(
                     description="Keep this node in float32 when converting to fp16 (e.g. the block list of onnxconverter_common's "
                     "convert_float_to_float16), or normalize the values before it.",
                     implementation="convert_float_to_float16(model, node_block_list=[...])",

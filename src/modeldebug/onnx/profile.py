@@ -27,45 +27,39 @@ from modeldebug.onnx._common import (
     new_report,
     one_line,
 )
+from modeldebug.findings import make_finding, optimization
 from modeldebug.types import Finding, Recommendation, Report
 
 # What to try when one op type dominates; keyed by onnxruntime's (possibly fused) op name.
 _SUGGESTIONS: dict[str, Recommendation] = {
-    "Conv": Recommendation(
-        type="optimization",
+    "Conv": optimization(
         description="Convolutions dominate: quantize the model (static int8) or run it on a GPU execution provider.",
         implementation="onnxruntime.quantization.quantize_static(...)",
     ),
-    "MatMul": Recommendation(
-        type="optimization",
+    "MatMul": optimization(
         description="Matrix products dominate: dynamic int8 quantization usually speeds them up 2-3x on CPU.",
         implementation="onnxruntime.quantization.quantize_dynamic('model.onnx', 'model.int8.onnx')",
     ),
-    "Einsum": Recommendation(
-        type="optimization",
+    "Einsum": optimization(
         description="Einsum runs as a generic kernel; rewrite it as MatMul/Transpose in the source model.",
     ),
-    "Loop": Recommendation(
-        type="optimization",
+    "Loop": optimization(
         description="A Loop node runs its body op by op; unroll it at export (static trip count) if you can.",
     ),
-    "Scan": Recommendation(
-        type="optimization",
+    "Scan": optimization(
         description="Scan runs its body step by step; use the fused RNN/LSTM/GRU ops where the model allows.",
     ),
-    "Resize": Recommendation(
-        type="optimization",
+    "Resize": optimization(
         description="Resize is slow with cubic or antialiased modes; nearest or linear modes are much cheaper.",
     ),
-    "TopK": Recommendation(type="optimization", description="TopK over a long axis is slow; reduce k or the axis length."),
+    "TopK": optimization(description="TopK over a long axis is slow; reduce k or the axis length."),
 }
 for _name in ("Gemm", "FusedMatMul", "MatMulInteger", "FusedGemm"):
     _SUGGESTIONS[_name] = _SUGGESTIONS["MatMul"]
 for _name in ("FusedConv", "ConvTranspose", "NhwcConv"):
     _SUGGESTIONS[_name] = _SUGGESTIONS["Conv"]
 
-_LEVEL_HINT = Recommendation(
-    type="optimization",
+_LEVEL_HINT = optimization(
     description="Profile and deploy with graph optimizations enabled (ORT_ENABLE_ALL): fused kernels are faster.",
     implementation="opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL",
 )
@@ -201,15 +195,14 @@ def _slow_nodes(metrics: dict[str, Any], slow_share: float, level: str) -> list[
             recs.append(_LEVEL_HINT)
         if e["provider"] and e["provider"] == "CPUExecutionProvider" and metrics.get("providers", ["CPU"])[0] != e["provider"]:
             recs.append(
-                Recommendation(
-                    type="optimization",
+                optimization(
                     description=f"This node fell back to the CPU while {metrics['providers'][0]} was asked for; "
                     "an op or dtype the accelerator supports avoids the copies.",
                 )
             )
         findings.append(
-            Finding(
-                kind="onnx_slow_node",
+            make_finding(
+                "onnx_slow_node",
                 severity="medium" if e["share"] >= 0.5 else "low",
                 confidence=0.8,
                 location=e["node"],
