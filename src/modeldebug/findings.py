@@ -2,31 +2,40 @@
 the one conversion of evidence to JSON-safe values.
 
 Rules, the error diagnosis and the ONNX checks build their findings here, so a recommendation or
-an evidence value looks the same whichever part found it. Imports only types, stdlib and numpy.
+an evidence value looks the same whichever part found it.
+
+Imports only the standard library at import time: the store (on the light path of ``modeldebug
+run``, which loads neither pydantic nor numpy) writes its JSON with ``jsonable``; the builders
+import the pydantic types when first called.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping
 
-import numpy as np
-
-from modeldebug.types import Finding, Recommendation
+if TYPE_CHECKING:
+    from modeldebug.types import Finding, Recommendation
 
 NonFinite = Literal["str", "null", "keep"]
 
 
+def recommendation(type: str, description: str, implementation: str | None = None) -> Recommendation:
+    from modeldebug.types import Recommendation
+
+    return Recommendation(type=type, description=description, implementation=implementation)
+
+
 def fix(description: str, implementation: str | None = None) -> Recommendation:
-    return Recommendation(type="fix", description=description, implementation=implementation)
+    return recommendation("fix", description, implementation)
 
 
 def optimization(description: str, implementation: str | None = None) -> Recommendation:
-    return Recommendation(type="optimization", description=description, implementation=implementation)
+    return recommendation("optimization", description, implementation)
 
 
 def best_practice(description: str, implementation: str | None = None) -> Recommendation:
-    return Recommendation(type="best_practice", description=description, implementation=implementation)
+    return recommendation("best_practice", description, implementation)
 
 
 def jsonable(value: Any, nonfinite: NonFinite = "str") -> Any:
@@ -43,8 +52,8 @@ def jsonable(value: Any, nonfinite: NonFinite = "str") -> Any:
         if math.isfinite(value) or nonfinite == "keep":
             return float(value)
         return str(float(value)) if nonfinite == "str" else None
-    if isinstance(value, (np.generic, np.ndarray)) or (hasattr(value, "tolist") and hasattr(value, "dtype")):
-        return jsonable(value.tolist(), nonfinite)  # numpy values and tensors, without importing torch
+    if hasattr(value, "tolist") and hasattr(value, "dtype") and not isinstance(value, type):
+        return jsonable(value.tolist(), nonfinite)  # numpy scalars and arrays, tensors: without importing them
     if hasattr(value, "model_dump"):
         return jsonable(value.model_dump(mode="json"), nonfinite)
     if isinstance(value, Mapping):
@@ -70,6 +79,8 @@ def make_finding(
     **rest: Any,
 ) -> Finding:
     """A Finding with JSON-safe evidence, a confidence clamped to [0, 1] and an int step."""
+    from modeldebug.types import Finding
+
     return Finding(
         kind=kind,
         severity=severity,
@@ -84,4 +95,4 @@ def make_finding(
     )
 
 
-__all__ = ["best_practice", "fix", "jsonable", "make_finding", "optimization"]
+__all__ = ["best_practice", "fix", "jsonable", "make_finding", "optimization", "recommendation"]
