@@ -178,7 +178,8 @@ def per_script(results: list[Result]) -> str:
     width = max((len(r.case.key) for r in results), default=0)
     lines = []
     for r in results:
-        got = " ".join(found(f) for f in r.findings) or ("no finding" if r.report_written else "no report")
+        got = " ".join(found(f) for f in r.findings) or (
+            "no finding" if r.report_written else "no report: " + (r.error.splitlines() or [""])[-1])
         mark = "ok " if (not r.false_alarms() if r.case.healthy else r.detected()) else "-- "
         lines.append(f"{mark}{r.case.key:{width}} {r.seconds:5.1f} s  planted {r.case.kind}: {got}")
     return "\n".join(lines)
