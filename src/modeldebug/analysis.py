@@ -7,8 +7,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from modeldebug.events import MonitorError
 from modeldebug.evidence import Evidence, histogram_counts
-from modeldebug.types import Report
+from modeldebug.metrics import TrainingMetrics
+from modeldebug.types import Finding, Report
 
 # Long series are downsampled to at most this many points in the report's metrics.
 MAX_POINTS = 500
@@ -17,17 +19,23 @@ MAX_LAYER_POINTS = 120
 
 
 def analyze(evidence: Evidence, rules: Sequence[Any] | None = None) -> Report:
+    """The rules' report: findings (see :func:`find`) and the run's summaries (see :func:`summarize`)."""
+    return Report(run=evidence.run, findings=find(evidence, rules), metrics=summarize(evidence))
+
+
+def find(evidence: Evidence, rules: Sequence[Any] | None = None) -> list[Finding]:
+    """The rules' findings and their post-passes."""
     from modeldebug.rules import run_rules
     from modeldebug.rules.rank_attribution import attribute_ranks
 
     findings = run_rules(evidence, rules)
     if len(evidence.ranks):  # a torchrun job: name the rank a NaN started on
         findings = attribute_ranks(findings, evidence)
-    return Report(run=evidence.run, findings=findings, metrics=summarize(evidence))
+    return findings
 
 
-def summarize(ev: Evidence) -> dict[str, Any]:
-    """Plain-JSON summaries of the run: series for plots and the spec's DebugMetrics figures."""
+def summarize(ev: Evidence) -> TrainingMetrics:
+    """Summaries of the run (typed, see modeldebug.metrics): series for plots and the spec's DebugMetrics figures."""
     steps = ev.steps
     out: dict[str, Any] = {"steps": int(len(steps))}
     if len(steps):
@@ -94,14 +102,14 @@ def summarize(ev: Evidence) -> dict[str, Any]:
         out["params"] = params
     if ev.class_counts:
         out["class_counts"] = {str(k): int(v) for k, v in sorted(ev.class_counts.items())}
-    stopped = next((e for e in ev.events if e.get("type") == "monitor_error"), None)
-    if stopped is not None:
+    stopped = ev.events_of(MonitorError)
+    if stopped:
         # The collector switched itself off after an error in its own code (the script went on):
         # the findings cover the steps before it.
-        data = stopped.get("data") or {}
-        out["monitor_stopped"] = {"step": stopped.get("step"), "hook": data.get("hook"),
-                                  "error": f"{data.get('type', 'Error')}: {data.get('message', '')}"}
-    return out
+        first = stopped[0]
+        out["monitor_stopped"] = {"step": first.at_step, "hook": first.hook,
+                                  "error": f"{first.type or 'Error'}: {first.message}"}
+    return TrainingMetrics.model_validate(out)
 
 
 def _downsample_index(n: int, limit: int = MAX_POINTS, keep: Sequence[np.ndarray] = ()) -> np.ndarray:

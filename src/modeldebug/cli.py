@@ -74,7 +74,7 @@ def runs(
         rows = s.list_runs(limit=limit)
         table = Table("id", "status", "steps", "duration", "findings", "command")
         for info in rows:
-            report = s.load_report(info.id, llm=False)
+            report = s.load_report(info.id)
             findings = "-" if report is None else str(len(report.findings))
             table.add_row(info.id, info.status, str(info.steps), f"{info.duration_s:.1f} s", findings, " ".join(info.command))
     _console().print(table)
@@ -91,38 +91,23 @@ def report(
     lm_api_base: Optional[str] = typer.Option(None, "--lm-api-base", help=LM_API_BASE_HELP),
 ) -> None:
     """Show a stored run's report again (and write it as JSON)."""
-    from modeldebug.analysis import analyze
+    from modeldebug.errors import MissingExtraError
+    from modeldebug.pipeline import diagnose
     from modeldebug.report.terminal import print_report
-    from modeldebug.runner import write_json
 
     lm_settings = _lm_settings(lm, lm_api_base)
     with _open_store(store) as s:
         run_id = _resolve(s, run_ref)
-        rep = None if reanalyze else s.load_report(run_id)  # with the latest LM analysis stored for the run
-        if rep is None:
-            s.save_report(run_id, analyze(s.load_evidence(run_id)))
-            rep = s.load_report(run_id)
-        if lm_settings is not None:  # the store keeps the rules' report and, beside it, what the LM said
-            from modeldebug.llm import enrich_report
-
-            rep, _ = enrich_report(rep, lm_settings, issue=rep.metrics.get("issue"))
-            s.save_report(run_id, rep)
-    written = []
-    if json_out:
-        write_json(rep, json_out)
-        written.append(str(json_out))
-    if html_out:
-        from modeldebug.errors import MissingExtraError
-        from modeldebug.report.html import write_html
-
         try:
-            write_html(rep, html_out, issue=rep.metrics.get("issue"))
+            # The store keeps the rules' report and, beside it, the latest LM analysis, shown with it.
+            diagnosis = diagnose(s, run_id, reuse_saved=not reanalyze, stored_llm=True, lm=lm_settings,
+                                 json_out=json_out, html_out=html_out)
         except MissingExtraError as exc:
             from rich.markup import escape
 
             _fail(escape(str(exc)))  # the message names the extra in brackets, which rich would take for markup
-        written.append(str(html_out))
-    print_report(rep, _console(), issue=rep.metrics.get("issue"), written=written)
+    rep, written = diagnosis.report, diagnosis.written
+    print_report(rep, _console(), issue=rep.metrics.issue, written=written)
     _print_llm(rep, _console(stderr=True))
 
 
@@ -137,14 +122,14 @@ def ask(
     """Ask a question about a stored run (an LM agent reads its numbers; without --lm, the matching findings)."""
     from rich.markup import escape
 
-    from modeldebug.analysis import analyze
     from modeldebug.llm.chat import ask as ask_run
+    from modeldebug.pipeline import evaluate
 
     lm_settings = _lm_settings(lm, lm_api_base)
     with _open_store(store) as s:
         run_id = _resolve(s, run_ref)
         evidence = s.load_evidence(run_id)
-        rep = s.load_report(run_id, llm=False) or analyze(evidence)  # the measured findings: what AskRun promises
+        rep = s.load_report(run_id) or evaluate(evidence)  # the measured findings: what AskRun promises
     result = ask_run(evidence, rep, question, lm_settings)
     if result.notice:
         _console(stderr=True).print(f"[yellow]note:[/] {escape(result.notice)}", soft_wrap=True)
@@ -170,6 +155,7 @@ def explain(
 ) -> None:
     """Explain a crash from its saved traceback: the cause, the layer, and the fix."""
     from modeldebug.diagnose import diagnose_text
+    from modeldebug.pipeline import write_outputs
     from modeldebug.report.terminal import print_report
     from modeldebug.types import Report, RunInfo
 
@@ -183,12 +169,7 @@ def explain(
     if not text.strip():
         _fail(f"{traceback_file} is empty: expected a Python traceback or an error message.")
     rep = Report(run=RunInfo(id="explain", status="completed"), findings=[diagnose_text(text)])
-    written = []
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(rep.to_json(), encoding="utf-8")
-        written.append(str(json_out))
-    print_report(rep, _console(), written=written)
+    print_report(rep, _console(), written=write_outputs(rep, json_out=json_out))
 
 
 def _open_store(path: Path):

@@ -49,7 +49,8 @@ DIAGNOSIS_MODULES = (
     "modeldebug.rules",
     "modeldebug.rules.rank_attribution",
     "modeldebug.analysis",
-    "modeldebug.llm.analyst",  # RunStore.save_report splits an LM's analysis off the report
+    "modeldebug.pipeline",
+    "modeldebug.llm.analysis",  # the pipeline splits an LM's analysis off the report it saves
 )
 
 
@@ -106,7 +107,7 @@ def run_script(
     script without importing pydantic. ``prepare`` names modules the caller uses on the result
     (the CLI's report printer): they are imported while the script runs.
 
-    An LM failure never changes the result: its notice is kept in ``report.metrics["llm"]``.
+    An LM failure never changes the result: its notice is kept in ``report.metrics.llm``.
     """
     if config is None:
         settings: dict[str, Any] = {}
@@ -176,26 +177,13 @@ def run_script(
         if info is None or info.duration_s == 0:
             fields["duration_s"] = time.time() - started
         store.update_run(run_id, **fields)
-        report = _analyze(store, run_id)
-        if issue:
-            report.metrics["issue"] = issue
-        if lm is not None:
-            from modeldebug.llm import enrich_report
+        _record_ranks(store, run_id)
+        from modeldebug.pipeline import diagnose
 
-            report, _ = enrich_report(report, lm, issue=issue)
-        store.save_report(run_id, report)
+        diagnosis = diagnose(store, run_id, issue=issue, lm=lm, json_out=json_out, html_out=html_out)
     finally:
         store.close()
-    written = []
-    if json_out:
-        write_json(report, json_out)
-        written.append(str(json_out))
-    if html_out:
-        from modeldebug.report.html import write_html
-
-        write_html(report, html_out, issue=issue)
-        written.append(str(html_out))
-    return RunResult(report=report, exit_code=code, written=written)
+    return RunResult(report=diagnosis.report, exit_code=code, written=diagnosis.written)
 
 
 def _import_quietly(names: Sequence[str]) -> None:
@@ -208,21 +196,12 @@ def _import_quietly(names: Sequence[str]) -> None:
             pass
 
 
-def _analyze(store: RunStore, run_id: str) -> Report:
-    """Diagnose rank 0's run; for a torchrun job, with every rank's outcome (which rank failed
-    first, ranks left waiting) recorded first and the NaN finding naming its rank."""
-    from modeldebug.analysis import analyze
+def _record_ranks(store: RunStore, run_id: str) -> None:
+    """For a torchrun job, every rank's outcome (which rank failed first, ranks left waiting), recorded
+    before the diagnosis so that the NaN finding can name its rank."""
     from modeldebug.collect.distributed import summarize_ranks
-    from modeldebug.records import EventRecord
+    from modeldebug.events import Ranks
 
     ranks = summarize_ranks(store, run_id)
     if ranks:
-        store.add(run_id, EventRecord(step=None, type="ranks", data={"ranks": ranks}))
-    evidence = store.load_evidence(run_id)
-    return analyze(evidence)
-
-
-def write_json(report: Report, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(report.to_json())
+        store.add(run_id, Ranks(ranks=ranks).record(step=None))

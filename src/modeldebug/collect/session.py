@@ -1246,12 +1246,9 @@ class Debugger:
 
     def report(self, rules=None) -> Report:
         """Diagnose the run: the rules' findings, the run's summary and the metrics plots draw from."""
-        from modeldebug.analysis import analyze
+        from modeldebug.pipeline import diagnose
 
-        report = analyze(self.evidence(), rules=rules)
-        if self._stopped:
-            self.store.save_report(self.run_id, report)
-        return report
+        return diagnose(self.store, self.run_id, evidence=self.evidence(), rules=rules, save=self._stopped).report
 
 
 # ---------------------------------------------------------------------- helpers

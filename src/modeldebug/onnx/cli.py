@@ -235,8 +235,9 @@ def _finish(report: Report, json_path: Optional[Path], fail_on: Optional[str], s
 
 
 def _write_json(report: Report, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(report.to_json())
+    from modeldebug.pipeline import write_json  # one writer of report files for every command
+
+    write_json(report, path)
 
 
 def _print(report: Report, summary: Callable) -> None:

@@ -1,0 +1,202 @@
+"""The one post-run path: evidence -> rules (and their post-passes) -> optional LM -> store -> outputs.
+
+`modeldebug run` (:mod:`modeldebug.runner`), `modeldebug report`, ``Debugger.report()`` and the
+agent all come through here, so a run is diagnosed, explained, saved and written the same way
+whichever door it came in by:
+
+- :func:`evaluate`: the rules' report of one Evidence (findings, rank attribution, the metrics the
+  pictures draw from).
+- :func:`conclude`: the user's words (issue, context) on the report and, with an LM, its explanation.
+- :func:`diagnose`: a stored run, from evidence (or its saved report) to the saved report and files.
+- :func:`write_json` / :func:`write_outputs`: the report's files.
+- :func:`evaluated_run`: a stored run's evidence and rules' report, evaluated once and reused by
+  the agent's tools across calls until the run changes.
+
+Only the standard library is imported here at import time: `modeldebug run` imports this module
+after the script ends.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from modeldebug.errors import ErrorType
+    from modeldebug.evidence import Evidence
+    from modeldebug.store import RunStore
+    from modeldebug.types import Finding, Report
+
+
+@dataclass
+class Diagnosis:
+    report: Report
+    evidence: Evidence | None  # None when the saved report was reused
+    notices: list[str] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
+
+
+def evaluate(evidence: Evidence, rules: Sequence[Any] | None = None) -> Report:
+    """The rules' report of ``evidence``: findings (with their post-passes) and the run's summaries."""
+    from modeldebug.analysis import analyze
+
+    return analyze(evidence, rules)
+
+
+def conclude(
+    report: Report,
+    *,
+    issue: str | None = None,
+    context: dict[str, Any] | None = None,
+    lm: Any = None,
+    adapter: Any = None,
+) -> tuple[Report, str | None]:
+    """``report`` with the user's issue and context kept in it and, given ``lm``, explained and ranked
+    by the LM (never raises for an LM failure: its one-line notice comes back instead)."""
+    if issue:
+        report.metrics.issue = issue
+    if context:
+        report.metrics.context = context
+    if lm is None:
+        return report, None
+    from modeldebug.llm import enrich_report
+
+    return enrich_report(report, lm, issue=issue or report.metrics.issue, context=context, adapter=adapter)
+
+
+def with_stored_llm(store: RunStore, run_id: str, report: Report) -> Report:
+    """``report`` with what an LM said about the run before (``--lm``), marked as the LM's."""
+    from modeldebug.llm.analysis import apply_latest_analysis
+
+    return apply_latest_analysis(store, run_id, report)
+
+
+def diagnose(
+    store: RunStore,
+    run_id: str,
+    *,
+    evidence: Evidence | None = None,
+    rules: Sequence[Any] | None = None,
+    reuse_saved: bool = False,
+    stored_llm: bool = False,
+    issue: str | None = None,
+    lm: Any = None,
+    save: bool = True,
+    json_out: str | os.PathLike | None = None,
+    html_out: str | os.PathLike | None = None,
+) -> Diagnosis:
+    """A run's report, saved in ``store`` and written to the files asked for.
+
+    ``reuse_saved``: the saved rules' report when there is one (else the rules run on the evidence).
+    ``stored_llm``: the run's latest stored LM analysis is applied. ``issue`` defaults to the one the
+    report keeps. The report is saved (``save``) when it is new or an LM explained it; the store
+    keeps the rules' report and the LM's analysis apart.
+    """
+    report = store.load_report(run_id) if reuse_saved else None
+    changed = report is None or bool(issue) or lm is not None
+    if report is None:
+        evidence = store.load_evidence(run_id) if evidence is None else evidence
+        report = evaluate(evidence, rules)
+    if stored_llm:
+        report = with_stored_llm(store, run_id, report)
+    report, notice = conclude(report, issue=issue, lm=lm)
+    if save and changed:
+        from modeldebug.llm.analysis import save_report_with_analysis
+
+        save_report_with_analysis(store, run_id, report)  # the rules' report, and a new LM analysis beside it
+    written = write_outputs(report, json_out=json_out, html_out=html_out, issue=issue or report.metrics.issue)
+    return Diagnosis(report=report, evidence=evidence, notices=[notice] if notice else [], written=written)
+
+
+def write_json(report: Report, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report.to_json(), encoding="utf-8")
+
+
+def write_outputs(
+    report: Report,
+    *,
+    json_out: str | os.PathLike | None = None,
+    html_out: str | os.PathLike | None = None,
+    issue: str | None = None,
+) -> list[str]:
+    """Write the JSON and HTML reports asked for; the paths written, in that order.
+    A missing report extra raises MissingExtraError (after the JSON is written)."""
+    written = []
+    if json_out:
+        write_json(report, json_out)
+        written.append(str(json_out))
+    if html_out:
+        from modeldebug.report.html import write_html
+
+        write_html(report, html_out, issue=issue)
+        written.append(str(html_out))
+    return written
+
+
+# --- a stored run, evaluated once for the agent's tools -------------------------------------------
+
+
+@dataclass
+class EvaluatedRun:
+    run_id: str
+    evidence: Evidence
+    report: Report  # the rules' report; shared: copy it before changing it
+
+
+# A few runs, held strongly: each tool call on one run would otherwise load it and run every rule.
+_CACHE_SIZE = 2
+_cache: OrderedDict[tuple[str, str], tuple[Any, EvaluatedRun]] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def evaluated_run(store_path: str | os.PathLike, run_ref: str, error_type: ErrorType = "analysis") -> EvaluatedRun:
+    """The run ``run_ref`` names in the store at ``store_path``, its evidence and rules' report, from
+    the cache while the run's rows are unchanged. Raises DebuggingError (``error_type``) when the store
+    or the run is missing."""
+    from modeldebug.errors import DebuggingError
+    from modeldebug.store import RunStore
+
+    path = Path(store_path)
+    if not path.exists():
+        raise DebuggingError(f"No run store at {path}: run training under modeldebug first.", error_type,
+                             {"store": str(path)})
+    store = RunStore(path)
+    try:
+        try:
+            run_id = store.resolve(str(run_ref))
+            version = store.run_version(run_id)
+        except ValueError as exc:
+            raise DebuggingError(str(exc), error_type, {"store": str(path), "run": run_ref}) from exc
+        key = (str(path.resolve()), run_id)
+        with _cache_lock:
+            hit = _cache.get(key)
+            if hit is not None and hit[0] == version:
+                _cache.move_to_end(key)
+                return hit[1]
+        evidence = store.load_evidence(run_id)
+    finally:
+        store.close()
+    run = EvaluatedRun(run_id, evidence, evaluate(evidence))
+    with _cache_lock:
+        _cache[key] = (version, run)
+        _cache.move_to_end(key)
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return run
+
+
+def findings_of(evidence: Evidence) -> list[Finding]:
+    """The rules' findings on ``evidence``: those of its cached evaluation when it is a cached run's."""
+    with _cache_lock:
+        run = next((r for _, r in _cache.values() if r.evidence is evidence), None)
+    if run is not None:
+        return run.report.findings
+    from modeldebug.analysis import find
+
+    return find(evidence)
