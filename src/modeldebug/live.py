@@ -13,6 +13,7 @@ import fcntl
 import os
 import pty
 import select
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -49,39 +50,33 @@ class Status:
         self._stop.set()
 
     def _poll(self) -> None:
-        import sqlite3
+        from modeldebug.errors import DebuggingError
+        from modeldebug.store import RunStore
 
+        store = None
         next_rules = time.monotonic() + RULES_EVERY_S
-        while not self._stop.wait(1.0):
-            try:
-                conn = sqlite3.connect(f"file:{self.store_path}?mode=ro", uri=True, timeout=1.0)
+        try:
+            while not self._stop.wait(1.0):
                 try:
-                    row = conn.execute(
-                        "SELECT COUNT(*), MAX(step) FROM steps WHERE run_id = ?", (self.run_id,)
-                    ).fetchone()
-                    last = conn.execute(
-                        "SELECT loss FROM steps WHERE run_id = ? AND loss IS NOT NULL ORDER BY step DESC LIMIT 1",
-                        (self.run_id,),
-                    ).fetchone()
-                finally:
-                    conn.close()
-            except sqlite3.Error:
-                continue
-            steps = (row[1] + 1) if row and row[1] is not None else 0
-            loss = f" · loss {last[0]:.4g}" if last and last[0] is not None else ""
-            if time.monotonic() >= next_rules and steps:
-                took = self._run_rules()
-                next_rules = time.monotonic() + max(RULES_EVERY_S, 20 * took)
-            self.text = f"modeldebug ▸ step {steps}{loss}{self._findings}"
+                    store = store or RunStore(self.store_path)
+                    steps, last_loss = store.progress(self.run_id)
+                except (DebuggingError, sqlite3.Error):
+                    continue
+                loss = f" · loss {last_loss:.4g}" if last_loss is not None else ""
+                if time.monotonic() >= next_rules and steps:
+                    took = self._run_rules(store)
+                    next_rules = time.monotonic() + max(RULES_EVERY_S, 20 * took)
+                self.text = f"modeldebug ▸ step {steps}{loss}{self._findings}"
+        finally:
+            if store is not None:
+                store.close()
 
-    def _run_rules(self) -> float:
+    def _run_rules(self, store) -> float:
         started = time.monotonic()
         try:
             from modeldebug.rules import run_rules
-            from modeldebug.store import RunStore
 
-            with RunStore(self.store_path) as store:
-                findings = run_rules(store.load_evidence(self.run_id))
+            findings = run_rules(store.load_evidence(self.run_id))
             serious = [f for f in findings if f.severity in ("high", "medium")]
             high = sum(1 for f in serious if f.severity == "high")
             self._findings = f" · {len(serious)} finding{'s' if len(serious) != 1 else ''}" + (

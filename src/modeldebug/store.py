@@ -10,10 +10,10 @@ One file per project directory (``.modeldebug/runs.db``), stdlib ``sqlite3`` in 
   (each write waits up to ``BUSY_TIMEOUT_S`` for the lock).
 - Row tables are generated from the record dataclasses in ``modeldebug.records``: a new field is a
   new column, and an older file gets it through ``ALTER TABLE`` when opened.
-- ``runs.report`` always holds the rules' report. What a language model said about a run (its
-  summary, ranking, explanations, recommendations and the findings it added, all marked as its
-  own) is a row of ``llm_analyses`` next to it: :meth:`RunStore.save_report` splits an enriched
-  report in two, :meth:`RunStore.load_report` puts the latest successful analysis back.
+- ``runs.report`` holds the rules' report. What a language model said about a run (its summary,
+  ranking, explanations, recommendations and the findings it added, all marked as its own) is a
+  row of ``llm_analyses`` next to it, kept as opaque JSON: splitting an enriched report in two
+  and applying an analysis again is the LM layer's work (:mod:`modeldebug.llm.analysis`).
 """
 
 from __future__ import annotations
@@ -22,33 +22,29 @@ import atexit
 import functools
 import json
 import logging
-import math
-import operator
 import os
 import sqlite3
-import sys
 import threading
 import time
 import weakref
 from contextlib import contextmanager
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from modeldebug.records import (
-    EventRecord,
-    LayerRecord,
-    ParamRecord,
-    RankRecord,
-    StepRecord,
-    ValidationRecord,
-    column_names,
-)
 from modeldebug.errors import DebuggingError
+from modeldebug.store_schema import (  # noqa: F401  LLMAnalysisRecord: re-exported, the LM layer's record
+    SPEC_BY_TABLE,
+    SPEC_BY_TYPE,
+    SPECS,
+    LLMAnalysisRecord,
+    from_dict,
+    json_default,
+    plain_rows,
+    schema_changes,
+)
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from modeldebug.config import DebuggingConfig
     from modeldebug.evidence import Evidence
     from modeldebug.records import LayerInfo, OptimizerInfo, ParamInfo
@@ -63,199 +59,6 @@ DEFAULT_PATH = ".modeldebug/runs.db"
 BUSY_TIMEOUT_S = 10.0
 MAX_PENDING_BATCHES = 64  # rows kept for retry when writes fail, in units of flush_rows
 RUNS_HINT = "list runs with `modeldebug runs`"
-
-_numpy_adapted = False
-
-
-def _adapt_numpy() -> None:
-    """numpy scalars reach records easily (np.float32 losses, np.int64 counts); sqlite3 binds only
-    Python numbers, so teach it these once rather than converting every value in add(). Called
-    before rows are written: a process that has not imported numpy has no numpy scalars to write."""
-    global _numpy_adapted
-    if _numpy_adapted or "numpy" not in sys.modules:
-        return
-    import numpy as np
-
-    for t in (np.float16, np.float32):
-        sqlite3.register_adapter(t, float)
-    for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64):
-        sqlite3.register_adapter(t, int)
-    sqlite3.register_adapter(np.bool_, bool)
-    _numpy_adapted = True
-
-
-@dataclass(slots=True)
-class LLMAnalysisRecord:
-    """One LM analysis of a run (``modeldebug run/report --lm``), written by the LM layer, not the collector.
-
-    ``analysis`` is :func:`modeldebug.llm.analyst.analysis_of` of the enriched report: what lands in
-    ``report.metrics["llm"]`` plus the findings the LM added. Failed attempts are kept too
-    (``status == "fallback"`` with the one-line notice) but never applied to a report.
-    """
-
-    created_at: float
-    model: str
-    status: str  # ok | fallback
-    issue: str | None = None
-    analysis: dict = field(default_factory=dict)
-
-
-# --- tables generated from the record dataclasses ---------------------------------------------
-
-_KINDS = {"float": "real", "int": "int", "bool": "bool", "str": "text", "bytes": "blob"}
-_SQL_TYPES = {"real": "REAL", "int": "INTEGER", "bool": "INTEGER", "text": "TEXT", "blob": "BLOB", "json": "TEXT"}
-
-
-@dataclass(frozen=True)
-class _Column:
-    name: str
-    kind: str  # real | int | bool | text | blob | json (anything else, stored as JSON text)
-    default: Any
-
-    def ddl(self) -> str:
-        # The DEFAULT only matters for rows that existed before ALTER TABLE added the column:
-        # they read back as the dataclass default (NaN/None defaults stay NULL, read as NaN).
-        sql = f'"{self.name}" {_SQL_TYPES[self.kind]}'
-        d = self.default
-        if isinstance(d, bool):
-            sql += f" DEFAULT {int(d)}"
-        elif isinstance(d, int) or (isinstance(d, float) and math.isfinite(d)):
-            sql += f" DEFAULT {d!r}"
-        elif isinstance(d, str):
-            sql += " DEFAULT '" + d.replace("'", "''") + "'"
-        return sql
-
-
-def _column_of(f) -> _Column:
-    ann = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    parts = [p.strip() for p in ann.split("|") if p.strip() != "None"]
-    kind = _KINDS.get(parts[0], "json") if len(parts) == 1 else "json"
-    return _Column(f.name, kind, None if f.default is MISSING else f.default)
-
-
-class _Spec:
-    """One record type's table: columns, DDL, INSERT and SELECT, all from the dataclass fields."""
-
-    def __init__(self, table: str, record_type: type, name_column: str | None, order: str, by_step: bool = True):
-        self.table = table
-        self.record_type = record_type
-        self.columns = [_column_of(f) for f in fields(record_type)]
-        self.names = column_names(record_type)
-        quoted = ", ".join(f'"{n}"' for n in self.names)
-        self.insert = f'INSERT INTO {table} (run_id, {quoted}) VALUES ({", ".join("?" * (len(self.names) + 1))})'
-        self.select = f"SELECT {quoted} FROM {table} WHERE run_id = ? ORDER BY {order}"
-        self.indexes = {f"{table}_run_step": "run_id, step"} if by_step else {f"{table}_run": "run_id"}
-        if name_column:
-            self.indexes[f"{table}_run_{name_column}"] = f'run_id, "{name_column}"'
-        self._get = operator.attrgetter(*self.names)  # one C call per record instead of a loop
-        self._json = [i for i, c in enumerate(self.columns) if c.kind == "json"]
-
-    @functools.cached_property
-    def _dtype(self) -> "np.dtype":
-        import numpy as np
-
-        types = {"real": np.float64, "int": np.int64, "bool": np.bool_}
-        return np.dtype([(c.name, types.get(c.kind, object)) for c in self.columns])
-
-    def row(self, run_id: str, record: Any) -> tuple:
-        values = self._get(record)
-        if self._json:
-            values = list(values)
-            for i in self._json:
-                values[i] = json.dumps(values[i], default=_json_default)
-        return (run_id, *values)
-
-    def create(self) -> list[str]:
-        cols = ", ".join(c.ddl() for c in self.columns)
-        return [f"CREATE TABLE IF NOT EXISTS {self.table} (run_id TEXT NOT NULL, {cols})"]
-
-    def columns_from_rows(self, rows: list[tuple]) -> dict[str, np.ndarray]:
-        """Numpy columns straight from cursor rows: numpy converts the tuples in C, no per-row objects."""
-        import numpy as np
-
-        try:
-            packed = np.array(rows, dtype=self._dtype)  # NULL (SQLite's NaN) becomes NaN in float fields
-        except (TypeError, ValueError):  # a NULL in an integer column (or a stray value): go column by column
-            cols = list(zip(*rows)) if rows else [()] * len(self.columns)
-            return {c.name: _array(values, c.kind) for c, values in zip(self.columns, cols)}
-        return {c.name: _finish(packed[c.name], c.kind) for c in self.columns}
-
-    def dicts_from_rows(self, rows: list[tuple]) -> list[dict[str, Any]]:
-        """Plain Python values, for the few rows (events) that are read as dicts."""
-        json_at = set(self._json)
-        return [
-            {n: json.loads(v) if i in json_at and v is not None else v for i, (n, v) in enumerate(zip(self.names, row))}
-            for row in rows
-        ]
-
-
-def _finish(column: np.ndarray, kind: str) -> np.ndarray:
-    import numpy as np
-
-    if kind == "text" and not np.equal(column, None).any():
-        return column.astype(str)  # the dtype Evidence.build gives names: fast sorting and grouping
-    if kind == "json":
-        return _objects([None if v is None else json.loads(v) for v in column])
-    return column.copy()  # contiguous, and frees the packed rows
-
-
-def _array(values: tuple, kind: str) -> np.ndarray:
-    import numpy as np
-
-    try:
-        if kind == "real":
-            return np.array(values, dtype=np.float64)
-        if kind == "bool":
-            return np.array(values, dtype=bool)
-        if kind == "int":
-            try:
-                return np.array(values, dtype=np.int64)
-            except TypeError:  # NULLs: keep them as NaN rather than inventing a number
-                return np.array(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        return _objects(values)
-    return _finish(_objects(values), kind)
-
-
-def _objects(values) -> np.ndarray:
-    import numpy as np
-
-    out = np.empty(len(values), dtype=object)  # filled, not np.array(values): no nesting of lists
-    out[:] = values
-    return out
-
-
-_SPECS = [
-    _Spec("steps", StepRecord, None, "step, rowid"),
-    _Spec("layer_stats", LayerRecord, "layer", "step, rowid"),
-    _Spec("param_stats", ParamRecord, "param", "step, rowid"),
-    _Spec("validation", ValidationRecord, None, "step, rowid"),
-    _Spec("events", EventRecord, None, "rowid"),  # event steps may be NULL: keep them as written
-    _Spec("rank_stats", RankRecord, "rank", "step, rank, rowid"),  # cross-rank summaries (distributed runs)
-    _Spec("llm_analyses", LLMAnalysisRecord, None, "created_at, rowid", by_step=False),  # written directly, not buffered
-]
-_SPEC_BY_TYPE = {s.record_type: s for s in _SPECS}
-_SPEC_BY_TABLE = {s.table: s for s in _SPECS}
-
-_RUNS_COLUMNS = {"started_at": "REAL", "info": "TEXT", "config": "TEXT", "meta": "TEXT", "report": "TEXT"}
-_RUNS_DDL = "CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, " + ", ".join(
-    f"{k} {v}" for k, v in _RUNS_COLUMNS.items()
-) + ")"
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):  # numpy arrays and scalars, tensors
-        return obj.tolist()
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj, key=str)
-    return str(obj)
-
-
-def _from_dict(cls: type, data: dict) -> Any:
-    """A dataclass from saved JSON, ignoring keys a newer or older version wrote."""
-    known = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in known})
-
 
 # --- the store ---------------------------------------------------------------------------------
 
@@ -329,41 +132,13 @@ class RunStore:
             message = f"Could not open the run store {where} ({text}). Check that the path is a writable file location."
         return DebuggingError(message, type="monitoring", details={"path": where, "error": text})
 
-    @staticmethod
-    def _schema_changes(conn: sqlite3.Connection) -> list[str]:
-        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-        changes: list[str] = []
-        if "runs" not in tables:
-            changes.append(_RUNS_DDL)
-        else:
-            have = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
-            changes += [f"ALTER TABLE runs ADD COLUMN {k} {v}" for k, v in _RUNS_COLUMNS.items() if k not in have]
-        if "runs_started" not in indexes:
-            changes.append("CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at)")
-        for spec in _SPECS:
-            if spec.table not in tables:
-                changes += spec.create()
-            else:
-                # A file from an older version: add the columns it lacks (cheap forward compatibility).
-                have = {r[1] for r in conn.execute(f"PRAGMA table_info({spec.table})")}
-                changes += [
-                    f"ALTER TABLE {spec.table} ADD COLUMN {c.ddl()}" for c in spec.columns if c.name not in have
-                ]
-            changes += [
-                f"CREATE INDEX IF NOT EXISTS {name} ON {spec.table} ({cols})"
-                for name, cols in spec.indexes.items()
-                if name not in indexes
-            ]
-        return changes
-
     def _ensure_schema(self, conn: sqlite3.Connection) -> None:
         # Look first without a write lock: a reader opening a store that is up to date writes nothing.
-        if not self._schema_changes(conn):
+        if not schema_changes(conn):
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in self._schema_changes(conn):  # again, under the lock: another process may have won
+            for statement in schema_changes(conn):  # again, under the lock: another process may have won
                 conn.execute(statement)
             conn.execute("COMMIT")
         except BaseException:
@@ -474,51 +249,27 @@ class RunStore:
         with self._write() as conn:
             (meta,) = self._run_row(conn, run_id, "meta")
             merged = {**json.loads(meta or "{}"), **update}
-            conn.execute("UPDATE runs SET meta = ? WHERE id = ?", (json.dumps(merged, default=_json_default), run_id))
+            conn.execute("UPDATE runs SET meta = ? WHERE id = ?", (json.dumps(merged, default=json_default), run_id))
 
-    def save_report(self, run_id: str, report: Report) -> None:
-        """Save the run's report: the rules' part as the report, an LM's analysis (if it carries a new one)
-        as a row of ``llm_analyses``, in one transaction."""
-        from modeldebug.llm.analyst import analysis_of, rules_only
-
-        analysis = analysis_of(report)
-        if analysis is not None:
-            stored = (report.metrics.get("llm") or {}).get("stored")
-            report = rules_only(report)
-            if stored:  # applied from this store: nothing new to keep
-                analysis = None
+    def save_report(self, run_id: str, report: Report, *, analysis: dict[str, Any] | None = None) -> None:
+        """Save the run's report (the rules' report: :func:`modeldebug.llm.analysis.save_report_with_analysis`
+        splits an enriched one) and, given ``analysis``, a row of ``llm_analyses``, in one transaction."""
         with self._write() as conn:
             self._run_row(conn, run_id, "id")
             conn.execute("UPDATE runs SET report = ? WHERE id = ?", (report.to_json(indent=None), run_id))
             if analysis is not None:
                 self._insert_analysis(conn, run_id, analysis)
 
-    def load_report(self, run_id: str, *, llm: bool = True) -> Report | None:
-        """The saved report, or None when the run has none yet.
-
-        With ``llm`` (the default) the latest successful LM analysis of the run is applied to it
-        (marked: ``metrics["llm"]`` with ``stored``, the LM's findings with ``source="llm"``);
-        ``llm=False`` gives the rules' report alone.
-        """
+    def load_report(self, run_id: str) -> Report | None:
+        """The saved (rules') report, or None when the run has none yet
+        (:func:`modeldebug.llm.analysis.load_report_with_analysis` adds the latest LM analysis)."""
         with self._read() as conn:
             (text,) = self._run_row(conn, run_id, "report")
         from modeldebug.types import Report
 
         if text is None:
             return None
-        report = Report.from_json(text)
-        return self.with_llm_analysis(run_id, report) if llm else report
-
-    def with_llm_analysis(self, run_id: str, report: Report) -> Report:
-        """``report`` (a rules' report of this run) with the run's latest successful LM analysis applied, if any."""
-        row = next((r for r in reversed(self.llm_analyses(run_id)) if r["status"] == "ok"), None)
-        if row is None:
-            return report
-        from modeldebug.llm.analyst import apply_analysis
-
-        report = apply_analysis(report, row["analysis"])
-        report.metrics["llm"]["stored"] = {"id": row["id"], "created_at": row["created_at"]}
-        return report
+        return Report.from_json(text)
 
     def save_llm_analysis(self, run_id: str, analysis: dict[str, Any]) -> int:
         """Keep one LM analysis of the run (see :class:`LLMAnalysisRecord`); returns its id."""
@@ -528,7 +279,7 @@ class RunStore:
 
     def llm_analyses(self, run_id: str) -> list[dict[str, Any]]:
         """Every LM analysis of the run, oldest first: id, created_at, model, status, issue, analysis."""
-        spec = _SPEC_BY_TYPE[LLMAnalysisRecord]
+        spec = SPEC_BY_TYPE[LLMAnalysisRecord]
         with self._read() as conn:
             self._run_row(conn, run_id, "id")
             rows = conn.execute(spec.select.replace("SELECT ", "SELECT rowid, ", 1), (run_id,)).fetchall()
@@ -540,7 +291,7 @@ class RunStore:
 
     @staticmethod
     def _insert_analysis(conn: sqlite3.Connection, run_id: str, analysis: dict[str, Any]) -> int:
-        spec = _SPEC_BY_TYPE[LLMAnalysisRecord]
+        spec = SPEC_BY_TYPE[LLMAnalysisRecord]
         record = LLMAnalysisRecord(created_at=time.time(), model=str(analysis.get("model") or ""),
                                    status=str(analysis.get("status") or "ok"), issue=analysis.get("issue"),
                                    analysis=analysis)
@@ -591,6 +342,26 @@ class RunStore:
         shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
         raise ValueError(f"{ref!r} matches several runs ({shown}); give more characters of the id ({RUNS_HINT}).")
 
+    def run_version(self, run_id: str) -> tuple:
+        """Changes whenever the run does (its info, config, metadata or rows): equal versions mean the
+        same evidence, for caches of what was computed from it."""
+        self.flush()
+        with self._read() as conn:
+            version = [self._run_row(conn, run_id, "info, config, meta")]
+            for spec in SPECS:
+                if spec.record_type is not LLMAnalysisRecord:
+                    version.append(conn.execute(f"SELECT COUNT(*), MAX(rowid) FROM {spec.table} WHERE run_id = ?",
+                                                (run_id,)).fetchone())
+        return tuple(version)
+
+    def progress(self, run_id: str) -> tuple[int, float | None]:
+        """(steps so far, the latest recorded loss) of a run another process is writing (nothing flushed)."""
+        with self._read() as conn:
+            (last,) = conn.execute("SELECT MAX(step) FROM steps WHERE run_id = ?", (run_id,)).fetchone()
+            loss = conn.execute("SELECT loss FROM steps WHERE run_id = ? AND loss IS NOT NULL ORDER BY step DESC LIMIT 1",
+                                (run_id,)).fetchone()
+        return (0 if last is None else last + 1), (None if loss is None else loss[0])
+
     def _run_row(self, conn: sqlite3.Connection, run_id: str, columns: str) -> tuple:
         row = conn.execute(f"SELECT {columns} FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
@@ -614,9 +385,9 @@ class RunStore:
             self._maybe_flush()
 
     def _buffer(self, run_id: str, record: Any) -> None:
-        spec = _SPEC_BY_TYPE.get(type(record))
+        spec = SPEC_BY_TYPE.get(type(record))
         if spec is None:
-            expected = ", ".join(t.__name__ for t in _SPEC_BY_TYPE)
+            expected = ", ".join(t.__name__ for t in SPEC_BY_TYPE)
             raise TypeError(f"Cannot store a {type(record).__name__}; expected one of {expected}")
         self._pending.setdefault(spec.table, []).append(spec.row(run_id, record))
         self._pending_count += 1
@@ -657,9 +428,8 @@ class RunStore:
             self._pending_count = 0
 
     def _write_pending(self, conn: sqlite3.Connection) -> None:
-        _adapt_numpy()
         for table, rows in self._pending.items():
-            conn.executemany(_SPEC_BY_TABLE[table].insert, rows)
+            conn.executemany(SPEC_BY_TABLE[table].insert, plain_rows(rows))
 
     def _flushed(self) -> None:
         # Called only after COMMIT: a failed write keeps its rows for the next try.
@@ -669,6 +439,16 @@ class RunStore:
         self._retry_at = 0.0
 
     # --- evidence ----------------------------------------------------------------------------
+
+    def load_events(self, run_id: str) -> list[dict[str, Any]]:
+        """One run's event rows ({"step", "type", "data"}), as ``Evidence.events`` holds them
+        (read them typed with ``modeldebug.events.events_of``); no other table is read."""
+        from modeldebug.records import EventRecord
+
+        self.flush()
+        spec = SPEC_BY_TYPE[EventRecord]
+        with self._read() as conn:
+            return spec.dicts_from_rows(conn.execute(spec.select, (run_id,)).fetchall())
 
     def load_evidence(self, run_id: str) -> Evidence:
         """Everything about one run as Evidence, this process's buffered rows included."""
@@ -680,7 +460,7 @@ class RunStore:
         with self._read() as conn:
             info, config, meta = self._run_row(conn, run_id, "info, config, meta")
             tables = {}
-            for spec in _SPECS:
+            for spec in SPECS:
                 if spec.record_type is LLMAnalysisRecord:  # not evidence: what an LM said about it
                     continue
                 rows = conn.execute(spec.select, (run_id,)).fetchall()
@@ -698,9 +478,9 @@ class RunStore:
             layer_stats=tables["layer_stats"],
             param_stats=tables["param_stats"],
             ranks=tables["rank_stats"],
-            layers={k: _from_dict(LayerInfo, v) for k, v in meta.get("layers", {}).items()},
-            params={k: _from_dict(ParamInfo, v) for k, v in meta.get("params", {}).items()},
-            optimizers=[_from_dict(OptimizerInfo, v) for v in meta.get("optimizers", [])],
+            layers={k: from_dict(LayerInfo, v) for k, v in meta.get("layers", {}).items()},
+            params={k: from_dict(ParamInfo, v) for k, v in meta.get("params", {}).items()},
+            optimizers=[from_dict(OptimizerInfo, v) for v in meta.get("optimizers", [])],
             class_counts={int(k): v for k, v in meta.get("class_counts", {}).items()},
             events=events,
         )
