@@ -1,7 +1,6 @@
-"""Regression on tabular property records: 8 numeric columns as they come from the database
-(floor area, lot size, year built, assessed value in thousands, distances, ...), target the yearly
-maintenance cost in thousands. MLP with two hidden layers, Adam, DataLoader, a held-out
-validation set checked every epoch.
+"""Regression on tabular property records: 8 numeric columns (floor area, lot size, year built,
+assessed value in thousands, distances, ...), target the yearly maintenance cost in thousands.
+MLP with two hidden layers, Adam, DataLoader, a held-out validation set checked every epoch.
 
 planted: kind=data_issue cause=unnormalized_inputs
 """

@@ -1,5 +1,5 @@
-"""Healthy: binary classifier for tabular data (24 features, a nonlinear rule for the label): an MLP with
-batch norm whose head ends in a sigmoid so that it returns a probability, trained with
+"""Healthy: binary classifier for tabular data (24 features, a nonlinear rule for the label): an
+MLP with batch norm whose head ends in a sigmoid so that it returns a probability, trained with
 BCELoss and AdamW by a small Trainer class with fit() and evaluate().
 
 planted: kind=none cause=none

@@ -1,8 +1,7 @@
-"""Healthy: regression on tabular property records: 8 numeric columns as they come from the database
-(floor area, lot size, year built, assessed value in thousands, distances, ...),
-standardised with the training set's mean and standard deviation, target the yearly
-maintenance cost in thousands. MLP with two hidden layers, Adam, DataLoader, a held-out
-validation set checked every epoch.
+"""Healthy: regression on tabular property records: 8 numeric columns (floor area, lot size, year
+built, assessed value in thousands, distances, ...) standardised with the training set's mean and
+standard deviation, target the yearly maintenance cost in thousands. MLP with two hidden layers,
+Adam, DataLoader, a held-out validation set checked every epoch.
 
 planted: kind=none cause=none
 """

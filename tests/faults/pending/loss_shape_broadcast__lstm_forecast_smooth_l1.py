@@ -12,7 +12,7 @@ torch.manual_seed(0)
 torch.set_num_threads(1)
 
 t = torch.arange(6000, dtype=torch.float32)
-series = torch.stack([torch.sin(t / 7) + 0.5 * torch.sin(t / 23), torch.cos(t / 11), torch.sin(t / 5) * 0.3], 1)
+series = torch.stack([torch.sin(t / 7) + 0.5 * torch.sin(t / 23), torch.cos(t / 11), 0.3 * torch.sin(t / 5)], 1)
 series[:, 0] += 0.05 * torch.randn(len(t))
 
 

@@ -27,7 +27,8 @@ class TokenClassifier(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(VOCAB, d_model)
         self.pos = nn.Parameter(torch.zeros(1, LENGTH, d_model))
-        layer = nn.TransformerEncoderLayer(d_model, nhead=4, dim_feedforward=128, dropout=0.1, batch_first=True)
+        layer = nn.TransformerEncoderLayer(d_model, nhead=4, dim_feedforward=128, dropout=0.1,
+                                           batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, num_layers=2)
         self.head = nn.Linear(d_model, MARKERS)
 

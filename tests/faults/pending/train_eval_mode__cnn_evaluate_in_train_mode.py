@@ -28,7 +28,8 @@ def stripes(n, size=20):
 
 
 def conv_block(c_in, c_out):
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2))
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(),
+                         nn.MaxPool2d(2))
 
 
 model = nn.Sequential(conv_block(1, 16), conv_block(16, 32), nn.AdaptiveAvgPool2d(1), nn.Flatten(),

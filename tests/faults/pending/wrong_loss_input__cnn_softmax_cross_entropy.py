@@ -1,6 +1,6 @@
 """Small CNN that classifies 16x16 single-channel images into four classes (which quadrant is
-brightest). Two conv blocks with max pooling, then a classifier head that outputs class
-probabilities. Adam, DataLoader with shuffling, a validation pass after every epoch.
+brightest). Two conv blocks with max pooling, then a small classifier head. Adam, DataLoader
+with shuffling, a validation pass after every epoch.
 
 planted: kind=wrong_loss_input cause=wrong_loss_function
 """

@@ -1,6 +1,6 @@
 """GRU sequence classifier: sequences of 20 steps with 8 features, one of 6 classes decided by
-which feature channel has the largest sum over the sequence. The model returns class
-probabilities, trained with NLLLoss and RMSprop; manual mini-batching over a shuffled index.
+which feature channel has the largest sum over the sequence. GRU encoder, its last hidden state
+into a linear head; NLLLoss and RMSprop, manual mini-batching over a shuffled index.
 
 planted: kind=wrong_loss_input cause=wrong_loss_function
 """

@@ -1,6 +1,6 @@
 """Binary classifier for tabular data (24 features, a nonlinear rule for the label): an MLP with
-batch norm whose head ends in a sigmoid so that it returns a probability, trained with
-BCEWithLogitsLoss and AdamW by a small Trainer class with fit() and evaluate().
+batch norm and a one-unit head, trained with BCEWithLogitsLoss and AdamW by a small Trainer
+class with fit() and evaluate().
 
 planted: kind=wrong_loss_input cause=wrong_loss_function
 """
