@@ -109,7 +109,7 @@ def test_finds_the_fault_and_leaves_model_and_optimizer_unchanged(build, kind, m
     m = response.metrics
     assert m.issues_found == len(response.issues) > 0 and m.recommendations == len(response.recommendations)
     assert m.analysis_time > 0 and m.memory_usage > 0
-    assert response.report.metrics["issue"] == "Model not converging"
+    assert response.report.metrics.issue == "Model not converging"
     assert list(response.tools)[:2] == ["GradientDebugger", "LayerAnalyzer"]  # what the issue points at, first
 
 

@@ -67,9 +67,9 @@ def print_llm(report, out: "Console") -> None:
     """One line when the LM could not be used (what it said, when it could, is in the report printed above)."""
     from rich.markup import escape
 
-    llm = (report.metrics or {}).get("llm") or {}
-    if llm.get("status") == "fallback":
-        out.print(f"[yellow]note:[/] {escape(llm.get('notice', 'the LM gave no usable answer'))}", soft_wrap=True)
+    llm = report.metrics.llm
+    if llm is not None and llm.status == "fallback":
+        out.print(f"[yellow]note:[/] {escape(llm.notice or 'the LM gave no usable answer')}", soft_wrap=True)
 
 
 def run(

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from modeldebug.metrics import Metrics, TrainingMetrics
+
 SCHEMA_ID = "modeldebug.report/1"
 
 Severity = Literal["high", "medium", "low"]
@@ -129,9 +131,14 @@ class Report(_Model):
     schema_: Literal["modeldebug.report/1"] = Field(SCHEMA_ID, alias="schema")
     run: RunInfo
     findings: list[Finding] = Field(default_factory=list)
-    metrics: dict[str, Any] = Field(default_factory=dict)
+    metrics: Metrics = Field(default_factory=TrainingMetrics, description="Typed by kind of report (modeldebug.metrics).")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @property
+    def training(self) -> TrainingMetrics | None:
+        """``metrics`` of a training run; None for an ONNX command's report."""
+        return self.metrics if isinstance(self.metrics, TrainingMetrics) else None
 
     def sorted_findings(self) -> list[Finding]:
         return sorted(self.findings, key=lambda f: (SEVERITY_ORDER[f.severity], -f.confidence))

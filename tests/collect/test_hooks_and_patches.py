@@ -137,7 +137,7 @@ def test_no_tensor_of_the_graph_is_kept_after_the_step(store_path):
 
 
 def test_a_failure_inside_the_monitor_never_breaks_training(store_path, monkeypatch, caplog):
-    import modeldebug.collect.session as session
+    import modeldebug.collect.hooks as session  # where the hooks reduce tensors
 
     def broken(*args, **kwargs):
         raise RuntimeError("statistics blew up")
@@ -160,7 +160,7 @@ def test_a_failure_inside_the_monitor_never_breaks_training(store_path, monkeypa
     from modeldebug.report.terminal import print_report
 
     report = dbg.report()
-    assert report.metrics["monitor_stopped"] == {"step": 0, "hook": "_root_pre",  # reduces the batch
+    assert report.metrics.monitor_stopped.model_dump() == {"step": 0, "hook": "_root_pre",  # reduces the batch
                                                  "error": "RuntimeError: statistics blew up"}
     console = Console(record=True, width=200)
     print_report(report, console)

@@ -41,17 +41,17 @@ def test_typed_result_is_parsed_and_merged_without_dropping_rule_findings(stored
     lm = DummyLM([good_answer(n)])
     out, notice = enrich_report(report, lm, issue="the loss goes flat")
     assert notice is None
-    llm = out.metrics["llm"]
-    assert llm["status"] == "ok" and "frozen" in llm["summary"]
+    llm = out.metrics.llm
+    assert llm.status == "ok" and "frozen" in llm.summary
     rule = [f for f in out.findings if f.source == "rules"]
     # every rule finding is still there, in the LM's order (reversed), none changed
     assert [f.model_dump() for f in rule] == [f.model_dump() for f in reversed(report.findings)]
     added = [f for f in out.findings if f.source == "llm"]
     assert [(f.kind, f.location, f.confidence) for f in added] == [("dead_relu", "9", LLM_CONFIDENCE)]
     assert out.findings[-1].source == "llm"  # the LM's own come after the measured ones
-    assert llm["explanations"] == {"F1": "Layer 0 receives no gradient."}
-    assert llm["notes"][0]["source"] == "llm" and llm["notes"][0]["type"] == "performance"
-    assert llm["recommendations"][0]["source"] == "llm"
+    assert llm.explanations == {"F1": "Layer 0 receives no gradient."}
+    assert llm.notes[0].source == "llm" and llm.notes[0].type == "performance"
+    assert llm.recommendations[0].source == "llm"
     # the prompt carried the findings with ids and the user's issue
     prompt = json.dumps(lm.history[-1]["messages"])
     assert "F1" in prompt and "the loss goes flat" in prompt
@@ -64,9 +64,9 @@ def test_unparseable_answer_falls_back_to_rules(stored_run):
                    "recommendations": "try harder"}])
     out, notice = enrich_report(report, lm)
     assert notice is not None and "\n" not in notice and "rule engine" in notice
-    assert out.metrics["llm"]["status"] == "fallback"
+    assert out.metrics.llm.status == "fallback"
     assert [f.model_dump() for f in out.findings] == [f.model_dump() for f in report.findings]
-    assert "llm" not in report.metrics  # the caller's report is not modified
+    assert report.metrics.llm is None  # the caller's report is not modified
 
 
 def test_ranking_with_unknown_ids_keeps_every_finding(stored_run):
@@ -86,8 +86,8 @@ def test_http_good_answer(stored_run, fake_openai, chat):
     fake_openai.replies.append(chat(**good_answer(len(report.findings))))
     out, notice = enrich_report(report, http_settings(fake_openai))
     assert notice is None, notice
-    assert out.metrics["llm"]["status"] == "ok"
-    assert out.metrics["llm"]["model"] == f"openai/test-model at {fake_openai.api_base}"
+    assert out.metrics.llm.status == "ok"
+    assert out.metrics.llm.model == f"openai/test-model at {fake_openai.api_base}"
     (req,) = fake_openai.requests
     assert req["path"] == "/v1/chat/completions" and req["body"]["model"] == "test-model"
 
@@ -96,7 +96,7 @@ def test_http_garbage_falls_back(stored_run, fake_openai, sentinels):
     _, _, report = stored_run
     fake_openai.replies.append(sentinels["GARBAGE"])
     out, notice = enrich_report(report, http_settings(fake_openai))
-    assert notice and "\n" not in notice and out.metrics["llm"]["status"] == "fallback"
+    assert notice and "\n" not in notice and out.metrics.llm.status == "fallback"
     assert [f.kind for f in out.findings] == [f.kind for f in report.findings]
     assert len(fake_openai.requests) == 1  # no retries, no second adapter call
 
@@ -105,7 +105,7 @@ def test_http_valid_json_but_unparseable_content_falls_back(stored_run, fake_ope
     _, _, report = stored_run
     fake_openai.replies.append("I think your model is fine, good luck!")
     out, notice = enrich_report(report, http_settings(fake_openai))
-    assert notice and out.metrics["llm"]["status"] == "fallback"
+    assert notice and out.metrics.llm.status == "fallback"
     assert len(fake_openai.requests) == 1
 
 
@@ -115,7 +115,7 @@ def test_http_hang_times_out_fast(stored_run, fake_openai, sentinels):
     t0 = time.perf_counter()
     out, notice = enrich_report(report, http_settings(fake_openai, timeout_s=1.0))
     elapsed = time.perf_counter() - t0
-    assert notice and out.metrics["llm"]["status"] == "fallback"
+    assert notice and out.metrics.llm.status == "fallback"
     assert elapsed < 5.0, f"a hung LM must not hold the report ({elapsed:.1f} s)"
 
 

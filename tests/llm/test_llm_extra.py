@@ -83,7 +83,7 @@ def test_agent_works_without_the_extra_and_an_lm_falls_back(no_dspy, monkeypatch
     assert plain.summary is None and not any("LM" in n for n in plain.notices)
     with_lm = md.ModelDebuggingAgent(lm=LMSettings("openai/x", api_base="http://127.0.0.1:9/v1")).debug_model(req)
     assert any("modeldebug[llm]" in n for n in with_lm.notices)
-    assert with_lm.report.metrics["llm"]["status"] == "fallback"
+    assert with_lm.report.metrics.llm.status == "fallback"
 
 
 def test_a_stored_lm_analysis_shows_without_the_extra(no_dspy, stored_run):

@@ -15,7 +15,13 @@ from typer.testing import CliRunner  # noqa: E402
 
 import modeldebug as md  # noqa: E402
 from modeldebug.cli import app  # noqa: E402
-from modeldebug.llm.analyst import analysis_of, apply_analysis, enrich_report, rules_only  # noqa: E402
+from modeldebug.llm.analysis import (  # noqa: E402
+    analysis_of,
+    apply_analysis,
+    load_report_with_analysis,
+    rules_only,
+)
+from modeldebug.llm.analyst import enrich_report  # noqa: E402
 from modeldebug.store import RunStore  # noqa: E402
 from modeldebug.types import Report  # noqa: E402
 
@@ -62,11 +68,11 @@ def test_report_lm_is_stored_and_a_later_report_shows_it(stored_run, fake_openai
 
     with RunStore(path) as s:
         rows = s.llm_analyses(run_id)
-        rules = s.load_report(run_id, llm=False)
+        rules = s.load_report(run_id)
     assert [(r["status"], r["model"]) for r in rows] == [("ok", f"openai/test-model at {fake_openai.api_base}")]
     assert rows[0]["analysis"]["summary"] == SUMMARY
     # the stored report is still the rules' own: same findings, same order, nothing of the LM's
-    assert dumps(rules.findings) == dumps(report.findings) and "llm" not in rules.metrics
+    assert dumps(rules.findings) == dumps(report.findings) and rules.metrics.llm is None
 
     out, html = tmp_path / "later.json", tmp_path / "later.html"
     later = invoke("report", run_id, "--store", path, "--json", out, "--html", html)  # no --lm: no LM call
@@ -103,8 +109,8 @@ def test_a_failed_lm_call_keeps_the_last_good_analysis(stored_run, fake_openai, 
     assert SUMMARY not in failed.stdout  # this call's answer was garbage: the rules' report, as promised
     with RunStore(path) as s:
         assert [r["status"] for r in s.llm_analyses(run_id)] == ["ok", "fallback"]
-        shown = s.load_report(run_id)
-    assert shown.metrics["llm"]["summary"] == SUMMARY  # the last good one
+        shown = load_report_with_analysis(s, run_id)
+    assert shown.metrics.llm.summary == SUMMARY  # the last good one
 
 
 def test_reanalyze_keeps_what_the_lm_said(stored_run, fake_openai, chat, tmp_path):
@@ -141,10 +147,10 @@ def test_run_lm_stores_the_analysis_beside_the_rules_report(tmp_path, fake_opena
     assert res.exit_code == 0, res.output
     with RunStore(store) as s:
         run_id = s.resolve("latest")
-        rules = s.load_report(run_id, llm=False)
+        rules = s.load_report(run_id)
         (row,) = s.llm_analyses(run_id)
     assert "unchanged_weights" in [f.kind for f in rules.findings]
-    assert all(f.source == "rules" for f in rules.findings) and "llm" not in rules.metrics
+    assert all(f.source == "rules" for f in rules.findings) and rules.metrics.llm is None
     assert row["status"] == "ok" and row["analysis"]["summary"] == SUMMARY
     later = invoke("report", "latest", "--store", store)
     assert later.exit_code == 0 and SUMMARY in " ".join(later.stdout.split())
@@ -156,7 +162,7 @@ def test_split_and_apply_give_back_the_enriched_report(stored_run):
     assert notice is None
     # the store's split: the rules' report comes back exactly, and the analysis rebuilds the rest
     assert rules_only(enriched).model_dump() == report.model_dump()
-    again = apply_analysis(report, json.loads(json.dumps(analysis_of(enriched))))
+    again = apply_analysis(report, json.loads(json.dumps(analysis_of(enriched).to_dict())))
     assert again.model_dump() == enriched.model_dump()
 
 
@@ -165,7 +171,7 @@ def test_enriching_an_enriched_report_replaces_the_earlier_lm_content(stored_run
     first, _ = enrich_report(report, DummyLM([answer(len(report.findings))]))
     lm = DummyLM([answer(len(report.findings)) | {"summary": "Second opinion."}])
     second, notice = enrich_report(first, lm)
-    assert notice is None and second.metrics["llm"]["summary"] == "Second opinion."
+    assert notice is None and second.metrics.llm.summary == "Second opinion."
     assert [f.kind for f in second.findings if f.source == "llm"] == ["dead_relu"]  # not stacked
     assert ADDED not in json.dumps(lm.history[-1]["messages"])  # its own earlier claims are not shown as facts
 
@@ -179,7 +185,7 @@ def test_an_analysis_applies_to_changed_findings_without_dropping_any(stored_run
     out = apply_analysis(changed, analysis)
     assert dumps([f for f in out.findings if f.source == "rules"]) == dumps(
         [f for f in enriched.findings if f.source == "rules" and f != gone])
-    assert out.metrics["llm"]["unmatched"] == ["F1"] and out.metrics["llm"]["explanations"] == {}
+    assert out.metrics.llm.unmatched == ["F1"] and out.metrics.llm.explanations == {}
     assert [f.kind for f in out.findings if f.source == "llm"] == ["dead_relu"]
 
 
@@ -188,7 +194,7 @@ def test_the_agent_on_a_stored_run_shows_the_stored_analysis(stored_run, fake_op
     fake_openai.replies.append(chat(**answer(len(report.findings))))
     assert invoke("report", run_id, "--store", path, "--lm", "openai/m", "--lm-api-base", fake_openai.api_base).exit_code == 0
     r = md.ModelDebuggingAgent().debug_model(md.DebuggingRequest(run=run_id, store=path))
-    assert r.summary == SUMMARY and r.report.metrics["llm"]["stored"]
+    assert r.summary == SUMMARY and r.report.metrics.llm.stored
     assert any(rec.source == "llm" for rec in r.recommendations)
     assert {f.kind for f in report.findings} <= {f.kind for f in r.issues if f.source == "rules"}
 
@@ -205,5 +211,5 @@ def test_run_lm_that_answers_garbage_keeps_the_exit_code_and_the_rules_report(tm
     with RunStore(store) as s:
         run_id = s.resolve("latest")
         assert [r["status"] for r in s.llm_analyses(run_id)] == ["fallback"]
-        shown = s.load_report(run_id)
-    assert "unchanged_weights" in [f.kind for f in shown.findings] and "llm" not in shown.metrics
+        shown = load_report_with_analysis(s, run_id)
+    assert "unchanged_weights" in [f.kind for f in shown.findings] and shown.metrics.llm is None

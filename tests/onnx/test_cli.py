@@ -58,7 +58,7 @@ def test_profile_and_nan_with_inputs(tmp_path, model_file, log_of_zero_model):
     out = tmp_path / "p.json"
     result = invoke("profile", model_file, "-n", 3, "--warmup", 0, "--json", out)
     assert result.exit_code == 0, result.output
-    assert Report.from_json(out.read_text()).metrics["profiled_runs"] == 3
+    assert Report.from_json(out.read_text()).metrics.profiled_runs == 3
     assert "time per op type" in result.output
 
     path = tmp_path / "log.onnx"
@@ -106,7 +106,7 @@ def test_compare_source_spec(tmp_path):
     result = invoke("compare", f"{src}:build", "--exporter", "torchscript", "--json", out)
     assert result.exit_code == 0, result.output
     report = Report.from_json(out.read_text())
-    assert report.findings == [] and report.metrics["matched_points"] == 3
+    assert report.findings == [] and report.metrics.matched_points == 3
 
     # an ONNX file whose fc2 weights were changed after export
     sys.path.insert(0, str(tmp_path))

@@ -74,9 +74,9 @@ def test_export_matches(net, example, ts_model):
     report = compare_with_torch(net, example, onnx_model=ts_model)
     assert Report.from_json(report.to_json()) == report
     assert report.findings == []
-    modules = {p["module"] for p in report.metrics["points"]}
+    modules = {p.module for p in report.metrics.points}
     assert {"embed", "blocks.0.fc1", "blocks.1.act", "blocks.2.norm", "head"} <= modules
-    assert all(p["ok"] for p in report.metrics["points"]) and report.metrics["outputs"][0]["ok"]
+    assert all(p.ok for p in report.metrics.points) and report.metrics.outputs[0].ok
 
 
 def test_planted_weight_change_is_located(net, example, ts_model):
@@ -86,7 +86,7 @@ def test_planted_weight_change_is_located(net, example, ts_model):
     assert f.evidence["weight_differences"][0]["name"] == "blocks.1.fc2.weight"
     assert f.evidence["earlier_points_ok"] >= 4  # embed, blocks.0.*, blocks.1.fc1, blocks.1.act agree
     assert f.evidence["max_abs"] > 1e-3 and "max abs error" in f.message
-    assert report.metrics["first_divergence"] == "blocks.1.fc2"
+    assert report.metrics.first_divergence == "blocks.1.fc2"
 
 
 def test_planted_op_change_is_located(net, example, ts_model):
@@ -121,13 +121,13 @@ def dynamo_program(net, example):
 
 def test_dynamo_export_matches_modules_and_ops(net, example):
     report = compare_with_torch(net, example, exporter="dynamo")
-    assert report.findings == [] and report.metrics["exporter"] == "dynamo"
-    points = report.metrics["points"]
+    assert report.findings == [] and report.metrics.exporter == "dynamo"
+    points = report.metrics.points
     # 14 leaf modules (a block shares its norm's value) and, from the exported program, the
     # residual adds and the final softmax that belong to no leaf module
-    assert sum(p["level"] == "module" for p in points) == 14
-    assert [p["value"] for p in points if p["level"] == "op"] == ["add", "add_1", "add_2", "softmax"]
-    assert [p["module"] for p in points if p["level"] == "op"][:3] == ["blocks.0", "blocks.1", "blocks.2"]
+    assert sum(p.level == "module" for p in points) == 14
+    assert [p.value for p in points if p.level == "op"] == ["add", "add_1", "add_2", "softmax"]
+    assert [p.module for p in points if p.level == "op"][:3] == ["blocks.0", "blocks.1", "blocks.2"]
 
 
 def test_planted_op_change_found_at_op_level(net, example, dynamo_program):
@@ -173,4 +173,4 @@ def test_tolerances_apply(net, example, ts_model):
     planted = _plant(ts_model, "head.bias", delta=1e-3)
     assert compare_with_torch(net, example, onnx_model=planted, atol=1e-2, rtol=1e-2).findings == []
     assert compare_with_torch(net, example, onnx_model=planted, atol=1e-5, rtol=1e-5).findings[0].location == "head"
-    assert np.isfinite(compare_with_torch(net, example, onnx_model=planted).metrics["points"][0]["max_rel"])
+    assert np.isfinite(compare_with_torch(net, example, onnx_model=planted).metrics.points[0].max_rel)

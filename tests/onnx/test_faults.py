@@ -22,10 +22,10 @@ def _roundtrip(report):
 def test_healthy_model_has_no_findings(healthy_model):
     report = _roundtrip(analyze_model(healthy_model))
     assert report.findings == []
-    assert report.metrics["valid"] is True
-    assert report.metrics["dynamic_axes"] == {"x": {"0": "batch"}, "y": {"0": "batch"}}
-    assert report.metrics["opsets"] == {"ai.onnx": 17}
-    assert report.metrics["parameter_count"] == 15
+    assert report.metrics.valid is True
+    assert report.metrics.dynamic_axes == {"x": {"0": "batch"}, "y": {"0": "batch"}}
+    assert report.metrics.opsets == {"ai.onnx": 17}
+    assert report.metrics.parameter_count == 15
 
 
 def test_unused_initializer_and_input_without_shape(healthy_model):
@@ -34,9 +34,9 @@ def test_unused_initializer_and_input_without_shape(healthy_model):
     healthy_model.graph.initializer.append(onnx.numpy_helper.from_array(np.ones(7, np.float32), "leftover"))
     healthy_model.graph.input.append(onnx.ValueInfoProto(name="mask"))
     report = analyze_model(healthy_model, validate_graph=False)
-    assert report.metrics["unused_initializers"] == ["leftover"]
-    assert report.metrics["unused_inputs"] == ["mask"]
-    assert report.metrics["inputs_without_shape"] == ["mask"]
+    assert report.metrics.unused_initializers == ["leftover"]
+    assert report.metrics.unused_inputs == ["mask"]
+    assert report.metrics.inputs_without_shape == ["mask"]
 
 
 def test_shape_error_names_node_and_op(shape_error_model):
@@ -55,7 +55,7 @@ def test_unsupported_op(unsupported_op_model):
     f = report.findings[0]
     assert f.location == "fancy"
     assert "com.example:FancyNorm" in f.message
-    assert report.metrics["unsupported_ops"][0]["op_type"] == "FancyNorm"
+    assert report.metrics.unsupported_ops[0]["op_type"] == "FancyNorm"
 
 
 def test_standard_op_the_runtime_lacks():
@@ -98,7 +98,7 @@ def test_bad_files_give_one_line_error(bad_files, which):
     message = str(info.value)
     assert "\n" not in message and str(path) in message
     report = _roundtrip(analyze_model(path))
-    assert _kinds(report) == ["onnx_invalid_model"] and report.metrics["loadable"] is False
+    assert _kinds(report) == ["onnx_invalid_model"] and report.metrics.loadable is False
     with pytest.raises(DebuggingError):
         profile_execution(path)
     with pytest.raises(DebuggingError):
@@ -123,8 +123,8 @@ def test_log_of_zero(log_of_zero_model):
     assert f.evidence["inputs"]["r"]["zero_count"] == 2
     assert "numerically_unstable_op" in f.causes
     # the Mul after it also holds NaN but is not the origin
-    assert report.metrics["nonfinite_values"] == ["l", "y"]
-    assert report.metrics["first_node"] == "log"
+    assert report.metrics.nonfinite_values == ["l", "y"]
+    assert report.metrics.first_node == "log"
 
 
 def test_sqrt_of_negative(sqrt_of_negative_model):
@@ -137,7 +137,7 @@ def test_sqrt_of_negative(sqrt_of_negative_model):
 
 def test_finite_inputs_give_no_nan_finding(sqrt_of_negative_model):
     report = find_nonfinite(sqrt_of_negative_model, {"x": np.array([11.0, 20.0, 30.0], np.float32)})
-    assert report.findings == [] and report.metrics["nonfinite_value_count"] == 0
+    assert report.findings == [] and report.metrics.nonfinite_value_count == 0
 
 
 def test_nan_in_graph_input_is_reported_as_source(log_of_zero_model):
@@ -166,10 +166,10 @@ def test_fp16_overflow():
 def test_profile_small_model(healthy_model):
     report = _roundtrip(profile_execution(healthy_model, warmup=1, iterations=5))
     m = report.metrics
-    assert m["profiled_runs"] == 5 and m["random_inputs"] is True
-    assert m["inputs"]["x"]["shape"] == [1, 4]  # the symbolic batch axis became 1
-    assert {row["op_type"] for row in m["op_types"]} <= {"MatMul", "Add", "Relu", "FusedMatMul", "MatMulAddFusion", "Gemm", "FusedGemm"}
-    assert abs(sum(row["share"] for row in m["op_types"]) - 1) < 0.01
+    assert m.profiled_runs == 5 and m.random_inputs is True
+    assert m.inputs["x"]["shape"] == [1, 4]  # the symbolic batch axis became 1
+    assert {row.op_type for row in m.op_types} <= {"MatMul", "Add", "Relu", "FusedMatMul", "MatMulAddFusion", "Gemm", "FusedGemm"}
+    assert abs(sum(row.share for row in m.op_types) - 1) < 0.01
 
 
 def test_profile_reports_dominant_node():

@@ -33,12 +33,12 @@ def test_models_are_there():
 def test_analyze_and_profile(path):
     report = analyze_model(path)
     assert not [f for f in report.findings if f.severity == "high"], report.findings
-    assert report.metrics["node_count"] > 5 and report.metrics["opsets"]
+    assert report.metrics.node_count > 5 and report.metrics.opsets
     prof = profile_execution(path, warmup=0, iterations=2)
     m = prof.metrics
-    assert m["profiled_runs"] == 2 and m["executed_nodes"] > 3
-    assert m["op_types"][0]["share"] > 0 and m["top_nodes"]
-    assert abs(sum(r["share"] for r in m["op_types"]) - 1) < 0.01
+    assert m.profiled_runs == 2 and m.executed_nodes > 3
+    assert m.op_types[0].share > 0 and m.top_nodes
+    assert abs(sum(r.share for r in m.op_types) - 1) < 0.01
 
 
 def test_resnet50_nan_check():
@@ -47,6 +47,6 @@ def test_resnet50_nan_check():
     model = onnx.load(path)
     x = np.random.default_rng(0).standard_normal([d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]).astype(np.float32)
     report = find_nonfinite(path, {model.graph.input[0].name: x})
-    assert report.metrics["nonfinite_value_count"] == 0
-    assert report.metrics["values_checked"] >= len(model.graph.node)
+    assert report.metrics.nonfinite_value_count == 0
+    assert report.metrics.values_checked >= len(model.graph.node)
     assert not [f for f in report.findings if f.severity == "high"]

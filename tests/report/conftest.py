@@ -69,7 +69,7 @@ def reports_store(tmp_path_factory):
 @pytest.fixture(scope="session")
 def dead_report(reports_store):
     report = _train_dead_and_overfit(reports_store)
-    report.metrics["issue"] = XSS
+    report.metrics.issue = XSS
     return report
 
 

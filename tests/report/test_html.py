@@ -18,8 +18,8 @@ from modeldebug.types import SEVERITY_ORDER, Finding, FindingKind, Recommendatio
 pytest.importorskip("matplotlib")
 pytest.importorskip("jinja2")
 
-from modeldebug.report import html as html_report  # noqa: E402
-from modeldebug.report.html import FINDING_PLOTS, render_html, write_html  # noqa: E402
+from modeldebug.report.html import render_html, write_html  # noqa: E402
+from modeldebug.report.plots import FINDING_PLOTS, Canvas, plot_nonfinite  # noqa: E402
 
 XSS = "<img src=x onerror=alert(1)>"  # as in conftest.py
 
@@ -53,7 +53,7 @@ def test_real_report_findings_sorted_each_next_to_its_plot(dead_report):
 
 def test_nan_finding_marks_the_first_bad_step(nan_report):
     (f,) = [f for f in nan_report.findings if f.kind == "nan_or_inf"]
-    uri = html_report._Canvas().draw(html_report.plot_nonfinite, nan_report.metrics, f)
+    uri = Canvas().draw(plot_nonfinite, nan_report.metrics, f)
     import base64
 
     svg = base64.b64decode(uri.split(",", 1)[1]).decode()

@@ -1,16 +1,13 @@
 """DebugAnalysisModule (the spec's DSPy module) and :func:`enrich_report`, the only way the LM touches a report.
 
 The contract with the rule engine: the LM explains and ranks, it never removes a rule finding,
-and anything it adds is marked as its own (``Finding.source == "llm"``, ``report.metrics["llm"]``).
+and anything it adds is marked as its own (``Finding.source == "llm"``, ``report.metrics.llm``).
 Any LM error, timeout or unparseable answer returns the rules' report unchanged except for
-``metrics["llm"] = {"status": "fallback", "notice": ...}``, and a one-line notice for the caller.
+``metrics.llm`` with ``status="fallback"`` and a ``notice``, and that one-line notice for the caller.
 
-What the LM said is also a value of its own, an *analysis* (a JSON-able dict): ``metrics["llm"]``
-plus the findings it added and the identity (kind, location, step) of each rule finding it saw
-under its id F1, F2, ... The run store keeps analyses next to the rules' report
-(:meth:`RunStore.save_report` splits an enriched report with :func:`rules_only` and
-:func:`analysis_of`; :meth:`RunStore.load_report` puts the latest back with
-:func:`apply_analysis`). None of these three needs dspy.
+What the LM said is a value of its own, an :class:`~modeldebug.llm.analysis.LLMAnalysis`
+(:func:`analysis_from_prediction`); :mod:`modeldebug.llm.analysis` applies it to a report and
+keeps it in the run store.
 """
 
 from __future__ import annotations
@@ -19,8 +16,10 @@ import logging
 import time
 from typing import Any, get_args
 
+from modeldebug.llm.analysis import LLMAnalysis, apply_analysis, rules_only
 from modeldebug.llm.helpers import compact_metrics, finding_id, findings_for_prompt, to_json
 from modeldebug.llm.settings import LMSettings, as_lm, load_dspy
+from modeldebug.metrics import LLMNote, LLMRecommendation, LLMSection, key_of
 from modeldebug.types import Finding, FindingKind, Report
 
 log = logging.getLogger(__name__)
@@ -95,27 +94,18 @@ def enrich_report(
                 issue=issue or "",
             )
         analysis = analysis_from_prediction(rules_report, pred, model=describe_lm(lm), issue=issue)
-        analysis["seconds"] = round(time.perf_counter() - started, 3)
+        analysis.seconds = round(time.perf_counter() - started, 3)
         return apply_analysis(rules_report, analysis), None
     except Exception as exc:  # any LM failure: the rules' answer stands
         log.debug("LM analysis failed", exc_info=True)
         notice = fallback_notice(lm, exc)
-        rules_report.metrics["llm"] = {"status": "fallback", "model": describe_lm(lm), "notice": notice,
-                                       "issue": issue or None, "seconds": round(time.perf_counter() - started, 3)}
+        rules_report.metrics.llm = LLMSection(status="fallback", model=describe_lm(lm), notice=notice, issue=issue or None,
+                                              seconds=round(time.perf_counter() - started, 3))
         return rules_report, notice
 
 
-def merge(report: Report, pred: Any, *, model: str) -> Report:
-    """Apply a parsed DebugAnalysis answer: reorder (never drop) rule findings, add the LM's own marked."""
-    return apply_analysis(report, analysis_from_prediction(report, pred, model=model))
-
-
-def _key(f: Finding) -> dict[str, Any]:
-    return {"kind": f.kind, "location": f.location, "step": f.step}
-
-
-def analysis_from_prediction(report: Report, pred: Any, *, model: str, issue: str | None = None) -> dict[str, Any]:
-    """What the LM said about ``report`` (the rules' report it was shown), as a JSON-able analysis.
+def analysis_from_prediction(report: Report, pred: Any, *, model: str, issue: str | None = None) -> LLMAnalysis:
+    """What the LM said about ``report`` (the rules' report it was shown).
 
     Issues that restate a rule finding become its explanation; new ones of a known kind become
     findings marked ``source="llm"`` at a low confidence (unless a rule finding already has that kind
@@ -129,8 +119,8 @@ def analysis_from_prediction(report: Report, pred: Any, *, model: str, issue: st
         if fid in ids and fid not in ranking:
             ranking.append(fid)
     explanations: dict[str, str] = {}
-    notes: list[dict[str, Any]] = []
-    added: list[dict[str, Any]] = []
+    notes: list[LLMNote] = []
+    added: list[Finding] = []
     for issue_ in pred.issues or []:
         fid = (issue_.finding_id or "").strip()
         if fid in ids:
@@ -141,106 +131,18 @@ def analysis_from_prediction(report: Report, pred: Any, *, model: str, issue: st
         if kind in _KINDS and not duplicate:
             added.append(Finding(kind=kind, severity=issue_.severity, confidence=LLM_CONFIDENCE,
                                  location=issue_.location, message=issue_.description, source="llm",
-                                 evidence={"llm_issue_type": issue_.type}).model_dump(mode="json"))
+                                 evidence={"llm_issue_type": issue_.type}))
         elif not duplicate:
-            notes.append({**issue_.model_dump(), "source": "llm"})
-    return {
-        "status": "ok",
-        "model": model,
-        "issue": issue or None,
-        "summary": pred.summary,
-        "ranking": ranking,
-        "explanations": explanations,
-        "recommendations": [{**r.model_dump(), "source": "llm"} for r in pred.recommendations or []],
-        "notes": notes,
-        "findings": added,
-        "findings_seen": {finding_id(i): _key(f) for i, f in enumerate(findings)},
-    }
-
-
-def rules_only(report: Report) -> Report:
-    """The rules' report inside a report an LM enriched: the LM's findings and ``metrics["llm"]``
-    taken out, the rule findings back in the order the rules gave them. A copy; a rules' report
-    comes back unchanged."""
-    out = report.model_copy(deep=True)
-    llm = out.metrics.pop("llm", None) or {}
-    rules = [f for f in out.findings if f.source != "llm"]
-    seen = llm.get("findings_seen") or {}
-    if seen:
-        position: dict[int, int] = {}
-        free = dict(seen)
-        for i, f in enumerate(rules):
-            fid = next((k for k, v in free.items() if v == _key(f)), None)
-            if fid is not None:
-                del free[fid]
-                position[i] = int(fid[1:])
-        rules = [f for _, f in sorted(enumerate(rules), key=lambda t: (position.get(t[0], 1 << 30), t[0]))]
-    out.findings = rules
-    return out
-
-
-def analysis_of(report: Report) -> dict[str, Any] | None:
-    """The LM analysis an enriched report carries (``metrics["llm"]`` and the LM's findings), or None."""
-    llm = (report.metrics or {}).get("llm")
-    if not llm:
-        return None
-    out = {k: v for k, v in llm.items() if k not in ("stored", "unmatched")}
-    if out.get("status") == "ok":
-        out["findings"] = [f.model_dump(mode="json") for f in report.findings if f.source == "llm"]
-    return out
-
-
-def apply_analysis(report: Report, analysis: dict[str, Any]) -> Report:
-    """``report`` (the rules') with an LM analysis applied; every rule finding stays, unchanged.
-
-    The rule findings the LM saw are found again by kind, location and step, so an analysis still
-    applies after the rules ran again (``modeldebug report --reanalyze``): findings it ranked come
-    first in its order, the others follow in the rules' order; its explanations stay keyed by the
-    ids it used; ids whose finding is gone are listed under ``unmatched``; its own findings come
-    last, marked ``source="llm"``. A fallback analysis only sets ``metrics["llm"]``.
-    """
-    out = rules_only(report)
-    meta = {k: v for k, v in analysis.items() if k != "findings"}
-    if analysis.get("status") != "ok":
-        out.metrics["llm"] = meta
-        return out
-    findings = list(out.findings)
-    seen = analysis.get("findings_seen")
-    if seen is None:  # an analysis without identities: ids are positions in the rules' list
-        seen = {finding_id(i): _key(f) for i, f in enumerate(findings)}
-    where: dict[str, int] = {}
-    taken: set[int] = set()
-    for fid, key in seen.items():
-        i = next((i for i, f in enumerate(findings) if i not in taken and _key(f) == key), None)
-        if i is not None:
-            where[fid] = i
-            taken.add(i)
-    ranked = [where[fid] for fid in analysis.get("ranking") or [] if fid in where]
-    ranked = list(dict.fromkeys(ranked))
-    order = [findings[i] for i in ranked] + [f for i, f in enumerate(findings) if i not in ranked]
-    added = []
-    for data in analysis.get("findings") or []:
-        f = Finding.model_validate({**data, "source": "llm"})
-        if not any(r.kind == f.kind and (r.location or None) == (f.location or None) for r in findings):
-            added.append(f)
-    out.findings = order + added
-    meta["ranking"] = [fid for fid in analysis.get("ranking") or [] if fid in where]
-    meta["explanations"] = {fid: text for fid, text in (analysis.get("explanations") or {}).items() if fid in where}
-    meta["findings_seen"] = seen
-    meta["added_findings"] = len(added)
-    unmatched = [fid for fid in seen if fid not in where]
-    if unmatched:
-        meta["unmatched"] = unmatched
-    out.metrics["llm"] = meta
-    return out
-
-
-def explanation_for(report: Report, finding: Finding) -> str | None:
-    """The LM's explanation of one rule finding of an enriched report, if it gave one."""
-    llm = (report.metrics or {}).get("llm") or {}
-    if finding.source == "llm" or not llm.get("explanations"):
-        return None
-    for fid, key in (llm.get("findings_seen") or {}).items():
-        if key == _key(finding) and fid in llm["explanations"]:
-            return llm["explanations"][fid]
-    return None
+            notes.append(LLMNote.model_validate(issue_.model_dump()))
+    return LLMAnalysis(
+        status="ok",
+        model=model,
+        issue=issue or None,
+        summary=pred.summary,
+        ranking=ranking,
+        explanations=explanations,
+        recommendations=[LLMRecommendation.model_validate(r.model_dump()) for r in pred.recommendations or []],
+        notes=notes,
+        findings=added,
+        findings_seen={finding_id(i): key_of(f) for i, f in enumerate(findings)},
+    )

@@ -136,31 +136,37 @@ def _series_summary(values: Sequence[Any]) -> dict[str, Any] | None:
 
 def compact_metrics(report: Report, *, max_layers: int = 40, context: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run in a few kilobytes: its summary, series as first/last/min/max, each layer's latest numbers."""
-    m = report.metrics or {}
     run = report.run
     out: dict[str, Any] = {
         "run": {"id": run.id, "status": run.status, "steps": run.steps, "duration_s": _num(run.duration_s),
                 "models": [x.model_dump() for x in run.models], "exit_code": run.exit_code},
     }
-    series = m.get("series") or {}
-    out["series"] = {k: s for k, v in series.items() if k != "step" and (s := _series_summary(v))}
-    for key in ("timing_median_s", "first_nonfinite_step", "class_counts"):
-        if m.get(key) is not None:
-            out[key] = m[key]
-    if m.get("validation"):
-        out["validation_loss"] = _series_summary(m["validation"].get("loss", []))
-    layers = []
-    for layer in (m.get("layers") or [])[:max_layers]:
-        entry = {"name": layer.get("name"), "type": layer.get("type")}
-        for key in ("output_mean", "output_std", "zero_frac", "dead_frac", "sat_frac", "grad_norm"):
-            vals = [v for v in layer.get(key) or [] if v is not None]
-            if vals:
-                entry[key] = _num(vals[-1])
-        layers.append(entry)
-    if layers:
-        out["layers_latest"] = layers
-        if len(m.get("layers") or []) > max_layers:
-            out["layers_omitted"] = len(m["layers"]) - max_layers
+    t = report.training
+    if t is None:  # an ONNX command's report: no series
+        out["series"] = {}
+    else:
+        series = t.series.columns() if t.series is not None else {}
+        out["series"] = {k: s for k, v in series.items() if k != "step" and (s := _series_summary(v))}
+        if t.timing_median_s is not None:
+            out["timing_median_s"] = t.timing_median_s.model_dump()
+        if t.first_nonfinite_step is not None:
+            out["first_nonfinite_step"] = t.first_nonfinite_step
+        if t.class_counts:
+            out["class_counts"] = t.class_counts
+        if t.validation is not None:
+            out["validation_loss"] = _series_summary(t.validation.loss)
+        layers = []
+        for layer in t.layers[:max_layers]:
+            entry = {"name": layer.name, "type": layer.type}
+            for key in ("output_mean", "output_std", "zero_frac", "dead_frac", "sat_frac", "grad_norm"):
+                vals = [v for v in getattr(layer, key) if v is not None]
+                if vals:
+                    entry[key] = _num(vals[-1])
+            layers.append(entry)
+        if layers:
+            out["layers_latest"] = layers
+            if len(t.layers) > max_layers:
+                out["layers_omitted"] = len(t.layers) - max_layers
     if context:
         out["user_context"] = context
     return out

@@ -12,7 +12,8 @@ The LM is built with ``cache=False`` (no disk cache unless ``cache=True`` is ask
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+import sys
+from dataclasses import dataclass
 from typing import Any
 
 from modeldebug.errors import require
@@ -34,9 +35,6 @@ class LMSettings:
     max_tokens: int = 4000
     temperature: float | None = None
     cache: bool = False
-
-    def with_(self, **changes: Any) -> "LMSettings":
-        return replace(self, **changes)
 
     def describe(self) -> str:
         return self.model + (f" at {self.api_base}" if self.api_base else "")
@@ -73,18 +71,37 @@ def resolve_settings(
 
 
 def load_dspy():
-    """Import dspy (MissingExtraError naming the ``llm`` extra when it is absent).
-
-    LiteLLM, which dspy may load, fetches a model price list from the internet on import unless
-    told not to; a debugger must not call out, so the bundled copy is used.
-    """
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    """Import dspy (MissingExtraError naming the ``llm`` extra when it is absent)."""
     return require("dspy", EXTRA)
+
+
+LITELLM_LOCAL_COST_MAP = "LITELLM_LOCAL_MODEL_COST_MAP"
+
+
+def import_litellm_offline() -> None:
+    """Import LiteLLM (dspy's LM client, which dspy imports on an LM's first call) with its bundled
+    model price list: on import it fetches one from the internet unless told not to, and a debugger
+    must not call out. LiteLLM reads that setting from the environment only, so it is set for the
+    import alone and the caller's environment is left as it was."""
+    if "litellm" in sys.modules:
+        return
+    previous = os.environ.get(LITELLM_LOCAL_COST_MAP)
+    os.environ[LITELLM_LOCAL_COST_MAP] = "True"
+    try:
+        import litellm  # noqa: F401
+    except ImportError:  # dspy names the missing package when it needs it
+        pass
+    finally:
+        if previous is None:
+            os.environ.pop(LITELLM_LOCAL_COST_MAP, None)
+        else:
+            os.environ[LITELLM_LOCAL_COST_MAP] = previous
 
 
 def build_lm(settings: LMSettings):
     """A dspy.LM for these settings: no disk cache, no retries, a bounded timeout."""
     dspy = load_dspy()
+    import_litellm_offline()
     kwargs: dict[str, Any] = {"timeout": settings.timeout_s}
     if settings.api_base:
         kwargs["api_base"] = settings.api_base
@@ -107,4 +124,5 @@ def as_lm(lm: Any):
         return build_lm(lm)
     if isinstance(lm, str):
         return build_lm(LMSettings(model=lm))
+    import_litellm_offline()  # a caller's own dspy LM calls through LiteLLM too
     return lm

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from modeldebug.errors import DebuggingError, require
+from modeldebug.metrics import OnnxMetrics
 from modeldebug.types import Finding, Report, RunInfo
 
 ModelLike = Any  # a path, bytes, or onnx.ModelProto
@@ -235,7 +236,7 @@ def value_stats(arr: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def new_report(command: Sequence[str], findings: list[Finding], metrics: dict[str, Any], started: float) -> Report:
+def new_report(command: Sequence[str], findings: list[Finding], metrics: OnnxMetrics, started: float) -> Report:
     return Report(
         run=RunInfo(
             id=uuid.uuid4().hex[:12],

@@ -26,6 +26,7 @@ from modeldebug.onnx._common import (
     ort_mod,
     subgraph_nodes,
 )
+from modeldebug.metrics import OnnxCheckMetrics
 from modeldebug.findings import fix, make_finding
 from modeldebug.types import Finding, Report
 
@@ -73,16 +74,16 @@ def analyze_model(
             causes=["export_problem"],
             recommendations=[_REEXPORT],
         )
-        return new_report(command, [finding], {"loadable": False}, started)
+        return new_report(command, [finding], OnnxCheckMetrics(loadable=False), started)
 
     findings: list[Finding] = []
-    metrics: dict[str, Any] = {"loadable": True, **graph_facts(proto)}
+    metrics = OnnxCheckMetrics(loadable=True, **graph_facts(proto))
     if validate_graph:
         findings += _run_checker(proto)
     if check_shapes:
         findings += _infer_shapes(proto)
     unsupported = unsupported_ops(proto, providers)
-    metrics["unsupported_ops"] = unsupported
+    metrics.unsupported_ops = unsupported
     findings += [_unsupported_finding(u, providers) for u in unsupported]
     # "No Op registered for X" from the checker says the same as the unsupported-op finding
     unknown = {u["op_type"] for u in unsupported}
@@ -92,8 +93,8 @@ def analyze_model(
         findings += session_findings
         if loaded:
             findings = [_soften_shape_error(f) for f in findings]
-    metrics["providers"] = providers
-    metrics["valid"] = not any(f.severity == "high" for f in findings)
+    metrics.providers = providers
+    metrics.valid = not any(f.severity == "high" for f in findings)
     return new_report(command, findings, metrics, started)
 
 

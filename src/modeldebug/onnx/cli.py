@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional
 import typer
 
 if TYPE_CHECKING:  # mounted on the main CLI: `modeldebug run` must not import pydantic through here
+    from modeldebug.metrics import OnnxCheckMetrics, OnnxCompareMetrics, OnnxNanMetrics, OnnxProfileMetrics
     from modeldebug.types import Report
 
 onnx_app = typer.Typer(
@@ -65,7 +66,7 @@ def check(
     from modeldebug.onnx.check import analyze_model
 
     report = analyze_model(str(model), check_shapes=shapes, providers=provider or None)
-    if not report.metrics.get("loadable", True):  # not a model at all: bad input, not a finding to render
+    if not report.metrics.loadable:  # not a model at all: bad input, not a finding to render
         if json_path is not None:
             _write_json(report, json_path)
         typer.echo(f"error: {report.findings[0].message}", err=True)
@@ -250,66 +251,66 @@ def _print(report: Report, summary: Callable) -> None:
     print_report(report)
 
 
-def _summary_check(console, m: dict) -> None:
-    if not m.get("loadable", True):
+def _summary_check(console, m: OnnxCheckMetrics) -> None:
+    if not m.loadable:
         return
     console.print(
-        f"IR version {m['ir_version']}, opsets {m['opsets']}, {m['node_count']} nodes, "
-        f"{m['parameter_count']:,} parameters, producer '{m['producer']}'",
+        f"IR version {m.ir_version}, opsets {m.opsets}, {m.node_count} nodes, "
+        f"{m.parameter_count:,} parameters, producer '{m.producer}'",
         highlight=False,
     )
     for key, label in (("dynamic_axes", "dynamic axes"), ("inputs_without_shape", "inputs without shape"),
                        ("unused_inputs", "unused inputs"), ("unused_initializers", "unused initializers")):
-        if m.get(key):
-            value = m[key]
+        value = getattr(m, key)
+        if value:
             shown = value if isinstance(value, dict) else (value[:10] + (["..."] if len(value) > 10 else []))
             console.print(f"{label}: {shown}", highlight=False, markup=False)
 
 
-def _summary_profile(console, m: dict) -> None:
+def _summary_profile(console, m: OnnxProfileMetrics) -> None:
     from rich.table import Table
 
-    lat = m["latency_ms"]
+    lat = m.latency_ms
     console.print(
-        f"latency: median {lat['median']:.3f} ms, p90 {lat['p90']:.3f} ms over {m['iterations']} runs "
-        f"({m['optimization_level']} optimizations, {', '.join(m['providers'])}{', random inputs' if m['random_inputs'] else ''})",
+        f"latency: median {lat.median:.3f} ms, p90 {lat.p90:.3f} ms over {m.iterations} runs "
+        f"({m.optimization_level} optimizations, {', '.join(m.providers)}{', random inputs' if m.random_inputs else ''})",
         highlight=False,
     )
     ops = Table("op type", "nodes", "ms/run", "share", title="time per op type")
-    for row in m["op_types"][:10]:
-        ops.add_row(row["op_type"], str(row["nodes"]), f"{row['mean_us'] / 1000:.3f}", f"{row['share']:.1%}")
+    for row in m.op_types[:10]:
+        ops.add_row(row.op_type, str(row.nodes), f"{row.mean_us / 1000:.3f}", f"{row.share:.1%}")
     console.print(ops)
     nodes = Table("node", "op type", "ms/run", "share", title="slowest nodes")
-    for row in m["top_nodes"][:10]:
-        nodes.add_row(row["node"], row["op_type"], f"{row['mean_us'] / 1000:.3f}", f"{row['share']:.1%}")
+    for row in m.top_nodes[:10]:
+        nodes.add_row(row.node, row.op_type, f"{row.mean_us / 1000:.3f}", f"{row.share:.1%}")
     console.print(nodes)
 
 
-def _summary_nan(console, m: dict) -> None:
+def _summary_nan(console, m: OnnxNanMetrics) -> None:
     console.print(
-        f"{m['values_checked']} values checked, {m['nonfinite_value_count']} hold NaN/Inf"
-        + (f"; first produced by {m['first_node']}" if m["first_node"] else "")
-        + (" (random inputs)" if m["random_inputs"] else ""),
+        f"{m.values_checked} values checked, {m.nonfinite_value_count} hold NaN/Inf"
+        + (f"; first produced by {m.first_node}" if m.first_node else "")
+        + (" (random inputs)" if m.random_inputs else ""),
         highlight=False,
         markup=False,
     )
 
 
-def _summary_compare(console, m: dict) -> None:
+def _summary_compare(console, m: OnnxCompareMetrics) -> None:
     from rich.table import Table
 
     console.print(
-        f"{m['matched_points']} matched points ({m['exporter']} export), rtol={m['tolerances']['rtol']:g}, "
-        f"atol={m['tolerances']['atol']:g}; timings {m['timing_s']}",
+        f"{m.matched_points} matched points ({m.exporter} export), rtol={m.tolerances.rtol:g}, "
+        f"atol={m.tolerances.atol:g}; timings {m.timing_s}",
         highlight=False,
         markup=False,
     )
-    points = m["points"]
-    first_bad = next((i for i, p in enumerate(points) if not p["ok"]), None)
+    points = m.points
+    first_bad = next((i for i, p in enumerate(points) if not p.ok), None)
     shown = points if len(points) <= 12 else points[max(0, (first_bad or len(points)) - 6) : (first_bad or len(points)) + 6]
     table = Table("module", "type", "onnx node", "max abs", "max rel", "ok")
     for p in shown:
-        table.add_row(p["module"] or "(top level)", p["module_type"], p["onnx_node"], f"{p['max_abs']:.3g}", f"{p['max_rel']:.3g}", "yes" if p["ok"] else "[red]NO[/]")
-    for o in m["outputs"]:
-        table.add_row(f"output {o['output']}", "", o["value"], f"{o['max_abs']:.3g}", f"{o['max_rel']:.3g}", "yes" if o["ok"] else "[red]NO[/]")
+        table.add_row(p.module or "(top level)", p.module_type, p.onnx_node, f"{p.max_abs:.3g}", f"{p.max_rel:.3g}", "yes" if p.ok else "[red]NO[/]")
+    for o in m.outputs:
+        table.add_row(f"output {o.output}", "", o.value, f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", "yes" if o.ok else "[red]NO[/]")
     console.print(table)

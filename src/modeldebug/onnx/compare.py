@@ -33,6 +33,7 @@ from modeldebug.onnx._common import (
     onnx_mod,
     with_all_outputs,
 )
+from modeldebug.metrics import OnnxCompareMetrics
 from modeldebug.findings import fix, make_finding
 from modeldebug.types import Finding, Recommendation, Report
 
@@ -144,18 +145,18 @@ def compare_with_torch(
     timing["compare_s"] = time.perf_counter() - t0
 
     findings = _findings(module, proto, compared, outputs, rtol, atol, modules)
-    metrics = {
-        "exporter": exporter if onnx_model is None else "given",
-        "onnx_source": source,
-        "tolerances": {"rtol": rtol, "atol": atol},
-        "matched_points": len(compared),
-        "points": [_public_point(p) for p in compared],
-        "outputs": [_public_point(o) for o in outputs],
-        "skipped_modules": dict(list(skipped.items())[:100]),
-        "first_divergence": findings[0].location if findings and findings[0].kind == "onnx_numerical_mismatch" else None,
-        "timing_s": {k: round(v, 4) for k, v in timing.items()},
-        "training_mode_modules": _mode_dependent(module),
-    }
+    metrics = OnnxCompareMetrics(
+        exporter=exporter if onnx_model is None else "given",
+        onnx_source=source,
+        tolerances={"rtol": rtol, "atol": atol},
+        matched_points=len(compared),
+        points=[_public_point(p) for p in compared],
+        outputs=[_public_point(o) for o in outputs],
+        skipped_modules=dict(list(skipped.items())[:100]),
+        first_divergence=findings[0].location if findings and findings[0].kind == "onnx_numerical_mismatch" else None,
+        timing_s={k: round(v, 4) for k, v in timing.items()},
+        training_mode_modules=_mode_dependent(module),
+    )
     report = new_report(["modeldebug", "onnx", "compare", source], findings, metrics, started)
     report.run.models = []
     return report

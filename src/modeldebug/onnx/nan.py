@@ -27,6 +27,7 @@ from modeldebug.onnx._common import (
     value_stats,
     with_all_outputs,
 )
+from modeldebug.metrics import OnnxNanMetrics
 from modeldebug.findings import fix, make_finding
 from modeldebug.types import Finding, Report
 
@@ -99,15 +100,15 @@ def find_nonfinite(
         findings.insert(0, _origin_finding(*origin, values))
     fp16 = _fp16_range(nodes, values) if check_fp16_range else []
     findings += _fp16_findings(fp16)
-    metrics = {
-        "values_checked": len(out_names),
-        "nonfinite_values": nonfinite_values[:100],
-        "nonfinite_value_count": len(nonfinite_values),
-        "first_node": None if origin is None else _node_label(origin[1], origin[0]),
-        "fp16_out_of_range": fp16[:50],
-        "random_inputs": inputs is None,
-        "input_stats": {n: value_stats(v) for n, v in feeds.items() if isinstance(v, np.ndarray)},
-    }
+    metrics = OnnxNanMetrics(
+        values_checked=len(out_names),
+        nonfinite_values=nonfinite_values[:100],
+        nonfinite_value_count=len(nonfinite_values),
+        first_node=None if origin is None else _node_label(origin[1], origin[0]),
+        fp16_out_of_range=fp16[:50],
+        random_inputs=inputs is None,
+        input_stats={n: value_stats(v) for n, v in feeds.items() if isinstance(v, np.ndarray)},
+    )
     return new_report(["modeldebug", "onnx", "nan", model_label(model)], findings, metrics, started)
 
 

@@ -27,6 +27,7 @@ from modeldebug.onnx._common import (
     new_report,
     one_line,
 )
+from modeldebug.metrics import OnnxProfileMetrics
 from modeldebug.findings import make_finding, optimization
 from modeldebug.types import Finding, Recommendation, Report
 
@@ -85,7 +86,7 @@ def profile_execution(
         providers: onnxruntime execution providers (default: CPU).
         optimization_level: "disable", "basic", "extended" or "all" (what you deploy with).
         slow_share: a node taking at least this share of the node time is reported.
-        top: how many nodes the per-node table in ``metrics["top_nodes"]`` keeps.
+        top: how many nodes the per-node table in ``metrics.top_nodes`` keeps.
     """
     if iterations < 1 or warmup < 0:
         raise ValueError(f"Expected `iterations` >= 1 and `warmup` >= 0 but got {iterations} and {warmup}.")
@@ -115,8 +116,8 @@ def profile_execution(
         with open(profile_path) as fh:
             events = json.load(fh)
     runs = _node_events_by_run(events)[warmup:]
-    metrics = _summarize(runs, latencies, top)
-    metrics.update(
+    metrics = OnnxProfileMetrics(
+        **_summarize(runs, latencies, top),
         providers=session.get_providers(),
         optimization_level=optimization_level,
         warmup=warmup,
@@ -182,40 +183,41 @@ def _summarize(runs: list[list[dict[str, Any]]], latencies: list[float], top: in
     }
 
 
-def _slow_nodes(metrics: dict[str, Any], slow_share: float, level: str) -> list[Finding]:
+def _slow_nodes(metrics: OnnxProfileMetrics, slow_share: float, level: str) -> list[Finding]:
     findings = []
     # In a graph of one or two nodes "dominating" says nothing.
-    if metrics["executed_nodes"] < 3:
+    if metrics.executed_nodes < 3:
         return findings
-    for e in metrics["top_nodes"]:
-        if e["share"] < slow_share:
+    for e in metrics.top_nodes:
+        if e.share < slow_share:
             break
-        recs = [r for r in [_SUGGESTIONS.get(e["op_type"])] if r]
+        recs = [r for r in [_SUGGESTIONS.get(e.op_type)] if r]
         if level != "all":
             recs.append(_LEVEL_HINT)
-        if e["provider"] and e["provider"] == "CPUExecutionProvider" and metrics.get("providers", ["CPU"])[0] != e["provider"]:
+        asked = (metrics.providers or ["CPU"])[0]
+        if e.provider and e.provider == "CPUExecutionProvider" and asked != e.provider:
             recs.append(
                 optimization(
-                    description=f"This node fell back to the CPU while {metrics['providers'][0]} was asked for; "
+                    description=f"This node fell back to the CPU while {asked} was asked for; "
                     "an op or dtype the accelerator supports avoids the copies.",
                 )
             )
         findings.append(
             make_finding(
                 "onnx_slow_node",
-                severity="medium" if e["share"] >= 0.5 else "low",
+                severity="medium" if e.share >= 0.5 else "low",
                 confidence=0.8,
-                location=e["node"],
+                location=e.node,
                 message=(
-                    f"Node {e['node']} ({e['op_type']}) takes {e['share']:.0%} of the node time "
-                    f"({e['mean_us'] / 1000:.3f} ms of {metrics['node_time_ms']:.3f} ms per run)."
+                    f"Node {e.node} ({e.op_type}) takes {e.share:.0%} of the node time "
+                    f"({e.mean_us / 1000:.3f} ms of {metrics.node_time_ms:.3f} ms per run)."
                 ),
                 evidence={
-                    "share": e["share"],
-                    "mean_us": e["mean_us"],
-                    "op_type": e["op_type"],
-                    "provider": e["provider"],
-                    "node_time_ms": metrics["node_time_ms"],
+                    "share": e.share,
+                    "mean_us": e.mean_us,
+                    "op_type": e.op_type,
+                    "provider": e.provider,
+                    "node_time_ms": metrics.node_time_ms,
                 },
                 causes=[],
                 recommendations=recs,

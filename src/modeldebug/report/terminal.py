@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.text import Text
 
+from modeldebug.metrics import LLMSection
 from modeldebug.types import Report
 
 _STYLE = {"high": "bold red", "medium": "yellow", "low": "cyan"}
@@ -30,20 +31,15 @@ def print_report(report: Report, console: Console | None = None, *, issue: str |
         head.append("\n$ " + " ".join(run.command), style="dim")
     if issue:
         head.append(f"\nissue: {issue}", style="italic")
-    stopped = (report.metrics or {}).get("monitor_stopped")
-    if stopped:
-        head.append(f"\nmodeldebug stopped watching at step {stopped.get('step')} after an error in its own code "
-                    f"({stopped.get('hook')}: {stopped.get('error')}); the findings cover the steps before.",
+    stopped = report.training.monitor_stopped if report.training else None
+    if stopped is not None:
+        head.append(f"\nmodeldebug stopped watching at step {stopped.step} after an error in its own code "
+                    f"({stopped.hook}: {stopped.error}); the findings cover the steps before.",
                     style="yellow")
     console.print(head)
 
     findings = report.sorted_findings()
-    llm = (report.metrics or {}).get("llm") or {}
-    explain = None
-    if llm.get("status") == "ok" and llm.get("explanations"):
-        from modeldebug.llm.analyst import explanation_for
-
-        explain = explanation_for
+    llm = report.metrics.llm if report.metrics.llm is not None and report.metrics.llm.ok else None
     for f in findings:
         title = Text()
         title.append(f.severity.upper(), style=_STYLE[f.severity])
@@ -62,13 +58,13 @@ def print_report(report: Report, console: Console | None = None, *, issue: str |
             if r.implementation:
                 code = "\n".join("    " + line for line in r.implementation.splitlines())
                 body.append("\n" + code, style="green dim")
-        text = explain(report, f) if explain else None
+        text = llm.explanation_for(f) if llm is not None else None
         if text:
             body.append(f"\nlanguage model: {text}", style="italic")
         if f.source == "llm":
             body.append("\n(added by the language model)", style="dim italic")
         console.print(Panel(body, title=title, title_align="left", border_style=_STYLE[f.severity]))
-    if llm.get("status") == "ok":
+    if llm is not None:
         _print_llm_panel(llm, console)
 
     counts = {s: sum(1 for f in findings if f.severity == s) for s in ("high", "medium", "low")}
@@ -86,27 +82,26 @@ def print_report(report: Report, console: Console | None = None, *, issue: str |
         console.print(f"report written to {escape(path)}", style="dim")
 
 
-def _print_llm_panel(llm: dict, console: Console) -> None:
+def _print_llm_panel(llm: LLMSection, console: Console) -> None:
     """What the language model said (its summary, recommendations, notes), apart from the measured findings."""
     body = Text()
-    if llm.get("summary"):
-        body.append(str(llm["summary"]))
-    for r in llm.get("recommendations") or []:
-        body.append(f"\n→ {r.get('description')}", style="green")
-        if r.get("implementation"):
-            code = "\n".join("    " + line for line in str(r["implementation"]).splitlines())
+    if llm.summary:
+        body.append(llm.summary)
+    for r in llm.recommendations:
+        body.append(f"\n→ {r.description}", style="green")
+        if r.implementation:
+            code = "\n".join("    " + line for line in r.implementation.splitlines())
             body.append("\n" + code, style="green dim")
-    for n in llm.get("notes") or []:
-        body.append(f"\nnote ({n.get('severity', '?')}, {n.get('type', '?')}): {n.get('description')}", style="dim")
-    if llm.get("unmatched"):
-        body.append(f"\n{len(llm['unmatched'])} finding(s) it discussed are no longer in the rules' report.", style="dim")
+    for n in llm.notes:
+        body.append(f"\nnote ({n.severity}, {n.type}): {n.description}", style="dim")
+    if llm.unmatched:
+        body.append(f"\n{len(llm.unmatched)} finding(s) it discussed are no longer in the rules' report.", style="dim")
     if not body.plain:
         return
     title = Text("language model", style="bold")
-    title.append(f"  {llm.get('model') or ''}", style="dim")
-    stored = llm.get("stored")
-    if stored and stored.get("created_at"):
-        title.append(time.strftime("  (stored %Y-%m-%d %H:%M)", time.localtime(stored["created_at"])), style="dim")
+    title.append(f"  {llm.model or ''}", style="dim")
+    if llm.stored is not None:
+        title.append(time.strftime("  (stored %Y-%m-%d %H:%M)", time.localtime(llm.stored.created_at)), style="dim")
     console.print(Panel(body, title=title, title_align="left", border_style="magenta",
                         subtitle="explanation, not measurement", subtitle_align="right"))
 
