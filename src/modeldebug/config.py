@@ -71,7 +71,3 @@ class DebuggingConfig(BaseModel):
         if self.histograms is None:
             self.histograms = level["histograms"]
         return self
-
-    @property
-    def samples_every_step(self) -> bool:
-        return self.every == 1 or (self.every is None and self.target_overhead is None)

@@ -2,7 +2,7 @@
 
 ``modeldebug run -- python train.py`` starts the script with ``collect/boot`` first on
 PYTHONPATH; its ``sitecustomize`` calls :func:`install_from_env`, which waits for the script to
-import torch and then starts an auto-discovering :class:`AutoDebugger`:
+import torch and then starts an auto-discovering ``AutoDebugger`` (``collect/auto.py``):
 
 * steps come from the global optimizer step hooks (any optimizer, created anywhere);
 * models are the top-level modules the script calls (found with global module hooks that are
@@ -97,11 +97,12 @@ def _start(settings: dict[str, Any]) -> None:
     from modeldebug.config import DebuggingConfig
 
     try:
+        from modeldebug.collect.auto import AutoDebugger
         from modeldebug.collect.distributed import prepare_rank_run, process_rank
 
         config = DebuggingConfig.model_validate(settings.get("config") or {})
         ranked = process_rank()  # a torchrun worker: rank 0 writes the run, rank r "<run_id>.rank<r>"
-        _active = auto_debugger_class()(
+        _active = AutoDebugger(
             config,
             store=settings.get("store"),
             run_id=prepare_rank_run(settings, ranked[0]) if ranked else settings.get("run_id"),
@@ -162,114 +163,3 @@ def _finish() -> None:
             import signal
 
             signal.signal(signal.SIGINT, previous)
-
-
-_auto_class = None
-
-
-def auto_debugger_class():
-    """The AutoDebugger class; built on first use because it subclasses the torch-importing Debugger."""
-    global _auto_class
-    if _auto_class is None:
-        _auto_class = _make_auto_debugger()
-    return _auto_class
-
-
-def _make_auto_debugger():
-    import gc
-    import traceback
-    import warnings
-
-    from torch import nn
-    from torch.nn.modules import module as module_mod
-
-    from modeldebug.collect.session import Debugger
-
-    class AutoDebugger(Debugger):
-        """A Debugger that finds the models and optimizers by itself."""
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.exception: BaseException | None = None
-            self.traceback_text: str | None = None
-            self._candidates: list = []  # modules called at top level before discovery
-            self._depth = 0
-            self._discovery_handles: list[Any] = []
-
-        def start(self):
-            super().start()
-            self._discovery_handles = [
-                module_mod.register_module_forward_pre_hook(self._global_pre),
-                module_mod.register_module_forward_hook(self._global_post, always_call=True),
-            ]
-            return self
-
-        def _remove_hooks(self):
-            for h in self._discovery_handles:
-                h.remove()
-            self._discovery_handles = []
-            super()._remove_hooks()
-
-        def record_exception(self, exc: BaseException, tb) -> None:
-            self.exception = exc
-            self.traceback_text = "".join(traceback.format_exception(type(exc), exc, tb))[-20000:]
-
-        def stop(self, status="completed", exit_code=None, error=None):
-            if error is not None and self.traceback_text:
-                self._event("traceback", {"text": self.traceback_text})
-            super().stop(status, exit_code, error)
-
-        # Global hooks, only until discovery: keep the top-level modules the script calls.
-        def _global_pre(self, module, args):
-            self._depth += 1
-            if self._depth == 1 and all(m is not module for m in self._candidates):
-                # Held strongly until discovery: a slice like model[:2] lives for one call only.
-                self._candidates.append(module)
-                del self._candidates[:-64]
-
-        def _global_post(self, module, args, output):
-            self._depth = max(0, self._depth - 1)
-
-        def _discover(self, optimizer=None) -> None:
-            """Watch the models that train: at the first backward or optimizer step, the root
-            modules (contained in no other module) that hold the parameters of the modules the
-            script called at top level, or of the optimizer. Roots come from a one-off scan of
-            live modules, so a model whose parts are called separately (``model.encoder(x)``,
-            ``model[:2](x)``) is still watched as one model with qualified names."""
-            if self._models or not self._discovery_handles:
-                return
-            for h in self._discovery_handles:
-                h.remove()
-            self._discovery_handles = []
-            trained = {id(p) for m in self._candidates for p in m.parameters()}
-            if optimizer is not None:
-                trained |= {id(p) for g in optimizer.param_groups for p in g["params"]}
-            self._candidates = []
-            if not trained:
-                return
-            with warnings.catch_warnings():  # isinstance on torch.distributed.reduce_op warns
-                warnings.simplefilter("ignore", FutureWarning)
-                modules = [o for o in gc.get_objects() if isinstance(o, nn.Module)]
-            contained = {id(c) for m in modules for c in m.children()}
-            roots = []
-            for m in modules:
-                if id(m) in contained:
-                    continue
-                ids = {id(p) for p in m.parameters()}
-                if ids & trained:
-                    roots.append((len(ids), m, ids))
-            # Largest first: a whole model covers the slices and parts of it the loop called.
-            covered: set[int] = set()
-            for _, m, ids in sorted(roots, key=lambda r: -r[0]):
-                if ids - covered:
-                    self.attach(m)
-                    covered |= ids
-        def before_backward(self, tensor):
-            self._discover()
-            super().before_backward(tensor)
-
-        def _owns(self, optimizer):
-            self._discover(optimizer)
-            return super()._owns(optimizer)
-
-    return AutoDebugger

@@ -36,7 +36,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from modeldebug.records import EventRecord, RankRecord
+from modeldebug.events import Rank, RankExit, RankGatherError, RankKilled, events_of
+from modeldebug.records import RankRecord
 
 if TYPE_CHECKING:
     import torch
@@ -141,13 +142,13 @@ class RankWatch:
         if found is None:
             return None
         watch = cls(debugger, *found)
-        debugger._event("rank", {"rank": watch.rank, "world_size": watch.world_size,
-                                 "local_rank": int(os.environ.get("LOCAL_RANK", watch.rank)),
-                                 "host": os.uname().nodename, "pid": os.getpid(), "every": watch.every})
+        debugger.event(Rank(rank=watch.rank, world_size=watch.world_size,
+                            local_rank=int(os.environ.get("LOCAL_RANK", watch.rank)),
+                            host=os.uname().nodename, pid=os.getpid(), every=watch.every))
         watch._catch_sigterm()
         # No NaN-origin replay: re-running a DDP forward/backward on one rank would run DDP's
         # collectives there alone. The cross-rank summaries say which rank a NaN started on.
-        debugger._origin_budget = 0
+        debugger.disable_replay()
         return watch
 
     # ------------------------------------------------------------------ steps
@@ -167,10 +168,10 @@ class RankWatch:
             self._off = True
             log.warning("modeldebug: cross-rank gather failed at step %d (%s); per-rank collection goes on",
                         rec.step, exc)
-            self.dbg._event("rank_gather_error", {"type": type(exc).__name__, "message": str(exc)[:500]})
+            self.dbg.event(RankGatherError(type=type(exc).__name__, message=str(exc)[:500]))
         self._next = rec.step + self.every
         spent = time.perf_counter() - t
-        self.dbg._monitor_s += spent
+        self.dbg.add_monitor_time(spent)
         spent -= self.setup_s  # the group is made once: not part of the gather's cost per step
         self.setup_s = 0.0
         self._last_gather_s = spent
@@ -179,7 +180,7 @@ class RankWatch:
     def _header(self, step: int) -> "tuple[torch.Tensor, torch.Tensor | None]":
         import torch
 
-        self.dbg._resolve(all_pending=True)  # losses and flags of the window's steps (a sync on CUDA)
+        self.dbg.resolve_all()  # losses and flags of the window's steps (a sync on CUDA)
         window, self._window = self._window, []
         for rec in window:
             for key, bad in (("loss", rec.loss_nonfinite), ("grad", rec.grad_nonfinite),
@@ -194,7 +195,7 @@ class RankWatch:
         last = window[-1] if window else None
         per_param = None
         checksum = scale = math.nan
-        params = [p.detach() for _, p in self.dbg._params]
+        params = [p.detach() for _, p in self.dbg.watched.params]
         if params:
             with torch.no_grad():
                 norms = torch._foreach_norm(params)
@@ -282,7 +283,7 @@ class RankWatch:
         """For each rank out of sync, the parameter whose checksum differs most from the reference rank's."""
         import torch
 
-        names = [n for n, _ in self.dbg._params]
+        names = [n for n, _ in self.dbg.watched.params]
         out = {}
         base = vecs[ref]
         for r in differs:
@@ -296,14 +297,13 @@ class RankWatch:
 
     def on_stop(self, status: str, error: BaseException | None) -> None:
         """No collective here (ranks stop at different points): this rank's own exit record."""
-        data = {"rank": self.rank, "world_size": self.world_size, "status": status, "time": time.time(),
-                "steps": self.dbg.step_count, "gathers": len(self.gather_times),
-                "gather_s_median": _median(self.gather_times)}
+        exit = RankExit(rank=self.rank, world_size=self.world_size, status=status, time=time.time(),
+                        steps=self.dbg.step_count, gathers=len(self.gather_times),
+                        gather_s_median=_median(self.gather_times))
         if error is not None:
-            data["error_type"] = type(error).__name__
-            data["message"] = str(error)[:1000]
-            data["comm_error"] = is_comm_error(type(error).__name__, str(error))
-        self.dbg._event("rank_exit", data)
+            exit.error_type, exit.message = type(error).__name__, str(error)[:1000]
+            exit.comm_error = is_comm_error(exit.error_type, exit.message)
+        self.dbg.event(exit)
         self._release_group()
         if self._previous_term is not None:
             try:
@@ -339,8 +339,7 @@ class RankWatch:
 
     def _on_sigterm(self, signum, frame) -> None:
         try:
-            self.dbg._event("rank_killed", {"rank": self.rank, "signal": int(signum), "time": time.time(),
-                                            "steps": self.dbg.step_count})
+            self.dbg.event(RankKilled(rank=self.rank, signal=int(signum), time=time.time(), steps=self.dbg.step_count))
             self.dbg.store.update_run(self.dbg.run_id, status="interrupted", steps=self.dbg.step_count)
         except Exception:
             pass
@@ -385,45 +384,22 @@ def summarize_ranks(store, run_id: str) -> list[dict[str, Any]]:
         return []
     out = []
     for rid, info in runs.items():
-        events = _events(store, rid)
-        rank_ev = next((e["data"] for e in events if e.get("type") == "rank"), None)
-        rank = rank_ev["rank"] if rank_ev else (0 if rid == run_id else int(rid.rsplit(".rank", 1)[1]))
-        exit_ev = next((e["data"] for e in reversed(events) if e.get("type") == "rank_exit"), None)
-        killed = next((e["data"] for e in events if e.get("type") == "rank_killed"), None)
+        events = store.load_events(rid)
+        ranks, exits, killings = (events_of(events, cls) for cls in (Rank, RankExit, RankKilled))
+        rank = ranks[0].rank if ranks else (0 if rid == run_id else int(rid.rsplit(".rank", 1)[1]))
+        exit_ev = exits[-1] if exits else None
+        killed = killings[0] if killings else None
         entry = {"rank": rank, "run_id": rid, "status": info.status, "steps": info.steps}
         if exit_ev:
-            entry.update({k: exit_ev.get(k) for k in ("time", "error_type", "message", "comm_error",
-                                                      "gather_s_median") if exit_ev.get(k) is not None})
+            entry.update({k: getattr(exit_ev, k) for k in ("time", "error_type", "message", "comm_error",
+                                                           "gather_s_median") if getattr(exit_ev, k) is not None})
             entry["exited"] = True
         elif killed:
-            entry.update({"time": killed.get("time"), "killed_by_signal": killed.get("signal"),
-                          "steps": killed.get("steps", info.steps)})
+            entry.update({"time": killed.time, "killed_by_signal": killed.signal,
+                          "steps": killed.steps if killed.steps is not None else info.steps})
         if not exit_ev and rid != run_id and info.status == "running":
             store.update_run(rid, status="crashed")
             entry["status"] = "crashed"
         entry["lost"] = not exit_ev and not killed  # died without a word: SIGKILL (OOM killer) or a lost node
         out.append(entry)
     return sorted(out, key=lambda e: e["rank"])
-
-
-def _events(store, run_id: str) -> list[dict]:
-    try:
-        return store.load_events(run_id)
-    except AttributeError:
-        return store.load_evidence(run_id).events
-
-
-def first_failed(ranks: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The rank where the failure began: a rank that raised an error of its own (not a lost
-    connection to another rank) earliest; else a rank that died without a word; else the earliest
-    crash."""
-    failed = [r for r in ranks if r["status"] in ("crashed", "interrupted") and not r.get("killed_by_signal")]
-    if not failed:
-        return None
-    own = [r for r in failed if r.get("error_type") and not r.get("comm_error")]
-    if own:
-        return min(own, key=lambda r: r.get("time") or math.inf)
-    lost = [r for r in failed if r.get("lost")]
-    if lost:
-        return lost[0]
-    return min(failed, key=lambda r: r.get("time") or math.inf)

@@ -74,10 +74,6 @@ def remove_listener(listener: Listener) -> None:
             _uninstall()
 
 
-def active() -> bool:
-    return bool(_listeners)
-
-
 def _replace(owner: Any, name: str, make_wrapper) -> None:
     original = getattr(owner, name)
     _originals.append((owner, name, original))

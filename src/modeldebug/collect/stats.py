@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch import nn
 
 # Values kept per tensor for the histogram and the zero / saturated fractions.
 SAMPLE = 1024
@@ -24,15 +25,32 @@ SAMPLE = 1024
 # strided subset of their units, and the dead fraction is estimated from it.
 MAX_UNITS = 4096
 
-# Bounded activations and their range; saturated = output within 1% of the range from a bound
+# Bounded activations and their range, keyed by class (a subclass of nn.Tanh is bounded too: looked
+# up through the MRO); saturated = output within 1% of the range from a bound
 # (tanh |y| > 0.98 <=> |x| > 2.3; sigmoid y < 0.01 or y > 0.99 <=> |x| > 4.6).
-SATURATING = {
-    "Tanh": (-1.0, 1.0),
-    "Hardtanh": (-1.0, 1.0),
-    "Softsign": (-1.0, 1.0),
-    "Sigmoid": (0.0, 1.0),
-    "Hardsigmoid": (0.0, 1.0),
+SATURATING: dict[type, tuple[float, float]] = {
+    nn.Tanh: (-1.0, 1.0),
+    nn.Hardtanh: (-1.0, 1.0),
+    nn.Softsign: (-1.0, 1.0),
+    nn.Sigmoid: (0.0, 1.0),
+    nn.Hardsigmoid: (0.0, 1.0),
 }
+
+
+def saturation_bounds(cls: type) -> tuple[float, float] | None:
+    """The output range of a bounded activation class or of a subclass of one; None for others."""
+    return next((SATURATING[c] for c in cls.__mro__ if c in SATURATING), None)
+
+
+def family(cls: type) -> str:
+    """The name of the first built-in ``torch.nn`` module class in ``cls``'s MRO: "Tanh" for a user's
+    ``class MyTanh(nn.Tanh)``, the class's own name for a built-in, "" for a plain custom module."""
+    for c in cls.__mro__:
+        if c is nn.Module:
+            return ""
+        if c.__module__.startswith("torch.nn.") and issubclass(c, nn.Module):
+            return c.__name__
+    return ""
 
 
 def unit_dim(ndim: int) -> int | None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from modeldebug.events import Device, MemoryAtStop
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
 from modeldebug.rules.base import Rule, col, g, optimization
@@ -20,12 +21,9 @@ def device_memory(ev: Evidence) -> tuple[float | None, float | None]:
     Expected event: ``{"type": "device", "data": {"total_memory": bytes, "host_total_memory": bytes}}``.
     """
     dev = host = None
-    for e in ev.events:
-        data = e.get("data") or {}
-        if not isinstance(data, dict):
-            continue
-        dev = data.get("total_memory", data.get("cuda_total_memory", dev))
-        host = data.get("host_total_memory", host)
+    for e in ev.events_of(Device):
+        dev = e.total_memory if e.total_memory is not None else dev
+        host = e.host_total_memory if e.host_total_memory is not None else host
     return (float(dev) if dev else None), (float(host) if host else None)
 
 
@@ -33,10 +31,8 @@ def peak_at_stop(ev: Evidence) -> float:
     """The CUDA allocator's peak (and reserved) bytes read as the run stopped: a step that ran
     out of memory never closes, so no step record holds it. NaN when not recorded."""
     peak = np.nan
-    for e in ev.events:
-        data = e.get("data") or {}
-        if e.get("type") == "memory_at_stop" and isinstance(data, dict):
-            peak = np.fmax(peak, np.fmax(float(data.get("cuda_peak") or np.nan), float(data.get("cuda_reserved") or np.nan)))
+    for e in ev.events_of(MemoryAtStop):
+        peak = np.fmax(peak, np.fmax(float(e.cuda_peak or np.nan), float(e.cuda_reserved or np.nan)))
     return float(peak)
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from modeldebug.events import NonfiniteOrigin
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
 from modeldebug.rules.base import (
@@ -139,7 +140,7 @@ class NanOrInf(Rule):
     @staticmethod
     def _replay(ev: Evidence) -> dict | None:
         """The collector's replay of the first non-finite step (the first one that found something)."""
-        found = [e["data"] for e in ev.events if e.get("type") == "nonfinite_origin"]
+        found = [e.to_data() for e in ev.events_of(NonfiniteOrigin)]
         useful = [d for d in found if d.get("phase") != "unknown"]
         return (useful or found or [None])[0]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from modeldebug.collect.distributed import first_failed
+from modeldebug.events import Ranks
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
 from modeldebug.rules.base import Rule, best_practice
@@ -35,7 +35,7 @@ class RankFailure(Rule):
 
     def check(self, ev: Evidence) -> list[Finding]:
         ranks = rank_outcomes(ev)
-        first = first_failed(ranks)
+        first = Ranks(ranks=ranks).first_failed()
         if first is None:
             return []
         rank = first["rank"]

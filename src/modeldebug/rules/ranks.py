@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from modeldebug.events import Ranks
 from modeldebug.evidence import Evidence
 
 
 def rank_outcomes(ev: Evidence) -> list[dict]:
     """Each rank's outcome, as ``modeldebug run`` recorded it when the job ended (event ``ranks``)."""
-    found = [e["data"].get("ranks", []) for e in ev.events if e.get("type") == "ranks"]
-    return found[-1] if found else []
+    found = ev.events_of(Ranks)
+    return found[-1].ranks if found else []

@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
 
+from modeldebug.events import RuntimeErrorDiagnosis, ScriptException, Traceback
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
 from modeldebug.rules.base import Rule
 from modeldebug.types import Finding
-
-
-def _data(event: dict[str, Any]) -> dict[str, Any]:
-    data = event.get("data") or {}
-    if isinstance(data, str):
-        try:
-            data = json.loads(data)
-        except ValueError:
-            return {"text": data}
-    return data if isinstance(data, dict) else {}
-
-
-def _last(events: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
-    found = [e for e in events if e.get("type") == kind]
-    return found[-1] if found else None
 
 
 @register
@@ -47,32 +31,30 @@ class RuntimeErrorRule(Rule):
     reads = ("events.runtime_error", "events.traceback", "events.exception")
 
     def check(self, ev: Evidence) -> list[Finding]:
-        events = ev.events or []
-        stored = _last(events, "runtime_error")
+        stored = _last(ev.events_of(RuntimeErrorDiagnosis))
         if stored is not None:
-            data = _data(stored)
             try:
-                f = Finding.model_validate(data)
+                f = Finding.model_validate(stored.finding)
             except ValueError:
                 f = None
             if f is not None:
-                if f.step is None and stored.get("step") is not None:
-                    f = f.model_copy(update={"step": int(stored["step"])})
+                if f.step is None and stored.at_step is not None:
+                    f = f.model_copy(update={"step": int(stored.at_step)})
                 return [f]
-        text = None
-        tb = _last(events, "traceback")
-        if tb is not None:
-            text = _data(tb).get("text")
-        exc = _last(events, "exception")
+        tb, exc = _last(ev.events_of(Traceback)), _last(ev.events_of(ScriptException))
+        text = tb.text if tb is not None else None
         if not text and exc is not None:
-            data = _data(exc)
-            text = f"{data.get('type') or 'Error'}: {data.get('message') or ''}"
+            text = f"{exc.type or 'Error'}: {exc.message or ''}"
         if not text:
             return []
-        from modeldebug.diagnose import diagnose_text  # a package of parsers and regexes: only for a run that failed
+        from modeldebug.diagnose import diagnose_text  # ~1200 lines and their regexes: only for a run that failed
 
         f = diagnose_text(text)
-        step = (exc or tb or {}).get("step")
+        step = (exc or tb).at_step
         if step is not None:
             f = f.model_copy(update={"step": int(step)})
         return [f]
+
+
+def _last(events: list):
+    return events[-1] if events else None

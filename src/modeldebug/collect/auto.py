@@ -1,0 +1,121 @@
+"""The zero-code Debugger of ``modeldebug run``: it finds the models and optimizers by itself and
+records the exception that ends the script (started by ``collect/autopatch``)."""
+
+from __future__ import annotations
+
+import gc
+import traceback
+import warnings
+from typing import Any
+
+from torch import nn
+from torch.nn.modules import module as module_mod
+
+from modeldebug.collect.session import Debugger
+from modeldebug.events import Traceback
+
+MAX_CANDIDATES = 64  # top-level modules kept until discovery
+
+
+class Discovery:
+    """Global module hooks, only until discovery: keep the top-level modules the script calls,
+    then watch the roots that train (``discover``). Holds nothing once done."""
+
+    def __init__(self, debugger: Debugger):
+        self._dbg = debugger
+        self._candidates: list[nn.Module] = []  # modules called at top level before discovery
+        self._depth = 0
+        self._handles: list[Any] = []
+
+    def install(self) -> None:
+        self._handles = [
+            module_mod.register_module_forward_pre_hook(self._pre),
+            module_mod.register_module_forward_hook(self._post, always_call=True),
+        ]
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def _pre(self, module, args):
+        self._depth += 1
+        if self._depth == 1 and all(m is not module for m in self._candidates):
+            # Held strongly until discovery: a slice like model[:2] lives for one call only.
+            self._candidates.append(module)
+            del self._candidates[:-MAX_CANDIDATES]
+
+    def _post(self, module, args, output):
+        self._depth = max(0, self._depth - 1)
+
+    def discover(self, optimizer=None) -> None:
+        """Watch the models that train: at the first backward or optimizer step, the root
+        modules (contained in no other module) that hold the parameters of the modules the
+        script called at top level, or of the optimizer. Roots come from a one-off scan of
+        live modules, so a model whose parts are called separately (``model.encoder(x)``,
+        ``model[:2](x)``) is still watched as one model with qualified names."""
+        if self._dbg.watched.models or not self._handles:
+            return
+        self.remove()
+        trained = {id(p) for m in self._candidates for p in m.parameters()}
+        if optimizer is not None:
+            trained |= {id(p) for g in optimizer.param_groups for p in g["params"]}
+        self._candidates = []
+        if not trained:
+            return
+        with warnings.catch_warnings():  # isinstance on torch.distributed.reduce_op warns
+            warnings.simplefilter("ignore", FutureWarning)
+            modules = [o for o in gc.get_objects() if _is_module(o)]
+        contained = {id(c) for m in modules for c in m.children()}
+        roots = []
+        for m in modules:
+            if id(m) in contained:
+                continue
+            ids = {id(p) for p in m.parameters()}
+            if ids & trained:
+                roots.append((len(ids), m, ids))
+        # Largest first: a whole model covers the slices and parts of it the loop called.
+        covered: set[int] = set()
+        for _, m, ids in sorted(roots, key=lambda r: -r[0]):
+            if ids - covered:
+                self._dbg.attach(m)
+                covered |= ids
+
+
+def _is_module(obj) -> bool:
+    try:
+        return isinstance(obj, nn.Module)
+    except ReferenceError:  # a dead weakref.proxy (torch.compile leaves some)
+        return False
+
+
+class AutoDebugger(Debugger):
+    """A Debugger that finds the models and optimizers by itself."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.exception: BaseException | None = None
+        self.traceback_text: str | None = None
+        self.discovery = Discovery(self)
+        self.watched.finder = self.discovery.discover
+
+    def start(self) -> "AutoDebugger":
+        started = self._started
+        super().start()
+        if not started:
+            self.discovery.install()
+        return self
+
+    def pause(self) -> None:
+        self.discovery.remove()
+        super().pause()
+
+    def record_exception(self, exc: BaseException, tb) -> None:
+        self.exception = exc
+        self.traceback_text = "".join(traceback.format_exception(type(exc), exc, tb))[-20000:]
+
+    def stop(self, status="completed", exit_code=None, error=None):
+        self.discovery.remove()
+        if error is not None and self.traceback_text and not self._stopped:
+            self.event(Traceback(text=self.traceback_text))
+        super().stop(status, exit_code, error)

@@ -1,0 +1,370 @@
+"""The callbacks: root-module, per-layer, output-gradient and optimizer hooks, and the patched
+calls (backward, losses, DataLoader, zero_grad); each turns what it sees into step state.
+
+Only two hooks stay installed all run: a forward pre-hook and a forward hook on each watched root
+module. Per-layer hooks are installed for a sampled step and removed when it closes. Every callback
+runs under the :class:`Guard`: the monitor must never break training.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import types
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+from modeldebug.collect import patches
+from modeldebug.collect.params import grad_norm, same_device, total_norm
+from modeldebug.collect.stats import first_float_tensor, reduce
+from modeldebug.collect.steps import MonitorCost, Step, Steps, now
+from modeldebug.collect.writer import Validation, class_counts
+
+if TYPE_CHECKING:
+    from modeldebug.collect.watched import Model, Watched
+    from modeldebug.config import DebuggingConfig
+
+log = logging.getLogger(__name__)
+
+# The callbacks held by the user's modules (their hook dicts): what a pickled module carries instead.
+_ON_MODULES = ("_root_pre", "_root_post", "_layer_pre", "_layer_post")
+# A no-op from the standard library that takes any positional arguments and returns None (an audit
+# event nobody listens to, at the cost of a C call).
+_DETACHED = partial(sys.audit, "modeldebug.unwatched")
+
+
+class Guard:
+    """Switches the monitor off for the rest of the run after an internal error in one of its
+    callbacks (logged once, and reported through ``on_error``); the script goes on."""
+
+    def __init__(self, on_error: Callable[[str, Exception], None]):
+        self.broken = False
+        self.replaying = False  # our own replay of a step runs: its hooks are not the user's steps
+        self._on_error = on_error
+
+    def fail(self, hook: str, exc: Exception) -> None:
+        """Called from inside the ``except`` block that caught ``exc``."""
+        self.broken = True
+        log.exception("modeldebug stopped watching after an internal error in %s", hook)
+        try:
+            self._on_error(hook, exc)
+        except Exception:
+            pass
+
+
+def guarded(hook):
+    """A callback of an object with a ``guard``: skipped once the monitor is off, and never raises."""
+
+    @functools.wraps(hook)
+    def run(self, *args, **kwargs):
+        guard = self.guard
+        if guard.broken or guard.replaying:
+            return None
+        try:
+            return hook(self, *args, **kwargs)
+        except Exception as exc:
+            guard.fail(hook.__name__, exc)
+            return None
+
+    return run
+
+
+class Hooks:
+    """Every callback of one Debugger, and the handles that install them (the patches' listener)."""
+
+    def __init__(self, config: "DebuggingConfig", watched: "Watched", steps: Steps, validation: Validation,
+                 guard: Guard, cost: MonitorCost):
+        self.monitoring = config.monitoring_config
+        self.watched = watched
+        self.steps = steps
+        self.validation = validation
+        self.guard = guard
+        self.cost = cost
+        self.in_eval = False
+        self._layer_order = 0
+        self._root_handles: list[Any] = []
+        self._layer_handles: list[Any] = []
+        self._opt_handles: list[Any] = []
+
+    def __reduce__(self):
+        # Pickled (or deep-copied) with a user's module, whose hook dicts hold these callbacks: a
+        # namespace of standard-library objects stands in, so nothing of ours is saved with the model
+        # and the copy runs unwatched. Unpickled, the callbacks are no-ops; deep-copied (copy binds
+        # our functions to the stand-in), a switched-off guard makes them return at once.
+        off = types.SimpleNamespace(broken=True, replaying=False)
+        return types.SimpleNamespace, (), {"guard": off, **{name: _DETACHED for name in _ON_MODULES}}
+
+    # ------------------------------------------------------------------ installing
+
+    def install(self) -> None:
+        patches.add_listener(self)
+        self._opt_handles = [
+            register_optimizer_step_pre_hook(self._optimizer_pre),
+            register_optimizer_step_post_hook(self._optimizer_post),
+        ]
+        for model in self.watched.models:
+            self.hook_root(model)
+
+    def hook_root(self, model: "Model") -> None:
+        m = model.module
+        self._root_handles += [
+            m.register_forward_pre_hook(self._root_pre, with_kwargs=True),
+            m.register_forward_hook(self._root_post, always_call=True),
+        ]
+
+    def install_layers(self) -> None:
+        if self.monitoring.layer_outputs:
+            for layer in self.watched.layers:
+                self._layer_handles.append(layer.module.register_forward_pre_hook(partial(self._layer_pre, layer.name)))
+                self._layer_handles.append(layer.module.register_forward_hook(partial(self._layer_post, layer.name)))
+
+    def remove_layers(self) -> None:
+        for h in self._layer_handles:
+            h.remove()
+        self._layer_handles = []
+
+    def remove(self) -> None:
+        for h in self._layer_handles + self._root_handles + self._opt_handles:
+            h.remove()
+        self._layer_handles, self._root_handles, self._opt_handles = [], [], []
+        self.steps.prepared = False
+        patches.remove_listener(self)
+
+    # ------------------------------------------------------------------ steps marked by hand
+
+    @guarded
+    def step(self, loss: torch.Tensor | float | None = None) -> None:
+        t = now()
+        steps = self.steps
+        steps.manual = True
+        st = steps.current(t)
+        if loss is not None and st.loss_count == 0:
+            value = loss.detach().float() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
+            st.loss_sum, st.loss_count = value.reshape(()), 1
+        self.cost.seconds += now() - t
+        steps.close()
+
+    # ------------------------------------------------------------------ root module hooks
+
+    @guarded
+    def _root_pre(self, module, args, kwargs):
+        t = now()
+        if not torch.is_grad_enabled() or not module.training:
+            self.in_eval = True
+            return None
+        self.in_eval = False
+        steps = self.steps
+        steps.root_seen = True
+        st = steps.state
+        if st is None:
+            st = steps.begin(t)
+            if not st.data_seen and steps.last_end is not None:
+                # No DataLoader: the time from the last step to this forward is spent getting the batch.
+                st.data_s, st.data_seen = t - steps.last_end, True
+        if st.forward_calls == 0:
+            # The batch: its first floating tensor, else the first tensor (token ids).
+            x = first_float_tensor((args, kwargs))
+            if x is None:
+                x = first_float_tensor((args, kwargs), floating=False)
+            if x is not None:
+                self._input_stats(st, x)
+            device = self.watched.device
+            if steps.replay_budget and device is not None and device.type == "cpu":
+                st.replay = (module, args, kwargs, torch.get_rng_state())
+        st.forward_calls += 1
+        st.fwd_start = now()
+        st.monitor_s += st.fwd_start - t
+        return None
+
+    @guarded
+    def _root_post(self, module, args, output):
+        t = now()
+        st = self.steps.state
+        if st is not None and st.fwd_start is not None and not self.in_eval:
+            st.forward_s += t - st.fwd_start
+            st.fwd_start = None
+            st.monitor_s += now() - t
+        return None
+
+    def _input_stats(self, st: Step, x: torch.Tensor) -> None:
+        x = x.detach()
+        if st.sampled:
+            st.input_vec = reduce(x)
+        elif x.is_cuda:
+            # On CUDA the whole-batch check is cheap next to the step: min and max in one kernel
+            # (NaN and Inf show there; isfinite().all() is five); on CPU it waits for a bad loss
+            # (the batch is held, not copied, until the step closes).
+            if x.is_floating_point():
+                st.input_range = torch.aminmax(x.reshape(-1))
+        else:
+            st.input_ref = x
+
+    # ------------------------------------------------------------------ per-layer hooks (sampled steps)
+
+    @guarded
+    def _layer_pre(self, name, module, args):
+        steps = self.steps
+        st = steps.state
+        if st is None and steps.prepared and torch.is_grad_enabled() and module.training:
+            st = steps.begin(now())  # the first training forward of a prepared step
+            x = first_float_tensor(args)
+            if x is None:
+                x = first_float_tensor(args, floating=False)
+            if x is not None:  # the first layer to run receives the batch
+                self._input_stats(st, x)
+        if st is not None:
+            st.layer_start[name] = now()
+
+    @guarded
+    def _layer_post(self, name, module, args, output):
+        t = now()
+        st = self.steps.state
+        if st is None or not st.sampled or name in st.layer_vecs or self.in_eval:
+            return None
+        x = first_float_tensor(output)
+        if x is not None:
+            fwd = t - st.layer_start.get(name, t)
+            st.layer_vecs[name] = (reduce(x, units=True), fwd)
+            info = self.watched.layer_info[name]
+            if info.order < 0:
+                info.order = self._layer_order
+                self._layer_order += 1
+            if self.monitoring.gradients and x.requires_grad:
+                x.register_hook(partial(self._output_grad, name, st))
+        st.monitor_s += now() - t
+        return None
+
+    @guarded
+    def _output_grad(self, name, st, grad):
+        t = now()
+        if grad is not None and name not in st.grad_vecs and grad.is_floating_point():
+            st.grad_vecs[name] = reduce(grad)
+        st.monitor_s += now() - t
+        return None
+
+    # ------------------------------------------------------------------ backward (patched)
+
+    @guarded
+    def before_backward(self, tensor) -> None:
+        watched, steps = self.watched, self.steps
+        if watched.finder is not None and not watched.models:
+            watched.finder(None)
+        if not watched.models:
+            return
+        if steps.state is None and steps.root_seen:
+            return  # no forward of a watched model since the last step: someone else's backward
+        t = now()
+        if steps.state is None:
+            steps.entry_missing = True  # steps begin here: the root module is not what gets called
+        st = steps.state or steps.begin(t)
+        if st.backward_calls == 0 and st.sampled and self.monitoring.gradients:
+            grads = [p.grad for _, p in watched.params if p.grad is not None and not p.grad.is_sparse]
+            st.stale_grad_norm = total_norm(grads) if grads else torch.zeros((), device=watched.device)
+        st.monitor_s += now() - t
+
+    @guarded
+    def after_backward(self, tensor, elapsed_s: float, failed: bool) -> None:
+        steps = self.steps
+        st = steps.state
+        if st is None:
+            return
+        t = now()
+        st.backward_s += elapsed_s
+        st.backward_calls += 1
+        if isinstance(tensor, torch.Tensor) and tensor.numel() == 1 and tensor.is_floating_point():
+            value = tensor.detach().reshape(()).float()
+            st.loss_sum = value if st.loss_sum is None else st.loss_sum + value
+            st.loss_count += 1
+        st.monitor_s += now() - t
+        if steps.manual or failed or st.opt_start is not None:
+            return  # (a backward inside optimizer.step(closure), as LBFGS does, belongs to that step)
+        if self.watched.primary is None:
+            steps.check_nonfinite(st)  # no optimizer step will come to check it
+            steps.hold_back(st)
+
+    # ------------------------------------------------------------------ losses and data (patched)
+
+    @guarded
+    def on_loss(self, name: str, input, target, output) -> None:
+        if not self.watched.models or not isinstance(output, torch.Tensor):
+            return
+        t = now()
+        if self.in_eval or not torch.is_grad_enabled():
+            self.validation.add(name, input, target, output)
+        else:
+            st = self.steps.state
+            if st is not None and st.sampled:
+                st.class_counts = class_counts(name, input, target, st.class_counts)
+        self.cost.seconds += now() - t
+
+    @guarded
+    def on_zero_grad(self, optimizer) -> None:
+        # An optimizer that zeroes gradients but never steps is still the model's optimizer.
+        if self.watched.models:
+            self.watched.owns(optimizer)
+
+    @guarded
+    def on_batch(self, elapsed_s: float) -> None:
+        steps = self.steps
+        st = steps.state
+        # A batch fetched after the previous step closed belongs to the next step.
+        if st is None:
+            steps.pending_data_s += elapsed_s
+        else:
+            st.data_s += elapsed_s
+            st.data_seen = True
+
+    # ------------------------------------------------------------------ optimizer hooks
+
+    @guarded
+    def _optimizer_pre(self, optimizer, args, kwargs):
+        if not self.watched.owns(optimizer):
+            return None
+        t = now()
+        steps = self.steps
+        st = steps.current(t)
+        if st.grad_norm is None:
+            if st.sampled and self.monitoring.gradients:
+                # The snapshot's per-parameter gradient norms give the global one too (one pass).
+                st.param_pre = steps.snapshot()
+                dense = st.param_pre.dense_grad_norms
+                if dense:
+                    st.grad_norm = torch.linalg.vector_norm(torch.stack(same_device(dense)).float())
+            else:
+                st.grad_norm = grad_norm([p for _, p in self.watched.params])
+            steps.check_nonfinite(st)
+        st.opt_start = now()
+        st.monitor_s += st.opt_start - t
+        return None
+
+    @guarded
+    def _optimizer_post(self, optimizer, args, kwargs):
+        watched = self.watched
+        if not watched.owns(optimizer):
+            return None
+        t = now()
+        steps = self.steps
+        st = steps.state
+        if st is None:
+            return None
+        if watched.primary is None:
+            watched.primary = optimizer
+            steps.backward_driven = False
+        if st.opt_start is not None:
+            st.optimizer_s += t - st.opt_start
+            st.opt_start = None
+        st.optimizer_stepped = True
+        st.stepped.add(id(optimizer))
+        closes = not steps.manual and (
+            all(id(o) in st.stepped for o in watched.optimizers) or optimizer is watched.newest_adopted
+        )
+        if closes and st.param_pre is not None and st.param_post is None:
+            steps.measure_update(st)
+        st.monitor_s += now() - t
+        if closes:
+            steps.close()
+        return None

@@ -1,0 +1,209 @@
+"""What the Debugger watches: its models (with qualified names), their parameters and layers, the
+device, and the optimizers (given, or adopted when they update a watched model)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from modeldebug.collect.stats import family, saturation_bounds
+from modeldebug.findings import jsonable
+from modeldebug.records import LayerInfo, OptimizerInfo, ParamInfo
+from modeldebug.types import ModelInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Model:
+    module: nn.Module
+    name: str
+    prefix: str  # "" for a single model; "Name." when several are watched
+    compiled: bool = False  # torch.compile'd: watched from outside (no per-layer hooks)
+
+    @property
+    def inner(self) -> nn.Module:
+        return getattr(self.module, "_orig_mod", self.module)
+
+
+@dataclass
+class Layer:
+    """A module that gets per-layer hooks on sampled steps."""
+
+    name: str  # qualified
+    module: nn.Module
+
+
+class Watched:
+    """Models, parameters, layers, device and optimizers of one Debugger."""
+
+    def __init__(self) -> None:
+        self.models: list[Model] = []
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.primary: torch.optim.Optimizer | None = None  # the first to step: its lr is recorded
+        self.newest_adopted: torch.optim.Optimizer | None = None
+        self.params: list[tuple[str, nn.Parameter]] = []
+        self.param_ids: set[int] = set()
+        self.layers: list[Layer] = []
+        self.layer_info: dict[str, LayerInfo] = {}
+        self.bounds: dict[str, tuple[float, float] | None] = {}  # bounded activations' output ranges
+        self.device: torch.device | None = None
+        self.on_device: Callable[[torch.device], None] | None = None  # told when the device is found
+        # Extension point: called before an unknown optimizer is judged (and at every backward while
+        # no model is watched) to find the models by itself (zero-code runs: collect/autopatch.py).
+        self.finder: Callable[[Any], None] | None = None
+
+    # ------------------------------------------------------------------ models
+
+    def add(self, module: nn.Module, name: str | None = None) -> Model | None:
+        """Watch a root module; None when it is watched already."""
+        if any(m.module is module for m in self.models):
+            return None
+        compiled = hasattr(module, "_orig_mod") and type(module).__name__ == "OptimizedModule"
+        inner = module._orig_mod if compiled else module
+        model = Model(module, name or type(inner).__name__, "", compiled)
+        self.models.append(model)
+        if compiled:
+            # Hooks inside a compiled graph force recompiles or graph breaks: watch it from outside.
+            log.info("%s is torch.compile'd: watching loss, gradients and parameters, not layer by layer", model.name)
+        if len(self.models) == 1:
+            self._register(model)
+        else:  # several models: qualify every name by its model's
+            taken: set[str] = set()
+            for m in self.models:
+                m.prefix, n = m.name + ".", 1
+                while m.prefix in taken:
+                    n += 1
+                    m.prefix = f"{m.name}{n}."
+                taken.add(m.prefix)
+            self.params, self.param_ids, self.layers, self.layer_info, self.bounds = [], set(), [], {}, {}
+            for m in self.models:
+                self._register(m)
+        return model
+
+    def _register(self, model: Model) -> None:
+        for pname, p in model.inner.named_parameters():
+            if id(p) not in self.param_ids:
+                self.param_ids.add(id(p))
+                self.params.append((model.prefix + pname, p))
+            if self.device is None:
+                self.device = p.device
+                if self.on_device is not None:
+                    self.on_device(p.device)
+        if model.compiled:
+            return
+        for mname, module in model.inner.named_modules():
+            # Leaf modules, and modules holding parameters of their own (nn.MultiheadAttention).
+            has_children = next(iter(module.children()), None) is not None
+            if not mname or (has_children and not module._parameters):
+                continue
+            qual = model.prefix + mname
+            self.bounds[qual] = saturation_bounds(type(module))
+            self.layers.append(Layer(qual, module))
+            self.layer_info[qual] = LayerInfo(
+                name=qual,
+                type=type(module).__name__,
+                order=-1,
+                parameters=sum(p.numel() for p in module.parameters(recurse=False)),
+                description=_describe(module),
+                model=model.name,
+                family=family(type(module)),
+            )
+
+    def find(self, optimizer=None) -> None:
+        if self.finder is not None:
+            self.finder(optimizer)
+
+    def model_of(self, root: nn.Module) -> Model | None:
+        return next((m for m in self.models if m.module is root), None)
+
+    def module_names(self) -> list[tuple[str, nn.Module]]:
+        """(prefix, inner module) of every model: qualified module names for the diagnosis."""
+        return [(m.prefix, m.inner) for m in self.models]
+
+    # ------------------------------------------------------------------ optimizers
+
+    def add_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        if all(o is not optimizer for o in self.optimizers):
+            self.optimizers.append(optimizer)
+
+    def owns(self, optimizer) -> bool:
+        """Optimizers not given to the debugger are watched when they update a watched model.
+
+        A step closes once every watched optimizer has stepped in it (a GAN's discriminator and
+        generator steps make one step). An optimizer adopted later is taken to be the last one
+        of the cycle, so that from the second iteration on a step is one whole iteration.
+        """
+        if self.finder is not None:
+            self.finder(optimizer)
+        if any(o is optimizer for o in self.optimizers):
+            return True
+        for group in optimizer.param_groups:
+            if any(id(p) in self.param_ids for p in group["params"]):
+                self.optimizers.append(optimizer)
+                self.newest_adopted = optimizer
+                return True
+        return False
+
+    def lr(self) -> float:
+        opt = self.primary or (self.optimizers[0] if self.optimizers else None)
+        if opt is None or not opt.param_groups:
+            return math.nan
+        lr = opt.param_groups[0].get("lr", math.nan)
+        return float(lr.item() if isinstance(lr, torch.Tensor) else lr)
+
+    def learning_rates(self) -> list[float]:
+        return [float(g["lr"]) for o in self.optimizers[:1] for g in o.param_groups if "lr" in g]
+
+    # ------------------------------------------------------------------ what the run knows of them
+
+    def infos(self) -> tuple[dict[str, ParamInfo], list[OptimizerInfo]]:
+        """Parameter and optimizer infos for the run's meta."""
+        in_opt: dict[int, float | None] = {}
+        optimizers = []
+        for opt in self.optimizers:
+            groups = []
+            for g in opt.param_groups:
+                lr = g.get("lr")
+                lr = float(lr.item() if isinstance(lr, torch.Tensor) else lr) if lr is not None else None
+                for p in g["params"]:
+                    in_opt[id(p)] = lr
+                groups.append({k: jsonable(v, nonfinite="keep") for k, v in g.items() if k != "params"} | {"params": len(g["params"])})
+            optimizers.append(OptimizerInfo(type=type(opt).__name__, param_groups=groups))
+        owner = {}
+        for m in self.models:
+            for mname, module in m.inner.named_modules():
+                for pname, _ in module.named_parameters(recurse=False):
+                    owner[m.prefix + (f"{mname}.{pname}" if mname else pname)] = (m.prefix + mname).rstrip(".")
+        params = {
+            name: ParamInfo(
+                name=name,
+                module=owner.get(name, ""),
+                shape=list(p.shape),
+                numel=p.numel(),
+                requires_grad=p.requires_grad,
+                in_optimizer=id(p) in in_opt,
+                lr=in_opt.get(id(p)),
+                model=next((m.name for m in self.models if name.startswith(m.prefix)), ""),
+            )
+            for name, p in self.params
+        }
+        return params, optimizers
+
+    def model_infos(self) -> list[ModelInfo]:
+        out = []
+        for m in self.models:
+            ps = list(m.module.parameters())
+            out.append(ModelInfo(name=m.name, parameters=sum(p.numel() for p in ps),
+                                 trainable=sum(p.numel() for p in ps if p.requires_grad)))
+        return out
+
+
+def _describe(module: nn.Module) -> str:
+    extra = module.extra_repr()
+    return f"{type(module).__name__}({extra})" if "\n" not in extra else type(module).__name__

@@ -1,0 +1,170 @@
+"""What the collector writes to the run store: step records, a sampled step's layer and parameter
+records from its summaries on the host, validation, events, and the run's meta."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import torch
+
+from modeldebug.collect.stats import summarize_many
+from modeldebug.events import Event
+from modeldebug.records import LayerRecord, ParamRecord, StepRecord, ValidationRecord
+
+if TYPE_CHECKING:
+    from modeldebug.collect.steps import Step
+    from modeldebug.collect.watched import Watched
+
+_CLASS_TARGET_LOSSES = {"cross_entropy", "nll_loss", "multi_margin_loss"}
+
+
+class Writer:
+    def __init__(self, store: Any, run_id: str, steps_done: Callable[[], int], bins: int):
+        self.store = store
+        self.run_id = run_id
+        self._steps_done = steps_done
+        self.bins = bins
+        self.class_counts: dict[int, int] = {}
+        self.recent: deque[StepRecord] = deque(maxlen=256)  # for metrics (bounded)
+        self.latest_layers: dict[str, LayerRecord] = {}
+        self._last_norms: dict[str, float] = {}
+
+    def event(self, event: Event) -> None:
+        self.store.add(self.run_id, event.record(self._steps_done()))
+
+    def step(self, rec: StepRecord) -> None:
+        self.store.add(self.run_id, rec)
+        self.recent.append(rec)
+
+    def meta(self, watched: "Watched") -> None:
+        params, optimizers = watched.infos()
+        self.store.set_meta(self.run_id, layers=watched.layer_info, params=params, optimizers=optimizers,
+                            class_counts=self.class_counts)
+
+    def sampled(self, st: "Step", step_rec: StepRecord, host: list, extra_host: list, watched: "Watched") -> None:
+        """Records of a sampled step from its parts on the host (``Step.sampled_parts``, then a ``Transfer``)."""
+        layer_names = list(st.layer_vecs)
+        grad_names = list(st.grad_vecs)
+        pre, post = st.param_pre, st.param_post
+        if st.class_counts is not None:
+            counts = extra_host.pop(0)
+            for cls in np.flatnonzero(counts).tolist():
+                self.class_counts[cls] = self.class_counts.get(cls, 0) + int(counts[cls])
+        n_layers = len(layer_names)
+        outs = summarize_many(host[:n_layers], self.bins, [watched.bounds.get(n) for n in layer_names])
+        plain = summarize_many(host[n_layers:])
+        rows: dict[str, LayerRecord] = {}
+        for name, s in zip(layer_names, outs):
+            reduced, fwd = st.layer_vecs[name]
+            rec = LayerRecord(
+                step=st.index, layer=name, numel=reduced.numel, fwd_time_s=fwd, mean=s["mean"], std=s["std"],
+                min=s["min"], max=s["max"], zero_frac=s["zero_frac"], dead_frac=s["dead_frac"],
+                sat_frac=s["sat_frac"], nonfinite=s["nonfinite"],
+            )
+            if s["hist"] is not None:
+                rec.hist, rec.hist_lo, rec.hist_hi = s["hist"].tobytes(), s["hist_lo"], s["hist_hi"]
+            rows[name] = rec
+        if st.input_vec is not None:
+            s = plain.pop()
+            step_rec.input_mean, step_rec.input_std, step_rec.input_min, step_rec.input_max = (
+                s["mean"], s["std"], s["min"], s["max"])
+            step_rec.input_nonfinite = step_rec.input_nonfinite or s["nonfinite"] > 0
+        for name, s in zip(grad_names, plain):
+            rec = rows.get(name) or LayerRecord(step=st.index, layer=name, numel=st.grad_vecs[name].numel)
+            rec.grad_mean, rec.grad_std, rec.grad_norm = s["mean"], s["std"], s["norm"]
+            rec.grad_max_abs, rec.grad_zero_frac, rec.grad_nonfinite = s["max_abs"], s["zero_frac"], s["nonfinite"]
+            rows[name] = rec
+        self.store.add_many(self.run_id, rows.values())
+        for rec in rows.values():
+            self.latest_layers[rec.layer] = rec
+        if pre is not None:
+            self._params(st.index, watched.params, pre, post is not None, extra_host)
+
+    def _params(self, step: int, params: list, pre, updated: bool, extra_host: list) -> None:
+        n_params = len(params)
+        norms = extra_host[0]
+        graded = sum(pre.has_grad)
+        grad_norms = grad_sums = ()
+        if graded:
+            grad_norms, grad_sums = extra_host[1][:graded], extra_host[1][graded:]
+        if updated:
+            stats = extra_host[-1]
+            post_norms, deltas, subset_norms = stats[:n_params], stats[n_params : 2 * n_params], stats[2 * n_params :]
+        grad_at = {}  # parameter index -> its row in grad_norms / grad_sums
+        for i, has in enumerate(pre.has_grad):
+            if has:
+                grad_at[i] = len(grad_at)
+        records = []
+        for i, (pname, p) in enumerate(params):
+            rec = ParamRecord(step=step, param=pname, norm=float(norms[i]))
+            j = grad_at.get(i)
+            if j is not None:
+                n = p.numel()
+                rec.has_grad = True
+                rec.grad_norm = float(grad_norms[j])
+                rec.grad_mean = float(grad_sums[j]) / n
+                rec.grad_std = math.sqrt(max(rec.grad_norm**2 / n - rec.grad_mean**2, 0.0))
+            if updated:
+                base = float(subset_norms[i])
+                rec.update_ratio = float(deltas[i]) / base if base > 0 else (0.0 if deltas[i] == 0 else math.inf)
+                rec.changed = bool(deltas[i] > 0 or post_norms[i] != norms[i])
+            else:  # no optimizer step to measure: did it change since the last look?
+                rec.changed = pname in self._last_norms and self._last_norms[pname] != rec.norm
+            self._last_norms[pname] = float(post_norms[i]) if updated else rec.norm
+            records.append(rec)
+        self.store.add_many(self.run_id, records)
+
+
+class Validation:
+    """Evaluation losses (and top-1 hits) summed on the device, written as one record per evaluation."""
+
+    def __init__(self) -> None:
+        self._sum: torch.Tensor | None = None
+        self._count = 0
+        self._hits: torch.Tensor | None = None  # correct class predictions
+        self._seen = 0
+
+    def add(self, name: str, input, target, output: torch.Tensor) -> None:
+        if output.numel() != 1:
+            return
+        value = output.detach().float().reshape(())
+        self._sum = value if self._sum is None else self._sum + value
+        self._count += 1
+        if name in _CLASS_TARGET_LOSSES and class_scores(input, target):
+            hits = (input.detach().argmax(1) == target).sum()
+            self._hits = hits if self._hits is None else self._hits + hits
+            self._seen += target.numel()
+
+    def flush(self, writer: Writer, step: int) -> None:
+        if self._count:
+            loss = float(self._sum.item()) / self._count
+            acc = float(self._hits.item()) / self._seen if self._seen else math.nan
+            writer.store.add(writer.run_id, ValidationRecord(step=step, loss=loss, batches=self._count, accuracy=acc))
+            self._sum, self._count, self._hits, self._seen = None, 0, None, 0
+
+
+def class_scores(input, target) -> bool:
+    """Class scores [N, C, ...] with integer class targets [N, ...] (accuracy can be measured)."""
+    return (
+        isinstance(input, torch.Tensor)
+        and isinstance(target, torch.Tensor)
+        and not target.is_floating_point()
+        and input.dim() == target.dim() + 1
+        and input.shape[0] == target.shape[0]
+    )
+
+
+def class_counts(name: str, input, target, counts: torch.Tensor | None) -> torch.Tensor | None:
+    """Targets per class of a training batch, on the device without a sync (``bincount`` and boolean
+    indexing both wait for the device to know their output's size); ``ignore_index`` targets
+    (negative) are left out."""
+    if name not in _CLASS_TARGET_LOSSES or not class_scores(input, target):
+        return counts
+    n = input.shape[1]
+    labels = target.detach().reshape(-1)
+    valid = ((labels >= 0) & (labels < n)).float()
+    batch = torch.zeros(n, device=labels.device).index_add_(0, labels.clamp(0, n - 1), valid)
+    return batch if counts is None else counts + batch
