@@ -37,7 +37,7 @@ class TokenClassifier(nn.Module):
         return self.head(h.mean(1))
 
 
-train_loader = DataLoader(TensorDataset(*make_sequences(2000)), batch_size=64, shuffle=True)
+train_loader = DataLoader(TensorDataset(*make_sequences(1500)), batch_size=64, shuffle=True)
 val_tokens, val_labels = make_sequences(500)
 model = TokenClassifier()
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
