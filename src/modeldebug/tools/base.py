@@ -154,6 +154,14 @@ def findings_of_kinds(evidence: Evidence, kinds: Sequence[str]) -> list[dict[str
 
 
 @dataclass
+class RunOptions:
+    """A JSON call's options, read as the agent's AnalysisConfig is read."""
+
+    layer_types: Sequence[str] | None = None
+    gradient_threshold: float | None = None  # None: the tool's own
+
+
+@dataclass
 class ProbeRun:
     """What the agent's probe of a model copy leaves for the tools (see :mod:`modeldebug.agent`)."""
 
@@ -200,8 +208,10 @@ class Tool:
             return spec
         return {"run": text or "latest"}
 
-    def _run(self, spec: dict[str, Any]) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _run(self, spec: dict[str, Any]) -> Any:
+        """The stored run ``spec`` names: its id and this tool's output on it."""
+        ev = load_evidence(spec, self.error_type)
+        return {"run": ev.run.id, **self.for_run(ev, RunOptions(spec.get("layer_types"), spec.get("threshold")))}
 
     def for_run(self, evidence: Evidence, options: Any) -> Any:  # pragma: no cover - abstract
         """The agent's call on a stored run; ``options``: the request's AnalysisConfig."""

@@ -104,10 +104,6 @@ class LayerAnalyzer(Tool):
             out.append(entry)
         return out
 
-    def _run(self, spec: dict[str, Any]) -> Any:
-        ev = load_evidence(spec, self.error_type)
-        return {"run": ev.run.id, "layers": self.from_run(ev, spec.get("layer_types"))}
-
     def for_run(self, evidence: Evidence, options: Any) -> Any:
         return {"layers": self.from_run(evidence, options.layer_types)}
 
@@ -178,10 +174,6 @@ class GradientDebugger(Tool):
             "not_in_optimizer": not_in_opt,
             "findings": findings_of_kinds(evidence, GRADIENT_FINDINGS),
         }
-
-    def _run(self, spec: dict[str, Any]) -> Any:
-        ev = load_evidence(spec, self.error_type)
-        return {"run": ev.run.id, **self.check(ev, spec.get("threshold"))}
 
     def for_run(self, evidence: Evidence, options: Any) -> Any:
         return self.check(evidence, options.gradient_threshold)

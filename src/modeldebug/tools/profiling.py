@@ -23,7 +23,6 @@ from modeldebug.tools.base import (
     float_tensors,
     layer_type_ok,
     leaves,
-    load_evidence,
     preserved,
     removing,
     tensor_bytes,
@@ -158,10 +157,6 @@ class PerformanceProfiler(Tool):
             "findings": findings_of_kinds(evidence, PERFORMANCE_FINDINGS),
         }
 
-    def _run(self, spec: dict[str, Any]) -> Any:
-        ev = load_evidence(spec, self.error_type)
-        return {"run": ev.run.id, **self.from_run(ev, spec.get("layer_types"))}
-
     def for_run(self, evidence: Evidence, options: Any) -> Any:
         return self.from_run(evidence, options.layer_types)
 
@@ -236,10 +231,6 @@ class MemoryTracker(Tool):
             out[col] = {"first": float(v[ok][0]), "last": float(v[ok][-1]), "peak": float(v[ok].max()),
                         "growth_per_step": slope}
         return out
-
-    def _run(self, spec: dict[str, Any]) -> Any:
-        ev = load_evidence(spec, self.error_type)
-        return {"run": ev.run.id, **self.from_run(ev)}
 
     def for_run(self, evidence: Evidence, options: Any) -> Any:
         return self.from_run(evidence)
