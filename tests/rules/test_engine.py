@@ -205,3 +205,37 @@ def test_all_rules_are_fast_on_10000_steps_by_100_layers():
           f"({len(ev.layer_stats)} layer rows, {len(ev.param_stats)} param rows): {elapsed * 1e3:.0f} ms")
     assert elapsed < 3.0  # generous for a shared, slow CI core; about 0.1-0.3 s here
     assert not [f for f in findings if f.severity in ("high", "medium")]
+
+
+# --- reads: declared, validated, used to leave out rules with nothing to read ----------------------
+
+
+def test_register_rejects_reads_that_evidence_does_not_have():
+    for bad in ("steps.losss", "stepz", "events.no_such_event", "config.no_such_option"):
+        @dataclass
+        class Typo(Rule):
+            id = "typo_test"
+            kind = "data_issue"
+            reads = (bad,)
+
+        with pytest.raises(ValueError, match="reads"):
+            register(Typo)
+    assert "typo_test" not in registry()
+
+
+@pytest.mark.parametrize("rule_id", sorted(registry()))
+def test_a_rule_with_nothing_to_read_finds_nothing(rule_id):
+    # what lets the preset leave out a rule whose declared evidence is absent
+    assert registry()[rule_id]().check(Evidence.build()) == []
+
+
+def test_preset_for_an_evidence_leaves_out_rules_with_nothing_to_read():
+    single = build(healthy_columns(n_steps=50))
+    ids = {r.id for r in preset("comprehensive", single)}
+    assert {"distributed_desync", "straggler_rank", "rank_failure", "uneven_batches", "runtime_error"}.isdisjoint(ids)
+    assert {"loss_not_decreasing", "dead_relu", "nan_or_inf"} <= ids
+    ranks = Evidence.build(ranks=[{"step": 10, "rank": r} for r in range(2)],
+                           events=[{"step": 3, "type": "traceback", "data": {"text": "ValueError: x"}}])
+    ids = {r.id for r in preset("comprehensive", ranks)}
+    assert {"distributed_desync", "straggler_rank", "runtime_error"} <= ids and "rank_failure" not in ids
+    assert {r.id for r in preset("comprehensive")} == set(registry())

@@ -12,16 +12,32 @@ One rule per file. This module holds the registry (rule id -> class), the preset
         def check(self, ev): ...
 
 A registered rule joins the preset of its ``level`` (and the levels above it).
+
+``reads`` names the evidence a rule reads: an Evidence field (``layers``), a table's column
+(``steps.loss``; the key columns step/layer/param/rank come with any column of their table) or an
+event type (``events.ranks``). ``register`` rejects a name Evidence does not have; the rules' tests
+check that a rule reads nothing it does not declare; and a preset built for an Evidence leaves out
+the rules with nothing to read in it (a single-process run skips the distributed rules).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import fields
 from typing import Iterable
 
-from modeldebug.evidence import Evidence
+from modeldebug.config import DebuggingConfig
+from modeldebug.events import Event
+from modeldebug.evidence import (
+    LAYER_COLUMNS,
+    PARAM_COLUMNS,
+    RANK_COLUMNS,
+    STEP_COLUMNS,
+    VALIDATION_COLUMNS,
+    Evidence,
+)
 from modeldebug.rules.base import Rule
-from modeldebug.types import SEVERITY_ORDER, Finding
+from modeldebug.types import SEVERITY_ORDER, Finding, RunInfo
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +54,61 @@ def register(cls: type[Rule]) -> type[Rule]:
         raise ValueError(f"Expected {cls.__name__} to set `id` and `kind` but got id={cls.id!r}, kind={cls.kind!r}")
     if cls.level not in LEVELS:
         raise ValueError(f"Expected {cls.__name__}.level in {LEVELS} but got {cls.level!r}")
+    unknown = [r for r in cls.reads if not _known(r)]
+    if unknown:
+        raise ValueError(f"Expected {cls.__name__}.reads to name Evidence fields, table columns (steps.loss) or "
+                         f"event types (events.ranks) but got {unknown}")
     _REGISTRY[cls.id] = cls
     return cls
+
+
+TABLE_COLUMNS = {"steps": STEP_COLUMNS, "validation": VALIDATION_COLUMNS, "layer_stats": LAYER_COLUMNS,
+                 "param_stats": PARAM_COLUMNS, "ranks": RANK_COLUMNS}
+KEY_COLUMNS = frozenset({"step", "layer", "param", "rank"})
+_FIELDS = frozenset(f.name for f in fields(Evidence))
+_MODELS = {"run": RunInfo, "config": DebuggingConfig}  # always present
+
+
+def _event_tags() -> set[str]:
+    found, todo = set(), [Event]
+    while todo:
+        cls = todo.pop()
+        found.add(cls.tag)
+        todo.extend(cls.__subclasses__())
+    return found - {""}
+
+
+def _known(read: str) -> bool:
+    name, _, part = read.partition(".")
+    if name not in _FIELDS:
+        return False
+    if not part:
+        return True
+    if name == "events":
+        return part in _event_tags()
+    if name in _MODELS:  # config.alert_thresholds.gradient_norm
+        return part.split(".")[0] in _MODELS[name].model_fields
+    return part in TABLE_COLUMNS.get(name, ())
+
+
+def has_reads(rule: Rule | type[Rule], ev: Evidence) -> bool:
+    """Whether any evidence the rule reads is present in ``ev`` (a rule that declares no reads: always)."""
+    if not rule.reads:
+        return True
+    for read in rule.reads:
+        name, _, part = read.partition(".")
+        if name in _MODELS:
+            return True
+        value = getattr(ev, name)
+        if name == "events" and part:
+            if any(e.get("type") == part for e in value):
+                return True
+        elif name in TABLE_COLUMNS:
+            if len(value) and (not part or part in value):
+                return True
+        elif value:
+            return True
+    return False
 
 
 def unregister(rule_id: str) -> None:
@@ -51,12 +120,14 @@ def registry() -> dict[str, type[Rule]]:
     return dict(_REGISTRY)
 
 
-def preset(level: str = "detailed") -> list[Rule]:
-    """Default-configured rules for an analysis level (each level includes the cheaper ones)."""
+def preset(level: str = "detailed", evidence: Evidence | None = None) -> list[Rule]:
+    """Default-configured rules for an analysis level (each level includes the cheaper ones); given
+    ``evidence``, only those with something to read in it (the others would find nothing)."""
     if level not in LEVELS:
         raise ValueError(f"Expected `level` in {LEVELS} but got {level!r}")
     upto = LEVELS.index(level)
-    return [cls() for cls in _REGISTRY.values() if LEVELS.index(cls.level) <= upto]
+    return [cls() for cls in _REGISTRY.values()
+            if LEVELS.index(cls.level) <= upto and (evidence is None or has_reads(cls, evidence))]
 
 
 def run_rules(evidence: Evidence, rules: Iterable[Rule | type[Rule]] | None = None) -> list[Finding]:
@@ -66,7 +137,7 @@ def run_rules(evidence: Evidence, rules: Iterable[Rule | type[Rule]] | None = No
     Findings come back most severe first, then by step.
     """
     if rules is None:
-        rules = preset(evidence.config.analysis_level)
+        rules = preset(evidence.config.analysis_level, evidence)
     findings: list[Finding] = []
     for rule in rules:
         if isinstance(rule, type):
@@ -108,4 +179,4 @@ def _load_builtin() -> None:
 
 _load_builtin()
 
-__all__ = ["LEVELS", "Rule", "preset", "register", "registry", "run_rules", "unregister"]
+__all__ = ["LEVELS", "Rule", "has_reads", "preset", "register", "registry", "run_rules", "unregister"]

@@ -37,7 +37,7 @@ class DataIssue(Rule):
     id = "data_issue"
     kind = "data_issue"
     reads = ("steps.input_nonfinite", "steps.input_mean", "steps.input_std", "steps.input_min",
-             "steps.input_max", "class_counts", "layers")
+             "steps.input_max", "class_counts", "layers", "steps.loss", "steps.loss_nonfinite")
     max_scale: float = 10.0
     min_std: float = 1e-3
     max_imbalance: float = 100.0

@@ -51,7 +51,8 @@ class DeadReLU(Rule):
 
     id = "dead_relu"
     kind = "dead_relu"
-    reads = ("layer_stats.dead_frac", "layer_stats.grad_zero_frac", "layers", "steps.loss", "optimizers")
+    reads = ("layer_stats.dead_frac", "layer_stats.grad_zero_frac", "layers", "steps.loss", "optimizers",
+             "steps.loss_nonfinite")
     level = "detailed"
     dead_frac: float = 0.5
     grad_zero_frac: float = 0.7

@@ -35,7 +35,8 @@ class DistributedDesync(Rule):
 
     id = "distributed_desync"
     kind = "distributed_desync"
-    reads = ("ranks.desync", "ranks.checksum", "ranks.desync_param", "ranks.checksum_rel_diff")
+    reads = ("ranks.desync", "ranks.checksum", "ranks.desync_param", "ranks.checksum_rel_diff",
+             "ranks.desync_param_diff")
 
     def check(self, ev: Evidence) -> list[Finding]:
         t = ev.ranks

@@ -55,7 +55,8 @@ class ExplodingGradient(Rule):
     id = "exploding_gradient"
     kind = "exploding_gradient"
     reads = ("steps.grad_norm", "steps.loss", "param_stats.grad_norm", "optimizers",
-             "config.alert_thresholds.gradient_norm")
+             "config.alert_thresholds.gradient_norm", "layers", "param_stats.norm", "params",
+             "steps.input_mean", "steps.input_std", "steps.loss_nonfinite")
     growth: float = 100.0
     layer_ratio: float = 70.0
     grace_steps: int = GRACE_STEPS

@@ -42,7 +42,7 @@ class GradientAccumulation(Rule):
 
     id = "gradient_accumulation"
     kind = "gradient_accumulation"
-    reads = ("steps.stale_grad_norm", "steps.grad_norm", "steps.loss")
+    reads = ("steps.stale_grad_norm", "steps.grad_norm", "steps.loss", "steps.loss_nonfinite")
     stale_fraction: float = 0.5
     rel_eps: float = 1e-6
     min_corr: float = 0.95

@@ -61,7 +61,9 @@ class LossNotDecreasing(Rule):
     id = "loss_not_decreasing"
     kind = "loss_not_decreasing"
     reads = ("steps.loss", "steps.optimizer_stepped", "steps.stale_grad_norm", "param_stats.update_ratio",
-             "param_stats.has_grad", "layers", "class_counts", "optimizers", "config.alert_thresholds.loss")
+             "param_stats.has_grad", "layers", "class_counts", "optimizers", "config.alert_thresholds.loss",
+             "param_stats.norm", "params", "steps.input_mean", "steps.input_std", "steps.loss_nonfinite",
+             "validation")
     min_drop: float = 0.01
     min_steps: int = 20
     short_run: int = 50

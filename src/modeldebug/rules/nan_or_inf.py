@@ -49,7 +49,8 @@ class NanOrInf(Rule):
     id = "nan_or_inf"
     kind = "nan_or_inf"
     reads = ("steps.loss_nonfinite", "steps.grad_nonfinite", "steps.grad_norm", "layer_stats.nonfinite",
-             "param_stats.norm")
+             "param_stats.norm", "events.nonfinite_origin", "layers", "optimizers", "param_stats.changed",
+             "steps.input_nonfinite", "steps.loss")
     growth: float = 100.0  # grad norm rise before the NaN that points at the learning rate (fault suite)
 
     def check(self, ev: Evidence) -> list[Finding]:

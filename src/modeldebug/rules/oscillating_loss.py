@@ -43,7 +43,7 @@ class OscillatingLoss(Rule):
 
     id = "oscillating_loss"
     kind = "oscillating_loss"
-    reads = ("steps.loss", "steps.input_mean", "steps.input_std", "optimizers")
+    reads = ("steps.loss", "steps.input_mean", "steps.input_std", "optimizers", "steps.loss_nonfinite")
     amplitude: float = 2.5
     back_to_start: float = 0.5
     min_steps: int = 20

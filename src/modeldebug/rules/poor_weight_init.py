@@ -47,7 +47,7 @@ class PoorWeightInit(Rule):
 
     id = "poor_weight_init"
     kind = "poor_weight_init"
-    reads = ("param_stats.norm", "params", "layers", "steps.loss")
+    reads = ("param_stats.norm", "params", "layers", "steps.loss", "steps.loss_nonfinite")
     level = "detailed"
     max_var: float = 10.0
     min_scale: float = 0.05

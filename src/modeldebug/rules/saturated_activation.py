@@ -51,7 +51,8 @@ class SaturatedActivation(Rule):
 
     id = "saturated_activation"
     kind = "saturated_activation"
-    reads = ("layer_stats.sat_frac", "layers", "steps.input_mean", "steps.input_std", "steps.loss")
+    reads = ("layer_stats.sat_frac", "layers", "steps.input_mean", "steps.input_std", "steps.loss",
+             "optimizers", "steps.loss_nonfinite")
     level = "detailed"
     sat_frac: float = 0.5
     grace_steps: int = GRACE_STEPS

@@ -56,7 +56,8 @@ class UnchangedWeights(Rule):
 
     id = "unchanged_weights"
     kind = "unchanged_weights"
-    reads = ("params", "param_stats.changed", "param_stats.has_grad", "steps.optimizer_stepped", "steps.lr")
+    reads = ("params", "param_stats.changed", "param_stats.has_grad", "steps.optimizer_stepped", "steps.lr",
+             "layers", "optimizers")
     min_steps: int = 3
     high_fraction: float = 0.5
 

@@ -51,7 +51,8 @@ class VanishingGradient(Rule):
 
     id = "vanishing_gradient"
     kind = "vanishing_gradient"
-    reads = ("param_stats.grad_norm", "params", "layers", "steps.grad_norm", "steps.loss")
+    reads = ("param_stats.grad_norm", "params", "layers", "steps.grad_norm", "steps.loss",
+             "param_stats.norm", "steps.loss_nonfinite")
     level = "detailed"
     ratio: float = 1e-3
     first_norm: float = 1e-4
