@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -26,6 +27,41 @@ def test_every_tool_has_the_spec_attributes():
     assert md.LayerAnalyzer().category == "debugging" and md.PerformanceProfiler().category == "profiling"
 
 
+def numpy_stats(a: np.ndarray) -> dict[str, float]:
+    """The reference for tensor_stats: statistics of the finite values in float64, and how many are not."""
+    a = np.asarray(a, dtype=np.float64).ravel()
+    v = a[np.isfinite(a)]
+    return {"mean": v.mean(), "std": v.std(ddof=1) if v.size > 1 else 0.0, "min": v.min(), "max": v.max(),
+            "norm": np.sqrt(np.sum(v * v)), "nonfinite": int(a.size - v.size)}
+
+
+@pytest.mark.parametrize("shape, plant", [((1000,), False), ((8, 3, 5, 5), True), ((1,), False), ((2, 3), True)],
+                         ids=["vector", "conv-activation-with-nan-inf", "one-value", "small-with-nan-inf"])
+def test_tensor_stats_matches_numpy(shape, plant):
+    rng = np.random.default_rng(0)
+    a = (3 * rng.standard_normal(shape) + 0.5).astype(np.float32)
+    if plant:
+        flat = a.reshape(-1)
+        flat[[0, 3]] = np.nan
+        flat[-1] = np.inf
+    got = tensor_stats(torch.from_numpy(a))
+    want = numpy_stats(a)
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_tensor_stats_of_integers_empty_and_all_nonfinite_tensors():
+    ints = np.arange(-5, 20)
+    got = tensor_stats(torch.from_numpy(ints))
+    assert got == pytest.approx(numpy_stats(ints))
+    empty = tensor_stats(torch.empty(0))
+    assert empty["norm"] == 0.0 and empty["nonfinite"] == 0 and np.isnan(empty["mean"])
+    bad = tensor_stats(torch.tensor([np.nan, np.inf, -np.inf]))
+    assert bad["nonfinite"] == 3 and all(np.isnan(bad[k]) for k in ("mean", "std", "min", "max", "norm"))
+    assert tensor_stats(None) is None
+
+
 def test_layer_analyzer_matches_plain_autograd():
     torch.manual_seed(0)
     layer = nn.Linear(5, 3)
@@ -41,7 +77,7 @@ def test_layer_analyzer_matches_plain_autograd():
     out.backward(torch.ones_like(out))
     (act,) = result["activations"]
     assert act["shape"] == [4, 3]
-    for key, value in tensor_stats(out).items():
+    for key, value in numpy_stats(out.detach().numpy()).items():
         assert act["stats"][key] == pytest.approx(value, rel=1e-5, abs=1e-6)
     assert result["gradients"]["input"]["norm"] == pytest.approx(float(xr.grad.norm()), rel=1e-5)
     assert result["gradients"]["parameters"]["weight"]["mean"] == pytest.approx(float(ref.weight.grad.mean()), rel=1e-5)
