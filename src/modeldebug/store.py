@@ -8,8 +8,9 @@ One file per project directory (``.modeldebug/runs.db``), stdlib ``sqlite3`` in 
 - WAL lets another process (``modeldebug report`` while training runs) read a consistent
   snapshot while the writer goes on; several processes may write different runs to one file
   (each write waits up to ``BUSY_TIMEOUT_S`` for the lock).
-- Row tables are generated from the record dataclasses in ``modeldebug.records``: a new field is a
-  new column, and an older file gets it through ``ALTER TABLE`` when opened.
+- Row tables are generated from the record dataclasses in ``modeldebug.records``
+  (:mod:`modeldebug.store_schema`): a new field is a new column, and an older file gets it through
+  ``ALTER TABLE`` when opened.
 - ``runs.report`` holds the rules' report. What a language model said about a run (its summary,
   ranking, explanations, recommendations and the findings it added, all marked as its own) is a
   row of ``llm_analyses`` next to it, kept as opaque JSON: splitting an enriched report in two
