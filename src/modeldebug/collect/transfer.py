@@ -26,21 +26,21 @@ if TYPE_CHECKING:
 CUDA_BATCH = 16  # unsampled steps whose scalars travel together on CUDA
 
 
-@dataclass
+@dataclass(slots=True)
 class HostScalars:
     """CPU: a step's loss, gradient norm, stale gradient norm, batch min and max, read at once."""
 
     values: list[float]
 
 
-@dataclass
+@dataclass(slots=True)
 class DeviceScalars:
     """CUDA: the same five, stacked on the device, to be copied with others."""
 
     values: torch.Tensor
 
 
-@dataclass
+@dataclass(slots=True)
 class Closed:
     """A closed step whose numbers are not on the host yet."""
 
