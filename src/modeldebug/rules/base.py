@@ -232,7 +232,7 @@ WEIGHTED = frozenset({"Linear", "LazyLinear", "Bilinear", "Conv1d", "Conv2d", "C
 def family(info: LayerInfo) -> str:
     """The built-in torch.nn class a layer is (a ``class MyTanh(nn.Tanh)`` is "Tanh"), else its own type
     name: what every table keyed by layer type matches, so subclasses are not skipped."""
-    return getattr(info, "family", "") or info.type  # getattr: stores written before LayerInfo.family
+    return info.family or info.type  # "" for a custom module and in stores written before the field
 
 
 def layer_family(ev: Evidence, name: str) -> str:
