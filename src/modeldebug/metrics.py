@@ -27,9 +27,11 @@ Floats = list[Union[float, None]]  # JSON has no NaN: a missing or non-finite va
 
 
 class Strict(BaseModel):
-    """Unknown keys are refused; assignments are validated too."""
+    """Unknown keys are refused; assignments are validated too. Validators are built on first use
+    (``defer_build``): a watched script that imports the contract without writing a report pays
+    only for the classes."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
 
 
 class Sparse(Strict):
@@ -127,7 +129,7 @@ class LLMSection(Sparse):
 class _Common(Sparse):
     """What every kind of report's metrics may carry besides its own measurements."""
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    model_config = ConfigDict(extra="allow", validate_assignment=True, defer_build=True)
     KIND: ClassVar[str]
 
     issue: str | None = Field(None, description="The user's description of the problem (--issue).")

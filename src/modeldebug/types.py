@@ -77,7 +77,8 @@ Cause = Literal[
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Validators are built on first use: the collector imports these types in the watched script.
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class Recommendation(_Model):
@@ -133,7 +134,7 @@ class Report(_Model):
     findings: list[Finding] = Field(default_factory=list)
     metrics: Metrics = Field(default_factory=TrainingMetrics, description="Typed by kind of report (modeldebug.metrics).")
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True)
 
     @property
     def training(self) -> TrainingMetrics | None:

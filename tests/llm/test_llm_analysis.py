@@ -5,8 +5,11 @@ and the store keeps the analysis as opaque JSON (it imports no LLM code)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+
+import pytest
 
 from modeldebug.llm.analysis import (
     LLMAnalysis,
@@ -84,3 +87,17 @@ def test_store_and_reports_import_no_llm_code():
             "print([m for m in sys.modules if m.startswith('modeldebug.llm')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_litellm_uses_its_bundled_price_list_and_the_environment_is_left_alone():
+    """LiteLLM fetches a model price list from the internet on import unless told not to: the LM is
+    built with the bundled one, and the setting is not left behind in the caller's environment."""
+    pytest.importorskip("dspy")
+    code = ("import os\n"
+            "from modeldebug.llm.settings import LMSettings, build_lm\n"
+            "build_lm(LMSettings(model='openai/x', api_base='http://127.0.0.1:9'))\n"
+            "from litellm.litellm_core_utils.get_model_cost_map import _cost_map_source_info as info\n"
+            "print(info.source, 'LITELLM_LOCAL_MODEL_COST_MAP' in os.environ)\n")
+    env = {k: v for k, v in os.environ.items() if k != "LITELLM_LOCAL_MODEL_COST_MAP"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, timeout=300)
+    assert out.stdout.split() == ["local", "False"]

@@ -1,11 +1,13 @@
 """The optional LLM layer (extra ``llm``: ``dspy>=3.4.1,<3.5``): explain, rank, answer questions.
 
 The rule engine's report is always the answer; an LM only adds prose, a ranking and issues
-marked ``source="llm"``. Nothing here imports dspy at import time: ``settings`` and ``helpers``
-work without the extra, and :func:`load_dspy` raises MissingExtraError naming it.
+marked ``source="llm"``. Nothing here imports dspy at import time: ``settings``, ``helpers`` and
+``analysis`` work without the extra, and :func:`load_dspy` raises MissingExtraError naming it.
 
 - ``settings``: LMSettings from ``--lm``/``--lm-api-base`` or ``MODELDEBUG_LM``/``MODELDEBUG_LM_API_BASE``.
 - ``signatures``: DebugAnalysis (typed dspy.Signature) and AskRun.
+- ``analysis``: LLMAnalysis (what the LM said, as the run store keeps it) and the functions that
+  split an enriched report and apply an analysis again, directly or through a RunStore (no dspy).
 - ``analyst``: DebugAnalysisModule and :func:`enrich_report` (never raises: falls back to the rules).
 - ``chat``: :func:`ask`, a dspy.ReAct agent over a stored run's series, layers and findings.
 """
