@@ -146,7 +146,7 @@ def run_ours(name: str) -> dict:
         "nodes": nodes,
         "export_s": export_s,
         "ours_s": ours_s,
-        "ours_points": report.metrics["matched_points"],
+        "ours_points": report.metrics.matched_points,
         "ours_findings": len(report.findings),
     }
 
