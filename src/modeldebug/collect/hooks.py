@@ -87,7 +87,7 @@ class Hooks:
         self.in_eval = False
         self._layer_order = 0
         self._root_handles: list[Any] = []
-        self._layer_handles: list[Any] = []
+        self.layer_handles: list[Any] = []  # per-layer hooks of a sampled (or prepared) step
         self._opt_handles: list[Any] = []
 
     def __reduce__(self):
@@ -119,18 +119,18 @@ class Hooks:
     def install_layers(self) -> None:
         if self.monitoring.layer_outputs:
             for layer in self.watched.layers:
-                self._layer_handles.append(layer.module.register_forward_pre_hook(partial(self._layer_pre, layer.name)))
-                self._layer_handles.append(layer.module.register_forward_hook(partial(self._layer_post, layer.name)))
+                self.layer_handles.append(layer.module.register_forward_pre_hook(partial(self._layer_pre, layer.name)))
+                self.layer_handles.append(layer.module.register_forward_hook(partial(self._layer_post, layer.name)))
 
     def remove_layers(self) -> None:
-        for h in self._layer_handles:
+        for h in self.layer_handles:
             h.remove()
-        self._layer_handles = []
+        self.layer_handles = []
 
     def remove(self) -> None:
-        for h in self._layer_handles + self._root_handles + self._opt_handles:
+        for h in self.layer_handles + self._root_handles + self._opt_handles:
             h.remove()
-        self._layer_handles, self._root_handles, self._opt_handles = [], [], []
+        self.layer_handles, self._root_handles, self._opt_handles = [], [], []
         self.steps.prepared = False
         patches.remove_listener(self)
 

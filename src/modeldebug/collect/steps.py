@@ -197,7 +197,8 @@ class Steps:
         t = now()
         st = self.state
         self.state = None
-        self.hooks.remove_layers()
+        if self.hooks.layer_handles:
+            self.hooks.remove_layers()
         if st is None:
             return
         st.replay = None

@@ -27,25 +27,13 @@ CUDA_BATCH = 16  # unsampled steps whose scalars travel together on CUDA
 
 
 @dataclass(slots=True)
-class HostScalars:
-    """CPU: a step's loss, gradient norm, stale gradient norm, batch min and max, read at once."""
-
-    values: list[float]
-
-
-@dataclass(slots=True)
-class DeviceScalars:
-    """CUDA: the same five, stacked on the device, to be copied with others."""
-
-    values: torch.Tensor
-
-
-@dataclass(slots=True)
 class Closed:
-    """A closed step whose numbers are not on the host yet."""
+    """A closed step whose numbers are not on the host yet: its loss, gradient norm, stale gradient
+    norm, batch min and max, as floats read at once (CPU) or stacked on the device (CUDA: the
+    queue's ``on_device``), to be copied with others."""
 
     record: StepRecord
-    scalars: HostScalars | DeviceScalars
+    scalars: list[float] | torch.Tensor
     step: "Step"
 
 
@@ -85,7 +73,7 @@ class HostQueue:
         parts = (st.mean_loss(), st.grad_norm, st.stale_grad_norm, *(st.input_range or (None, None)))
         if not self.on_device:
             # CPU: reading a scalar costs no sync, and four reads are cheaper than building a tensor.
-            scalars = HostScalars([math.nan if x is None else float(x) for x in parts])
+            scalars = [math.nan if x is None else float(x) for x in parts]
         else:
             # The step's end on the device's clock: what a sampled step costs the device (its
             # reductions run there, invisible to host timers) is read from these when they arrive.
@@ -96,8 +84,7 @@ class HostQueue:
             device = self.watched.device
             if nan is None or nan.device != device:
                 nan = self._nan = torch.full((), math.nan, device=device)
-            scalars = DeviceScalars(torch.stack([(nan if x is None else x.to(nan.device, torch.float32))
-                                                 for x in parts]))
+            scalars = torch.stack([(nan if x is None else x.to(nan.device, torch.float32)) for x in parts])
         self._closed.append(Closed(rec, scalars, st))
 
     def closed(self, sampled: bool) -> None:
@@ -130,7 +117,7 @@ class HostQueue:
         sampled = closed[-1].step if closed[-1].step.sampled else None
         items, extra = sampled.sampled_parts() if sampled is not None else ([], [])
         if self.on_device:
-            extra.insert(0, torch.stack([c.scalars.values for c in closed]).reshape(-1))
+            extra.insert(0, torch.stack([c.scalars for c in closed]).reshape(-1))
         if not items and not extra:  # CPU, unsampled: the scalars are already on the host
             self._arrive(InFlight(None, closed, None))
         else:
@@ -144,7 +131,7 @@ class HostQueue:
         if self.on_device:
             values = extra_host.pop(0).reshape(-1, 5).tolist()
         else:
-            values = [c.scalars.values for c in batch.steps]
+            values = [c.scalars for c in batch.steps]
         for c, (loss, grad_norm, stale, lo, hi) in zip(batch.steps, values):
             rec, st = c.record, c.step
             rec.loss, rec.grad_norm, rec.stale_grad_norm = loss, grad_norm, stale
