@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from modeldebug.collect.distributed import is_launcher, rank_run_id
+from modeldebug.collect.distributed import MAX_EVERY, MIN_EVERY, gather_gap, is_launcher, rank_run_id
 from modeldebug.store import RunStore
 from modeldebug.types import Report
 
@@ -19,9 +19,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _run(tmp_path, fault, **env):
-    full = dict(os.environ, OMP_NUM_THREADS="1", FAULT=fault, MODELDEBUG_DIST_EVERY="5")
+def _run(tmp_path, fault, every="5", **env):
+    full = dict(os.environ, OMP_NUM_THREADS="1", FAULT=fault, MODELDEBUG_DIST_EVERY=every)
     full.update({k: str(v) for k, v in env.items()})
+    tmp_path.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "modeldebug", "run", "--json", "r.json", "--",
            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", SCRIPT]
     proc = subprocess.run(cmd, cwd=tmp_path, env=full, capture_output=True, text=True, timeout=300)
@@ -100,6 +101,49 @@ def test_crashing_rank_named_first(tmp_path):
     with _store(tmp_path) as store:  # the dead rank's evidence is in the store
         ev1 = store.load_evidence(rank_run_id(rep.run.id, 1))
     assert len(ev1.steps) == 25 and ev1.run.status == "crashed"
+
+
+@pytest.fixture
+def busy_machine():
+    """One CPU-burning process per core beside the job (bounded: it ends by itself after 5 minutes)."""
+    burners = [subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 300\n"
+                                 "while time.time() < end: pass"]) for _ in range(os.cpu_count() or 1)]
+    yield
+    for p in burners:
+        p.kill()
+        p.wait()
+
+
+def test_findings_do_not_depend_on_machine_load(tmp_path, busy_machine):
+    """Under the default schedule (gathers counted in steps, not set from measured times) the same
+    desync is found at the same gather on a loaded machine: gathers at steps 0, 10, 20, 30, ..."""
+    proc, rep = _run(tmp_path / "desync", "desync", every="", DESYNC_AT=25)
+    assert proc.returncode == 0, _errors(proc)
+    [f] = [f for f in rep.findings if f.kind == "distributed_desync"]
+    assert f.evidence["rank"] == 1 and f.evidence["parameter"] == "module.fc2.weight"
+    assert f.step == 30 and f.evidence["last_step_in_sync"] == 20
+    with _store(tmp_path / "desync") as store:
+        ev = store.load_evidence(rep.run.id)
+    assert sorted(set(ev.ranks.step.tolist())) == [0, 10, 20, 30, 40, 50]
+    assert "straggler_rank" not in _kinds(rep)
+
+    proc, rep = _run(tmp_path / "straggler", "straggler", every="", SLEEP_S=0.03, STEPS=40)
+    assert proc.returncode == 0, _errors(proc)
+    [f] = [f for f in rep.findings if f.kind == "straggler_rank"]
+    assert f.evidence["rank"] == 1 and f.evidence["excess_s"] > 0.015
+    assert "distributed_desync" not in _kinds(rep)
+
+
+def test_gather_gap_counts_steps():
+    gathers = [0]
+    while gathers[-1] < 100_000:
+        gathers.append(gathers[-1] + gather_gap(gathers[-1]))
+    gaps = [b - a for a, b in zip(gathers, gathers[1:])]
+    assert gathers[:9] == [0, 10, 20, 30, 40, 50, 60, 70, 80]
+    assert all(g % MIN_EVERY == 0 and MIN_EVERY <= g <= MAX_EVERY for g in gaps)
+    # a fault is seen at the latest a quarter of the run (or MIN_EVERY steps) after it began
+    assert all(b - a <= max(MIN_EVERY, a // 4) for a, b in zip(gathers, gathers[1:]))
+    assert len([s for s in gathers if s <= 4000]) < 40  # O(log N) gathers, not N / 10
 
 
 @pytest.mark.parametrize("argv, expected", [

@@ -8,8 +8,9 @@ on to its workers, which know their rank from torchrun's ``RANK``/``WORLD_SIZE``
   rank r > 0 into ``<run_id>.rank<r>`` in the same store (one SQLite file on one machine; WAL
   and the busy timeout let the ranks write at once). Every rank's evidence stays queryable
   (``modeldebug report <run_id>.rank1``).
-* Every N steps (at the close of the same step on every rank: in DDP all ranks close the same
-  steps; N adapts to the gather's measured cost, see ``BUDGET``) each rank sums up the steps since the last gather into one small float64 vector
+* At steps fixed by the step count alone (at the close of the same step on every rank: in DDP
+  all ranks close the same steps; see ``gather_gap``: every 10 steps at first, then a quarter of
+  the steps done, at most 1000) each rank sums up the steps since the last gather into one small float64 vector
   (mean step/data/forward/backward/optimizer time, last loss and gradient norm, the first step
   with a non-finite loss, gradient or input batch, and a parameter checksum: the sum over
   parameters of sum(p) + |p| in float64), and the ranks ``all_gather`` it. Rank 0 stores one
@@ -44,10 +45,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Steps between gathers: adaptive, at least MIN_EVERY, so that the gather costs at most BUDGET of
-# the step time (decided from the gathered rows, so every rank takes the same decision); a fixed
-# N with MODELDEBUG_DIST_EVERY=N.
-MIN_EVERY, MAX_EVERY, BUDGET = 10, 1000, 0.01
+# Steps between gathers, from the step count only (a gap set from measured gather and step times
+# grew past the end of a short run on a loaded machine, and the desync after the last gather went
+# unseen): MIN_EVERY at first, then GAP_FRACTION of the steps done (so a fault is seen at the
+# latest a quarter of the run after it began, and a run of N steps gathers O(log N) times once
+# N > 80), never more than MAX_EVERY; a fixed N with MODELDEBUG_DIST_EVERY=N.
+MIN_EVERY, MAX_EVERY, GAP_FRACTION = 10, 1000, 0.25
 # Relative checksum difference (over the sum of parameter norms) that counts as a desync. DDP
 # replicas apply the same averaged gradients, so their parameters are bitwise equal: anything
 # above float rounding on different hardware is a real difference.
@@ -169,6 +172,8 @@ class RankWatch:
             log.warning("modeldebug: cross-rank gather failed at step %d (%s); per-rank collection goes on",
                         rec.step, exc)
             self.dbg.event(RankGatherError(type=type(exc).__name__, message=str(exc)[:500]))
+        if not self.fixed:
+            self.every = gather_gap(rec.step)
         self._next = rec.step + self.every
         spent = time.perf_counter() - t
         self.dbg.add_monitor_time(spent)
@@ -249,7 +254,6 @@ class RankWatch:
             names = self._differing_params(vecs, ref, differs)
         elif differs and not same_shape:
             names = {r: ("<a different set of parameters>", math.nan) for r in differs}
-        self._adapt(col)
         if self.rank != 0:
             return
         for r in range(self.world_size):
@@ -266,18 +270,6 @@ class RankWatch:
                 checksum=v["checksum"], checksum_rel_diff=rel if math.isfinite(rel) else math.nan,
                 desync=r in differs, desync_param=name, desync_param_diff=diff, gather_s=v["gather_s"],
             ))
-
-    def _adapt(self, col: dict[str, list[float]]) -> None:
-        """Gathers often enough to see faults early, rarely enough to stay in the budget. The inputs
-        are the gathered rows, so every rank computes the same interval. The cost is the smallest
-        rank's gather time (the last rank to arrive did not wait for the others)."""
-        if self.fixed:
-            return
-        cost = [c for c in col["gather_s"] if math.isfinite(c)]
-        step = sorted(s for s in col["step_s"] if math.isfinite(s) and s > 0)
-        if cost and step:
-            need = min(cost) / (BUDGET * step[len(step) // 2])
-            self.every = int(min(MAX_EVERY, max(MIN_EVERY, math.ceil(need))))
 
     def _differing_params(self, vecs: "torch.Tensor", ref: int, differs: list[int]) -> dict[int, tuple[str, float]]:
         """For each rank out of sync, the parameter whose checksum differs most from the reference rank's."""
@@ -345,6 +337,13 @@ class RankWatch:
             pass
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def gather_gap(step: int) -> int:
+    """Steps from the gather at ``step`` to the next one: a multiple of MIN_EVERY, the same on every
+    rank and in every run of the same script, whatever the load of the machine."""
+    gap = int(step * GAP_FRACTION) // MIN_EVERY * MIN_EVERY
+    return min(MAX_EVERY, max(MIN_EVERY, gap))
 
 
 def _reference(checksums: list[float], scales: list[float]) -> tuple[int, list[int]]:
