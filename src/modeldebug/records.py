@@ -36,7 +36,9 @@ class StepRecord:
     input_std: float = NAN
     input_min: float = NAN
     input_max: float = NAN
-    stale_grad_norm: float = NAN  # norm of .grad already present before this step's first backward
+    # .grad already present before a backward, over the parameters an optimizer holds: the smallest of
+    # the step's backward calls, the largest over the optimizers that stepped
+    stale_grad_norm: float = NAN
     optimizer_stepped: bool = True
     backward_calls: int = 0
     forward_calls: int = 0

@@ -261,10 +261,30 @@ class Hooks:
         if steps.state is None:
             steps.entry_missing = True  # steps begin here: the root module is not what gets called
         st = steps.state or steps.begin(t)
-        if st.backward_calls == 0 and st.sampled and self.monitoring.gradients:
-            grads = [p.grad for _, p in watched.params if p.grad is not None and not p.grad.is_sparse]
-            st.stale_grad_norm = total_norm(grads) if grads else torch.zeros((), device=watched.device)
+        if st.sampled and self.monitoring.gradients:
+            self._measure_stale(st)
         st.monitor_s += now() - t
+
+    def _measure_stale(self, st: Step) -> None:
+        """The gradient already present before this backward, per optimizer over the parameters it
+        holds; the step keeps each optimizer's smallest. Zeroed before any of the step's backward
+        calls (a GAN's discriminator step after the generator's backward) is not accumulation, and
+        gradients on parameters no optimizer holds never reach an update."""
+        watched = self.watched
+        held = [(id(o), [p for g in o.param_groups for p in g["params"]]) for o in watched.optimizers]
+        for key, params in held or [(0, [p for _, p in watched.params])]:
+            grads = [p.grad for p in params if p.grad is not None and not p.grad.is_sparse]
+            norm = total_norm(grads) if grads else torch.zeros((), device=watched.device)
+            low = st.stale_mins.get(key)
+            st.stale_mins[key] = norm if low is None else torch.minimum(low, norm.to(low.device))
+        self._settle_stale(st)
+
+    @staticmethod
+    def _settle_stale(st: Step) -> None:
+        """The step's stale norm: the largest over the optimizers that stepped in it (all, before one has)."""
+        mins = [v for k, v in st.stale_mins.items() if k in st.stepped] or list(st.stale_mins.values())
+        if mins:
+            st.stale_grad_norm = mins[0] if len(mins) == 1 else torch.stack(same_device(mins)).max()
 
     @guarded
     def after_backward(self, tensor, elapsed_s: float, failed: bool) -> None:
@@ -364,6 +384,8 @@ class Hooks:
         )
         if closes and st.param_pre is not None and st.param_post is None:
             steps.measure_update(st)
+        if closes and len(st.stale_mins) > 1:
+            self._settle_stale(st)
         st.monitor_s += now() - t
         if closes:
             steps.close()

@@ -78,6 +78,7 @@ class Step:
     loss_count: int = field(default=0, metadata=SUM)
     grad_norm: torch.Tensor | None = None
     stale_grad_norm: torch.Tensor | None = field(default=None, metadata=FIRST)
+    stale_mins: dict[int, torch.Tensor] = field(default_factory=dict, metadata=FIRST)  # per optimizer id
     input_range: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, metadata=FIRST)  # CUDA: batch min, max
     input_vec: Reduced | None = field(default=None, metadata=FIRST)  # the batch, on sampled steps
     input_ref: torch.Tensor | None = None  # CPU batch, checked only if the loss turns non-finite

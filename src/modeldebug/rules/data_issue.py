@@ -29,7 +29,9 @@ class DataIssue(Rule):
       (0-255) and raw physical units exceed). Low while the loss improves, medium otherwise.
       Skipped when the first layer is an Embedding (token ids).
     - one label class only: high; majority/minority count ratio >= ``max_imbalance`` = 100:
-      medium (label_problem).
+      medium (label_problem), except for a language model's targets: token inputs (an Embedding
+      layer) and at least ``zipf_min_classes`` = 50 classes whose log count falls linearly with
+      log rank (correlation <= -0.9, slope in [-2.5, -0.5]; Zipf's law, exponent ~1 for words).
     Recommends: filtering bad samples, standardization with the numbers seen, class weights
     computed from the counts.
     """
@@ -41,6 +43,9 @@ class DataIssue(Rule):
     max_scale: float = 10.0
     min_std: float = 1e-3
     max_imbalance: float = 100.0
+    zipf_min_classes: int = 50
+    zipf_slope: tuple[float, float] = (-2.5, -0.5)  # word/subword corpora: ~-0.7 to -1.2
+    zipf_min_corr: float = 0.9
 
     def check(self, ev: Evidence) -> list[Finding]:
         return self._nonfinite(ev) + self._scale(ev) + self._labels(ev)
@@ -100,6 +105,19 @@ class DataIssue(Rule):
             causes=["unnormalized_inputs"], recommendations=recs,
         )]
 
+    def _token_targets(self, ev: Evidence, counts: dict[int, int]) -> bool:
+        """A language model's targets: token ids (the inputs go through an Embedding) over many
+        classes whose rank-frequency curve is a power law (Zipf: log count falls linearly with log
+        rank, exponent ~1 for words). Skewed by the nature of language, not a sampling fault."""
+        order = ev.layers_in_order()
+        if len(counts) < self.zipf_min_classes or not any(family(info) in _TOKEN_INPUT for info in order):
+            return False
+        freq = np.sort(np.array(list(counts.values()), float))[::-1]
+        log_rank, log_freq = np.log(np.arange(1, len(freq) + 1)), np.log(freq)
+        slope = float(np.polyfit(log_rank, log_freq, 1)[0])
+        corr = float(np.corrcoef(log_rank, log_freq)[0, 1])
+        return self.zipf_slope[0] <= slope <= self.zipf_slope[1] and corr <= -self.zipf_min_corr
+
     def _labels(self, ev: Evidence) -> list[Finding]:
         counts = {int(k): int(v) for k, v in ev.class_counts.items() if v}
         if not counts:
@@ -115,7 +133,7 @@ class DataIssue(Rule):
                                      "broadcast), and shuffle the data.", "print(torch.bincount(y))")],
             )]
         ratio = max(counts.values()) / min(counts.values())
-        if ratio < self.max_imbalance:
+        if ratio < self.max_imbalance or self._token_targets(ev, counts):
             return []
         # CrossEntropyLoss(weight=...) is indexed by class id: one entry per id up to the largest.
         weights = [round(total / (len(counts) * counts[c]), 3) if c in counts else 1.0

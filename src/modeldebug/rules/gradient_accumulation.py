@@ -26,8 +26,10 @@ def _rank_corr(x: np.ndarray, y: np.ndarray) -> float:
 class GradientAccumulation(Rule):
     """Stale gradients carried from step to step.
 
-    Reads: steps.stale_grad_norm (norm of .grad already present before a step's first
-    backward), steps.grad_norm, steps.loss.
+    Reads: steps.stale_grad_norm (norm of .grad already present before a backward, over the
+    parameters an optimizer holds, the smallest of the step's backward calls: several backward
+    calls into one step by design, as a GAN's, and gradients on parameters left out of the
+    optimizer on purpose are not stale), steps.grad_norm, steps.loss.
     Fires: (a) when at least ``stale_fraction`` = 50% of the steps after the first start with a
     stale gradient larger than ``rel_eps`` = 1e-6 x that step's gradient norm (a correct loop
     starts every step at zero or None: no threshold from the literature is needed); (b) when
