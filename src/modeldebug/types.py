@@ -7,6 +7,7 @@ made thousands of times and never validated.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -114,6 +115,31 @@ class Finding(_Model):
     causes: list[Cause] = Field(default_factory=list)
     recommendations: list[Recommendation] = Field(default_factory=list)
     source: Literal["rules", "llm"] = "rules"
+    # Written only when set, so reports made before these fields are written back unchanged.
+    id: str | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="The finding's name in this report: its kind, `kind@location` when the kind occurs more than once.")
+    caused_by: str | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="`id` of the finding this one follows from (its cause in this run); null for a root.")
+
+
+@dataclass
+class Consequence:
+    finding: Finding
+    depth: int  # 1: follows from the root itself; 2: from one of its consequences; ...
+
+
+@dataclass
+class Story:
+    """One root cause and what follows from it (``Report.stories``): how the reports are told."""
+
+    root: Finding
+    consequences: list[Consequence] = field(default_factory=list)
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [self.root] + [c.finding for c in self.consequences]
 
 
 class ModelInfo(_Model):
@@ -159,6 +185,34 @@ class Report(_Model):
 
     def sorted_findings(self) -> list[Finding]:
         return sorted(self.findings, key=lambda f: (SEVERITY_ORDER[f.severity], -f.confidence))
+
+    def stories(self) -> list[Story]:
+        """The findings as root causes, each with the findings that follow from it (``caused_by``),
+        the story with the most severe finding first. Every finding is in exactly one story."""
+        by_id = {f.id: f for f in self.findings if f.id}
+        children: dict[str, list[Finding]] = {}
+        roots = []
+        for f in self.sorted_findings():
+            parent = by_id.get(f.caused_by) if f.caused_by and f.caused_by != f.id else None
+            (children.setdefault(parent.id, []) if parent is not None else roots).append(f)
+        stories, seen = [], set()
+        for root in roots:
+            story = Story(root=root)
+            todo = [(root, 0)]
+            seen.add(id(root))
+            while todo:  # depth first: a consequence's own consequences right after it
+                f, depth = todo.pop()
+                kids = [k for k in children.get(f.id, []) if id(k) not in seen] if f.id else []
+                seen.update(id(k) for k in kids)
+                for k in reversed(kids):
+                    todo.append((k, depth + 1))
+                if f is not root:
+                    story.consequences.append(Consequence(finding=f, depth=depth))
+            stories.append(story)
+        # A caused_by loop (never written by the rules) has no root: its findings stand alone.
+        stories += [Story(root=f) for f in self.sorted_findings() if id(f) not in seen]
+        rank = lambda s: min((SEVERITY_ORDER[f.severity], -f.confidence) for f in s.findings)  # noqa: E731
+        return sorted(stories, key=rank)
 
     def to_json(self, indent: int | None = 2) -> str:
         return self.model_dump_json(by_alias=True, indent=indent)

@@ -35,19 +35,22 @@ def render_html(report: Report, *, issue: str | None = None) -> str:
     metrics = report.metrics
     issue = issue if issue is not None else metrics.issue
     llm = metrics.llm if metrics.llm is not None and metrics.llm.ok else None
-    findings = []
-    for f in report.sorted_findings():
+    def item(f: Any, depth: int = 0) -> dict:
         plot = FINDING_PLOTS.get(f.kind)
-        findings.append({"f": f, "plot": canvas.draw(plot, metrics, f) if plot else None,
-                         "evidence": _evidence_rows(f.evidence),
-                         "llm": llm.explanation_for(f) if llm is not None else None})
+        return {"f": f, "depth": depth, "plot": canvas.draw(plot, metrics, f) if plot else None,
+                "evidence": _evidence_rows(f.evidence), "llm": llm.explanation_for(f) if llm is not None else None}
+
+    # Root causes first, each with the findings that follow from it folded under it.
+    stories = [{"root": item(s.root), "consequences": [item(c.finding, c.depth) for c in s.consequences]}
+               for s in report.stories()]
+    findings = [i for s in stories for i in [s["root"], *s["consequences"]]]
     sections = [(title, canvas.draw(plot, metrics, None), plot in WIDE) for title, plot in OVERVIEW]
     sections = [s for s in sections if s[1]]
     counts = {s: sum(1 for f in report.findings if f.severity == s) for s in ("high", "medium", "low")}
     source = resources.files("modeldebug.report").joinpath("templates", "report.html.j2").read_text("utf-8")
     env = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
     return env.from_string(source).render(
-        report=report, run=report.run, issue=issue, findings=findings, sections=sections, counts=counts,
+        report=report, run=report.run, issue=issue, findings=findings, stories=stories, sections=sections, counts=counts,
         tables=_tables(metrics), facts=_facts(report), fmt=_fmt, llm=llm,
     )
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import time
+from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
+from rich.padding import Padding
 from rich.panel import Panel
 from rich.text import Text
 
 from modeldebug.metrics import LLMSection
-from modeldebug.types import Report
+from modeldebug.types import Finding, Report
 
 _STYLE = {"high": "bold red", "medium": "yellow", "low": "cyan"}
 
@@ -40,30 +41,22 @@ def print_report(report: Report, console: Console | None = None, *, issue: str |
 
     findings = report.sorted_findings()
     llm = report.metrics.llm if report.metrics.llm is not None and report.metrics.llm.ok else None
-    for f in findings:
-        title = Text()
-        title.append(f.severity.upper(), style=_STYLE[f.severity])
-        title.append(f"  {f.kind}")
-        if f.location:
-            title.append(f"  at {f.location}", style="bold")
-        if f.step is not None:
-            title.append(f"  (step {f.step})", style="dim")
-        body = Text(f.message)
-        if f.causes:
-            body.append("\nlikely cause: " + ", ".join(c.replace("_", " ") for c in f.causes), style="dim")
-        if f.evidence:
-            body.append("\nevidence: " + _compact(f.evidence), style="dim")
-        for r in f.recommendations:
-            body.append(f"\n→ {r.description}", style="green")
-            if r.implementation:
-                code = "\n".join("    " + line for line in r.implementation.splitlines())
-                body.append("\n" + code, style="green dim")
-        text = llm.explanation_for(f) if llm is not None else None
-        if text:
-            body.append(f"\nlanguage model: {text}", style="italic")
-        if f.source == "llm":
-            body.append("\n(added by the language model)", style="dim italic")
-        console.print(Panel(body, title=title, title_align="left", border_style=_STYLE[f.severity]))
+    stories = report.stories()
+    for story in stories:  # each root cause, what follows from it folded under it
+        root = story.root
+        parts: list[Any] = [_body(root, llm)]
+        given = {r.description for r in root.recommendations}
+        if story.consequences:
+            parts.append(Text(f"\nfollows from it ({len(story.consequences)}):", style="bold"))
+        for c in story.consequences:
+            head = _title(c.finding)
+            if c.depth > 1:
+                head.append(f"  ← {c.finding.caused_by}", style="dim")
+            body = _body(c.finding, llm, skip=given)
+            given |= {r.description for r in c.finding.recommendations}
+            parts.append(Padding(Text("\n").join([Text(), head, body]), (0, 0, 0, 2 * c.depth)))
+        console.print(Panel(Group(*parts), title=_title(root), title_align="left",
+                            border_style=_STYLE[root.severity]))
     if llm is not None:
         _print_llm_panel(llm, console)
 
@@ -72,6 +65,8 @@ def print_report(report: Report, console: Console | None = None, *, issue: str |
     if findings:
         summary.append(f"{len(findings)} finding{'s' if len(findings) != 1 else ''}: ")
         summary.append(", ".join(f"{n} {s}" for s, n in counts.items() if n))
+        if len(stories) < len(findings):
+            summary.append(f" from {len(stories)} root cause{'s' if len(stories) != 1 else ''}")
     else:
         summary.append("No problems found.", style="green")
     overhead = run.monitor_overhead
@@ -80,6 +75,40 @@ def print_report(report: Report, console: Console | None = None, *, issue: str |
     console.print(summary)
     for path in written:
         console.print(f"report written to {escape(path)}", style="dim")
+
+
+def _title(f: Finding) -> Text:
+    title = Text()
+    title.append(f.severity.upper(), style=_STYLE[f.severity])
+    title.append(f"  {f.kind}")
+    if f.location:
+        title.append(f"  at {f.location}", style="bold")
+    if f.step is not None:
+        title.append(f"  (step {f.step})", style="dim")
+    return title
+
+
+def _body(f: Finding, llm: LLMSection | None, skip: set[str] = frozenset()) -> Text:
+    """A finding's message, causes, evidence, its recommendations (less those in ``skip``, already
+    given in the same story) and what a language model said about it."""
+    body = Text(f.message)
+    if f.causes:
+        body.append("\nlikely cause: " + ", ".join(c.replace("_", " ") for c in f.causes), style="dim")
+    if f.evidence:
+        body.append("\nevidence: " + _compact(f.evidence), style="dim")
+    for r in f.recommendations:
+        if r.description in skip:
+            continue
+        body.append(f"\n→ {r.description}", style="green")
+        if r.implementation:
+            code = "\n".join("    " + line for line in r.implementation.splitlines())
+            body.append("\n" + code, style="green dim")
+    text = llm.explanation_for(f) if llm is not None else None
+    if text:
+        body.append(f"\nlanguage model: {text}", style="italic")
+    if f.source == "llm":
+        body.append("\n(added by the language model)", style="dim italic")
+    return body
 
 
 def _print_llm_panel(llm: LLMSection, console: Console) -> None:
@@ -107,5 +136,18 @@ def _print_llm_panel(llm: LLMSection, console: Console) -> None:
 
 
 def _compact(evidence: dict, limit: int = 300) -> str:
-    text = json.dumps(evidence, default=str, separators=(", ", "="))[1:-1].replace('"', "")
+    text = _plain(evidence)[1:-1]
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _plain(v: Any) -> str:
+    """Evidence as short text: numbers rounded to 4 significant digits, no JSON quotes."""
+    if isinstance(v, bool) or v is None:
+        return "null" if v is None else str(v).lower()
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}={_plain(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_plain(x) for x in v) + "]"
+    return str(v)

@@ -100,8 +100,11 @@ class NanOrInf(Rule):
                     f"{where} in the {pass_} pass: {replay.get('cause')}")
         elif replay and phase == "loss":
             location = None
+            # After the gradients blew up, the loss overflows on huge outputs: no hand-written op to blame.
+            guess = ("the outputs of weights that earlier updates blew up overflow it" if grew
+                     else "a hand-written log or division in the loss, or targets out of range")
             msg += ("; replaying that step, the model's forward and backward stay finite: it arises in the loss "
-                    "computation (a hand-written log or division in the loss, or targets out of range)")
+                    f"computation ({guess})")
         elif replay and phase == "weights":
             location = replay.get("module") or location
             msg += f"; the weights of {location} were already non-finite: an earlier update blew them up"
