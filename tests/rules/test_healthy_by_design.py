@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from builders import build, healthy_columns
 
-from modeldebug.evidence import LayerInfo
+from modeldebug.evidence import LayerInfo, ParamInfo
 from modeldebug.rules.data_issue import DataIssue
+from modeldebug.rules.memory_growth import MemoryGrowth
+from modeldebug.rules.unchanged_weights import UnchangedWeights
 
 
 def _with_embedding(cols, vocab=5000):
@@ -43,3 +45,67 @@ def test_token_inputs_with_a_few_skewed_classes_still_fire():
     counts = {0: 5000, 1: 40, 2: 30, 3: 20}
     found = DataIssue().check(build(_with_embedding(healthy_columns()), class_counts=counts))
     assert [f.severity for f in found] == ["medium"]
+
+
+# --- memory_growth: allocator jumps are not a leak ------------------------------------------------
+
+MiB = 2**20
+
+
+def test_a_few_allocator_jumps_are_not_a_leak():
+    """The healthy BERT run's shape: flat, one 37 MiB jump, a smaller one, then flat (the suite's
+    leaks rise on most steps)."""
+    cols = healthy_columns(n_steps=144)
+    st = np.arange(144)
+    noise = 0.3 * MiB * np.random.default_rng(0).random(144)
+    cols["steps"]["rss_bytes"] = 350 * MiB + 37 * MiB * (st >= 48) + 6 * MiB * (st >= 100) + noise
+    assert MemoryGrowth().check(build(cols)) == []
+
+
+def test_a_leak_in_chunks_every_few_steps_still_fires():
+    cols = healthy_columns()
+    st = np.arange(300)
+    cols["steps"]["rss_bytes"] = 350 * MiB + 4 * MiB * (st // 5)  # a 4 MiB chunk every 5 steps
+    (f,) = MemoryGrowth().check(build(cols))
+    assert (f.kind, f.severity, f.causes[0]) == ("memory_growth", "medium", "graph_kept_alive")
+    assert f.evidence["jumps_for_half"] > 3
+
+
+# --- unchanged_weights: parameters left out of the optimizer by type -------------------------------
+
+
+def _with_batchnorm(cols, in_optimizer):
+    """Two BatchNorm1d layers after the first two Linear layers; their affine in the optimizer or not."""
+    for i, (after, width) in enumerate((("net.0", 256), ("net.2", 128))):
+        name = f"bn{i}"
+        cols["layers"][name] = LayerInfo(name, "BatchNorm1d", cols["layers"][after].order, 2 * width,
+                                         f"BatchNorm1d({width})", family="BatchNorm1d")
+        for kind in ("weight", "bias"):
+            cols["params"][f"{name}.{kind}"] = ParamInfo(f"{name}.{kind}", name, [width], width, True, in_optimizer,
+                                                         0.01 if in_optimizer else None)
+    pt, k = cols["param_stats"], len(np.unique(cols["param_stats"]["step"]))
+    for name in [p for p in cols["params"] if p.startswith("bn")]:
+        moved = cols["params"][name].in_optimizer
+        for key, value in (("step", np.unique(pt["step"])), ("param", np.full(k, name)),
+                           ("has_grad", np.ones(k, bool)), ("changed", np.full(k, moved)),
+                           ("norm", np.ones(k)), ("grad_norm", np.full(k, 0.1)), ("update_ratio", np.full(k, 1e-3))):
+            pt[key] = np.concatenate([pt[key], value])
+    return cols
+
+
+def test_every_batchnorm_left_out_of_the_optimizer_is_a_low_hint():
+    found = UnchangedWeights().check(build(_with_batchnorm(healthy_columns(), in_optimizer=False)))
+    assert [(f.severity, f.causes) for f in found] == [("low", ["parameters_not_in_optimizer"])]
+    assert f"{found[0].evidence['count']}" == "4" and "BatchNorm1d" in found[0].message
+    assert "requires_grad_(False)" in found[0].recommendations[0].implementation
+
+
+def test_one_layer_left_out_of_the_optimizer_stays_medium():
+    """The head replaced after the optimizer was built: one Linear of three, not a whole type."""
+    cols = _with_batchnorm(healthy_columns(), in_optimizer=True)
+    for p in ("net.4.weight", "net.4.bias"):
+        cols["params"][p].in_optimizer = False
+        cols["param_stats"]["changed"][cols["param_stats"]["param"] == p] = False
+    found = UnchangedWeights().check(build(cols))
+    assert [(f.severity, f.causes, f.evidence["params"]) for f in found] == [
+        ("medium", ["parameters_not_in_optimizer"], ["net.4.weight", "net.4.bias"])]

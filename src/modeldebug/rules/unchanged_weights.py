@@ -15,6 +15,7 @@ from modeldebug.rules.base import (
     fix,
     flag,
     g,
+    layer_family,
     layer_order,
     lr_bounds,
     optimizer_type,
@@ -32,6 +33,8 @@ _MSG = {
     "missing_optimizer_step": "get gradients but optimizer.step() is never called",
     "learning_rate_too_low": "get gradients and the optimizer steps, but their learning rate is 0 (or too small to move them)",
     "unused": "belong to modules that never run in forward()",
+    "left_out_by_type": "get gradients but are not in any optimizer's param_groups: every {family} layer's "
+                        "parameters are left out, which looks deliberate (kept at their initial values)",
 }
 
 
@@ -48,7 +51,10 @@ class UnchangedWeights(Rule):
     requires_grad True but not in the optimizer -> parameters_not_in_optimizer; in the optimizer,
     its module ran, never a gradient -> detached_graph; gradients but no step ever ->
     missing_optimizer_step; gradients, steps, lr 0 (or tiny) -> learning_rate_too_low. Parameters
-    of modules that never ran are reported ``low`` (unused, cause other).
+    of modules that never ran are reported ``low`` (unused, cause other); so are parameters left
+    out of the optimizer by layer type (every parameter of every layer of one family, at least
+    two layers, e.g. all BatchNorm affine: a deliberate choice, as in fine-tuning with frozen
+    norms), cause parameters_not_in_optimizer.
     Severity: high when the affected parameters are >= ``high_fraction`` = 50% of the trainable
     ones (or optimizer.step() is never called), else medium.
     Recommends the concrete fix for the cause, naming the parameters.
@@ -98,6 +104,12 @@ class UnchangedWeights(Rule):
                 cause = None  # gradients and steps but no change: zero gradients, reported elsewhere
             if cause:
                 groups.setdefault(cause, []).append(p)
+        by_type = self._left_out_by_type(ev, groups.get("parameters_not_in_optimizer", []))
+        if by_type:
+            groups["left_out_by_type"] = by_type
+            groups["parameters_not_in_optimizer"] = [p for p in groups["parameters_not_in_optimizer"] if p not in by_type]
+            if not groups["parameters_not_in_optimizer"]:
+                del groups["parameters_not_in_optimizer"]
 
         trainable = sum(i.numel for i in ev.params.values() if i.requires_grad or i.in_optimizer) or 1
         first_step = int(np.nanmin(col(ev.steps, "step"))) if len(ev.steps) else (
@@ -106,7 +118,7 @@ class UnchangedWeights(Rule):
         for cause, params in groups.items():
             numel = sum(ev.params[p].numel for p in params)
             frac = numel / trainable
-            if cause == "unused":
+            if cause in ("unused", "left_out_by_type"):
                 severity = "low"
             elif cause == "missing_optimizer_step" or frac >= self.high_fraction:
                 severity = "high"
@@ -115,17 +127,36 @@ class UnchangedWeights(Rule):
             whole_run = cause == "missing_optimizer_step"
             location = None if whole_run else self._location(ev, params)
             shown = ", ".join(params[:5]) + (f" and {len(params) - 5} more" if len(params) > 5 else "")
+            what = _MSG[cause].format(family="/".join(sorted({layer_family(ev, param_module(ev, p)) for p in params})))
             findings.append(self.finding(
                 severity=severity, confidence=0.9 if cause != "unused" else 0.6,
                 location=location, step=first_step,
                 message=(f"{len(params)} parameter(s) ({numel} values, {g(100 * frac)}% of the trainable ones) never "
-                         f"changed: {shown}. They {_MSG[cause]}."),
+                         f"changed: {shown}. They {what}."),
                 evidence={"params": params[:50], "count": len(params), "numel": numel, "fraction": frac,
                           "optimizer_stepped": stepped_any, "lr": self._lr(params, ev)},
-                causes=["other"] if cause == "unused" else [cause],
+                causes=["other"] if cause == "unused" else
+                ["parameters_not_in_optimizer"] if cause == "left_out_by_type" else [cause],
                 recommendations=self._recs(ev, cause, params, location),
             ))
         return findings
+
+    @staticmethod
+    def _left_out_by_type(ev: Evidence, left_out: list[str]) -> list[str]:
+        """The left-out parameters that are all the parameters of every layer of their family (two
+        layers or more): chosen by type, not lost by a layer built after the optimizer."""
+        if not left_out:
+            return []
+        by_family: dict[str, list[str]] = {}
+        for p in ev.params:
+            by_family.setdefault(layer_family(ev, param_module(ev, p)), []).append(p)
+        out = set(left_out)
+        chosen = []
+        for fam, members in by_family.items():
+            layers = {param_module(ev, p) for p in members}
+            if fam and len(layers) >= 2 and all(p in out for p in members):
+                chosen += members
+        return chosen
 
     @staticmethod
     def _tiny_lr(lr: float | None, ev: Evidence) -> bool:
@@ -155,6 +186,10 @@ class UnchangedWeights(Rule):
         if cause == "frozen_parameters":
             return [fix(f"Unfreeze {location or 'them'} if it should train (or leave it out of the optimizer if the "
                         "freeze is intended).", f"{target}.requires_grad_(True)")]
+        if cause == "left_out_by_type":
+            return [fix("If they are meant to stay fixed, turn their gradients off too: it saves the backward work "
+                        "and keeps them from piling up gradients.",
+                        "for p in params_left_out:\n    p.requires_grad_(False)")]
         if cause == "parameters_not_in_optimizer":
             return [fix("Create the optimizer after the model is complete (all layers added, moved to the device), "
                         f"or add the missing parameters as a param group.",
