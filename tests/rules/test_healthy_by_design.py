@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from builders import build, healthy_columns
 
-from modeldebug.evidence import LayerInfo, ParamInfo
+from modeldebug.evidence import LayerInfo, OptimizerInfo, ParamInfo
 from modeldebug.rules.data_issue import DataIssue
+from modeldebug.rules.loss_not_decreasing import LossNotDecreasing
 from modeldebug.rules.memory_growth import MemoryGrowth
 from modeldebug.rules.unchanged_weights import UnchangedWeights
 
@@ -109,3 +110,30 @@ def test_one_layer_left_out_of_the_optimizer_stays_medium():
     found = UnchangedWeights().check(build(cols))
     assert [(f.severity, f.causes, f.evidence["params"]) for f in found] == [
         ("medium", ["parameters_not_in_optimizer"], ["net.4.weight", "net.4.bias"])]
+
+
+# --- loss_not_decreasing: adversarial players ------------------------------------------------------
+
+
+def _two_players(cols, backward_calls):
+    """The MLP is the discriminator; a generator model with its own optimizer joins it."""
+    for info in cols["params"].values():
+        info.model = "netD"
+    cols["params"]["netG.fc.weight"] = ParamInfo("netG.fc.weight", "netG.fc", [64, 32], 2048, True, True, 2e-4,
+                                                 model="netG")
+    cols["optimizers"] = [OptimizerInfo("Adam", [{"lr": 2e-4}]), OptimizerInfo("Adam", [{"lr": 2e-4}])]
+    s = cols["steps"]
+    s["loss"] = 0.7 + 0.3 * np.linspace(0, 1, len(s["step"])) + 0.05 * np.random.default_rng(0).random(len(s["step"]))
+    s["backward_calls"] = np.full(len(s["step"]), backward_calls)
+    return cols
+
+
+def test_a_gans_summed_losses_need_not_fall():
+    found = LossNotDecreasing().check(build(_two_players(healthy_columns(), backward_calls=3)))
+    assert found == []
+
+
+def test_two_models_with_one_backward_per_step_are_still_judged():
+    """An encoder and a decoder with an optimizer each (the seq2seq tutorial): one loss, it must fall."""
+    (f,) = LossNotDecreasing().check(build(_two_players(healthy_columns(), backward_calls=1)))
+    assert (f.kind, f.severity) == ("loss_not_decreasing", "high")

@@ -47,6 +47,8 @@ class LossNotDecreasing(Rule):
     percent is the minibatches' noise, not learning (a flat loss at lr 1e-7 "fell" 1-2% by chance in
     1 of 5 100-step runs). Also when the loss ends above ``alert_thresholds.loss`` or the last
     accuracy is below ``alert_thresholds.accuracy``.
+    Not for adversarial training (two models or more, an optimizer each, a median of two backward
+    calls or more per step: a GAN's losses trade off and need not fall).
     Severity: high (medium for runs shorter than ``short_run`` steps).
     Causes, from the evidence: optimizer.step() never called -> missing_optimizer_step; stale
     gradients -> missing_zero_grad; no gradient at all -> detached_graph; Softmax as last layer
@@ -63,7 +65,7 @@ class LossNotDecreasing(Rule):
     reads = ("steps.loss", "steps.optimizer_stepped", "steps.stale_grad_norm", "param_stats.update_ratio",
              "param_stats.has_grad", "layers", "class_counts", "optimizers", "config.alert_thresholds.loss",
              "param_stats.norm", "params", "steps.input_mean", "steps.input_std", "steps.loss_nonfinite",
-             "validation")
+             "validation", "steps.backward_calls")
     min_drop: float = 0.01
     min_steps: int = 20
     short_run: int = 50
@@ -76,13 +78,22 @@ class LossNotDecreasing(Rule):
         findings = []
         trend = loss_trend(ev, self.grace_steps, min_steps=self.min_steps)
         steps = col(ev.steps, "step")
-        if trend is not None and abs(trend.start) > 1e-6:
+        if trend is not None and abs(trend.start) > 1e-6 and not self._adversarial(ev):
             rising = trend.end > trend.start + 0.1 * abs(trend.start)
             if (rising or trend.end > trend.start - self.min_drop * abs(trend.start)
                     or self._drop_is_noise_of_still_weights(ev, trend)):
                 findings.append(self._stalled(ev, trend, rising, steps))
         findings += self._alerts(ev, steps)
         return findings
+
+    @staticmethod
+    def _adversarial(ev: Evidence) -> bool:
+        """Players trained against each other (a GAN's generator and discriminator): two models or
+        more, an optimizer each, and several backward calls into each step (one per objective).
+        Their summed losses trade off and are not meant to fall."""
+        models = {i.model for i in ev.params.values() if i.in_optimizer}
+        calls = col(ev.steps, "backward_calls")
+        return len(ev.optimizers) >= 2 and len(models) >= 2 and len(calls) > 0 and float(np.median(calls)) >= 2
 
     def _drop_is_noise_of_still_weights(self, ev: Evidence, trend) -> bool:
         ur_max, _ = self._update_ratios(ev)
