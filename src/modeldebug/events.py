@@ -138,6 +138,24 @@ class NonfiniteOrigin(Event):
 
 
 @dataclass
+class LrScheduler(Event):
+    """A learning-rate scheduler's first ``step()`` call: its class and simple settings (step_size, gamma, T_max...)."""
+
+    tag: ClassVar[str] = "lr_scheduler"
+    type: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GradientClip(Event):
+    """The first gradient-clipping call made before any backward of its step (and the first after one)."""
+
+    tag: ClassVar[str] = "gradient_clip"
+    function: str = ""
+    max_value: float | None = None  # max_norm, or clip_value
+    before_backward: bool = False
+
+@dataclass
 class MonitorError(Event):
     """The monitor switched itself off after an error in one of its own hooks (the script went on)."""
 

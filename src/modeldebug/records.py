@@ -43,6 +43,10 @@ class StepRecord:
     backward_calls: int = 0
     forward_calls: int = 0
     sampled: bool = False
+    eval_mode: bool = False  # a watched root module was in eval mode at this step's training forward
+    scheduler_steps: int = 0  # lr_scheduler.step() calls since the previous step closed
+    clip_calls: int = 0  # clip_grad_norm_/clip_grad_value_ calls since the previous step closed
+    clips_before_backward: int = 0  # of those, made with no backward since the last zero_grad/step
 
 
 @dataclass(slots=True)
@@ -89,6 +93,7 @@ class ValidationRecord:
     loss: float
     batches: int = 1
     accuracy: float = NAN  # top-1, when the loss gets class scores and integer targets
+    train_mode_batches: int = 0  # batches evaluated with the root module in training mode
 
 
 @dataclass(slots=True)
@@ -152,6 +157,7 @@ class ParamInfo:
     in_optimizer: bool
     lr: float | None = None
     model: str = ""
+    weight_decay: float | None = None  # its param group's, when in an optimizer
 
 
 @dataclass

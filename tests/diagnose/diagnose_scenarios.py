@@ -130,6 +130,21 @@ def residual_width():
     return module_names_of(model), lambda: model(torch.randn(4, 16))
 
 
+class SkipJoin(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=2)
+
+    def forward(self, x, skip):
+        return torch.cat([self.up(x), skip], dim=1)
+
+
+def skip_connection_resolution():
+    join = SkipJoin()
+    model = seq(join=join)
+    return module_names_of(model), lambda: model[0](torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8))
+
+
 # --- dtype_mismatch ---------------------------------------------------------------------------
 
 
@@ -402,6 +417,8 @@ SCENARIOS = [
     S("bce_target_shape", bce_target_shape, "shape_mismatch", "criterion",
       ["[8, 1]", "[8]", "squeeze(1)"], contract_causes=["wrong_loss_function"]),
     S("residual_width", residual_width, "shape_mismatch", "block", ["16 and 32", "nn.Linear(32, 16)"]),
+    S("skip_connection_resolution", skip_connection_resolution, "shape_mismatch", "join",
+      ["along dimension 1", "size 8 where the first has 16", "`skip` [2, 4, 8, 8]", "F.interpolate"]),
     # dtype_mismatch
     S("linear_float64_from_numpy", linear_float64_numpy, "dtype_mismatch", "fc",
       ["torch.float64", "torch.float32", "x = x.float()", "torch.from_numpy(array).float()"]),

@@ -68,11 +68,13 @@ def test_module_inputs_and_parameters_are_described(s: Scenario):
         assert isinstance(t["shape"], list)
 
 
-def test_without_module_names_the_class_names_the_module():
+def test_without_module_names_the_traceback_names_the_module():
+    """The outermost module on the traceback is the model: it names the failing layer (the class
+    names it when no module holds it, tests/diagnose/test_crash_places.py)."""
     s = next(s for s in SCENARIOS if s.id == "linear_after_flatten")
     exc, _ = raise_scenario(s)
     f = diagnose_exception(exc)
-    assert f.evidence["module"] == "Linear" and f.evidence["module_type"] == "Linear"
+    assert f.evidence["module"] == "classifier.0" and f.evidence["module_type"] == "Linear"
     assert "nn.Linear(2048, 10)" in _text(f)
     params = {p["name"]: p for p in f.evidence["parameters"]}
     assert params["weight"]["shape"] == [10, 512] and params["weight"]["dtype"] == "torch.float32"

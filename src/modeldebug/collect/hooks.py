@@ -23,6 +23,7 @@ from modeldebug.collect.params import grad_norm, same_device, total_norm
 from modeldebug.collect.stats import first_float_tensor, reduce
 from modeldebug.collect.steps import MonitorCost, Step, Steps, now
 from modeldebug.collect.writer import Validation, class_counts
+from modeldebug.events import GradientClip, LrScheduler
 
 if TYPE_CHECKING:
     from modeldebug.collect.watched import Model, Watched
@@ -85,6 +86,13 @@ class Hooks:
         self.guard = guard
         self.cost = cost
         self.in_eval = False
+        # The last root forward outside training: was the root in train mode (an evaluation pass
+        # in train mode), and was grad on (an eval-mode forward that a backward may prove to be training)?
+        self.eval_in_train_mode = False
+        self.maybe_training = False
+        self.backward_seen = False  # a backward since the last zero_grad() or optimizer step
+        self._clips_logged: set[bool] = set()
+        self._schedulers_seen: set[int] = set()
         self._layer_order = 0
         self._root_handles: list[Any] = []
         self.layer_handles: list[Any] = []  # per-layer hooks of a sampled (or prepared) step
@@ -153,11 +161,14 @@ class Hooks:
     @guarded
     def _root_pre(self, module, args, kwargs):
         t = now()
-        if not torch.is_grad_enabled() or not module.training:
-            self.in_eval = True
-            return None
-        self.in_eval = False
         steps = self.steps
+        grad = torch.is_grad_enabled()
+        if not grad or not (module.training or steps.trains_in_eval):
+            self.in_eval = True
+            self.eval_in_train_mode = module.training
+            self.maybe_training = grad
+            return None
+        self.in_eval = self.maybe_training = False
         steps.root_seen = True
         st = steps.state
         if st is None:
@@ -165,6 +176,8 @@ class Hooks:
             if not st.data_seen and steps.last_end is not None:
                 # No DataLoader: the time from the last step to this forward is spent getting the batch.
                 st.data_s, st.data_seen = t - steps.last_end, True
+        if not module.training:
+            st.eval_mode = True
         if st.forward_calls == 0:
             # The batch: its first floating tensor, else the first tensor (token ids).
             x = first_float_tensor((args, kwargs))
@@ -255,12 +268,20 @@ class Hooks:
             watched.finder(None)
         if not watched.models:
             return
-        if steps.state is None and steps.root_seen:
+        trains_in_eval = steps.state is None and self.maybe_training
+        if steps.state is None and steps.root_seen and not trains_in_eval:
             return  # no forward of a watched model since the last step: someone else's backward
         t = now()
-        if steps.state is None:
+        if trains_in_eval:
+            # The forward ran in eval mode, and its loss is trained on: a training step whatever the
+            # mode (its loss is not validation), and so are the eval-mode forwards that follow.
+            self.validation.discard_tentative()
+            steps.trains_in_eval = steps.root_seen = True
+            self.in_eval = self.maybe_training = False
+        elif steps.state is None:
             steps.entry_missing = True  # steps begin here: the root module is not what gets called
         st = steps.state or steps.begin(t)
+        st.eval_mode = st.eval_mode or trains_in_eval
         if st.sampled and self.monitoring.gradients:
             self._measure_stale(st)
         st.monitor_s += now() - t
@@ -292,6 +313,7 @@ class Hooks:
         st = steps.state
         if st is None:
             return
+        self.backward_seen = self.backward_seen or not failed
         t = now()
         st.backward_s += elapsed_s
         st.backward_calls += 1
@@ -313,8 +335,11 @@ class Hooks:
         if not self.watched.models or not isinstance(output, torch.Tensor):
             return
         t = now()
-        if self.in_eval or not torch.is_grad_enabled():
-            self.validation.add(name, input, target, output)
+        grad = torch.is_grad_enabled()
+        if self.in_eval or not grad:
+            # A loss with a graph, after an eval-mode forward, is validation unless a backward follows.
+            self.validation.add(name, input, target, output, train_mode=self.eval_in_train_mode,
+                                tentative=grad and output.requires_grad)
         else:
             st = self.steps.state
             if st is not None and st.sampled:
@@ -324,8 +349,31 @@ class Hooks:
     @guarded
     def on_zero_grad(self, optimizer) -> None:
         # An optimizer that zeroes gradients but never steps is still the model's optimizer.
-        if self.watched.models:
-            self.watched.owns(optimizer)
+        if self.watched.models and self.watched.owns(optimizer):
+            self.backward_seen = False
+
+    @guarded
+    def on_clip(self, function: str, max_value) -> None:
+        """Gradient clipping, counted for the step it precedes; before any backward it never clips."""
+        if not self.watched.models:
+            return
+        steps, before = self.steps, not self.backward_seen
+        steps.clip_calls += 1
+        steps.clips_before_backward += before
+        if before not in self._clips_logged:
+            self._clips_logged.add(before)
+            value = float(max_value) if isinstance(max_value, (int, float)) else None
+            steps.writer.event(GradientClip(function=function, max_value=value, before_backward=before))
+
+    @guarded
+    def on_scheduler_step(self, scheduler) -> None:
+        steps = self.steps
+        steps.scheduler_steps += 1
+        if id(scheduler) not in self._schedulers_seen:
+            self._schedulers_seen.add(id(scheduler))
+            settings = {k: v for k, v in vars(scheduler).items()
+                        if not k.startswith("_") and isinstance(v, (int, float, str, bool)) and k not in ("verbose", "last_epoch")}
+            steps.writer.event(LrScheduler(type=type(scheduler).__name__, settings=settings))
 
     @guarded
     def on_batch(self, elapsed_s: float) -> None:
@@ -378,6 +426,7 @@ class Hooks:
             st.optimizer_s += t - st.opt_start
             st.opt_start = None
         st.optimizer_stepped = True
+        self.backward_seen = False
         st.stepped.add(id(optimizer))
         closes = not steps.manual and (
             all(id(o) in st.stepped for o in watched.optimizers) or optimizer is watched.newest_adopted

@@ -2,8 +2,9 @@
 
 ``loss.backward()`` (the loss tensor and the backward time), loss functions of
 ``torch.nn.functional`` (evaluation losses and class targets; ``nn`` loss modules call these too),
-the DataLoader iterator's ``__next__`` (time waiting for data) and ``Optimizer.zero_grad`` (finds
-an optimizer that never steps). The patches are installed
+the DataLoader iterator's ``__next__`` (time waiting for data), ``Optimizer.zero_grad`` (finds
+an optimizer that never steps), gradient clipping (called before ``backward()`` it never clips) and
+``LRScheduler.step`` (a per-epoch schedule stepped every batch). The patches are installed
 while at least one listener is registered and the originals restored when the last one leaves,
 so debuggers may nest and exit in any order. Nothing is patched at import time.
 """
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch.optim import lr_scheduler
 from torch.utils.data import dataloader
 
 LOSS_FUNCTIONS = (
@@ -40,6 +42,7 @@ LOSS_FUNCTIONS = (
     "triplet_margin_loss",
     "ctc_loss",
 )
+CLIP_FUNCTIONS = ("clip_grad_norm_", "clip_grad_value_")
 
 
 class Listener(Protocol):
@@ -48,6 +51,8 @@ class Listener(Protocol):
     def on_loss(self, name: str, input: Any, target: Any, output: Any) -> None: ...
     def on_batch(self, elapsed_s: float) -> None: ...
     def on_zero_grad(self, optimizer: Any) -> None: ...
+    def on_clip(self, function: str, max_value: Any) -> None: ...
+    def on_scheduler_step(self, scheduler: Any) -> None: ...
 
 
 _lock = threading.Lock()
@@ -89,6 +94,14 @@ def _install() -> None:
     for name in LOSS_FUNCTIONS:
         if hasattr(F, name):
             _replace(F, name, functools.partial(_wrap_loss, name))
+    for owner in (torch.nn.utils, torch.nn.utils.clip_grad):
+        for name in CLIP_FUNCTIONS:
+            if hasattr(owner, name):
+                _replace(owner, name, functools.partial(_wrap_clip, name))
+    # Schedulers that override step() are patched too; re-entrant calls (a SequentialLR's) count once.
+    for cls in {lr_scheduler.LRScheduler, lr_scheduler.ReduceLROnPlateau, lr_scheduler.CosineAnnealingWarmRestarts}:
+        if "step" in vars(cls):
+            _replace(cls, "step", _wrap_scheduler_step)
 
 
 def _uninstall() -> None:
@@ -158,6 +171,34 @@ def _wrap_zero_grad(original):
         return original(self, *args, **kwargs)
 
     return zero_grad
+
+
+def _wrap_clip(name, original):
+    def clip(parameters, *args, **kwargs):
+        if _listeners:
+            max_value = args[0] if args else kwargs.get("max_norm", kwargs.get("clip_value"))
+            for listener in list(_listeners):
+                listener.on_clip(name, max_value)
+        return original(parameters, *args, **kwargs)
+
+    return clip
+
+
+def _wrap_scheduler_step(original):
+    def step(self, *args, **kwargs):
+        # The constructor's own first step() (_step_count 0) is not the user's call.
+        if _listeners and not getattr(_local, "scheduling", False) and getattr(self, "_step_count", 1) > 0:
+            for listener in list(_listeners):
+                listener.on_scheduler_step(self)
+        outer = not getattr(_local, "scheduling", False)
+        _local.scheduling = True
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            if outer:
+                _local.scheduling = False
+
+    return step
 
 
 def _wrap_loss(name, original):

@@ -68,6 +68,7 @@ class Step:
     forward_calls: int = field(default=0, metadata=SUM)
     backward_calls: int = field(default=0, metadata=SUM)
     optimizer_stepped: bool = False
+    eval_mode: bool = field(default=False, metadata=ANY)  # a root trained in eval mode
     stepped: set[int] = field(default_factory=set)  # ids of the optimizers that stepped
     fwd_start: float | None = None
     opt_start: float | None = None
@@ -164,6 +165,11 @@ class Steps:
         self.prepared = False  # layer hooks installed ahead for the next (sampled) step
         self.entry_missing = False  # steps begin at backward: no watched root module is called
         self.root_seen = False  # a training forward of a watched root module was seen
+        self.trains_in_eval = False  # a backward followed an eval-mode forward: such forwards are training
+        # Calls seen since the last step closed, written with the next step that closes.
+        self.scheduler_steps = 0
+        self.clip_calls = 0
+        self.clips_before_backward = 0
         self.replay_budget = REPLAYS
         self.last_end: float | None = None  # when the previous step closed
         self.pending_data_s = 0.0  # data wait seen before the step it belongs to began
@@ -218,7 +224,12 @@ class Steps:
             forward_calls=st.forward_calls,
             sampled=st.sampled,
             lr=self.watched.lr(),
+            eval_mode=st.eval_mode,
+            scheduler_steps=self.scheduler_steps,
+            clip_calls=self.clip_calls,
+            clips_before_backward=self.clips_before_backward,
         )
+        self.scheduler_steps = self.clip_calls = self.clips_before_backward = 0
         self.last_end = end
         if self.monitoring.memory:
             self._memory(rec)

@@ -165,6 +165,7 @@ class Watched:
     def infos(self) -> tuple[dict[str, ParamInfo], list[OptimizerInfo]]:
         """Parameter and optimizer infos for the run's meta."""
         in_opt: dict[int, float | None] = {}
+        decay: dict[int, float] = {}
         optimizers = []
         for opt in self.optimizers:
             groups = []
@@ -173,6 +174,8 @@ class Watched:
                 lr = float(lr.item() if isinstance(lr, torch.Tensor) else lr) if lr is not None else None
                 for p in g["params"]:
                     in_opt[id(p)] = lr
+                    if isinstance(g.get("weight_decay"), (int, float)):
+                        decay[id(p)] = float(g["weight_decay"])
                 groups.append({k: jsonable(v, nonfinite="keep") for k, v in g.items() if k != "params"} | {"params": len(g["params"])})
             optimizers.append(OptimizerInfo(type=type(opt).__name__, param_groups=groups))
         owner = {}
@@ -189,6 +192,7 @@ class Watched:
                 requires_grad=p.requires_grad,
                 in_optimizer=id(p) in in_opt,
                 lr=in_opt.get(id(p)),
+                weight_decay=decay.get(id(p)),
                 model=next((m.name for m in self.models if name.startswith(m.prefix)), ""),
             )
             for name, p in self.params

@@ -118,32 +118,62 @@ class Writer:
         self.store.add_many(self.run_id, records)
 
 
-class Validation:
-    """Evaluation losses (and top-1 hits) summed on the device, written as one record per evaluation."""
+class _Sums:
+    """Evaluation losses and top-1 hits summed on the device."""
 
     def __init__(self) -> None:
-        self._sum: torch.Tensor | None = None
-        self._count = 0
-        self._hits: torch.Tensor | None = None  # correct class predictions
-        self._seen = 0
+        self.loss: torch.Tensor | None = None
+        self.count = 0
+        self.hits: torch.Tensor | None = None  # correct class predictions
+        self.seen = 0
+        self.train_mode = 0  # batches evaluated with the root module in training mode
 
-    def add(self, name: str, input, target, output: torch.Tensor) -> None:
+    def add(self, loss: torch.Tensor | None, hits: torch.Tensor | None, seen: int, train_mode: int,
+            count: int = 1) -> None:
+        if loss is not None:
+            self.loss = loss if self.loss is None else self.loss + loss
+        if hits is not None:
+            self.hits = hits if self.hits is None else self.hits + hits
+        self.count += count
+        self.seen += seen
+        self.train_mode += train_mode
+
+    def merge(self, other: "_Sums") -> None:
+        self.add(other.loss, other.hits, other.seen, other.train_mode, other.count)
+
+
+class Validation:
+    """Evaluation losses (and top-1 hits) summed on the device, written as one record per evaluation.
+    A loss that has a graph (grad on, after an eval-mode forward) is tentative until the step ends:
+    a backward through it makes it a training loss (``discard_tentative``)."""
+
+    def __init__(self) -> None:
+        self._sums = _Sums()
+        self._tentative = _Sums()
+
+    def add(self, name: str, input, target, output: torch.Tensor, train_mode: bool = False,
+            tentative: bool = False) -> None:
         if output.numel() != 1:
             return
         value = output.detach().float().reshape(())
-        self._sum = value if self._sum is None else self._sum + value
-        self._count += 1
+        hits, seen = None, 0
         if name in _CLASS_TARGET_LOSSES and class_scores(input, target):
-            hits = (input.detach().argmax(1) == target).sum()
-            self._hits = hits if self._hits is None else self._hits + hits
-            self._seen += target.numel()
+            hits, seen = (input.detach().argmax(1) == target).sum(), target.numel()
+        (self._tentative if tentative else self._sums).add(value, hits, seen, train_mode)
+
+    def discard_tentative(self) -> None:
+        self._tentative = _Sums()
 
     def flush(self, writer: Writer, step: int) -> None:
-        if self._count:
-            loss = float(self._sum.item()) / self._count
-            acc = float(self._hits.item()) / self._seen if self._seen else math.nan
-            writer.store.add(writer.run_id, ValidationRecord(step=step, loss=loss, batches=self._count, accuracy=acc))
-            self._sum, self._count, self._hits, self._seen = None, 0, None, 0
+        sums = self._sums
+        sums.merge(self._tentative)
+        self._tentative = _Sums()
+        if sums.count:
+            loss = float(sums.loss.item()) / sums.count
+            acc = float(sums.hits.item()) / sums.seen if sums.seen else math.nan
+            writer.store.add(writer.run_id, ValidationRecord(step=step, loss=loss, batches=sums.count, accuracy=acc,
+                                                             train_mode_batches=sums.train_mode))
+            self._sums = _Sums()
 
 
 def class_scores(input, target) -> bool:

@@ -7,6 +7,7 @@ import re
 from typing import Any, Iterable, Mapping
 
 from modeldebug.diagnose.context import Context, LOSS_FUNCS
+from modeldebug.diagnose.roots import names_from_frames
 
 _MODULE_ARGS = ("in_features", "out_features", "in_channels", "out_channels", "kernel_size", "stride", "padding",
                 "groups", "input_size", "hidden_size", "num_layers", "batch_first", "bidirectional",
@@ -184,6 +185,13 @@ def context_from_exception(exc: BaseException, module_names: Any = None) -> Cont
                 break
             if isinstance(frame.f_locals.get("self"), nn.Module):
                 break
+    if (module is not None and id(module) not in names) or (ctx.in_backward and module is None and not names):
+        # Before any model is watched (a crash in the first forward), or called without names:
+        # the models the traceback's frames reach name it.
+        try:
+            names = {**names_from_frames([f for f, _ in frames]), **names}
+        except Exception:  # naming is a nicety: the class still names the module
+            pass
     if op_frame is not None:
         ctx.function = op_frame.f_code.co_name
         ctx.op_inputs = _tensors_of(_frame_args(op_frame))

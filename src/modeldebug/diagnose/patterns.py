@@ -53,6 +53,8 @@ PATTERNS: list[Pattern] = [
     _p("shape_mismatch", r"Target size \(torch\.Size\((\[[\d, ]*\])\)\) must be the same as input size \(torch\.Size\((\[[\d, ]*\])\)\)", shapes.target_shape),
     _p("shape_mismatch", r"Expected input batch_size \((\d+)\) to match target batch_size \((\d+)\)", shapes.batch_size),
     _p("shape_mismatch", r"The size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\) at non-singleton dimension (\d+)", shapes.broadcast),
+    _p("shape_mismatch", r"Sizes of tensors must match except in dimension (\d+)\. Expected size (\d+) but got size "
+       r"(\d+) for tensor number (\d+) in the list|stack expects each tensor to be equal size", shapes.cat_sizes),
     # dtypes
     _p("dtype_mismatch", r"mat1 and mat2 must have the same dtype, but got (\w+) and (\w+)", dtype_device.input_vs_param_dtype),
     _p("dtype_mismatch", r"expected (?:mat1 and mat2|m1 and m2) to have the same dtype, but got: ([\w:]+) != ([\w:]+)", dtype_device.input_vs_param_dtype),

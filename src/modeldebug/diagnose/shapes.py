@@ -85,7 +85,9 @@ def conv_channels(ctx: Context, m: re.Match) -> Diagnosis:
     msg = (f"{ctx.name} is `{layer}` and expects {exp_c} input channels, but received input of shape "
            f"{shape_str(inp)} with {got_c} channels (dim 1).")
     recs = []
-    if len(inp) >= 2 and inp[-1] == exp_c:
+    # Square images in N, C, H, W have H == W; a channels-last N, H, W, C batch has H == W at dims 1, 2.
+    channels_first = len(inp) >= 4 and inp[-2] == inp[-1] and inp[1] != inp[2]
+    if len(inp) >= 2 and inp[-1] == exp_c and not channels_first:
         perm = ", ".join(["0", str(len(inp) - 1)] + [str(i) for i in range(1, len(inp) - 1)])
         msg += f" The input looks channels-last (size {exp_c} is its last dimension)."
         recs.append(fix("Move channels to dim 1 (PyTorch convolutions take N, C, H, W).",
@@ -194,6 +196,33 @@ def broadcast(ctx: Context, m: re.Match) -> Diagnosis:
         recs.append(fix(f"Make the sizes at dimension {dim} equal ({a} vs {b}): e.g. a projection "
                          f"nn.Linear({b}, {a}) on the second operand, or fix the layer that produced it."))
     return Diagnosis(msg, recs, causes, 0.85, {"sizes": [a, b], "dim": dim})
+
+
+def cat_sizes(ctx: Context, m: re.Match) -> Diagnosis:
+    """torch.cat/stack of tensors whose other dimensions differ (a skip connection of another resolution)."""
+    stack = m.group(0).startswith("stack")
+    dim = None if stack else int(m.group(1))
+    exp, got, index = (int(m.group(2)), int(m.group(3)), int(m.group(4))) if not stack else (None, None, None)
+    op = "torch.stack" if stack else "torch.cat"
+    msg = (f"The {op} in {ctx.name} needs tensors of the same shape" if stack else
+           f"The torch.cat in {ctx.name} joins tensors along dimension {dim}, so every other dimension must match; "
+           f"tensor {index} in the list has size {got} where the first has {exp}")
+    tensors = [t for t in ctx.local_tensors + ctx.inputs if t.get("shape")]
+    if not stack:
+        at = [i for t in tensors for i, n in enumerate(t["shape"]) if n == exp and i != dim]
+        pair = [t for t in tensors if any(i < len(t["shape"]) and t["shape"][i] in (exp, got) for i in at)]
+        tensors = pair or tensors
+    if tensors:
+        msg += ". Tensors here: " + ", ".join(f"`{t['name']}` {shape_str(t['shape'])}" for t in tensors[:4])
+    msg += "."
+    recs = [fix(f"Pass tensors that agree outside dimension {dim}: take the one of the matching resolution "
+                "(the skip connection of the same stage), or resize one to the other."
+                if not stack else "Give every tensor the same shape before stacking (pad or crop them).",
+                "skip = F.interpolate(skip, size=x.shape[2:])  # or crop: skip[..., :h, :w]"
+                if not stack else None),
+            best_practice("Print the shapes of the tensors just before the call when the model is built: "
+                          "the sizes follow from the strides and paddings of the layers before it.")]
+    return Diagnosis(msg, recs, ["other"], 0.85, {"dim": dim, "expected_size": exp, "got_size": got})
 
 
 def target_shape(ctx: Context, m: re.Match) -> Diagnosis:
