@@ -153,6 +153,7 @@ def run_rules(evidence: Evidence, rules: Iterable[Rule | type[Rule]] | None = No
 def _load_builtin() -> None:
     # Importing each module registers its rule.
     from modeldebug.rules import (  # noqa: F401
+        clip_before_backward,
         dead_relu,
         data_issue,
         distributed_desync,
@@ -160,6 +161,7 @@ def _load_builtin() -> None:
         gradient_accumulation,
         input_bottleneck,
         loss_not_decreasing,
+        lr_schedule_misuse,
         memory_growth,
         memory_pressure,
         nan_or_inf,
@@ -171,9 +173,11 @@ def _load_builtin() -> None:
         saturated_activation,
         slow_operation,
         straggler_rank,
+        train_eval_mode,
         unchanged_weights,
         uneven_batches,
         vanishing_gradient,
+        weight_decay_too_high,
     )
 
 
