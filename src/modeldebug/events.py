@@ -156,6 +156,15 @@ class GradientClip(Event):
     before_backward: bool = False
 
 @dataclass
+class ReturnedOutputs(Event):
+    """Modules whose output an enclosing module returns among two tensors or more (collect/flow.py,
+    one sampled step): what a caller may use in part, such as a backbone's pooled output."""
+
+    tag: ClassVar[str] = "returned_outputs"
+    modules: list[str] = field(default_factory=list)
+
+
+@dataclass
 class MonitorError(Event):
     """The monitor switched itself off after an error in one of its own hooks (the script went on)."""
 

@@ -137,3 +137,37 @@ def test_two_models_with_one_backward_per_step_are_still_judged():
     """An encoder and a decoder with an optimizer each (the seq2seq tutorial): one loss, it must fall."""
     (f,) = LossNotDecreasing().check(build(_two_players(healthy_columns(), backward_calls=1)))
     assert (f.kind, f.severity) == ("loss_not_decreasing", "high")
+
+
+# --- unchanged_weights: an output returned next to the used one, never used ------------------------
+
+
+def _pooler_never_gets_gradients(cols):
+    """The MLP's last Linear (net.4) plays a pooler: in the optimizer, it runs, no gradient ever."""
+    t = cols["param_stats"]
+    for p in ("net.4.weight", "net.4.bias"):
+        t["has_grad"][t["param"] == p] = False
+        t["changed"][t["param"] == p] = False
+    return cols
+
+
+@pytest.mark.parametrize("returned, expected", [
+    (["net.4", "net.3"], ("low", ["other"])),  # returned by the model next to net.3's output, which is used
+    ([], ("medium", ["detached_graph"])),  # nothing says it was returned: a cut graph
+], ids=["returned-beside-a-used-output", "no-event"])
+def test_a_returned_output_nobody_uses_is_a_hint(returned, expected):
+    events = [{"step": 0, "type": "returned_outputs", "data": {"modules": returned}}] if returned else []
+    found = UnchangedWeights().check(build(_pooler_never_gets_gradients(healthy_columns()), events=events))
+    assert [(f.severity, f.causes) for f in found] == [expected]
+    assert found[0].evidence["params"] == ["net.4.weight", "net.4.bias"]
+
+
+def test_every_returned_output_cut_off_is_still_a_detached_graph():
+    """The caller detached all of an enclosing module's outputs: no sibling gets a gradient."""
+    cols = healthy_columns()
+    t = cols["param_stats"]
+    t["has_grad"][:] = False
+    t["changed"][:] = False
+    events = [{"step": 0, "type": "returned_outputs", "data": {"modules": ["net.0", "net.2", "net.4"]}}]
+    found = UnchangedWeights().check(build(cols, events=events))
+    assert [(f.severity, f.causes) for f in found] == [("high", ["detached_graph"])]

@@ -19,6 +19,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from modeldebug.collect import patches
+from modeldebug.collect.flow import OutputFlow
 from modeldebug.collect.params import grad_norm, same_device, total_norm
 from modeldebug.collect.stats import first_float_tensor, reduce
 from modeldebug.collect.steps import MonitorCost, Step, Steps, now
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # The callbacks held by the user's modules (their hook dicts): what a pickled module carries instead.
-_ON_MODULES = ("_root_pre", "_root_post", "_layer_pre", "_layer_post")
+_ON_MODULES = ("_root_pre", "_root_post", "_layer_pre", "_layer_post", "_flow_post")
 # A no-op from the standard library that takes any positional arguments and returns None (an audit
 # event nobody listens to, at the cost of a C call).
 _DETACHED = partial(sys.audit, "modeldebug.unwatched")
@@ -94,6 +95,7 @@ class Hooks:
         self._clips_logged: set[bool] = set()
         self._schedulers_seen: set[int] = set()
         self._layer_order = 0
+        self.flow = OutputFlow()  # once: which modules return an output next to others
         self._root_handles: list[Any] = []
         self.layer_handles: list[Any] = []  # per-layer hooks of a sampled (or prepared) step
         self._opt_handles: list[Any] = []
@@ -129,13 +131,20 @@ class Hooks:
             for layer in self.watched.layers:
                 self.layer_handles.append(layer.module.register_forward_pre_hook(partial(self._layer_pre, layer.name)))
                 self.layer_handles.append(layer.module.register_forward_hook(partial(self._layer_post, layer.name)))
+            if not self.flow.done and not self.flow.handles:
+                self.flow.install(self.watched.models, self._flow_post)
 
     def remove_layers(self) -> None:
         for h in self.layer_handles:
             h.remove()
         self.layer_handles = []
+        if self.flow.handles:
+            returned = self.flow.settle()
+            if returned is not None:
+                self.steps.writer.event(returned)
 
     def remove(self) -> None:
+        self.flow.settle()
         for h in self.layer_handles + self._root_handles + self._opt_handles:
             h.remove()
         self.layer_handles, self._root_handles, self._opt_handles = [], [], []
@@ -249,6 +258,12 @@ class Hooks:
             if self.monitoring.gradients and x.requires_grad:
                 x.register_hook(partial(self._output_grad, name, st))
         st.monitor_s += now() - t
+        return None
+
+    @guarded
+    def _flow_post(self, name, module, args, output):
+        if not self.in_eval and torch.is_grad_enabled():
+            self.flow.record(name, output)
         return None
 
     @guarded

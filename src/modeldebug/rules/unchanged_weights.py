@@ -23,6 +23,7 @@ from modeldebug.rules.base import (
     per_group,
     raise_lr,
 )
+from modeldebug.events import ReturnedOutputs
 from modeldebug.types import Finding
 
 _MSG = {
@@ -33,6 +34,8 @@ _MSG = {
     "missing_optimizer_step": "get gradients but optimizer.step() is never called",
     "learning_rate_too_low": "get gradients and the optimizer steps, but their learning rate is 0 (or too small to move them)",
     "unused": "belong to modules that never run in forward()",
+    "returned_unused": "never receive a gradient: their module's output is returned next to another output that "
+                       "the loss uses, and is itself never used (a hint: leave it out, or drop it from the optimizer)",
     "left_out_by_type": "get gradients but are not in any optimizer's param_groups: every {family} layer's "
                         "parameters are left out, which looks deliberate (kept at their initial values)",
 }
@@ -50,7 +53,10 @@ class UnchangedWeights(Rule):
     Cause (first match): requires_grad False but in the optimizer -> frozen_parameters;
     requires_grad True but not in the optimizer -> parameters_not_in_optimizer; in the optimizer,
     its module ran, never a gradient -> detached_graph; gradients but no step ever ->
-    missing_optimizer_step; gradients, steps, lr 0 (or tiny) -> learning_rate_too_low. Parameters
+    missing_optimizer_step; gradients, steps, lr 0 (or tiny) -> learning_rate_too_low.
+    In the optimizer, never a gradient, and inside a module whose output an enclosing module
+    returns next to others while a sibling gets gradients (a BERT pooler beside the sequence
+    output a tagging head uses: events.returned_outputs) -> ``low``, cause other. Parameters
     of modules that never ran are reported ``low`` (unused, cause other); so are parameters left
     out of the optimizer by layer type (every parameter of every layer of one family, at least
     two layers, e.g. all BatchNorm affine: a deliberate choice, as in fine-tuning with frozen
@@ -63,7 +69,7 @@ class UnchangedWeights(Rule):
     id = "unchanged_weights"
     kind = "unchanged_weights"
     reads = ("params", "param_stats.changed", "param_stats.has_grad", "steps.optimizer_stepped", "steps.lr",
-             "layers", "optimizers")
+             "layers", "optimizers", "events.returned_outputs")
     min_steps: int = 3
     high_fraction: float = 0.5
 
@@ -82,6 +88,7 @@ class UnchangedWeights(Rule):
         lr_zero = bool(len(lr_col) and np.isfinite(lr_col).any() and np.nanmax(np.abs(lr_col)) == 0)
 
         groups: dict[str, list[str]] = {}
+        returned = {m for e in ev.events_of(ReturnedOutputs) for m in e.modules}
         for p, info in ev.params.items():
             if changed.get(p):
                 continue
@@ -95,7 +102,7 @@ class UnchangedWeights(Rule):
             elif info.module in ev.layers and layer_order(ev, info.module) < 0 and not has_grad.get(p):
                 cause = "unused"
             elif not has_grad.get(p):
-                cause = "detached_graph"
+                cause = "returned_unused" if self._output_unused(ev, info.module, returned, has_grad) else "detached_graph"
             elif not stepped_any:
                 cause = "missing_optimizer_step"
             elif lr_zero or info.lr == 0 or self._tiny_lr(info.lr, ev):
@@ -118,7 +125,7 @@ class UnchangedWeights(Rule):
         for cause, params in groups.items():
             numel = sum(ev.params[p].numel for p in params)
             frac = numel / trainable
-            if cause in ("unused", "left_out_by_type"):
+            if cause in ("unused", "left_out_by_type", "returned_unused"):
                 severity = "low"
             elif cause == "missing_optimizer_step" or frac >= self.high_fraction:
                 severity = "high"
@@ -135,11 +142,24 @@ class UnchangedWeights(Rule):
                          f"changed: {shown}. They {what}."),
                 evidence={"params": params[:50], "count": len(params), "numel": numel, "fraction": frac,
                           "optimizer_stepped": stepped_any, "lr": self._lr(params, ev)},
-                causes=["other"] if cause == "unused" else
+                causes=["other"] if cause in ("unused", "returned_unused") else
                 ["parameters_not_in_optimizer"] if cause == "left_out_by_type" else [cause],
                 recommendations=self._recs(ev, cause, params, location),
             ))
         return findings
+
+    @staticmethod
+    def _output_unused(ev: Evidence, module: str, returned: set[str], has_grad: dict) -> bool:
+        """The module is (inside) one whose output an enclosing module returns next to others, and
+        a sibling output is used: some parameter under the enclosing module gets gradients. (When
+        none does, the caller cut the graph to all of them: detached_graph.)"""
+        for r in returned:
+            if module == r or module.startswith(r + "."):
+                parent = r.rsplit(".", 1)[0] if "." in r else ""
+                if any(has_grad.get(q) for q in ev.params
+                       if not parent or param_module(ev, q) == parent or param_module(ev, q).startswith(parent + ".")):
+                    return True
+        return False
 
     @staticmethod
     def _left_out_by_type(ev: Evidence, left_out: list[str]) -> list[str]:
