@@ -287,12 +287,14 @@ class Hooks:
         if steps.state is None and steps.root_seen and not trains_in_eval:
             return  # no forward of a watched model since the last step: someone else's backward
         t = now()
+        if self.maybe_training:
+            self.validation.discard_tentative()  # a loss with a graph that is backpropagated is not validation
+            self.maybe_training = False
         if trains_in_eval:
             # The forward ran in eval mode, and its loss is trained on: a training step whatever the
-            # mode (its loss is not validation), and so are the eval-mode forwards that follow.
-            self.validation.discard_tentative()
+            # mode, and so are the eval-mode forwards that follow.
             steps.trains_in_eval = steps.root_seen = True
-            self.in_eval = self.maybe_training = False
+            self.in_eval = False
         elif steps.state is None:
             steps.entry_missing = True  # steps begin here: the root module is not what gets called
         st = steps.state or steps.begin(t)
