@@ -10,6 +10,7 @@ from modeldebug.evidence import LayerInfo, OptimizerInfo, ParamInfo
 from modeldebug.rules.data_issue import DataIssue
 from modeldebug.rules.loss_not_decreasing import LossNotDecreasing
 from modeldebug.rules.memory_growth import MemoryGrowth
+from modeldebug.rules.oscillating_loss import OscillatingLoss
 from modeldebug.rules.unchanged_weights import UnchangedWeights
 
 
@@ -171,3 +172,28 @@ def test_every_returned_output_cut_off_is_still_a_detached_graph():
     events = [{"step": 0, "type": "returned_outputs", "data": {"modules": ["net.0", "net.2", "net.4"]}}]
     found = UnchangedWeights().check(build(cols, events=events))
     assert [(f.severity, f.causes) for f in found] == [("high", ["detached_graph"])]
+
+
+# --- oscillating_loss: a curve still falling is not a swing ----------------------------------------
+
+
+def test_a_loss_falling_smoothly_to_almost_zero_does_not_oscillate():
+    """A plateau, then a late smooth fall to ~0.01 (the run ends at full accuracy): the second half
+    spans its start level and many times its median, all of it the trend."""
+    cols = healthy_columns()
+    st = np.arange(300)
+    noise = 1 + 0.1 * np.random.default_rng(0).standard_normal(300)
+    cols["steps"]["loss"] = (1.0 / (1 + np.exp((st - 200) / 10)) + 0.01) * noise
+    assert OscillatingLoss().check(build(cols)) == []
+    late = cols["steps"]["loss"][155:]  # the raw spread alone would call it a swing back to the start
+    p10, p90 = np.percentile(late, [10, 90])
+    assert p90 - p10 > 2.5 * np.median(late) and p90 > 0.5
+
+
+def test_swings_on_a_falling_curve_still_fire():
+    cols = healthy_columns()
+    st = np.arange(300)
+    base = 1.5 * np.exp(-st / 30) + 0.05
+    cols["steps"]["loss"] = np.where(st % 3 == 0, base + 2.0, base)
+    (f,) = OscillatingLoss().check(build(cols))
+    assert (f.kind, f.causes[0]) == ("oscillating_loss", "learning_rate_too_high")
