@@ -12,13 +12,19 @@ from torch.utils.data import DataLoader, TensorDataset
 
 torch.manual_seed(0)
 
-# Synthetic 8x8 "images" of 4 classes: each class lights up its own quadrant.
-n = 2048
-labels = torch.randint(0, 4, (n,))
-images = torch.randn(n, 1, 8, 8) * 0.5
-for c in range(4):
-    r, q = divmod(c, 2)
-    images[labels == c, :, 4 * r : 4 * r + 4, 4 * q : 4 * q + 4] += 1.0
+
+def make_images(n, generator=None):
+    """Synthetic 8x8 "images" of 4 classes: each class lights up its own quadrant."""
+    labels = torch.randint(0, 4, (n,), generator=generator)
+    images = torch.randn(n, 1, 8, 8, generator=generator) * 0.5
+    for c in range(4):
+        r, q = divmod(c, 2)
+        images[labels == c, :, 4 * r : 4 * r + 4, 4 * q : 4 * q + 4] += 1.0
+    return images, labels
+
+
+images, labels = make_images(2048)
+test_images, test_labels = make_images(512, torch.Generator().manual_seed(1))  # never trained on
 loader = DataLoader(TensorDataset(images, labels), batch_size=64, shuffle=True)
 
 model = nn.Sequential(
@@ -37,5 +43,5 @@ for epoch in range(6):
         optimizer.step()
     model.eval()
     with torch.no_grad():
-        acc = (model(images).argmax(1) == labels).float().mean().item()
-    print(f"epoch {epoch}: train loss {loss.item():.3f}, accuracy {acc:.1%}")
+        acc = (model(test_images).argmax(1) == test_labels).float().mean().item()
+    print(f"epoch {epoch}: train loss {loss.item():.3f}, test accuracy {acc:.1%}")

@@ -41,6 +41,16 @@ FINDING_PLOTS: dict[str, Plot] = {
     "slow_operation": plot_time_for,
     "onnx_numerical_mismatch": plot_onnx_for,
     "onnx_slow_node": plot_onnx_ops,
+    # silent bugs (issue 13): what each one does to the curves
+    "wrong_loss_input": plot_loss,
+    "loss_shape_broadcast": plot_loss,
+    "train_eval_mode": plot_loss,
+    "lr_schedule_misuse": plot_loss,
+    "labels_unrelated": plot_loss,
+    "validation_overlap": plot_loss,
+    "untracked_parameters": plot_updates,
+    "weight_decay_too_high": plot_updates,
+    "clip_before_backward": plot_grad_norm,
 }
 
 # The run's overview, after the findings (sections without data are left out).

@@ -1,0 +1,177 @@
+"""Root cause over symptoms (rules/causality.py): findings linked to the finding they follow from by
+the pair table and the evidence, causes that agree with the root, and one learning-rate direction."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+import numpy as np
+from builders import build, healthy_columns
+
+from modeldebug.analysis import find
+from modeldebug.findings import fix, make_finding
+from modeldebug.rules.causality import LINKS, link_findings
+from modeldebug.runner import RunResult
+from modeldebug.types import FindingKind, Report, RunInfo
+
+
+def _f(kind, step=None, severity="high", causes=(), location=None, evidence=None, recs=(), confidence=0.8):
+    return make_finding(kind, severity=severity, message=f"{kind} seen.", step=step, causes=causes,
+                        location=location, evidence=evidence, recommendations=recs, confidence=confidence)
+
+
+def _ev():
+    return build(healthy_columns(n_steps=60))
+
+
+def _by_id(findings):
+    return {f.id: f for f in findings}
+
+
+def _missing_zero_grad_columns():
+    """A run whose gradients are never zeroed: every step starts with the sum of the earlier ones,
+    the gradient norm grows step after step and the loss, after a short fall, climbs and swings."""
+    c = healthy_columns()
+    s = c["steps"]
+    n = len(s["step"])
+    gn = 1.0 + 0.5 * np.arange(n)
+    s["grad_norm"], s["stale_grad_norm"] = gn, np.where(np.arange(n) > 0, gn - 1.0, 0.0)
+    rng = np.random.default_rng(1)
+    base = np.where(np.arange(n) < 30, 2.3 - 0.03 * np.arange(n), 1.4 + 0.01 * np.arange(n))
+    s["loss"] = base * (1 + 0.4 * rng.standard_normal(n)).clip(0.2)
+    return c
+
+
+def test_every_pair_names_known_kinds():
+    kinds = set(get_args(FindingKind))
+    for link in LINKS:
+        assert link.root in kinds and link.consequence in kinds, link
+        assert link.why and not link.why.endswith(".")
+    assert len({(link.root, link.consequence) for link in LINKS}) == len(LINKS)
+
+
+def test_missing_zero_grad_is_the_root_of_what_it_causes():
+    findings = find(build(_missing_zero_grad_columns()))
+    kinds = {f.kind for f in findings}
+    assert "gradient_accumulation" in kinds and len(findings) >= 2, [f.kind for f in findings]
+    report = Report(run=RunInfo(id="r"), findings=findings)
+    (story,) = [s for s in report.stories() if s.root.kind == "gradient_accumulation"]
+    serious = [f for f in findings if f.severity != "low"]
+    assert {f.id for f in serious} <= {f.id for f in story.findings}
+    for f in story.findings:
+        assert f.causes[0] == "missing_zero_grad", (f.kind, f.causes)
+    for c in story.consequences:
+        assert f"Follows from {c.finding.caused_by}" in c.finding.message
+
+
+def test_a_healthy_run_has_no_links():
+    findings = find(build(healthy_columns()))
+    assert all(f.caused_by is None for f in findings)
+    assert len({f.id for f in findings}) == len(findings)
+
+
+def test_a_consequence_starts_at_or_after_its_root():
+    before = link_findings([_f("gradient_accumulation", 40, causes=["missing_zero_grad"]),
+                            _f("oscillating_loss", 10, causes=["learning_rate_too_high"])], _ev())
+    assert [f.caused_by for f in before] == [None, None]
+    after = link_findings([_f("gradient_accumulation", 1, causes=["missing_zero_grad"]),
+                           _f("oscillating_loss", 10, causes=["learning_rate_too_high"])], _ev())
+    assert after[1].caused_by == "gradient_accumulation"
+    assert after[1].causes == ["missing_zero_grad", "learning_rate_too_high"]
+    assert after[0].caused_by is None and after[0].severity == "high"
+
+
+def test_the_pair_needs_its_evidence():
+    ev = _ev()
+    root = _f("exploding_gradient", 5, causes=["learning_rate_too_high"])
+    died = _f("dead_relu", 20, causes=["learning_rate_too_high"], location="net.1", evidence={"dead_at_start": False})
+    born_dead = _f("dead_relu", 20, causes=["bad_weight_init"], location="net.1", evidence={"dead_at_start": True})
+    assert link_findings([root, died], ev)[1].caused_by == "exploding_gradient"
+    assert link_findings([root, born_dead], ev)[1].caused_by is None
+    # unnormalized inputs give saturation only where the saturation rule saw the inputs off too
+    data = _f("data_issue", None, causes=["unnormalized_inputs"])
+    sat = _f("saturated_activation", 3, causes=["unnormalized_inputs", "bad_weight_init"], location="net.1")
+    other = _f("saturated_activation", 3, causes=["bad_weight_init"], location="net.1")
+    assert link_findings([data, sat], ev)[1].caused_by == "data_issue"
+    assert link_findings([data, other], ev)[1].caused_by is None
+
+
+def test_a_chain_is_followed_to_its_root():
+    out = link_findings([
+        _f("gradient_accumulation", 1, causes=["missing_zero_grad"]),
+        _f("exploding_gradient", 40, causes=["learning_rate_too_high", "bad_weight_init"]),
+        _f("nan_or_inf", 59, causes=["learning_rate_too_high", "numerically_unstable_op"]),
+    ], _ev())
+    ids = _by_id(out)
+    assert ids["exploding_gradient"].caused_by == "gradient_accumulation"
+    assert ids["nan_or_inf"].caused_by == "exploding_gradient"  # its own rule ranks the lr cause first
+    assert ids["nan_or_inf"].causes[0] == "missing_zero_grad"  # the root's cause leads the story
+    (story,) = Report(run=RunInfo(id="r"), findings=out).stories()
+    assert story.root.kind == "gradient_accumulation"
+    assert [(c.finding.kind, c.depth) for c in story.consequences] == [("exploding_gradient", 1), ("nan_or_inf", 2)]
+
+
+def test_causes_and_recommendations_that_contradict_the_root_go():
+    lr_low = fix("Raise the learning rate: lr is 0.001; try 0.01.")
+    remove = fix("Remove the final Softmax.")
+    out = link_findings([
+        _f("exploding_gradient", 2, causes=["learning_rate_too_high"], recs=[fix("Lower the learning rate about 10x.")]),
+        _f("loss_not_decreasing", 5, causes=["bad_weight_init", "learning_rate_too_low"], recs=[remove, lr_low],
+           evidence={"rel_change": 0.5}),
+    ], _ev())
+    cons = out[1]
+    assert cons.caused_by == "exploding_gradient"
+    assert cons.causes == ["learning_rate_too_high", "bad_weight_init"]
+    assert [r.description for r in cons.recommendations] == [remove.description]
+
+
+def test_one_learning_rate_direction_per_report():
+    out = link_findings([
+        _f("exploding_gradient", 2, causes=["learning_rate_too_high", "bad_weight_init"]),
+        _f("vanishing_gradient", 1, severity="medium", causes=["saturating_activation_choice", "learning_rate_too_low"],
+           recs=[fix("Raise the learning rate (about 0.05 is typical for this optimizer).")]),
+        _f("unchanged_weights", 1, severity="medium", causes=["learning_rate_too_low"]),
+    ], _ev())
+    ids = _by_id(out)
+    assert ids["vanishing_gradient"].causes == ["saturating_activation_choice"]
+    assert ids["vanishing_gradient"].recommendations == []
+    assert ids["unchanged_weights"].causes == ["learning_rate_too_low"]  # never a finding's only cause
+
+
+def test_ids_are_unique_and_name_the_location_when_a_kind_repeats():
+    out = link_findings([_f("saturated_activation", 3, location="net.1"), _f("saturated_activation", 3, location="net.3"),
+                         _f("saturated_activation", 3, location="net.3"), _f("nan_or_inf", 4)], _ev())
+    assert [f.id for f in out] == ["saturated_activation@net.1", "saturated_activation@net.3",
+                                   "saturated_activation@net.3#2", "nan_or_inf"]
+
+
+def test_links_change_no_severity_and_fail_on_counts_every_finding():
+    findings = [_f("gradient_accumulation", 1, severity="medium", causes=["missing_zero_grad"]),
+                _f("loss_not_decreasing", 5, severity="high", causes=["missing_zero_grad"])]
+    out = link_findings(findings, _ev())
+    assert [f.severity for f in out] == ["medium", "high"] and out[1].caused_by == "gradient_accumulation"
+    result = RunResult(report=Report(run=RunInfo(id="r"), findings=out), exit_code=0)
+    assert result.cli_exit_code("high") == 1  # the consequence is HIGH: it still fails the job
+    # the story is ranked by its most severe finding
+    story = Report(run=RunInfo(id="r"), findings=out + [_f("memory_growth", 3, severity="medium")]).stories()[0]
+    assert story.root.kind == "gradient_accumulation"
+
+
+def test_stories_survive_a_loop_in_caused_by():
+    a = _f("exploding_gradient", 1).model_copy(update={"id": "a", "caused_by": "b"})
+    b = _f("nan_or_inf", 2).model_copy(update={"id": "b", "caused_by": "a"})
+    stories = Report(run=RunInfo(id="r"), findings=[a, b]).stories()
+    assert sorted(f.id for s in stories for f in s.findings) == ["a", "b"]
+
+
+def test_a_check_that_raises_links_nothing(monkeypatch):
+    import modeldebug.rules.causality as causality
+
+    def broken(root, cons, ev):
+        raise KeyError("missing")
+
+    link = causality.Link("gradient_accumulation", "oscillating_loss", "why", broken)
+    monkeypatch.setitem(causality._BY_PAIR, ("gradient_accumulation", "oscillating_loss"), link)
+    monkeypatch.setattr(causality, "LINKS", causality.LINKS + (link,))
+    out = link_findings([_f("gradient_accumulation", 1), _f("oscillating_loss", 5)], _ev())
+    assert out[1].caused_by is None
