@@ -20,14 +20,18 @@ from modeldebug.types import Report
 
 SCRIPTS = Path(__file__).parent / "crash_scripts"
 
-# script -> (qualified module, its class, cause)
+# script -> (qualified module, its class, cause, words of the fix)
 PLACES = {
-    "conv_stages": ("stages.2.conv1", "Conv2d", "shape_mismatch"),  # the model's loop at module level
-    "lstm_encoder": ("encoder.rnn", "LSTM", "shape_mismatch"),  # trained inside main()
-    "linear_head_trainer": ("head.1", "Linear", "shape_mismatch"),  # a Trainer calls model.head(...) itself
-    "attention_layers": ("layers.0.attn", "SelfAttention", "shape_mismatch"),  # hand-written attention
-    "decoder_cat": ("decoder.1", "DecoderBlock", "shape_mismatch"),  # torch.cat of a skip connection
+    "conv_stages": ("stages.2.conv1", "Conv2d", "shape_mismatch", ["nn.Conv2d(32, 64, kernel_size=3)"]),  # loop at module level
+    "lstm_encoder": ("encoder.rnn", "LSTM", "shape_mismatch", ["nn.LSTM(32, 64, batch_first=True)"]),  # inside main()
+    "linear_head_trainer": ("head.1", "Linear", "shape_mismatch", ["nn.Linear(32, 3)"]),  # a Trainer calls model.head
+    "attention_layers": ("layers.0.attn", "SelfAttention", "shape_mismatch", ["Batched matrix multiply", "v.transpose(1, 2)"]),
+    "decoder_cat": ("decoder.1", "DecoderBlock", "shape_mismatch", ["`skip` [8, 16, 16, 16]", "F.interpolate"]),  # torch.cat
 }
+
+
+def _text(f) -> str:
+    return " ".join([f.message] + [r.description + " " + (r.implementation or "") for r in f.recommendations])
 
 
 def _crash(name: str) -> BaseException:
@@ -41,11 +45,13 @@ def _crash(name: str) -> BaseException:
 
 @pytest.mark.parametrize("name", sorted(PLACES))
 def test_explain_names_the_qualified_module(name):
-    module, module_type, cause = PLACES[name]
+    module, module_type, cause, words = PLACES[name]
     f = md.explain(_crash(name), step=0)
     assert f.location == module and f.evidence["module"] == module, f.message
     assert f.evidence["module_type"] == module_type and f.evidence["cause"] == cause
     assert f"`{module}`" in f.message
+    missing = [w for w in words if w not in _text(f)]
+    assert not missing, f"{missing} not in: {_text(f)}"
 
 
 def test_given_names_still_win():
@@ -92,7 +98,7 @@ def test_backward_error_without_names_is_placed_after_a_named_layer():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PLACES))
 def test_modeldebug_run_names_the_qualified_module(tmp_path, name):
-    module, module_type, cause = PLACES[name]
+    module, module_type, cause, _ = PLACES[name]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "modeldebug", "run", "--json", "r.json", "--", sys.executable,
                            str(SCRIPTS / f"{name}.py")], cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -102,3 +108,14 @@ def test_modeldebug_run_names_the_qualified_module(tmp_path, name):
     (f,) = [f for f in rep.findings if f.kind == "runtime_error"]
     assert f.location == module and f.step == 0, f.message
     assert f.evidence["module_type"] == module_type and f.evidence["cause"] == cause
+
+
+def test_saved_traceback_of_a_product_is_read_as_one():
+    import traceback
+
+    from modeldebug.diagnose import diagnose_text
+
+    exc = _crash("attention_layers")
+    f = diagnose_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    assert f.evidence["cause"] == "shape_mismatch" and "Batched matrix multiply" in f.message
+    assert f.evidence["module_hint"] == "attn"

@@ -29,6 +29,7 @@ class Context:
     near_module: str | None = None  # backward: the layer whose parameters sit right below the failing node
     upstream_ops: list[str] = field(default_factory=list)  # backward: graph nodes from the failing one up to the loss
     where: str | None = None  # "train.py:42" of the innermost frame outside torch
+    source: str | None = None  # the source line at `where`
     from_text: bool = False
     full_text: str = ""  # text only: everything given (CUDA prints kernel assertions before the traceback)
     unknown: list[str] = field(default_factory=list)  # what could not be known (text only)

@@ -3,6 +3,7 @@ forward arguments and parameters; in backward, the autograd graph) or from a tra
 
 from __future__ import annotations
 
+import linecache
 import re
 from typing import Any, Iterable, Mapping
 
@@ -156,6 +157,7 @@ def context_from_exception(exc: BaseException, module_names: Any = None) -> Cont
         code = frame.f_code
         if ctx.where is None and not is_torch_file(code.co_filename):
             ctx.where = f"{code.co_filename}:{lineno}"
+            ctx.source = linecache.getline(code.co_filename, lineno).strip() or None
         if i == 0 and len(frames) > 1:
             # The frame that caught the exception is still running: reading its f_locals would
             # snapshot (and keep alive) its locals. Every other frame has finished.
@@ -262,7 +264,7 @@ def context_from_text(text: str) -> Context:
                 ctx.function = func
             continue
         if ctx.where is None:
-            ctx.where = f"{file}:{line}"
+            ctx.where, ctx.source = f"{file}:{line}", src or None
         if called and (ctx.module_type or ctx.function or func == "forward"):
             ctx.module_hint = called
             break
@@ -287,6 +289,7 @@ def _called(src: str | None, carets: str | None) -> str | None:
             if inside:
                 # the outermost call that starts under the carets is the one the frame runs
                 return inside[0].group(1)
+            return None  # the carets mark an operation of this line (`a @ b`), not a module's call
     if len(calls) == 1:
         return calls[0].group(1)
     return None

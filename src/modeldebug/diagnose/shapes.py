@@ -176,7 +176,13 @@ def norm_features(ctx: Context, m: re.Match) -> Diagnosis:
 def broadcast(ctx: Context, m: re.Match) -> Diagnosis:
     a, b, dim = int(m.group(1)), int(m.group(2)), int(m.group(3))
     loss = ctx.function in LOSS_FUNCS
-    msg = (f"Elementwise operation in {ctx.name}" if not loss else f"{LOSS_FUNCS[ctx.function]}")
+    matmul = not loss and bool(ctx.source and re.search(r"@|\b(?:matmul|bmm|einsum)\b", ctx.source))
+    if loss:
+        msg = f"{LOSS_FUNCS[ctx.function]}"
+    elif matmul:  # the batch dimensions of a product broadcast like an elementwise operation's
+        msg = f"Batched matrix multiply in {ctx.name} (`{ctx.source}`)"
+    else:
+        msg = f"Elementwise operation in {ctx.name}"
     msg += f": the operands have sizes {a} and {b} at dimension {dim} and cannot broadcast."
     recs, causes = [], ["other"]
     if loss:
@@ -193,6 +199,14 @@ def broadcast(ctx: Context, m: re.Match) -> Diagnosis:
                 and t["shape"][dim] in (a, b)]
         if pair:
             msg += " Tensors here: " + ", ".join(f"`{t['name']}` {shape_str(t['shape'])}" for t in pair[:4]) + "."
+        permuted = _permuted(pair)
+        if permuted:
+            moved, like = permuted
+            msg += (f" `{moved['name']}` {shape_str(moved['shape'])} holds the sizes of `{like['name']}` "
+                    f"{shape_str(like['shape'])} in another order: it misses the same transpose.")
+            recs.append(fix(f"Lay out `{moved['name']}` like `{like['name']}` (e.g. (batch, heads, time, head_dim) "
+                            "for attention) before the operation.",
+                            f"{moved['name']} = {moved['name']}.transpose(1, 2)" if _swaps_1_2(moved, like) else None))
         recs.append(fix(f"Make the sizes at dimension {dim} equal ({a} vs {b}): e.g. a projection "
                          f"nn.Linear({b}, {a}) on the second operand, or fix the layer that produced it."))
     return Diagnosis(msg, recs, causes, 0.85, {"sizes": [a, b], "dim": dim})
@@ -223,6 +237,23 @@ def cat_sizes(ctx: Context, m: re.Match) -> Diagnosis:
             best_practice("Print the shapes of the tensors just before the call when the model is built: "
                           "the sizes follow from the strides and paddings of the layers before it.")]
     return Diagnosis(msg, recs, ["other"], 0.85, {"dim": dim, "expected_size": exp, "got_size": got})
+
+
+def _permuted(tensors: list[dict]) -> tuple[dict, dict] | None:
+    """Two tensors of the frame with the same sizes in a different order (a transpose left out)."""
+    for i, t in enumerate(tensors):
+        for u in tensors[:i]:
+            if t["shape"] != u["shape"] and sorted(t["shape"]) == sorted(u["shape"]):
+                return t, u
+    return None
+
+
+def _swaps_1_2(t: dict, like: dict) -> bool:
+    s = list(t["shape"])
+    if len(s) < 3:
+        return False
+    s[1], s[2] = s[2], s[1]
+    return s == list(like["shape"])
 
 
 def target_shape(ctx: Context, m: re.Match) -> Diagnosis:
