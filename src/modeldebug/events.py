@@ -155,6 +155,32 @@ class GradientClip(Event):
     max_value: float | None = None  # max_norm, or clip_value
     before_backward: bool = False
 
+
+@dataclass
+class NewParameters(Event):
+    """Parameters a watched model held at a sampled step that were not its own when watching began
+    (a module created inside ``forward``): the first few such steps, each once."""
+
+    tag: ClassVar[str] = "new_parameters"
+    params: list[str] = field(default_factory=list)  # qualified names (the first 20)
+    count: int = 0
+    numel: int = 0
+    in_optimizer: int = 0  # values of them some watched optimizer holds
+
+
+@dataclass
+class EvalOverlap(Event):
+    """Evaluation inputs whose samples are training samples, by content fingerprint
+    (collect/fingerprints.py), per evaluation source (a DataLoader's dataset, or a tensor's storage):
+    written once, when the run stops."""
+
+    tag: ClassVar[str] = "eval_overlap"
+    sources: list[dict[str, Any]] = field(default_factory=list)  # source, kind, samples, distinct, in_train
+    train_samples: int = 0  # training samples fingerprinted
+    train_distinct: int = 0
+    train_size: int | None = None  # the training DataLoader's dataset size, when known
+
+
 @dataclass
 class ReturnedOutputs(Event):
     """Modules whose output an enclosing module returns among two tensors or more (collect/flow.py,

@@ -8,6 +8,7 @@ import traceback
 import warnings
 from typing import Any
 
+import torch
 from torch import nn
 from torch.nn.modules import module as module_mod
 
@@ -26,6 +27,7 @@ class Discovery:
         self._candidates: list[nn.Module] = []  # modules called at top level before discovery
         self._depth = 0
         self._handles: list[Any] = []
+        self._judged: set[int] = set()  # ids of the optimizers already looked at
 
     def install(self) -> None:
         self._handles = [
@@ -51,21 +53,37 @@ class Discovery:
     def discover(self, optimizer=None) -> None:
         """Watch the models that train: at the first backward or optimizer step, the root
         modules (contained in no other module) that hold the parameters of the modules the
-        script called at top level, or of the optimizer. Roots come from a one-off scan of
+        script called at top level, or of a live optimizer. Roots come from a one-off scan of
         live modules, so a model whose parts are called separately (``model.encoder(x)``,
-        ``model[:2](x)``) is still watched as one model with qualified names."""
+        ``model[:2](x)``) is still watched as one model with qualified names. Later, an
+        optimizer that steps none of the watched parameters brings in the models it trains
+        (a GAN's generator that starts training after the discriminator)."""
         if self._dbg.watched.models or not self._handles:
+            self._later(optimizer)
             return
         self.remove()
         trained = {id(p) for m in self._candidates for p in m.parameters()}
         if optimizer is not None:
-            trained |= {id(p) for g in optimizer.param_groups for p in g["params"]}
+            trained |= _param_ids(optimizer)
         self._candidates = []
         if not trained:
             return
-        with warnings.catch_warnings():  # isinstance on torch.distributed.reduce_op warns
-            warnings.simplefilter("ignore", FutureWarning)
-            modules = [o for o in gc.get_objects() if _is_module(o)]
+        modules, optimizers = _live()
+        for opt in optimizers:  # models whose optimizer exists but that train later (a GAN's generator)
+            self._judged.add(id(opt))
+            trained |= _param_ids(opt)
+        self._attach_roots(modules, trained)
+
+    def _later(self, optimizer) -> None:
+        """An optimizer seen for the first time after discovery that steps no watched parameter."""
+        if optimizer is None or id(optimizer) in self._judged or not self._dbg.watched.models:
+            return
+        self._judged.add(id(optimizer))
+        ids = _param_ids(optimizer)
+        if ids and not ids & self._dbg.watched.param_ids:
+            self._attach_roots(_live()[0], ids)
+
+    def _attach_roots(self, modules: list[nn.Module], trained: set[int]) -> None:
         contained = {id(c) for m in modules for c in m.children()}
         roots = []
         for m in modules:
@@ -75,11 +93,28 @@ class Discovery:
             if ids & trained:
                 roots.append((len(ids), m, ids))
         # Largest first: a whole model covers the slices and parts of it the loop called.
-        covered: set[int] = set()
+        covered: set[int] = set(self._dbg.watched.param_ids)
         for _, m, ids in sorted(roots, key=lambda r: -r[0]):
             if ids - covered:
                 self._dbg.attach(m)
                 covered |= ids
+
+
+def _live() -> tuple[list[nn.Module], list[torch.optim.Optimizer]]:
+    """Every live module and optimizer (one scan of the garbage collector's objects)."""
+    with warnings.catch_warnings():  # isinstance on torch.distributed.reduce_op warns
+        warnings.simplefilter("ignore", FutureWarning)
+        modules, optimizers = [], []
+        for o in gc.get_objects():
+            if _is_module(o):
+                modules.append(o)
+            elif isinstance(o, torch.optim.Optimizer):
+                optimizers.append(o)
+    return modules, optimizers
+
+
+def _param_ids(optimizer) -> set[int]:
+    return {id(p) for g in optimizer.param_groups for p in g["params"]}
 
 
 def _is_module(obj) -> bool:

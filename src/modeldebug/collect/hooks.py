@@ -20,6 +20,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 from modeldebug.collect import patches
 from modeldebug.collect.flow import OutputFlow
+from modeldebug.collect.fingerprints import Fingerprints, dataset_size, source_of
 from modeldebug.collect.params import grad_norm, same_device, total_norm
 from modeldebug.collect.stats import first_float_tensor, reduce
 from modeldebug.collect.steps import MonitorCost, Step, Steps, now
@@ -96,6 +97,8 @@ class Hooks:
         self._schedulers_seen: set[int] = set()
         self._layer_order = 0
         self.flow = OutputFlow()  # once: which modules return an output next to others
+        self.fingerprints = Fingerprints()  # training and evaluation samples: validation_overlap
+        self._loader_dataset: Any = None  # the dataset of the DataLoader batch fetched since the last forward
         self._root_handles: list[Any] = []
         self.layer_handles: list[Any] = []  # per-layer hooks of a sampled (or prepared) step
         self._opt_handles: list[Any] = []
@@ -176,6 +179,7 @@ class Hooks:
             self.in_eval = True
             self.eval_in_train_mode = module.training
             self.maybe_training = grad
+            self._fingerprint_eval(args, kwargs)
             return None
         self.in_eval = self.maybe_training = False
         steps.root_seen = True
@@ -194,6 +198,10 @@ class Hooks:
                 x = first_float_tensor((args, kwargs), floating=False)
             if x is not None:
                 self._input_stats(st, x)
+                if self.fingerprints.wants_train(steps.count, st.sampled):
+                    ds = self._loader_dataset
+                    self.fingerprints.add_train(x, source_of(x, ds), dataset_size(ds) if ds is not None else None)
+            self._loader_dataset = None
             device = self.watched.device
             if steps.replay_budget and device is not None and device.type == "cpu":
                 st.replay = (module, args, kwargs, torch.get_rng_state())
@@ -211,6 +219,17 @@ class Hooks:
             st.fwd_start = None
             st.monitor_s += now() - t
         return None
+
+    def _fingerprint_eval(self, args, kwargs) -> None:
+        """An evaluation batch's samples, for validation_overlap (bounded, see collect/fingerprints.py)."""
+        ds, self._loader_dataset = self._loader_dataset, None
+        if not self.fingerprints.wants_eval():
+            return
+        x = first_float_tensor((args, kwargs))
+        if x is None:
+            x = first_float_tensor((args, kwargs), floating=False)
+        if x is not None:
+            self.fingerprints.add_eval(x, source_of(x, ds))
 
     def _input_stats(self, st: Step, x: torch.Tensor) -> None:
         x = x.detach()
@@ -393,7 +412,8 @@ class Hooks:
             steps.writer.event(LrScheduler(type=type(scheduler).__name__, settings=settings))
 
     @guarded
-    def on_batch(self, elapsed_s: float) -> None:
+    def on_batch(self, elapsed_s: float, iterator=None) -> None:
+        self._loader_dataset = getattr(iterator, "_dataset", None)  # where the next forward's batch comes from
         steps = self.steps
         st = steps.state
         # A batch fetched after the previous step closed belongs to the next step.
@@ -413,6 +433,10 @@ class Hooks:
         steps = self.steps
         st = steps.current(t)
         if st.grad_norm is None:
+            if st.sampled:
+                renewed = self.watched.new_parameters()
+                if renewed is not None:
+                    steps.writer.event(renewed)
             if st.sampled and self.monitoring.gradients:
                 # The snapshot's per-parameter gradient norms give the global one too (one pass).
                 st.param_pre = steps.snapshot()

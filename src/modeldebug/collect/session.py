@@ -110,7 +110,8 @@ class Debugger:
         """Watch a model (a root module). Attaching the same module twice is a no-op."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"Expected `model` to be a torch.nn.Module but got {type(model).__name__}")
-        added = self.watched.add(model, name)
+        # Records already written keep their names: a model found later gets its own prefix only.
+        added = self.watched.add(model, name, keep_names=self.steps.count > 0)
         if added is not None and self._started:
             self.hooks.hook_root(added)
         return self
@@ -227,6 +228,9 @@ class Debugger:
                 steps.flush_pending(as_steps=True)
                 self.queue.resolve(all_pending=True)
                 steps.validation.flush(self.writer, steps.count)
+                overlap = self.hooks.fingerprints.summary()
+                if overlap is not None:
+                    self.event(overlap)
                 if device is not None and device.type == "cuda":
                     # A step that ran out of memory never closes: the allocator's peak tells it.
                     allocated, reserved, peak = cuda_memory(device)

@@ -260,7 +260,9 @@ class Steps:
         return snap
 
     def measure_update(self, st: Step) -> None:
-        st.param_post = param_stats.update_stats([p for _, p in self.watched.params], st.param_pre)
+        # (only the parameters of the snapshot: a model found during the step is not in it)
+        params = [p for _, p in self.watched.params][: len(st.param_pre.has_grad)]
+        st.param_post = param_stats.update_stats(params, st.param_pre)
         self.cost.held_bytes -= st.param_pre.held
 
     def arrived(self, rec: StepRecord) -> None:

@@ -12,11 +12,14 @@ import torch
 from torch import nn
 
 from modeldebug.collect.stats import family, saturation_bounds
+from modeldebug.events import NewParameters
 from modeldebug.findings import jsonable
 from modeldebug.records import LayerInfo, OptimizerInfo, ParamInfo
 from modeldebug.types import ModelInfo
 
 log = logging.getLogger(__name__)
+
+NEW_PARAMETER_REPORTS = 5
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Watched:
         self.newest_adopted: torch.optim.Optimizer | None = None
         self.params: list[tuple[str, nn.Parameter]] = []
         self.param_ids: set[int] = set()
+        self.new_parameter_reports = 0
         self.layers: list[Layer] = []
         self.layer_info: dict[str, LayerInfo] = {}
         self.bounds: dict[str, tuple[float, float] | None] = {}  # bounded activations' output ranges
@@ -60,18 +64,28 @@ class Watched:
 
     # ------------------------------------------------------------------ models
 
-    def add(self, module: nn.Module, name: str | None = None) -> Model | None:
-        """Watch a root module; None when it is watched already."""
+    def add(self, module: nn.Module, name: str | None = None, keep_names: bool = False) -> Model | None:
+        """Watch a root module; None when it is watched already. With ``keep_names`` (records were
+        written already under the watched models' names) only the new model's names are qualified."""
         if any(m.module is module for m in self.models):
             return None
         compiled = hasattr(module, "_orig_mod") and type(module).__name__ == "OptimizedModule"
         inner = module._orig_mod if compiled else module
-        model = Model(module, name or type(inner).__name__, "", compiled)
+        name = name or type(inner).__name__
+        taken_names = {m.name for m in self.models}
+        unique, n = name, 1
+        while unique in taken_names:  # two instances of one class (a model and its copy) stay apart
+            n += 1
+            unique = f"{name}{n}"
+        model = Model(module, unique, "", compiled)
         self.models.append(model)
         if compiled:
             # Hooks inside a compiled graph force recompiles or graph breaks: watch it from outside.
             log.info("%s is torch.compile'd: watching loss, gradients and parameters, not layer by layer", model.name)
         if len(self.models) == 1:
+            self._register(model)
+        elif keep_names:
+            model.prefix = model.name + "."
             self._register(model)
         else:  # several models: qualify every name by its model's
             taken: set[str] = set()
@@ -114,6 +128,21 @@ class Watched:
                 model=model.name,
                 family=family(type(module)),
             )
+
+    def new_parameters(self) -> NewParameters | None:
+        """Parameters the watched models hold now that were not theirs when watching began (a
+        module created, or a parameter assigned, inside ``forward`` is new at every step): looked
+        for on sampled steps, reported for the first ``NEW_PARAMETER_REPORTS`` steps that have some."""
+        if self.new_parameter_reports >= NEW_PARAMETER_REPORTS:
+            return None
+        new = [(m.prefix + name, p) for m in self.models for name, p in m.inner.named_parameters()
+               if id(p) not in self.param_ids]
+        if not new:
+            return None
+        self.new_parameter_reports += 1
+        held = {id(p) for o in self.optimizers for g in o.param_groups for p in g["params"]}
+        return NewParameters(params=[n for n, _ in new[:20]], count=len(new), numel=sum(p.numel() for _, p in new),
+                             in_optimizer=sum(p.numel() for _, p in new if id(p) in held))
 
     def find(self, optimizer=None) -> None:
         if self.finder is not None:

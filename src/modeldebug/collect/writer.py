@@ -84,6 +84,7 @@ class Writer:
             self._params(st.index, watched.params, pre, post is not None, extra_host)
 
     def _params(self, step: int, params: list, pre, updated: bool, extra_host: list) -> None:
+        params = params[: len(pre.has_grad)]  # a model found during the step is not in its snapshot
         n_params = len(params)
         norms = extra_host[0]
         graded = sum(pre.has_grad)

@@ -176,6 +176,8 @@ def _load_builtin() -> None:
         train_eval_mode,
         unchanged_weights,
         uneven_batches,
+        untracked_parameters,
+        validation_overlap,
         vanishing_gradient,
         weight_decay_too_high,
     )

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from modeldebug.evidence import Evidence
-from modeldebug.rules import register
+from modeldebug.rules import register, untracked_parameters
 from modeldebug.rules.base import (
     Rule,
     attr_path,
@@ -69,7 +69,7 @@ class UnchangedWeights(Rule):
     id = "unchanged_weights"
     kind = "unchanged_weights"
     reads = ("params", "param_stats.changed", "param_stats.has_grad", "steps.optimizer_stepped", "steps.lr",
-             "layers", "optimizers", "events.returned_outputs")
+             "layers", "optimizers", "events.returned_outputs", "events.new_parameters")
     min_steps: int = 3
     high_fraction: float = 0.5
 
@@ -89,8 +89,9 @@ class UnchangedWeights(Rule):
 
         groups: dict[str, list[str]] = {}
         returned = {m for e in ev.events_of(ReturnedOutputs) for m in e.modules}
+        explained = untracked_parameters.claimed(ev)  # renewed every step, or an optimizer on a copy
         for p, info in ev.params.items():
-            if changed.get(p):
+            if changed.get(p) or p in explained:
                 continue
             seen = p in changed  # we have samples of it, so "never changed" is observed
             if not info.requires_grad:
