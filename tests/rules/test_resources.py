@@ -105,6 +105,21 @@ def test_standard_heavy_layer_is_a_hint():
     assert (f.location, f.severity) == ("conv1", "low")
 
 
+def test_advice_fits_the_device_the_run_trained_on():
+    from dataclasses import replace
+
+    from modeldebug.types import RunInfo
+
+    ev = _timed({"conv1": ("Conv2d", 0.004), "relu": ("ReLU", 0.0002), "fc": ("Linear", 0.0003)})
+    code = lambda findings: " ".join(r.implementation or "" for f in findings for r in f.recommendations)  # noqa: E731
+    on_cpu = replace(ev, run=RunInfo(id="r", device="cpu"))
+    assert "autocast" not in code(SlowOperation().check(on_cpu))  # bf16 seldom speeds a layer up on a CPU
+    assert "device_type='cuda'" in code(SlowOperation().check(replace(ev, run=RunInfo(id="r", device="cuda:0"))))
+    cfg = DebuggingConfig(alert_thresholds=AlertThresholds(memory_usage=400e6))
+    host = replace(build(healthy_columns(), config=cfg), run=RunInfo(id="r", device="cpu"))
+    assert "device_type='cpu'" in code(MemoryPressure().check(host))
+
+
 @pytest.mark.parametrize(
     "layers",
     [{"a": ("Linear", 0.001), "b": ("Custom", 0.0012), "c": ("Linear", 0.001)},

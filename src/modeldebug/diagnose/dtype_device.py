@@ -43,8 +43,10 @@ def input_vs_param_dtype(ctx: Context, m: re.Match) -> Diagnosis:
         recs.append(best_practice("NumPy arrays are float64 by default: convert once in the dataset.",
                         "torch.from_numpy(array).float()  # or torch.tensor(array, dtype=torch.float32)"))
     if got in ("torch.float16", "torch.bfloat16") or want in ("torch.float16", "torch.bfloat16"):
+        devices = {str(p.get("device") or "").split(":")[0] for p in ctx.parameters} - {""}
+        device = devices.pop() if len(devices) == 1 else "cuda"  # the autocast of the model's own device
         recs.append(best_practice("For mixed precision use autocast instead of casting by hand.",
-                        "with torch.autocast(device_type='cuda', dtype=torch.bfloat16):\n    out = model(x)"))
+                        f"with torch.autocast(device_type='{device}', dtype=torch.bfloat16):\n    out = model(x)"))
     return Diagnosis(msg, recs, ["other"], 0.9, {"input_dtype": got, "parameter_dtype": want})
 
 

@@ -197,6 +197,16 @@ def raise_lr(ev: Evidence) -> list[Recommendation]:
     return [fix(f"Raise the learning rate: lr is {lr:g}; try {new:g}.", optimizer_code(ev, lr=new))]
 
 
+def device_type(ev: Evidence) -> str | None:
+    """"cuda", "cpu", ... for the device the run trained on (``run.device``); None when unknown."""
+    return ev.run.device.split(":")[0] if ev.run.device else None
+
+
+def autocast_code(ev: Evidence, body: str) -> str:
+    """``body`` under bf16 autocast for this run's device (CUDA when unknown): advice that fits the run."""
+    return f"with torch.autocast(device_type='{device_type(ev) or 'cuda'}', dtype=torch.bfloat16):\n    {body}"
+
+
 def clip_grad(max_norm: float = 1.0) -> Recommendation:
     return best_practice(
         "Clip the gradient norm between backward() and step().",

@@ -9,7 +9,7 @@ import numpy as np
 from modeldebug.events import Device, MemoryAtStop
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
-from modeldebug.rules.base import Rule, col, g, optimization
+from modeldebug.rules.base import Rule, autocast_code, col, g, optimization
 from modeldebug.types import Finding
 
 _GiB = 2**30
@@ -58,7 +58,7 @@ class MemoryPressure(Rule):
     id = "memory_pressure"
     kind = "memory_pressure"
     reads = ("steps.cuda_reserved", "steps.cuda_peak", "steps.rss_bytes", "events.device", "events.memory_at_stop",
-             "config.alert_thresholds.memory_usage")
+             "config.alert_thresholds.memory_usage", "run.device")
     fraction: float = 0.90
     high_fraction: float = 0.97
 
@@ -85,7 +85,7 @@ class MemoryPressure(Rule):
             share = peak / total
             first = int(steps[np.flatnonzero(mem >= self.fraction * total)[0]])
             findings.append(self._finding(
-                "high" if share >= self.high_fraction else "medium", first,
+                ev, "high" if share >= self.high_fraction else "medium", first,
                 f"Peak {what} is {g(peak / _GiB)} GiB, {g(100 * share)}% of the device's {g(total / _GiB)} GiB "
                 f"(first above {g(100 * self.fraction)}% at step {first}).",
                 {"peak_bytes": peak, "total_bytes": total, "fraction": share},
@@ -96,14 +96,14 @@ class MemoryPressure(Rule):
             if limit_bytes is not None and peak > limit_bytes:
                 first = int(steps[np.flatnonzero(mem > limit_bytes)[0]])
                 findings.append(self._finding(
-                    "medium", first,
+                    ev, "medium", first,
                     f"Peak {what} {g(peak / _GiB)} GiB crossed your alert threshold {g(limit_bytes / _GiB)} GiB "
                     f"at step {first}.",
                     {"peak_bytes": peak, "alert_threshold_bytes": limit_bytes, "alert_threshold": limit},
                 ))
         return findings
 
-    def _finding(self, severity, step, msg, evidence) -> Finding:
+    def _finding(self, ev, severity, step, msg, evidence) -> Finding:
         return self.finding(
             severity=severity, confidence=0.85, location=None, step=step, message=msg, evidence=evidence,
             causes=["other"],
@@ -111,8 +111,7 @@ class MemoryPressure(Rule):
                 optimization("Halve the batch size and accumulate two micro-batches per optimizer step (same "
                              "effective batch).", "(loss / 2).backward()  # optimizer.step() every 2nd batch"),
                 optimization("Run forward and loss in bfloat16 autocast.",
-                             "with torch.autocast(device_type='cuda', dtype=torch.bfloat16):\n"
-                             "    loss = criterion(model(x), y)"),
+                             autocast_code(ev, "loss = criterion(model(x), y)")),
                 optimization("Recompute activations in backward for the largest blocks.",
                              "out = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)"),
             ],

@@ -8,7 +8,7 @@ import numpy as np
 
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
-from modeldebug.rules.base import Rule, col, g, optimization, per_group_median
+from modeldebug.rules.base import Rule, autocast_code, col, device_type, g, optimization, per_group_median
 from modeldebug.types import Finding
 
 # Standard heavy layers: dominating the time is their job, so at most a hint.
@@ -36,7 +36,7 @@ class SlowOperation(Rule):
 
     id = "slow_operation"
     kind = "slow_operation"
-    reads = ("layer_stats.fwd_time_s", "layers")
+    reads = ("layer_stats.fwd_time_s", "layers", "run.device")
     level = "detailed"
     share: float = 0.5
     min_layers: int = 3
@@ -73,9 +73,11 @@ class SlowOperation(Rule):
             recs.insert(0, optimization(
                 f"Vectorize {name} ({typ}): replace Python loops over the batch or positions with batched tensor "
                 "ops (broadcasting, torch.bmm, einsum).", "out = torch.einsum('bij,bjk->bik', a, b)  # instead of a loop"))
-        else:
+        elif device_type(ev) in (None, "cuda"):  # on a CPU, bf16 autocast seldom makes a layer faster
             recs.append(optimization(f"If {name} is larger than needed, shrink it, or run it in mixed precision.",
-                                     "with torch.autocast(device_type='cuda', dtype=torch.bfloat16):\n    out = model(x)"))
+                                     autocast_code(ev, "out = model(x)")))
+        else:
+            recs.append(optimization(f"If {name} is larger than needed, shrink it."))
         return [self.finding(
             severity="low" if standard else "medium", confidence=0.7, location=name,
             step=int(np.min(steps)) if len(steps) else None,
