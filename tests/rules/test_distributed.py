@@ -64,6 +64,7 @@ def test_desync_names_the_first_rank_and_step_out_of_sync():
     assert f.evidence["rank"] == 2 and f.evidence["last_step_in_sync"] == 20
     assert f.evidence["gathers_out_of_sync"] == 3
     assert "between step 20 and step 30" in f.message
+    assert any("Call the DDP wrapper, not the module inside it" in r.description for r in f.recommendations)
 
 
 @pytest.mark.parametrize("ev", [HEALTHY_RANKS, Evidence.build()], ids=["healthy-job", "single-process"])

@@ -73,6 +73,10 @@ class DistributedDesync(Rule):
                 fix("Change parameters only through the optimizer (or identically on every rank): an in-place "
                     "edit, a re-initialisation or loading a checkpoint on one rank only desynchronises it.",
                     "if rank == 0: ...  # never touch model parameters under a rank condition"),
+                fix("Call the DDP wrapper, not the module inside it: only the wrapper's forward sets up the "
+                    "gradient all-reduce, so a forward through `ddp_model.module` leaves every rank its own "
+                    "gradients.",
+                    "ddp_model = DistributedDataParallel(model)\nloss = criterion(ddp_model(x), y)  # not ddp_model.module(x)"),
                 fix("Seed every rank identically before building the model, or broadcast rank 0's parameters.",
                     "for p in model.parameters():\n    torch.distributed.broadcast(p.data, src=0)"),
                 best_practice("End every `model.no_sync()` block with one backward outside it before "
