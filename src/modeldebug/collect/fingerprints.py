@@ -58,10 +58,10 @@ class Fingerprints:
         self.eval: dict[tuple[str, int], list[torch.Tensor]] = {}
         self.eval_rows = 0
 
-    def wants_train(self, step: int, sampled: bool) -> bool:
-        return (step < TRAIN_STEPS or sampled) and self.train_rows < TRAIN_SAMPLES
-
     def add_train(self, x: torch.Tensor, source: tuple[str, int], size: int | None) -> None:
+        """A training batch (the caller asks on the first TRAIN_STEPS steps and on sampled ones)."""
+        if self.train_rows >= TRAIN_SAMPLES:
+            return
         f = self._fingerprint(x, TRAIN_ROWS)
         if f is None:
             return

@@ -20,7 +20,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 from modeldebug.collect import patches
 from modeldebug.collect.flow import OutputFlow
-from modeldebug.collect.fingerprints import Fingerprints, dataset_size, source_of
+from modeldebug.collect.fingerprints import TRAIN_STEPS, Fingerprints, dataset_size, source_of
 from modeldebug.collect.params import grad_norm, same_device, total_norm
 from modeldebug.collect.stats import first_float_tensor, reduce
 from modeldebug.collect.steps import MonitorCost, Step, Steps, now
@@ -198,7 +198,7 @@ class Hooks:
                 x = first_float_tensor((args, kwargs), floating=False)
             if x is not None:
                 self._input_stats(st, x)
-                if self.fingerprints.wants_train(steps.count, st.sampled):
+                if st.sampled or steps.count < TRAIN_STEPS:  # (no call on the other steps: hot path)
                     ds = self._loader_dataset
                     self.fingerprints.add_train(x, source_of(x, ds), dataset_size(ds) if ds is not None else None)
             self._loader_dataset = None
