@@ -197,3 +197,10 @@ def test_swings_on_a_falling_curve_still_fire():
     cols["steps"]["loss"] = np.where(st % 3 == 0, base + 2.0, base)
     (f,) = OscillatingLoss().check(build(cols))
     assert (f.kind, f.causes[0]) == ("oscillating_loss", "learning_rate_too_high")
+
+
+def test_the_falling_course_is_the_least_squares_non_increasing_fit():
+    from modeldebug.rules.oscillating_loss import _falling_course
+
+    np.testing.assert_allclose(_falling_course(np.array([3.0, 1.0, 2.0, 0.0])), [3.0, 1.5, 1.5, 0.0])
+    np.testing.assert_allclose(_falling_course(np.array([1.0, 2.0, 3.0])), [2.0, 2.0, 2.0])
