@@ -77,8 +77,28 @@ def test_a_consequence_starts_at_or_after_its_root():
     after = link_findings([_f("gradient_accumulation", 1, causes=["missing_zero_grad"]),
                            _f("oscillating_loss", 10, causes=["learning_rate_too_high"])], _ev())
     assert after[1].caused_by == "gradient_accumulation"
-    assert after[1].causes == ["missing_zero_grad", "learning_rate_too_high"]
+    assert after[1].causes == ["missing_zero_grad"]  # the summed gradients, not the lr of 0.01, make the swings
     assert after[0].caused_by is None and after[0].severity == "high"
+
+
+def test_a_root_explains_causes_away_unless_the_evidence_shows_them():
+    lower = fix("Lower the learning rate about 10x: lr is 0.01; try 0.001.")
+    stable = fix("Use numerically stable ops: log_softmax/CrossEntropyLoss instead of log(softmax).")
+    clip = fix("Clip the gradient norm between backward() and step().")
+    findings = [_f("gradient_accumulation", 1, causes=["missing_zero_grad"]),
+                _f("nan_or_inf", 59, causes=["learning_rate_too_high", "numerically_unstable_op", "bad_weight_init"],
+                   recs=[lower, clip, stable])]
+    nan = link_findings(findings, _ev())[1]
+    assert nan.causes == ["missing_zero_grad", "bad_weight_init"]
+    assert [r.description for r in nan.recommendations] == [clip.description]
+    cols = healthy_columns(n_steps=60)
+    cols["optimizers"][0].param_groups[0]["lr"] = 5.0  # far above SGD's usual range: the lr is at fault too
+    nan = link_findings(findings, build(cols))[1]
+    assert nan.causes[:2] == ["missing_zero_grad", "learning_rate_too_high"] and lower in nan.recommendations
+    # an op the NaN's own rule names first (its replay found it) is never explained away
+    found_op = _f("nan_or_inf", 59, causes=["numerically_unstable_op", "learning_rate_too_high"], recs=[stable])
+    nan = link_findings([findings[0], found_op], _ev())[1]
+    assert nan.causes == ["missing_zero_grad", "numerically_unstable_op"] and nan.recommendations == [stable]
 
 
 def test_the_pair_needs_its_evidence():

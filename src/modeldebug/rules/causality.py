@@ -17,13 +17,16 @@ A new finding kind joins with one line in :data:`LINKS`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
 from modeldebug.evidence import Evidence
+from modeldebug.rules.base import lr_is_high, lr_is_low
 from modeldebug.types import SEVERITY_ORDER, Finding, Recommendation
 
 Check = Callable[[Finding, Finding, Evidence], bool]
+log = logging.getLogger(__name__)
 
 
 def always(root: Finding, cons: Finding, ev: Evidence) -> bool:
@@ -86,22 +89,28 @@ class Link:
     consequence: str  # kind that follows
     why: str  # how the one gives the other, for the consequence's message
     check: Check = always
+    # Causes of the consequence the root explains away (dropped with the advice that serves them),
+    # unless the run's own evidence shows them (INDEPENDENT) or, for the others, the consequence's
+    # rule ranks them first.
+    explains: tuple[str, ...] = ()
 
 
 _SUMMED = "gradients summed over every step make each update larger than the last"
+_ACC = ("learning_rate_too_high",)  # the summed gradients act as a growing step size: not the lr's fault
+_OVERFLOW = ("numerically_unstable_op",)  # values that grew until they overflowed: no op to blame
 _LR = "steps too large for the loss surface"
 _DEAD = "dead units pass no gradient"
 _FLAT = "the weights it names barely learn"
 
 # Plausible cause -> consequence pairs (the literature's usual chains; AUTOTRAINER, DeepDiagnosis).
 LINKS: tuple[Link, ...] = (
-    Link("gradient_accumulation", "loss_not_decreasing", _SUMMED),
-    Link("gradient_accumulation", "oscillating_loss", _SUMMED),
-    Link("gradient_accumulation", "exploding_gradient", _SUMMED),
-    Link("gradient_accumulation", "nan_or_inf", _SUMMED + ", until they overflow"),
+    Link("gradient_accumulation", "loss_not_decreasing", _SUMMED, explains=_ACC),
+    Link("gradient_accumulation", "oscillating_loss", _SUMMED, explains=_ACC),
+    Link("gradient_accumulation", "exploding_gradient", _SUMMED, explains=_ACC),
+    Link("gradient_accumulation", "nan_or_inf", _SUMMED + ", until they overflow", explains=_ACC + _OVERFLOW),
     Link("gradient_accumulation", "dead_relu", _SUMMED + ", which push units dead",
-         evidence_is("dead_at_start", False)),
-    Link("exploding_gradient", "nan_or_inf", "the gradients grew until they overflowed"),
+         evidence_is("dead_at_start", False), explains=_ACC),
+    Link("exploding_gradient", "nan_or_inf", "the gradients grew until they overflowed", explains=_OVERFLOW),
     Link("exploding_gradient", "loss_not_decreasing", "the oversized updates make the loss diverge", loss_rose),
     Link("exploding_gradient", "oscillating_loss", _LR, both_name("learning_rate_too_high")),
     Link("exploding_gradient", "dead_relu", "oversized updates push units dead",
@@ -144,7 +153,8 @@ LINKS: tuple[Link, ...] = (
          both_name("slow_data_loading")),
     Link("rank_failure", "uneven_batches", "the rank that failed left the others waiting"),
     # silent bugs (issue 13): each breaks learning in its own way
-    Link("wrong_loss_input", "loss_not_decreasing", "the loss is computed on the wrong kind of input"),
+    Link("wrong_loss_input", "loss_not_decreasing", "the loss is computed on the wrong kind of input",
+         explains=("learning_rate_too_low",)),  # squashed gradients look like a small step size
     Link("wrong_loss_input", "oscillating_loss", "the loss is computed on the wrong kind of input"),
     Link("wrong_loss_input", "vanishing_gradient", "the loss is computed on the wrong kind of input"),
     Link("loss_shape_broadcast", "loss_not_decreasing", "the loss compares every prediction with every target"),
@@ -167,11 +177,27 @@ LINKS: tuple[Link, ...] = (
 OPPOSITE = {"learning_rate_too_high": "learning_rate_too_low", "learning_rate_too_low": "learning_rate_too_high"}
 # How a recommendation says which cause it serves (the rules' builders word them so: base.lower_lr/raise_lr).
 SERVES = {"learning_rate_too_high": ("lower the learning rate", "reduce the learning rate"),
-          "learning_rate_too_low": ("raise the learning rate", "increase the learning rate")}
+          "learning_rate_too_low": ("raise the learning rate", "increase the learning rate"),
+          "numerically_unstable_op": ("use numerically stable ops", "find the op that produced", "keep the argument of",
+                                      "add an epsilon", "keep exp in", "the derivative of sqrt")}
+# Causes the run's evidence can show on its own: a root never explains these away when it does.
+INDEPENDENT: dict[str, Callable[[Evidence], bool]] = {"learning_rate_too_high": lr_is_high,
+                                                      "learning_rate_too_low": lr_is_low}
 
 
 def link_findings(findings: list[Finding], ev: Evidence) -> list[Finding]:
-    """``findings`` named, linked to what they follow from, with causes that agree (same order)."""
+    """``findings`` named, linked to what they follow from, with causes that agree (same order).
+    Never raises: on a bug of its own the findings come back as they were, named only."""
+    try:
+        return _linked(findings, ev)
+    except Exception:  # one broken post-pass must not cost the report
+        log.exception("linking findings to their root causes failed; the report shows them unlinked")
+        out = [f.model_copy(deep=True) for f in findings]
+        name(out)
+        return out
+
+
+def _linked(findings: list[Finding], ev: Evidence) -> list[Finding]:
     out = [f.model_copy(deep=True) for f in findings]
     name(out)
     parents = _parents(out, ev)
@@ -184,7 +210,7 @@ def link_findings(findings: list[Finding], ev: Evidence) -> list[Finding]:
     for f in out:
         root = _root(f, parents)
         if root is not f:
-            _agree(f, root.causes[:1])
+            _agree(f, root.causes[:1], _explained(f, parents, ev))
     _one_lr_direction(out)
     return out
 
@@ -261,9 +287,21 @@ def _root(f: Finding, parents: dict[int, Finding]) -> Finding:
     return f
 
 
-def _agree(f: Finding, story: list[str]) -> None:
-    """``f`` names the story's causes first and drops those that contradict them."""
-    against = {OPPOSITE[c] for c in story if c in OPPOSITE}
+def _explained(f: Finding, parents: dict[int, Finding], ev: Evidence) -> set[str]:
+    """Causes of ``f`` that the links on its way to the root explain away."""
+    out, cons = set(), f
+    while id(cons) in parents:
+        root = parents[id(cons)]
+        out.update(_link(root.kind, cons.kind).explains)
+        cons = root
+    # The run's evidence decides for the learning rate; for the rest, the consequence's rule decides
+    # when it ranked the cause first (a replay that found the op that made the NaN).
+    return {c for c in out if (not INDEPENDENT[c](ev) if c in INDEPENDENT else c not in f.causes[:1])}
+
+
+def _agree(f: Finding, story: list[str], explained: set[str] = frozenset()) -> None:
+    """``f`` names the story's causes first and drops those that contradict them or that its root explains."""
+    against = {OPPOSITE[c] for c in story if c in OPPOSITE} | (set(explained) - set(story))
     f.causes = story + [c for c in f.causes if c not in story and c not in against]
     f.recommendations = [r for r in f.recommendations if not (_serves(r) & against)]
 
