@@ -157,6 +157,35 @@ class GradientClip(Event):
 
 
 @dataclass
+class LossCall(Event):
+    """A training call of a torch loss function with shapes not seen before (host-side, once each;
+    collect/loss_calls.py): what the loss compares, and how it reduces."""
+
+    tag: ClassVar[str] = "loss_call"
+    name: str = ""  # the torch.nn.functional name: "cross_entropy", "mse_loss", ...
+    input_shape: list[int] | None = None
+    target_shape: list[int] | None = None
+    # The shape input and target broadcast to, when it holds more elements than either ([N,1] vs [N]).
+    broadcast_shape: list[int] | None = None
+    reduction: str = "mean"
+    options: dict[str, Any] = field(default_factory=dict)  # label_smoothing, beta, delta; weighted: True
+
+
+@dataclass
+class LossTargets(Event):
+    """Regression-style targets sampled at the loss call, and the loss a constant prediction gets on
+    them (the trivial predictor's, per output: the mean for MSE, the median for L1 and Huber-like
+    losses, the positive rate for binary cross-entropy). Written once, when the run stops."""
+
+    tag: ClassVar[str] = "loss_targets"
+    name: str = ""
+    rows: int = 0
+    features: int = 0
+    baseline: float | None = None
+    predictor: str = ""  # "the mean", "the median", "the positive rate"
+
+
+@dataclass
 class NewParameters(Event):
     """Parameters a watched model held at a sampled step that were not its own when watching began
     (a module created inside ``forward``): the first few such steps, each once."""

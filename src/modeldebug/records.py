@@ -47,6 +47,12 @@ class StepRecord:
     scheduler_steps: int = 0  # lr_scheduler.step() calls since the previous step closed
     clip_calls: int = 0  # clip_grad_norm_/clip_grad_value_ calls since the previous step closed
     clips_before_backward: int = 0  # of those, made with no backward since the last zero_grad/step
+    loss_calls: int = 0  # training calls of a torch loss function in this step
+    # Sampled steps: the (first) loss function's output and the range of its input (the model's output).
+    loss_fn_value: float = NAN
+    loss_input_min: float = NAN
+    loss_input_max: float = NAN
+    loss_input_sum_err: float = NAN  # class losses: the largest |sum over classes - 1| of an input row
 
 
 @dataclass(slots=True)
@@ -94,6 +100,7 @@ class ValidationRecord:
     batches: int = 1
     accuracy: float = NAN  # top-1, when the loss gets class scores and integer targets
     train_mode_batches: int = 0  # batches evaluated with the root module in training mode
+    loss_fn: str = ""  # the loss function that gave it ("mse_loss", "cross_entropy:sum"; "" when mixed)
 
 
 @dataclass(slots=True)

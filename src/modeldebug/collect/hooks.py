@@ -367,7 +367,7 @@ class Hooks:
     # ------------------------------------------------------------------ losses and data (patched)
 
     @guarded
-    def on_loss(self, name: str, input, target, output) -> None:
+    def on_loss(self, name: str, input, target, output, options: dict | None = None) -> None:
         if not self.watched.models or not isinstance(output, torch.Tensor):
             return
         t = now()
@@ -375,11 +375,12 @@ class Hooks:
         if self.in_eval or not grad:
             # A loss with a graph, after an eval-mode forward, is validation unless a backward follows.
             self.validation.add(name, input, target, output, train_mode=self.eval_in_train_mode,
-                                tentative=grad and output.requires_grad)
+                                tentative=grad and output.requires_grad, options=options)
         else:
             st = self.steps.state
             if st is not None and st.sampled:
                 st.class_counts = class_counts(name, input, target, st.class_counts)
+            self.steps.writer.loss_calls.training_call(st, name, input, target, output, options)
         self.cost.seconds += now() - t
 
     @guarded

@@ -88,6 +88,9 @@ class Step:
     layer_vecs: dict[str, tuple[Reduced, float]] = field(default_factory=dict, metadata=FIRST)  # output, fwd time
     grad_vecs: dict[str, Reduced] = field(default_factory=dict, metadata=FIRST)  # gradient of the output
     class_counts: torch.Tensor | None = field(default=None, metadata=FIRST)  # targets per class, sampled steps
+    loss_calls: int = field(default=0, metadata=SUM)  # training calls of a torch loss function
+    loss_probe: torch.Tensor | None = field(default=None, metadata=FIRST)  # collect/loss_calls.py, sampled steps
+    loss_targets: torch.Tensor | None = field(default=None, metadata=FIRST)  # a few rows of regression targets
     param_pre: param_stats.Snapshot | None = field(default=None, metadata=FIRST)
     param_post: torch.Tensor | None = None  # update_stats of param_pre
 
@@ -104,6 +107,7 @@ class Step:
         extra: list[torch.Tensor] = []
         if self.class_counts is not None:
             extra.append(self.class_counts)
+        extra += [t for t in (self.loss_probe, self.loss_targets) if t is not None]
         pre = self.param_pre
         if pre is not None:
             extra.append(torch.stack(pre.norms))
@@ -223,6 +227,7 @@ class Steps:
             backward_calls=st.backward_calls,
             forward_calls=st.forward_calls,
             sampled=st.sampled,
+            loss_calls=st.loss_calls,
             lr=self.watched.lr(),
             eval_mode=st.eval_mode,
             scheduler_steps=self.scheduler_steps,

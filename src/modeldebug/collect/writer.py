@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 
+from modeldebug.collect.loss_calls import LossCalls, reduction_of
 from modeldebug.collect.stats import summarize_many
 from modeldebug.events import Event
 from modeldebug.records import LayerRecord, ParamRecord, StepRecord, ValidationRecord
@@ -31,6 +32,7 @@ class Writer:
         self.recent: deque[StepRecord] = deque(maxlen=256)  # for metrics (bounded)
         self.latest_layers: dict[str, LayerRecord] = {}
         self._last_norms: dict[str, float] = {}
+        self.loss_calls = LossCalls(self)
 
     def event(self, event: Event) -> None:
         self.store.add(self.run_id, event.record(self._steps_done()))
@@ -40,6 +42,7 @@ class Writer:
         self.recent.append(rec)
 
     def meta(self, watched: "Watched") -> None:
+        self.loss_calls.finish()
         params, optimizers = watched.infos()
         self.store.set_meta(self.run_id, layers=watched.layer_info, params=params, optimizers=optimizers,
                             class_counts=self.class_counts)
@@ -53,6 +56,10 @@ class Writer:
             counts = extra_host.pop(0)
             for cls in np.flatnonzero(counts).tolist():
                 self.class_counts[cls] = self.class_counts.get(cls, 0) + int(counts[cls])
+        probe = self.loss_calls.arrived(st, extra_host)
+        if probe is not None:
+            (step_rec.loss_fn_value, step_rec.loss_input_min, step_rec.loss_input_max,
+             step_rec.loss_input_sum_err) = (float(v) for v in probe)
         n_layers = len(layer_names)
         outs = summarize_many(host[:n_layers], self.bins, [watched.bounds.get(n) for n in layer_names])
         plain = summarize_many(host[n_layers:])
@@ -151,11 +158,15 @@ class Validation:
     def __init__(self) -> None:
         self._sums = _Sums()
         self._tentative = _Sums()
+        self._fn: str | None = None  # the loss function of this evaluation ("" when several)
 
     def add(self, name: str, input, target, output: torch.Tensor, train_mode: bool = False,
-            tentative: bool = False) -> None:
+            tentative: bool = False, options: dict | None = None) -> None:
         if output.numel() != 1:
             return
+        reduction = reduction_of(options)
+        fn = name if reduction == "mean" else f"{name}:{reduction}"
+        self._fn = fn if self._fn in (None, fn) else ""
         value = output.detach().float().reshape(())
         hits, seen = None, 0
         if name in _CLASS_TARGET_LOSSES and class_scores(input, target):
@@ -173,8 +184,10 @@ class Validation:
             loss = float(sums.loss.item()) / sums.count
             acc = float(sums.hits.item()) / sums.seen if sums.seen else math.nan
             writer.store.add(writer.run_id, ValidationRecord(step=step, loss=loss, batches=sums.count, accuracy=acc,
-                                                             train_mode_batches=sums.train_mode))
+                                                             train_mode_batches=sums.train_mode,
+                                                             loss_fn=self._fn or ""))
             self._sums = _Sums()
+        self._fn = None
 
 
 def class_scores(input, target) -> bool:

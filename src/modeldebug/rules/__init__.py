@@ -160,7 +160,9 @@ def _load_builtin() -> None:
         exploding_gradient,
         gradient_accumulation,
         input_bottleneck,
+        labels_unrelated,
         loss_not_decreasing,
+        loss_shape_broadcast,
         lr_schedule_misuse,
         memory_growth,
         memory_pressure,
@@ -180,6 +182,7 @@ def _load_builtin() -> None:
         validation_overlap,
         vanishing_gradient,
         weight_decay_too_high,
+        wrong_loss_input,
     )
 
 

@@ -7,14 +7,17 @@ Helpers here are pure functions of Evidence columns (numpy, no loops over rows).
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
 from modeldebug.evidence import Evidence, LayerInfo, Table
 from modeldebug.findings import best_practice, fix, make_finding, optimization  # noqa: F401  (rules import them from here)
+from modeldebug.rules.reference import READS as REFERENCE_READS  # noqa: F401  (severity-by-harm rules)
+from modeldebug.rules.reference import harm
 from modeldebug.types import Finding, Recommendation
 
 # Steps at the start of a run that dynamics rules ignore: initial transients are not faults.
@@ -86,6 +89,13 @@ class LossTrend:
     end: float  # median loss of the last window
     n: int  # finite losses after the grace steps
     diverged: bool  # loss rose well above its start, or became non-finite
+    ev: Evidence | None = field(default=None, repr=False, compare=False)
+
+    @functools.cached_property
+    def harm(self) -> str:
+        """The harm a reference shows though the loss may fall (rules/reference.py; "" for none).
+        Rules whose severity reads it declare ``REFERENCE_READS``."""
+        return harm(self.ev) if self.ev is not None else ""
 
     @property
     def rel_change(self) -> float:
@@ -109,15 +119,17 @@ def loss_trend(ev: Evidence, grace: int = GRACE_STEPS, min_steps: int = 6) -> Lo
     k = int(np.clip(len(finite) // 10, 3, 50))
     start, end = float(np.median(finite[:k])), float(np.median(finite[-k:]))
     diverged = bool(nonfinite[keep].any()) or end > start + 0.1 * abs(start)
-    return LossTrend(start=start, end=end, n=len(finite), diverged=diverged)
+    return LossTrend(start=start, end=end, n=len(finite), diverged=diverged, ev=ev)
 
 
 def impact_severity(trend: LossTrend | None, hurt: str = "high", unknown: str = "medium") -> str:
-    """Severity for a symptom: ``low`` when the loss still improves, else ``hurt``."""
+    """Severity for a symptom: ``low`` when the loss still improves and no reference shows harm
+    (``medium`` when one does: a loss that falls may still stay no better than a trivial predictor),
+    else ``hurt``."""
     if trend is None:
         return unknown
     if trend.improving:
-        return "low"
+        return "medium" if trend.harm else "low"
     return hurt
 
 

@@ -8,7 +8,18 @@ import numpy as np
 
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
-from modeldebug.rules.base import Rule, col, family, first_true, fix, flag, g, impact_severity, loss_trend
+from modeldebug.rules.base import (
+    REFERENCE_READS,
+    Rule,
+    col,
+    family,
+    first_true,
+    fix,
+    flag,
+    g,
+    impact_severity,
+    loss_trend,
+)
 from modeldebug.types import Finding
 
 _TOKEN_INPUT = {"Embedding", "EmbeddingBag"}  # integer ids: their mean/std say nothing about scaling
@@ -39,7 +50,8 @@ class DataIssue(Rule):
     id = "data_issue"
     kind = "data_issue"
     reads = ("steps.input_nonfinite", "steps.input_mean", "steps.input_std", "steps.input_min",
-             "steps.input_max", "class_counts", "layers", "steps.loss", "steps.loss_nonfinite")
+             "steps.input_max", "class_counts", "layers", "steps.loss",
+             "steps.loss_nonfinite") + REFERENCE_READS  # severity by harm
     max_scale: float = 10.0
     min_std: float = 1e-3
     max_imbalance: float = 100.0

@@ -9,6 +9,7 @@ import numpy as np
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
 from modeldebug.rules.base import (
+    REFERENCE_READS,
     GRACE_STEPS,
     Rule,
     attr_path,
@@ -52,7 +53,7 @@ class DeadReLU(Rule):
     id = "dead_relu"
     kind = "dead_relu"
     reads = ("layer_stats.dead_frac", "layer_stats.grad_zero_frac", "layers", "steps.loss", "optimizers",
-             "steps.loss_nonfinite")
+             "steps.loss_nonfinite") + REFERENCE_READS  # severity by harm
     level = "detailed"
     dead_frac: float = 0.5
     grad_zero_frac: float = 0.7

@@ -9,6 +9,7 @@ import numpy as np
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
 from modeldebug.rules.base import (
+    REFERENCE_READS,
     GRACE_STEPS,
     Rule,
     clip_grad,
@@ -56,7 +57,7 @@ class ExplodingGradient(Rule):
     kind = "exploding_gradient"
     reads = ("steps.grad_norm", "steps.loss", "param_stats.grad_norm", "optimizers",
              "config.alert_thresholds.gradient_norm", "layers", "param_stats.norm", "params",
-             "steps.input_mean", "steps.input_std", "steps.loss_nonfinite")
+             "steps.input_mean", "steps.input_std", "steps.loss_nonfinite") + REFERENCE_READS  # severity by harm
     growth: float = 100.0
     layer_ratio: float = 70.0
     grace_steps: int = GRACE_STEPS

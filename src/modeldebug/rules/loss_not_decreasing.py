@@ -26,6 +26,10 @@ from modeldebug.rules.base import (
     per_group_median,
     raise_lr,
 )
+from modeldebug.rules.labels_unrelated import LabelsUnrelated
+from modeldebug.rules.loss_shape_broadcast import broadcasting_calls
+from modeldebug.rules.reference import Reference, reference
+from modeldebug.rules.wrong_loss_input import misuse
 from modeldebug.types import Finding
 
 
@@ -65,7 +69,7 @@ class LossNotDecreasing(Rule):
     reads = ("steps.loss", "steps.optimizer_stepped", "steps.stale_grad_norm", "param_stats.update_ratio",
              "param_stats.has_grad", "layers", "class_counts", "optimizers", "config.alert_thresholds.loss",
              "param_stats.norm", "params", "steps.input_mean", "steps.input_std", "steps.loss_nonfinite",
-             "validation", "steps.backward_calls")
+             "validation", "steps.backward_calls") + LabelsUnrelated.reads
     min_drop: float = 0.01
     min_steps: int = 20
     short_run: int = 50
@@ -80,9 +84,14 @@ class LossNotDecreasing(Rule):
         steps = col(ev.steps, "step")
         if trend is not None and abs(trend.start) > 1e-6 and not self._adversarial(ev):
             rising = trend.end > trend.start + 0.1 * abs(trend.start)
+            ref = reference(ev)
             if (rising or trend.end > trend.start - self.min_drop * abs(trend.start)
                     or self._drop_is_noise_of_still_weights(ev, trend)):
-                findings.append(self._stalled(ev, trend, rising, steps))
+                findings.append(self._stalled(ev, trend, rising, steps, ref))
+            elif ref is not None and ref.n >= self.min_steps and ref.end >= ref.baseline:
+                # It fell from its start, but the start may be blown up (lr far too high): judged
+                # against the trivial predictor, the run learned nothing.
+                findings.append(self._stalled(ev, trend, rising, steps, ref, at_reference=True))
         findings += self._alerts(ev, steps)
         return findings
 
@@ -108,24 +117,31 @@ class LossNotDecreasing(Rule):
         se_diff = 1.2533 * float(np.mean(spread)) * np.sqrt(2.0 / k)  # standard error of a median, two windows
         return trend.start - trend.end < self.noise_z * se_diff
 
-    def _stalled(self, ev: Evidence, trend, rising: bool, steps: np.ndarray) -> Finding:
+    def _stalled(self, ev: Evidence, trend, rising: bool, steps: np.ndarray, ref: Reference | None = None,
+                 at_reference: bool = False) -> Finding:
         causes, why = self._causes(ev, rising)
         first = int(steps[grace_mask(steps, self.grace_steps)][0]) if len(steps) > self.grace_steps else int(steps[0])
         chance = self._chance_note(ev, trend)
         noise = not rising and trend.end <= trend.start - self.min_drop * abs(trend.start)  # the still-weights case
-        verb = "rose" if rising else "fell no more than its minibatch noise" if noise else "did not decrease"
+        verb = ("fell but stays no better than ignoring the input" if at_reference else "rose" if rising
+                else "fell no more than its minibatch noise" if noise else "did not decrease")
         msg = (f"The training loss {verb}: {g(trend.start)} at the start -> "
                f"{g(trend.end)} at the end over {trend.n} steps ({g(100 * trend.rel_change)}%).{chance}")
+        if ref is not None:
+            msg += f" The training {ref.note()} (its best {g(ref.best)})."
         if why:
             msg += f" {why}"
         recs = []
         for c in causes[:2]:
             recs += self._fix_for(ev, c)
+        evidence = {"loss_start": trend.start, "loss_end": trend.end, "rel_change": trend.rel_change,
+                    "steps": trend.n, "median_update_ratio": self._update_ratio(ev)}
+        if ref is not None:
+            evidence.update({k: v for k, v in ref.evidence().items() if k != "loss_end"})
         return self.finding(
             severity="high" if trend.n >= self.short_run else "medium",
             confidence=0.85 if trend.n >= self.short_run else 0.6, location=None, step=first, message=msg,
-            evidence={"loss_start": trend.start, "loss_end": trend.end, "rel_change": trend.rel_change,
-                      "steps": trend.n, "median_update_ratio": self._update_ratio(ev)},
+            evidence=evidence,
             causes=causes, recommendations=recs,
         )
 
@@ -141,6 +157,17 @@ class LossNotDecreasing(Rule):
         t = ev.param_stats
         if len(t) and not flag(t, "has_grad").any():
             return ["detached_graph", "frozen_parameters"], "No parameter ever received a gradient."
+        if broadcasting_calls(ev):
+            c = broadcasting_calls(ev)[0]
+            return (["loss_shape_mismatch"],
+                    f"{c.name} compares input {c.input_shape} with target {c.target_shape}: they broadcast.")
+        wrong = misuse(ev)
+        if wrong is not None:
+            return (["wrong_loss_function", "learning_rate_too_low"],
+                    f"The loss function ({wrong.loss}) receives {wrong.got}.")
+        if LabelsUnrelated().check(ev):
+            return (["label_problem", "wrong_loss_function"],
+                    "The loss stays at the trivial predictor's while the weights move at a healthy rate.")
         order = ev.layers_in_order()
         if order and family(order[-1]) == "Softmax":
             return (["wrong_loss_function", "learning_rate_too_low"],

@@ -9,6 +9,7 @@ import numpy as np
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
 from modeldebug.rules.base import (
+    REFERENCE_READS,
     Rule,
     attr_path,
     col,
@@ -47,7 +48,7 @@ class PoorWeightInit(Rule):
 
     id = "poor_weight_init"
     kind = "poor_weight_init"
-    reads = ("param_stats.norm", "params", "layers", "steps.loss", "steps.loss_nonfinite")
+    reads = ("param_stats.norm", "params", "layers", "steps.loss", "steps.loss_nonfinite") + REFERENCE_READS  # severity by harm
     level = "detailed"
     max_var: float = 10.0
     min_scale: float = 0.05

@@ -9,6 +9,7 @@ import numpy as np
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
 from modeldebug.rules.base import (
+    REFERENCE_READS,
     GRACE_STEPS,
     Rule,
     attr_path,
@@ -52,7 +53,7 @@ class SaturatedActivation(Rule):
     id = "saturated_activation"
     kind = "saturated_activation"
     reads = ("layer_stats.sat_frac", "layers", "steps.input_mean", "steps.input_std", "steps.loss",
-             "optimizers", "steps.loss_nonfinite")
+             "optimizers", "steps.loss_nonfinite") + REFERENCE_READS  # severity by harm
     level = "detailed"
     sat_frac: float = 0.5
     grace_steps: int = GRACE_STEPS

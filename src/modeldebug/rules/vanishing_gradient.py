@@ -9,6 +9,7 @@ import numpy as np
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
 from modeldebug.rules.base import (
+    REFERENCE_READS,
     GRACE_STEPS,
     Rule,
     attr_path,
@@ -52,7 +53,7 @@ class VanishingGradient(Rule):
     id = "vanishing_gradient"
     kind = "vanishing_gradient"
     reads = ("param_stats.grad_norm", "params", "layers", "steps.grad_norm", "steps.loss",
-             "param_stats.norm", "steps.loss_nonfinite")
+             "param_stats.norm", "steps.loss_nonfinite") + REFERENCE_READS  # severity by harm
     level = "detailed"
     ratio: float = 1e-3
     first_norm: float = 1e-4

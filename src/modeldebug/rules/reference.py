@@ -1,0 +1,158 @@
+"""The loss a trivial predictor gets, and how far the run stays from it: harm judged against a
+reference, not against the run's own (possibly blown-up) start.
+
+The trivial predictor ignores the input: for cross-entropy / NLL it predicts the label frequencies
+(its loss is the entropy of the label histogram, ``class_counts``; with label smoothing the
+smoothed one), for the regression losses and binary cross-entropy one constant per output, from
+the targets sampled at the loss call (``events.loss_targets``, collect/loss_calls.py).
+
+The reference applies only when the run's training loss *is* one loss function's output: one loss
+function, one call per step, reduction "mean", no class weights. The series judged is
+``steps.loss`` when it matches the loss function's own output on the sampled steps, else those
+sampled outputs (a loss with an added penalty, or divided for gradient accumulation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from modeldebug.events import LossCall, LossTargets
+from modeldebug.evidence import Evidence
+
+# Rules reading the reference declare these reads.
+READS = ("events.loss_call", "events.loss_targets", "class_counts", "steps.loss", "steps.loss_fn_value",
+         "steps.loss_calls", "validation")
+# At most this share of steps may call the loss function more than once (a GAN's two losses, a metric).
+MAX_MULTI_CALL = 0.05
+# steps.loss is the loss function's output when their median ratio on sampled steps is within this.
+SAME_LOSS = 0.01
+# A training or validation loss at least this share of the reference learned nothing useful.
+NO_BETTER = 1.0
+
+
+@dataclass
+class Reference:
+    loss: str  # the loss function ("cross_entropy")
+    baseline: float  # its value for the trivial predictor
+    predictor: str  # "predicting the label frequencies", "predicting the mean"
+    end: float  # training loss at the end (median of the last window)
+    best: float  # lowest median over any window of the run
+    n: int  # training losses judged
+    val_end: float | None = None  # the last validation loss, when the same loss function gave it
+    val_best: float | None = None
+
+    @property
+    def ratio(self) -> float:
+        return self.end / self.baseline
+
+    def note(self, what: str = "loss", value: float | None = None) -> str:
+        """ "loss 1.8e3, where predicting the mean gives 2.1" """
+        return f"{what} {_g(self.end if value is None else value)}, where {self.predictor} gives {_g(self.baseline)}"
+
+    def evidence(self) -> dict:
+        out = {"trivial_loss": self.baseline, "trivial_predictor": self.predictor, "loss_end": self.end,
+               "loss_best": self.best}
+        if self.val_end is not None:
+            out["val_loss_end"] = self.val_end
+        return out
+
+
+def _g(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def loss_calls(ev: Evidence) -> list[LossCall]:
+    return ev.events_of(LossCall)
+
+
+def reference(ev: Evidence) -> Reference | None:
+    """The trivial predictor's loss and the run's losses next to it; None where it does not apply."""
+    calls = loss_calls(ev)
+    names = {c.name for c in calls}
+    if len(names) != 1 or len(ev.steps) == 0:
+        return None
+    call = calls[0]
+    if any(c.reduction != "mean" or c.options.get("weighted") for c in calls):
+        return None
+    counts = _col(ev, "loss_calls")
+    if len(counts) and np.mean(counts > 1) > MAX_MULTI_CALL:
+        return None
+    found = _baseline(ev, call)
+    if found is None:
+        return None
+    baseline, predictor = found
+    if not np.isfinite(baseline) or baseline <= 1e-8:
+        return None  # a constant target: nothing to learn, no reference
+    series = _series(ev)
+    if len(series) < 6:
+        return None
+    k = int(np.clip(len(series) // 10, 3, 50))
+    end = float(np.median(series[-k:]))
+    best = float(np.min(_rolling_median(series, k)))
+    val_end = val_best = None
+    v = ev.validation
+    if len(v) and "loss_fn" in v:
+        same = (np.asarray(v["loss_fn"]) == call.name) & np.isfinite(np.asarray(v["loss"], dtype=float))
+        if same.any():
+            losses = np.asarray(v["loss"], dtype=float)[same]
+            val_end, val_best = float(losses[-1]), float(losses.min())
+    return Reference(loss=call.name, baseline=baseline, predictor=predictor, end=end, best=best, n=len(series),
+                     val_end=val_end, val_best=val_best)
+
+
+def harm(ev: Evidence, ref: Reference | None = None) -> str:
+    """A sentence naming the harm the reference shows ("" when none): the training loss no better
+    than the trivial predictor's, or the validation loss no better while training is."""
+    ref = ref if ref is not None else reference(ev)
+    if ref is None:
+        return ""
+    if ref.end >= NO_BETTER * ref.baseline:
+        return f"The run is no better than ignoring the input: training {ref.note()}."
+    if ref.val_end is not None and ref.val_end >= NO_BETTER * ref.baseline:
+        return (f"The run does not generalise: validation {ref.note('loss', ref.val_end)} "
+                f"(training {_g(ref.end)}).")
+    return ""
+
+
+def _col(ev: Evidence, name: str) -> np.ndarray:
+    if name not in ev.steps:
+        return np.zeros(0)
+    return np.asarray(ev.steps[name], dtype=float)
+
+
+def _series(ev: Evidence) -> np.ndarray:
+    loss, fn = _col(ev, "loss"), _col(ev, "loss_fn_value")
+    if not len(fn):
+        return np.zeros(0)
+    both = np.isfinite(loss) & np.isfinite(fn) & (fn != 0)
+    sampled = fn[np.isfinite(fn)]
+    if both.sum() >= 2 and abs(float(np.median(loss[both] / fn[both])) - 1) <= SAME_LOSS:
+        return loss[np.isfinite(loss)]
+    return sampled
+
+
+def _rolling_median(x: np.ndarray, k: int) -> np.ndarray:
+    if len(x) <= k:
+        return np.array([np.median(x)])
+    windows = np.lib.stride_tricks.sliding_window_view(x, k)
+    return np.median(windows, axis=1)
+
+
+def _baseline(ev: Evidence, call: LossCall) -> tuple[float, str] | None:
+    if call.name in ("cross_entropy", "nll_loss"):
+        counts = np.array([v for v in ev.class_counts.values() if v > 0], dtype=float)
+        if len(counts) < 2:
+            return None
+        classes = (call.input_shape or [0, 0])[1] if len(call.input_shape or []) >= 2 else len(counts)
+        p = counts / counts.sum()
+        eps = float(call.options.get("label_smoothing") or 0.0)
+        if eps > 0 and call.name == "cross_entropy" and classes >= len(counts):
+            q = np.concatenate([p, np.zeros(classes - len(counts))]) * (1 - eps) + eps / classes
+            return float(-(q * np.log(q)).sum()), "predicting the (smoothed) label frequencies"
+        return float(-(p * np.log(p)).sum()), "predicting the label frequencies"
+    targets = [t for t in ev.events_of(LossTargets) if t.name == call.name and t.baseline is not None]
+    if not targets:
+        return None
+    return float(targets[-1].baseline), f"predicting {targets[-1].predictor}"

@@ -1,0 +1,140 @@
+"""wrong_loss_input: the loss function receives something other than what it expects (probabilities
+into a loss that applies its own softmax or sigmoid)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from modeldebug.evidence import Evidence
+from modeldebug.rules import register
+from modeldebug.rules.base import Rule, col, family, fix, g
+from modeldebug.rules.reference import READS as REFERENCE_READS
+from modeldebug.rules.reference import loss_calls, reference
+from modeldebug.types import Finding
+
+# A sampled input within [0, 1] up to float rounding; rows summing to 1 within SUM_TOL.
+TOL, SUM_TOL = 1e-6, 1e-3
+# Share of the sampled steps that must show the pattern (a few unsampled-looking outliers allowed).
+SHARE = 0.9
+_SQUASHING = {"Softmax": "Softmax", "Softmax2d": "Softmax", "Sigmoid": "Sigmoid", "LogSoftmax": "LogSoftmax"}
+
+
+@dataclass(frozen=True)
+class Misuse:
+    loss: str  # the loss function
+    got: str  # "probabilities", "sigmoid outputs", "raw scores"
+    expects: str
+    samples: int
+    lo: float
+    hi: float
+    sum_err: float | None
+
+
+def misuse(ev: Evidence) -> Misuse | None:
+    """What the loss input looked like on the sampled steps, when it is not what the loss expects:
+    probabilities (in [0, 1], rows summing to 1) into ``cross_entropy``; non-negative values
+    (probabilities, not log-probabilities, which are <= 0) or positive scores into ``nll_loss``;
+    values all within [0, 1] (sigmoid outputs, not logits) into ``binary_cross_entropy_with_logits``."""
+    names = {c.name for c in loss_calls(ev)}
+    if len(names) != 1:
+        return None
+    (name,) = names
+    lo, hi = col(ev.steps, "loss_input_min"), col(ev.steps, "loss_input_max")
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    n = int(ok.sum())
+    if n < 2:
+        return None
+    lo, hi = lo[ok], hi[ok]
+    err = col(ev.steps, "loss_input_sum_err")[ok]
+    span = (float(lo.min()), float(hi.max()))
+    unit = (lo >= -TOL) & (hi <= 1 + TOL)
+    if name == "cross_entropy":
+        rows = unit & np.isfinite(err) & (err <= SUM_TOL)
+        if rows.mean() >= SHARE:
+            return Misuse(name, "probabilities", "raw logits (it applies log_softmax itself)", n, *span,
+                          float(np.nanmax(err)))
+    elif name == "nll_loss":
+        if (lo >= -TOL).mean() >= SHARE:
+            return Misuse(name, "probabilities", "log-probabilities (log_softmax output, all <= 0)", n, *span,
+                          float(np.nanmax(err)) if np.isfinite(err).any() else None)
+        if (hi > TOL).mean() >= SHARE:
+            return Misuse(name, "raw scores", "log-probabilities (log_softmax output, all <= 0)", n, *span, None)
+    elif name == "binary_cross_entropy_with_logits" and n >= 3 and unit.mean() >= SHARE:
+        return Misuse(name, "sigmoid outputs", "raw logits (it applies the sigmoid itself)", n, *span, None)
+    return None
+
+
+_TORCH_NAME = {"cross_entropy": "CrossEntropyLoss", "nll_loss": "NLLLoss",
+               "binary_cross_entropy_with_logits": "BCEWithLogitsLoss"}
+
+
+@register
+@dataclass
+class WrongLossInput(Rule):
+    """The model's output, as the loss function receives it, is not what that loss expects.
+
+    Reads: steps.loss_input_min / loss_input_max / loss_input_sum_err (sampled steps: the range of
+    the loss input and, for class losses, the largest deviation of a row's sum from 1),
+    events.loss_call (which loss function), layers (the last layer to run), the loss reference.
+    Fires: on at least 2 sampled steps (3 for BCEWithLogitsLoss), 90% of them showing
+    - probabilities into ``CrossEntropyLoss``: every value in [0, 1] and every row summing to 1
+      (within 1e-3): softmax applied twice, the loss floored at ln(1 + (K-1)/e) and its gradients
+      squashed;
+    - probabilities (all >= 0) or raw scores (some > 0) into ``NLLLoss``, which expects
+      log-probabilities (all <= 0);
+    - sigmoid outputs (all in [0, 1]) into ``BCEWithLogitsLoss``: logits that never leave [0, 1]
+      confine the prediction to [0.5, 0.73].
+    Raw logits cannot satisfy these by chance: their rows do not sum to 1 and they take both signs.
+    Severity: high (the loss has a floor the model cannot go below; training "works" but worse).
+    Causes: wrong_loss_function.
+    Recommends: removing the final Softmax/Sigmoid (named when it is a module), log_softmax for
+    NLLLoss, or the loss that matches the output.
+    """
+
+    id = "wrong_loss_input"
+    kind = "wrong_loss_input"
+    reads = ("steps.loss_input_min", "steps.loss_input_max", "steps.loss_input_sum_err", "layers") + REFERENCE_READS
+
+    def check(self, ev: Evidence) -> list[Finding]:
+        m = misuse(ev)
+        if m is None:
+            return []
+        order = ev.layers_in_order()
+        last = order[-1] if order and family(order[-1]) in _SQUASHING else None
+        where = f" The last layer to run, {last.name}, is a {family(last)}." if last is not None else ""
+        loss = _TORCH_NAME.get(m.loss, m.loss)
+        summed = m.sum_err is not None and m.got == "probabilities"
+        rows = f", rows summing to 1 within {g(m.sum_err)}" if summed else ""
+        msg = (f"{loss} receives {m.got}: its input stays within [{g(m.lo)}, {g(m.hi)}]{rows} on all "
+               f"{m.samples} sampled steps, but it expects {m.expects}.{where}")
+        ref = reference(ev)
+        evidence = {"loss_function": m.loss, "input_min": m.lo, "input_max": m.hi, "sampled_steps": m.samples}
+        if m.sum_err is not None:
+            evidence["row_sum_error"] = m.sum_err
+        if ref is not None:
+            msg += f" The training {ref.note()}."
+            evidence.update(ref.evidence())
+        return [self.finding(
+            severity="high", confidence=0.9, location=last.name if last is not None else None,
+            step=int(col(ev.steps, "step")[np.isfinite(col(ev.steps, "loss_input_min"))][0]),
+            message=msg, evidence=evidence, causes=["wrong_loss_function"],
+            recommendations=_fixes(m, last.name if last is not None else None),
+        )]
+
+
+def _fixes(m: Misuse, last: str | None) -> list:
+    layer = f" ({last})" if last else ""
+    if m.loss == "cross_entropy":
+        return [fix(f"Remove the final softmax{layer}: return the logits and let CrossEntropyLoss apply "
+                    "log_softmax; take softmax only where you need probabilities (at inference).",
+                    "logits = model(x)\nloss = nn.CrossEntropyLoss()(logits, y)\n"
+                    "probs = logits.softmax(dim=1)  # for reporting only")]
+    if m.loss == "nll_loss":
+        return [fix("Give NLLLoss log-probabilities: log_softmax instead of softmax (or return logits and use "
+                    "CrossEntropyLoss).", "return torch.log_softmax(self.out(h), dim=-1)  # then nn.NLLLoss()")]
+    return [fix(f"Remove the sigmoid{layer} before BCEWithLogitsLoss (it applies the sigmoid itself, stably); "
+                "keep torch.sigmoid for predictions, or use nn.BCELoss on probabilities.",
+                "logits = model(x)  # no sigmoid\nloss = nn.BCEWithLogitsLoss()(logits, y)\n"
+                "prob = torch.sigmoid(logits)")]

@@ -1,0 +1,240 @@
+"""The loss-call rules (wrong_loss_input, loss_shape_broadcast, labels_unrelated), the trivial
+predictor's reference and severity judged by harm, on hand-built Evidence."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from builders import build, healthy_columns
+
+from modeldebug.events import LossCall, LossTargets
+from modeldebug.evidence import LayerInfo
+from modeldebug.rules.base import impact_severity, loss_trend
+from modeldebug.rules.data_issue import DataIssue
+from modeldebug.rules.labels_unrelated import LabelsUnrelated
+from modeldebug.rules.loss_not_decreasing import LossNotDecreasing
+from modeldebug.rules.loss_shape_broadcast import LossShapeBroadcast
+from modeldebug.rules.reference import harm, reference
+from modeldebug.rules.wrong_loss_input import WrongLossInput
+
+CE = LossCall(name="cross_entropy", input_shape=[64, 10], target_shape=[64])
+
+
+def _events(*events):
+    return [{"step": e.at_step or 0, "type": e.tag, "data": e.to_data()} for e in events]
+
+
+def _cols(n=300, every=10, loss=None, sampled_input=None, calls=1):
+    """A healthy run whose steps carry the loss-call columns: the loss function's output equal to
+    the step loss, and the range of its input on sampled steps (logits by default)."""
+    cols = healthy_columns(n_steps=n, every=every)
+    s = cols["steps"]
+    if loss is not None:
+        s["loss"] = np.asarray(loss, dtype=float)
+    sampled = s["step"] % every == 0
+    s["loss_calls"] = np.full(n, calls)
+    s["loss_fn_value"] = np.where(sampled, s["loss"], np.nan)
+    lo, hi, err = sampled_input or (-4.0, 5.0, 3.0)
+    s["loss_input_min"] = np.where(sampled, lo, np.nan)
+    s["loss_input_max"] = np.where(sampled, hi, np.nan)
+    s["loss_input_sum_err"] = np.where(sampled, err, np.nan)
+    return cols
+
+
+def _balanced(classes=10):
+    return {c: 100 for c in range(classes)}
+
+
+# ---------------------------------------------------------------- the reference
+
+
+def test_reference_of_cross_entropy_is_the_label_entropy():
+    ev = build(_cols(), events=_events(CE), class_counts={0: 300, 1: 100})
+    ref = reference(ev)
+    p = np.array([0.75, 0.25])
+    assert ref is not None and math.isclose(ref.baseline, float(-(p * np.log(p)).sum()))
+    assert ref.predictor == "predicting the label frequencies"
+    assert ref.note().startswith("loss ") and "predicting the label frequencies gives 0.562" in ref.note()
+
+
+def test_label_smoothing_raises_the_reference():
+    smoothed = LossCall(name="cross_entropy", input_shape=[64, 4], target_shape=[64], options={"label_smoothing": 0.1})
+    plain = reference(build(_cols(), events=_events(CE), class_counts={0: 90, 1: 10}))
+    ref = reference(build(_cols(), events=_events(smoothed), class_counts={0: 90, 1: 10}))
+    assert ref.baseline > plain.baseline
+
+
+def test_regression_reference_comes_from_the_sampled_targets():
+    mse = LossCall(name="mse_loss", input_shape=[64, 1], target_shape=[64, 1])
+    ev = build(_cols(), events=_events(mse, LossTargets(name="mse_loss", rows=500, features=1, baseline=2.1,
+                                                         predictor="the mean")))
+    ref = reference(ev)
+    assert ref.baseline == 2.1 and ref.note(value=1800.0) == "loss 1.8e+03, where predicting the mean gives 2.1"
+
+
+@pytest.mark.parametrize("change", ["two_losses", "two_calls", "sum_reduction", "weighted", "constant_target"])
+def test_no_reference_where_the_loss_is_not_one_plain_call(change):
+    events, counts, calls = [CE], _balanced(), 1
+    if change == "two_losses":
+        events = [CE, LossCall(name="mse_loss", input_shape=[64, 8], target_shape=[64, 8])]
+    elif change == "two_calls":
+        calls = 2  # a GAN's discriminator: real and fake losses every step
+    elif change == "sum_reduction":
+        events = [LossCall(name="cross_entropy", input_shape=[64, 10], target_shape=[64], reduction="sum")]
+    elif change == "weighted":
+        events = [LossCall(name="cross_entropy", input_shape=[64, 10], target_shape=[64], options={"weighted": True})]
+    else:
+        counts = {3: 500}
+    assert reference(build(_cols(calls=calls), events=_events(*events), class_counts=counts)) is None
+
+
+def test_series_is_the_loss_functions_output_when_the_step_loss_adds_to_it():
+    cols = _cols()
+    cols["steps"]["loss"] = cols["steps"]["loss"] + 5.0  # a penalty added to the criterion
+    ref = reference(build(cols, events=_events(CE), class_counts=_balanced()))
+    assert ref.n == 30 and ref.end < 1.0  # the sampled loss function outputs, not loss + 5
+
+
+# ---------------------------------------------------------------- severity by harm
+
+
+def _raw_features_cols(end):
+    """Raw features: the loss falls 100x from a blown-up start but ends at ``end`` (reference 2.0)."""
+    n = 300
+    loss = 3e5 * np.exp(-np.arange(n) / 10) + end
+    cols = _cols(n, loss=loss)
+    cols["steps"]["input_mean"] = np.full(n, 2e4)
+    cols["steps"]["input_std"] = np.full(n, 1e4)
+    mse = LossCall(name="mse_loss", input_shape=[64, 1], target_shape=[64, 1])
+    targets = LossTargets(name="mse_loss", rows=500, features=1, baseline=2.0, predictor="the mean")
+    return cols, _events(mse, targets)
+
+
+def test_a_falling_loss_that_stays_above_the_reference_is_not_low():
+    cols, events = _raw_features_cols(end=460.0)
+    ev = build(cols, events=events)
+    trend = loss_trend(ev)
+    assert trend.improving and "where predicting the mean gives 2" in trend.harm
+    assert impact_severity(trend) == "medium"
+    (f,) = DataIssue().check(ev)
+    assert f.severity == "medium"
+
+
+def test_a_falling_loss_below_the_reference_stays_low():
+    cols, events = _raw_features_cols(end=0.1)
+    ev = build(cols, events=events)
+    assert harm(ev) == "" and impact_severity(loss_trend(ev)) == "low"
+    assert DataIssue().check(ev)[0].severity == "low"
+
+
+def test_validation_no_better_than_the_reference_is_harm():
+    cols = _cols()
+    cols["validation"]["loss"] = np.full(len(cols["validation"]["step"]), 3.5)
+    cols["validation"]["loss_fn"] = np.array(["cross_entropy"] * len(cols["validation"]["step"]))
+    ev = build(cols, events=_events(CE), class_counts={0: 100, 1: 100, 2: 100})
+    assert "validation loss 3.5" in harm(ev)
+
+
+def test_loss_not_decreasing_judges_a_blown_up_start_against_the_reference():
+    # lr far too high: the loss "improves" from 1e3 at the start to 2.3, the loss of guessing.
+    n = 300
+    loss = 1e3 * np.exp(-np.arange(n) / 5) + 2.35 * (1 + 0.02 * np.random.default_rng(0).standard_normal(n))
+    cols = _cols(n, loss=loss)
+    cols["param_stats"]["update_ratio"] = np.full(len(cols["param_stats"]["step"]), 0.5)
+    ev = build(cols, events=_events(CE), class_counts=_balanced())
+    (f,) = LossNotDecreasing().check(ev)
+    assert f.severity == "high" and f.causes[0] == "learning_rate_too_high"
+    assert "predicting the label frequencies gives 2.3" in f.message and f.evidence["trivial_loss"] > 2.3
+
+
+def test_loss_not_decreasing_quiet_when_the_run_beats_the_reference():
+    ev = build(_cols(), events=_events(CE), class_counts=_balanced())
+    assert LossNotDecreasing().check(ev) == []
+
+
+# ---------------------------------------------------------------- wrong_loss_input
+
+
+@pytest.mark.parametrize("name,sampled_input,got", [
+    ("cross_entropy", (0.0, 0.97, 1e-7), "probabilities"),
+    ("nll_loss", (0.0, 0.97, 1e-7), "probabilities"),
+    ("nll_loss", (-3.0, 4.0, 2.0), "raw scores"),
+    ("binary_cross_entropy_with_logits", (0.5, 0.73, np.nan), "sigmoid outputs"),
+])
+def test_wrong_loss_input_fires(name, sampled_input, got):
+    cols = _cols(sampled_input=sampled_input)
+    cols["layers"]["net.5"] = LayerInfo("net.5", "Softmax", 5, 0, "Softmax(dim=1)", family="Softmax")
+    ev = build(cols, events=_events(LossCall(name=name, input_shape=[64, 10], target_shape=[64])),
+               class_counts=_balanced())
+    (f,) = WrongLossInput().check(ev)
+    assert f.kind == "wrong_loss_input" and f.severity == "high" and f.causes == ["wrong_loss_function"]
+    assert got in f.message and f.location == "net.5"
+
+
+@pytest.mark.parametrize("name,sampled_input", [
+    ("cross_entropy", (-4.0, 5.0, 3.0)),  # logits
+    ("cross_entropy", (0.0, 6.0, 3.0)),  # ReLU'd scores: non-negative but not probabilities
+    ("nll_loss", (-9.0, 0.0, 0.5)),  # log_softmax output
+    ("binary_cross_entropy_with_logits", (-2.0, 3.0, np.nan)),
+    ("binary_cross_entropy", (0.01, 0.99, np.nan)),  # sigmoid into BCELoss is right
+])
+def test_wrong_loss_input_quiet_on_the_right_input(name, sampled_input):
+    ev = build(_cols(sampled_input=sampled_input),
+               events=_events(LossCall(name=name, input_shape=[64, 10], target_shape=[64])), class_counts=_balanced())
+    assert WrongLossInput().check(ev) == []
+
+
+# ---------------------------------------------------------------- loss_shape_broadcast
+
+
+def test_loss_shape_broadcast_fires_on_n1_against_n():
+    call = LossCall(name="mse_loss", input_shape=[64, 1], target_shape=[64], broadcast_shape=[64, 64], at_step=3)
+    (f,) = LossShapeBroadcast().check(build(_cols(), events=_events(call)))
+    assert f.severity == "high" and f.causes == ["loss_shape_mismatch"] and f.step == 3
+    assert "[64, 1]" in f.message and "[64, 64]" in f.message
+    assert "squeeze(-1)" in f.recommendations[0].implementation
+
+
+def test_loss_shape_broadcast_quiet_on_equal_shapes():
+    call = LossCall(name="mse_loss", input_shape=[64, 1], target_shape=[64, 1])
+    assert LossShapeBroadcast().check(build(_cols(), events=_events(call))) == []
+
+
+# ---------------------------------------------------------------- labels_unrelated
+
+
+def _at_chance_cols(classes=5, update_ratio=1e-3, n=300):
+    rng = np.random.default_rng(1)
+    cols = _cols(n, loss=math.log(classes) * (1 + 0.02 * rng.standard_normal(n)))
+    cols["param_stats"]["update_ratio"] = np.full(len(cols["param_stats"]["step"]), update_ratio)
+    cols["validation"]["loss"] = np.full(len(cols["validation"]["step"]), math.log(classes) + 0.03)
+    return cols
+
+
+def test_labels_unrelated_fires_at_the_reference_with_healthy_updates():
+    ev = build(_at_chance_cols(), events=_events(CE), class_counts=_balanced(5))
+    (f,) = LabelsUnrelated().check(ev)
+    assert f.severity == "high" and f.causes == ["label_problem"]
+    assert "predicting the label frequencies gives 1.61" in f.message
+    (stalled,) = LossNotDecreasing().check(ev)
+    assert stalled.causes[0] == "label_problem"  # the symptom agrees with its cause
+
+
+@pytest.mark.parametrize("plant", ["tiny_updates", "lr_collapsed", "broadcast", "no_zero_grad", "learns"])
+def test_labels_unrelated_leaves_other_explanations_alone(plant):
+    cols, events = _at_chance_cols(), [CE]
+    if plant == "tiny_updates":
+        cols["param_stats"]["update_ratio"][:] = 1e-7
+    elif plant == "lr_collapsed":
+        cols["steps"]["lr"] = 0.01 * 0.5 ** np.arange(len(cols["steps"]["step"]))
+    elif plant == "broadcast":
+        events = [LossCall(name="mse_loss", input_shape=[64, 1], target_shape=[64], broadcast_shape=[64, 64]),
+                  LossTargets(name="mse_loss", rows=300, features=1, baseline=1.6, predictor="the mean")]
+    elif plant == "no_zero_grad":
+        cols["steps"]["stale_grad_norm"][:] = 1.0
+    else:
+        cols = _cols()  # falls well below ln 5
+    ev = build(cols, events=_events(*events), class_counts=_balanced(5))
+    assert LabelsUnrelated().check(ev) == []
