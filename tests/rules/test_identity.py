@@ -154,3 +154,20 @@ def test_disjoint_or_held_out_evaluation_is_healthy():
 def test_data_with_a_handful_of_distinct_inputs_is_not_judged():
     assert ValidationOverlap().check(_overlap((16, 16), train_distinct=16, train_size=640)) == []
     assert ValidationOverlap().check(build(healthy_columns())) == []
+
+
+def test_an_optimizer_on_a_copy_is_the_root_of_the_gradients_piling_up():
+    """zero_grad() zeroes the copy's gradients: the trained model's grow step after step."""
+    from modeldebug.findings import make_finding
+    from modeldebug.rules.causality import link_findings
+
+    ev = build(_two_instances(live_in_optimizer=False))
+    [root] = UntrackedParameters().check(ev)
+    grew = make_finding("exploding_gradient", severity="high", message="grew", step=40,
+                        causes=["learning_rate_too_high", "bad_weight_init"])
+    linked = link_findings([root, grew], ev)
+    assert linked[1].caused_by == linked[0].id
+    assert linked[1].causes[0] == "parameters_not_in_optimizer" and "learning_rate_too_high" not in linked[1].causes
+    # A module created in forward() zeroes nothing it should not: its own gradients do not pile up.
+    [renew] = UntrackedParameters().check(build(healthy_columns(), events=[_renewed(1), _renewed(2)]))
+    assert link_findings([renew, grew], ev)[1].caused_by is None

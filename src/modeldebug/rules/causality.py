@@ -166,6 +166,11 @@ LINKS: tuple[Link, ...] = (
     Link("labels_unrelated", "loss_not_decreasing", "labels unrelated to the inputs leave nothing to learn"),
     Link("untracked_parameters", "unchanged_weights", "parameters no optimizer holds never change"),
     Link("untracked_parameters", "loss_not_decreasing", "parameters no optimizer holds never change"),
+    # An optimizer on a copy: zero_grad() zeroes the copy, so the trained model's gradients pile up.
+    Link("untracked_parameters", "exploding_gradient", "the gradients of the model no optimizer holds are never "
+         "zeroed and pile up", lambda root, cons, ev: "optimizer_holds" in root.evidence, explains=_ACC),
+    Link("untracked_parameters", "gradient_accumulation", "the gradients of the model no optimizer holds are "
+         "never zeroed and pile up", lambda root, cons, ev: "optimizer_holds" in root.evidence),
     Link("weight_decay_too_high", "loss_not_decreasing", "weight decay shrinks the weights faster than they learn"),
     Link("weight_decay_too_high", "vanishing_gradient", "weight decay shrinks the weights faster than they learn"),
     Link("clip_before_backward", "exploding_gradient", "the clipping runs before backward(), so it never clips"),
