@@ -11,6 +11,7 @@ from modeldebug.rules.data_issue import DataIssue
 from modeldebug.rules.loss_not_decreasing import LossNotDecreasing
 from modeldebug.rules.memory_growth import MemoryGrowth
 from modeldebug.rules.oscillating_loss import OscillatingLoss
+from modeldebug.rules.saturated_activation import SaturatedActivation
 from modeldebug.rules.unchanged_weights import UnchangedWeights
 
 
@@ -204,3 +205,29 @@ def test_the_falling_course_is_the_least_squares_non_increasing_fit():
 
     np.testing.assert_allclose(_falling_course(np.array([3.0, 1.0, 2.0, 0.0])), [3.0, 1.5, 1.5, 0.0])
     np.testing.assert_allclose(_falling_course(np.array([1.0, 2.0, 3.0])), [2.0, 2.0, 2.0])
+
+
+# --- saturated_activation: a GAN discriminator's confident output -----------------------------------
+
+
+def _sigmoid_output(cols):
+    cols["layers"]["net.5"] = LayerInfo("net.5", "Sigmoid", 5, 0, "Sigmoid()", family="Sigmoid")
+    t = cols["layer_stats"]
+    steps = np.unique(t["step"])
+    extra = {"step": steps, "layer": np.full(len(steps), "net.5"), "sat_frac": np.full(len(steps), 0.8)}
+    for key in t:
+        t[key] = np.concatenate([t[key], extra.get(key, np.full(len(steps), t[key][0]))])
+    return cols
+
+
+def test_a_discriminators_saturated_output_sigmoid_is_not_a_finding():
+    cols = _two_players(_sigmoid_output(healthy_columns()), backward_calls=3)
+    assert SaturatedActivation().check(build(cols)) == []
+
+
+def test_a_saturated_output_sigmoid_of_a_stalled_single_model_still_fires():
+    cols = _sigmoid_output(healthy_columns())
+    _stall = 2.3 + 0.02 * np.random.default_rng(0).standard_normal(300)
+    cols["steps"]["loss"] = _stall
+    (f,) = SaturatedActivation().check(build(cols))
+    assert (f.kind, f.location) == ("saturated_activation", "net.5")

@@ -122,6 +122,17 @@ def loss_trend(ev: Evidence, grace: int = GRACE_STEPS, min_steps: int = 6) -> Lo
     return LossTrend(start=start, end=end, n=len(finite), diverged=diverged, ev=ev)
 
 
+def adversarial(ev: Evidence) -> bool:
+    """Players trained against each other (a GAN's generator and discriminator): two models or
+    more, an optimizer each, and several backward calls into each step (one per objective)."""
+    models = {i.model for i in ev.params.values() if i.in_optimizer}
+    calls = col(ev.steps, "backward_calls")
+    return len(ev.optimizers) >= 2 and len(models) >= 2 and len(calls) > 0 and float(np.median(calls)) >= 2
+
+
+ADVERSARIAL_READS = ("params", "optimizers", "steps.backward_calls")
+
+
 def impact_severity(trend: LossTrend | None, hurt: str = "high", unknown: str = "medium") -> str:
     """Severity for a symptom: ``low`` when the loss still improves and no reference shows harm
     (``medium`` when one does: a loss that falls may still stay no better than a trivial predictor),

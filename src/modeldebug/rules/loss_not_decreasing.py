@@ -11,6 +11,7 @@ from modeldebug.rules import register
 from modeldebug.rules.base import (
     GRACE_STEPS,
     Rule,
+    adversarial,
     col,
     family,
     fix,
@@ -82,7 +83,7 @@ class LossNotDecreasing(Rule):
         findings = []
         trend = loss_trend(ev, self.grace_steps, min_steps=self.min_steps)
         steps = col(ev.steps, "step")
-        if trend is not None and abs(trend.start) > 1e-6 and not self._adversarial(ev):
+        if trend is not None and abs(trend.start) > 1e-6 and not adversarial(ev):  # players' summed losses trade off
             rising = trend.end > trend.start + 0.1 * abs(trend.start)
             ref = reference(ev)
             if (rising or trend.end > trend.start - self.min_drop * abs(trend.start)
@@ -94,15 +95,6 @@ class LossNotDecreasing(Rule):
                 findings.append(self._stalled(ev, trend, rising, steps, ref, at_reference=True))
         findings += self._alerts(ev, steps)
         return findings
-
-    @staticmethod
-    def _adversarial(ev: Evidence) -> bool:
-        """Players trained against each other (a GAN's generator and discriminator): two models or
-        more, an optimizer each, and several backward calls into each step (one per objective).
-        Their summed losses trade off and are not meant to fall."""
-        models = {i.model for i in ev.params.values() if i.in_optimizer}
-        calls = col(ev.steps, "backward_calls")
-        return len(ev.optimizers) >= 2 and len(models) >= 2 and len(calls) > 0 and float(np.median(calls)) >= 2
 
     def _drop_is_noise_of_still_weights(self, ev: Evidence, trend) -> bool:
         ur_max, _ = self._update_ratios(ev)

@@ -9,9 +9,11 @@ import numpy as np
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
 from modeldebug.rules.base import (
+    ADVERSARIAL_READS,
     REFERENCE_READS,
     GRACE_STEPS,
     Rule,
+    adversarial,
     attr_path,
     col,
     family,
@@ -42,6 +44,8 @@ class SaturatedActivation(Rule):
     Fires: on a sigmoid/tanh layer whose median saturated fraction over the sampled steps after
     the grace steps is >= ``sat_frac`` = 0.5 (SageMaker's saturated-activation rule: more than
     half the units saturated; its ±9.5 tanh input bound is coarser than our 1% output band).
+    Not on a model's output layer while the loss improves, nor on a GAN's (adversarial players:
+    rules/base.adversarial): a discriminator is confident by design.
     Severity: medium when the loss stalls, low while it still improves (AUTOTRAINER).
     Causes: inputs far from normalized -> unnormalized_inputs; saturated from the first sample ->
     bad_weight_init; saturated later -> learning_rate_too_high; always saturating_activation_choice
@@ -53,7 +57,7 @@ class SaturatedActivation(Rule):
     id = "saturated_activation"
     kind = "saturated_activation"
     reads = ("layer_stats.sat_frac", "layers", "steps.input_mean", "steps.input_std", "steps.loss",
-             "optimizers", "steps.loss_nonfinite") + REFERENCE_READS  # severity by harm
+             "optimizers", "steps.loss_nonfinite") + REFERENCE_READS + ADVERSARIAL_READS  # severity by harm
     level = "detailed"
     sat_frac: float = 0.5
     grace_steps: int = GRACE_STEPS
@@ -69,12 +73,13 @@ class SaturatedActivation(Rule):
         trend = loss_trend(ev, self.grace_steps)
         order = ev.layers_in_order()
         last = order[-1].name if order else None
+        outputs = {info.model: info.name for info in order}.values()  # each model's last layer
         findings = []
         for name in sorted(med, key=lambda n: layer_order(ev, n)):
             if med[name] < self.sat_frac:
                 continue
-            if name == last and trend is not None and trend.improving:
-                continue  # a confident output sigmoid in a run that learns is the goal, not a fault
+            if name in outputs and (name == last and trend is not None and trend.improving or adversarial(ev)):
+                continue  # a confident output sigmoid in a run that learns (or a GAN's discriminator) is the goal
             rows = (names == name) & np.isfinite(sat)
             s, v = steps[rows], sat[rows]
             first = int(s[np.flatnonzero(v >= self.sat_frac)[0]]) if (v >= self.sat_frac).any() else int(s[0])
