@@ -238,3 +238,13 @@ def test_labels_unrelated_leaves_other_explanations_alone(plant):
         cols = _cols()  # falls well below ln 5
     ev = build(cols, events=_events(*events), class_counts=_balanced(5))
     assert LabelsUnrelated().check(ev) == []
+
+
+def test_labels_unrelated_leaves_raw_inputs_to_data_issue():
+    cols = _at_chance_cols(classes=2)
+    cols["steps"]["input_mean"][:] = 128.0
+    cols["steps"]["input_std"][:] = 74.0
+    ev = build(cols, events=_events(CE), class_counts=_balanced(2))
+    assert LabelsUnrelated().check(ev) == []
+    (f,) = DataIssue().check(ev)
+    assert f.severity == "medium"  # the loss stays at the reference: harm, whatever its trend

@@ -10,6 +10,7 @@ import numpy as np
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
 from modeldebug.rules.base import Rule, best_practice, col, fix, flag, g, per_group_median
+from modeldebug.rules.data_issue import DataIssue
 from modeldebug.rules.loss_shape_broadcast import broadcasting_calls
 from modeldebug.rules.reference import READS as REFERENCE_READS
 from modeldebug.rules.reference import Reference, reference
@@ -25,8 +26,8 @@ class LabelsUnrelated(Rule):
     Reads: the loss reference (rules/reference.py: the trivial predictor's loss, the training loss
     at the end and at its best, validation from the same loss function), param_stats.update_ratio,
     steps.optimizer_stepped / stale_grad_norm / grad_norm / lr, params (in an optimizer?),
-    optimizers (weight decay), and the loss-call rules' evidence (a broadcasting loss or a wrong
-    loss input explain a loss at the reference themselves).
+    optimizers (weight decay), the loss-call rules' and data_issue's evidence (a broadcasting loss,
+    a wrong loss input, inputs far from normalized explain a loss at the reference themselves).
     Fires: after ``min_steps`` judged losses, when the training loss ends within
     [``low``, ``high``] = [0.95, 1.25] x the trivial loss and never went below ``best`` = 0.9 x it
     (validation, when measured with the same loss, too), while the updates are healthy: the
@@ -45,7 +46,7 @@ class LabelsUnrelated(Rule):
     kind = "labels_unrelated"
     reads = REFERENCE_READS + ("param_stats.update_ratio", "steps.optimizer_stepped", "steps.stale_grad_norm",
                                "steps.grad_norm", "steps.lr", "params", "optimizers", "steps.loss_input_min",
-                               "steps.loss_input_max", "steps.loss_input_sum_err", "layers")
+                               "steps.loss_input_max", "steps.loss_input_sum_err", "layers") + DataIssue.reads
     low: float = 0.95
     high: float = 1.25
     best: float = 0.9
@@ -59,8 +60,8 @@ class LabelsUnrelated(Rule):
         ref = reference(ev)
         if ref is None or ref.n < self.min_steps or not self._at_reference(ref):
             return []
-        if broadcasting_calls(ev) or misuse(ev) is not None:
-            return []
+        if broadcasting_calls(ev) or misuse(ev) is not None or DataIssue().check(ev):
+            return []  # what the loss call or the data show explains the loss better
         ratio = self._healthy_update_ratio(ev)
         if ratio is None:
             return []

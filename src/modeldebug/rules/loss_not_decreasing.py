@@ -29,7 +29,7 @@ from modeldebug.rules.base import (
 )
 from modeldebug.rules.labels_unrelated import LabelsUnrelated
 from modeldebug.rules.loss_shape_broadcast import broadcasting_calls
-from modeldebug.rules.reference import Reference, reference
+from modeldebug.rules.reference import NO_BETTER, Reference, reference
 from modeldebug.rules.wrong_loss_input import misuse
 from modeldebug.types import Finding
 
@@ -89,7 +89,7 @@ class LossNotDecreasing(Rule):
             if (rising or trend.end > trend.start - self.min_drop * abs(trend.start)
                     or self._drop_is_noise_of_still_weights(ev, trend)):
                 findings.append(self._stalled(ev, trend, rising, steps, ref))
-            elif ref is not None and ref.n >= self.min_steps and ref.end >= ref.baseline:
+            elif ref is not None and ref.n >= self.min_steps and ref.end >= NO_BETTER * ref.baseline:
                 # It fell from its start, but the start may be blown up (lr far too high): judged
                 # against the trivial predictor, the run learned nothing.
                 findings.append(self._stalled(ev, trend, rising, steps, ref, at_reference=True))
@@ -115,7 +115,7 @@ class LossNotDecreasing(Rule):
         first = int(steps[grace_mask(steps, self.grace_steps)][0]) if len(steps) > self.grace_steps else int(steps[0])
         chance = self._chance_note(ev, trend)
         noise = not rising and trend.end <= trend.start - self.min_drop * abs(trend.start)  # the still-weights case
-        verb = ("fell but stays no better than ignoring the input" if at_reference else "rose" if rising
+        verb = ("fell but does little better than ignoring the input" if at_reference else "rose" if rising
                 else "fell no more than its minibatch noise" if noise else "did not decrease")
         msg = (f"The training loss {verb}: {g(trend.start)} at the start -> "
                f"{g(trend.end)} at the end over {trend.n} steps ({g(100 * trend.rel_change)}%).{chance}")

@@ -28,8 +28,8 @@ READS = ("events.loss_call", "events.loss_targets", "class_counts", "steps.loss"
 MAX_MULTI_CALL = 0.05
 # steps.loss is the loss function's output when their median ratio on sampled steps is within this.
 SAME_LOSS = 0.01
-# A training or validation loss at least this share of the reference learned nothing useful.
-NO_BETTER = 1.0
+# A training or validation loss within 5% of the reference (or above it) learned next to nothing.
+NO_BETTER = 0.95
 
 
 @dataclass
@@ -103,13 +103,13 @@ def reference(ev: Evidence) -> Reference | None:
 
 
 def harm(ev: Evidence, ref: Reference | None = None) -> str:
-    """A sentence naming the harm the reference shows ("" when none): the training loss no better
-    than the trivial predictor's, or the validation loss no better while training is."""
+    """A sentence naming the harm the reference shows ("" when none): the training loss within 5%
+    of the trivial predictor's or above, or the validation loss there while training is below."""
     ref = ref if ref is not None else reference(ev)
     if ref is None:
         return ""
     if ref.end >= NO_BETTER * ref.baseline:
-        return f"The run is no better than ignoring the input: training {ref.note()}."
+        return f"The run does little better than ignoring the input: training {ref.note()}."
     if ref.val_end is not None and ref.val_end >= NO_BETTER * ref.baseline:
         return (f"The run does not generalise: validation {ref.note('loss', ref.val_end)} "
                 f"(training {_g(ref.end)}).")
