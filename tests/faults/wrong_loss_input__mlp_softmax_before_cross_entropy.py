@@ -1,7 +1,7 @@
 """MLP classifier ending in nn.Softmax, trained with nn.CrossEntropyLoss (which applies log_softmax
 itself): the loss sees probabilities as logits, its gradient is squashed, and it barely moves.
 
-planted: kind=loss_not_decreasing cause=wrong_loss_function
+planted: kind=wrong_loss_input cause=wrong_loss_function
 """
 import torch
 from torch import nn
