@@ -27,6 +27,7 @@ class ClipBeforeBackward(Rule):
     (no threshold otherwise: a misplaced clip never works). Severity: high when the gradient norm
     the optimizer used exceeded the clipping threshold (clipping would have acted), or the loss or
     gradients became non-finite; else medium. Cause: clipping_misplaced.
+    Recommends: clipping after ``loss.backward()`` and before ``optimizer.step()``.
     """
 
     id = "clip_before_backward"

@@ -31,7 +31,9 @@ class LrScheduleMisuse(Rule):
     the ``lr_scheduler`` events (class and settings of each scheduler). When the scheduler is
     stepped about once per optimizer step and is a schedule counted in epochs (StepLR,
     ExponentialLR, CosineAnnealingLR...), the message says it is stepped every batch.
+    Fires: at least ``min_steps`` optimizer steps with a recorded lr, and the collapse above.
     Severity: high (the lr is ~0 for at least half of the run). Cause: scheduler_misuse.
+    Recommends: stepping the scheduler once per epoch (or sizing it in batches); else a slower decay.
     """
 
     id = "lr_schedule_misuse"

@@ -47,6 +47,7 @@ class TrainEvalMode(Rule):
     evaluation batches in train mode: medium (the reported validation is noisy, and BatchNorm's
     running statistics take in the validation batches).
     Cause: wrong_module_mode.
+    Recommends: model.train() at the start of every epoch; model.eval() before evaluating.
     """
 
     id = "train_eval_mode"

@@ -50,8 +50,10 @@ class WeightDecayTooHigh(Rule):
     (numel, weight_decay: the share of the weights decayed), steps.lr (the schedule over time),
     param_stats.norm and grad_norm (the weights' size over the run; the L2 pull wd * |w| against
     the gradient), and the loss trend for the severity.
+    Fires: the strongest group's shrinkage as above, its groups holding ``min_share`` of the weights.
     Severity: high when the decayed weights end below half their first sampled norm, or the loss
     does not improve; else medium. Cause: weight_decay_too_high.
+    Recommends: a weight_decay 20x below the 1% limit or less, biases and norm layers undecayed.
     """
 
     id = "weight_decay_too_high"
