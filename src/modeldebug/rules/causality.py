@@ -46,6 +46,11 @@ def root_names(*causes: str) -> Check:
     return check
 
 
+def names_root_cause(root: Finding, cons: Finding, ev: Evidence) -> bool:
+    """The consequence's own rule lists the root's first cause among its causes."""
+    return bool(root.causes) and root.causes[0] in cons.causes
+
+
 def evidence_is(key: str, *values: object) -> Check:
     """The consequence's evidence ``key`` is one of ``values``."""
     def check(root: Finding, cons: Finding, ev: Evidence) -> bool:
@@ -140,10 +145,11 @@ LINKS: tuple[Link, ...] = (
          both_name("bad_weight_init")),
     Link("saturated_activation", "vanishing_gradient", "saturated units pass almost no gradient",
          both_name("saturating_activation_choice", "bad_weight_init", "unnormalized_inputs")),
-    Link("saturated_activation", "loss_not_decreasing", "saturated units pass almost no gradient"),
-    Link("dead_relu", "vanishing_gradient", _DEAD),
-    Link("dead_relu", "loss_not_decreasing", _DEAD),
-    Link("vanishing_gradient", "loss_not_decreasing", "gradients too small to move the early layers"),
+    Link("saturated_activation", "loss_not_decreasing", "saturated units pass almost no gradient", names_root_cause),
+    Link("dead_relu", "vanishing_gradient", _DEAD, names_root_cause),
+    Link("dead_relu", "loss_not_decreasing", _DEAD, names_root_cause),
+    Link("vanishing_gradient", "loss_not_decreasing", "gradients too small to move the early layers",
+         names_root_cause),
     Link("unchanged_weights", "loss_not_decreasing", _FLAT,
          both_name("missing_optimizer_step", "detached_graph", "frozen_parameters", "parameters_not_in_optimizer")),
     Link("memory_growth", "memory_pressure", "memory kept growing until the device was nearly full"),
