@@ -195,3 +195,28 @@ def test_a_check_that_raises_links_nothing(monkeypatch):
     monkeypatch.setattr(causality, "LINKS", causality.LINKS + (link,))
     out = link_findings([_f("gradient_accumulation", 1), _f("oscillating_loss", 5)], _ev())
     assert out[1].caused_by is None
+
+
+def test_opposite_lr_guesses_both_go_unless_the_lr_itself_decides():
+    lower, higher = fix("Lower the learning rate about 10x."), fix("Raise the learning rate: lr is 0.01; try 0.1.")
+    findings = [_f("exploding_gradient", 0, severity="medium", causes=["unnormalized_inputs", "learning_rate_too_high"],
+                   recs=[lower]),
+                _f("loss_not_decreasing", 5, causes=["unnormalized_inputs", "learning_rate_too_low"], recs=[higher])]
+    out = link_findings(findings, _ev())
+    assert [f.causes for f in out] == [["unnormalized_inputs"], ["unnormalized_inputs"]]
+    assert [f.recommendations for f in out] == [[], []]
+    cols = healthy_columns(n_steps=60)
+    cols["optimizers"][0].param_groups[0]["lr"] = 1e-7  # below SGD's usual range: the lr is too low
+    out = link_findings(findings, build(cols))
+    assert [f.causes for f in out] == [["unnormalized_inputs"], ["unnormalized_inputs", "learning_rate_too_low"]]
+
+
+def test_a_setup_fault_is_the_root_whatever_step_its_finding_names():
+    # the input statistics are judged at step 1, the gradients blew up at step 0: the data came first
+    out = link_findings([_f("data_issue", 1, severity="medium", causes=["unnormalized_inputs"]),
+                         _f("exploding_gradient", 0, causes=["unnormalized_inputs", "learning_rate_too_high"])], _ev())
+    assert out[1].caused_by == "data_issue"
+    # a dynamics finding gets no such head start
+    out = link_findings([_f("exploding_gradient", 9, causes=["learning_rate_too_high"]),
+                         _f("nan_or_inf", 3, causes=["learning_rate_too_high"])], _ev())
+    assert out[1].caused_by is None

@@ -222,7 +222,7 @@ def _linked(findings: list[Finding], ev: Evidence) -> list[Finding]:
         root = _root(f, parents)
         if root is not f:
             _agree(f, root.causes[:1], _explained(f, parents, ev))
-    _one_lr_direction(out)
+    _one_lr_direction(out, ev)
     return out
 
 
@@ -249,8 +249,17 @@ def _link(root_kind: str, cons_kind: str) -> Link | None:
 _BY_PAIR = {(link.root, link.consequence): link for link in LINKS}
 
 
-def _step(f: Finding) -> int:
-    return -1 if f.step is None else f.step  # a whole-run fact (data, setup) comes before any step
+# Kinds about how the run is set up (data, init, the loss call, modes, parameters, clipping):
+# true from the first step, whichever step their finding first saw it at.
+SETUP = frozenset({"data_issue", "poor_weight_init", "wrong_loss_input", "loss_shape_broadcast", "train_eval_mode",
+                   "labels_unrelated", "untracked_parameters", "weight_decay_too_high", "clip_before_backward",
+                   "validation_overlap"})
+
+
+def _step(f: Finding, as_root: bool = False) -> int:
+    if f.step is None or (as_root and f.kind in SETUP):
+        return -1  # a whole-run fact comes before any step
+    return f.step
 
 
 def _parents(findings: list[Finding], ev: Evidence) -> dict[int, Finding]:
@@ -263,7 +272,7 @@ def _parents(findings: list[Finding], ev: Evidence) -> dict[int, Finding]:
         candidates = []
         for root in findings:
             link = _link(root.kind, cons.kind)
-            if root is cons or link is None or root.source != "rules" or _step(root) > _step(cons):
+            if root is cons or link is None or root.source != "rules" or _step(root, True) > _step(cons):
                 continue
             try:
                 if not link.check(root, cons, ev):
@@ -272,7 +281,7 @@ def _parents(findings: list[Finding], ev: Evidence) -> dict[int, Finding]:
                 continue
             rank = cons.causes.index(root.causes[0]) if root.causes and root.causes[0] in cons.causes \
                 else len(cons.causes)
-            candidates.append((rank, _step(root), SEVERITY_ORDER[root.severity], -root.confidence,
+            candidates.append((rank, _step(root, True), SEVERITY_ORDER[root.severity], -root.confidence,
                                LINKS.index(link), root))
         if candidates:
             parents[id(cons)] = min(candidates, key=lambda c: c[:5])[-1]
@@ -322,18 +331,27 @@ def _serves(rec: Recommendation) -> set[str]:
     return {cause for cause, phrases in SERVES.items() if any(text.startswith(p) for p in phrases)}
 
 
-def _one_lr_direction(findings: list[Finding]) -> None:
-    """'lr too high' here and 'lr too low' there: keep the direction the most severe, most confident
-    finding names as its first cause; the others drop the opposite (never their only cause)."""
-    claims = [f for f in findings if f.causes and f.causes[0] in OPPOSITE]
-    if not claims:
+def _one_lr_direction(findings: list[Finding], ev: Evidence) -> None:
+    """'lr too high' here and 'lr too low' there: one direction survives. The run's lr decides when
+    it is outside its optimizer's usual range; else the direction the most severe, most confident
+    finding names as its first cause; else (both only alternatives) neither. A finding never loses
+    its only cause."""
+    named = {c for f in findings for c in f.causes if c in OPPOSITE}
+    if len(named) < 2:
         return
-    lead = min(claims, key=lambda f: (SEVERITY_ORDER[f.severity], -f.confidence))
-    wrong = OPPOSITE[lead.causes[0]]
+    claims = [f for f in findings if f.causes and f.causes[0] in OPPOSITE]
+    if lr_is_high(ev) or lr_is_low(ev):
+        keep = {"learning_rate_too_high" if lr_is_high(ev) else "learning_rate_too_low"}
+    elif claims:
+        keep = {min(claims, key=lambda f: (SEVERITY_ORDER[f.severity], -f.confidence)).causes[0]}
+    else:
+        keep = set()
+    drop = named - keep
     for f in findings:
-        if wrong in f.causes and len(f.causes) > 1:
-            f.causes = [c for c in f.causes if c != wrong]
-            f.recommendations = [r for r in f.recommendations if wrong not in _serves(r)]
+        rest = [c for c in f.causes if c not in drop]
+        if rest and len(rest) < len(f.causes):
+            f.causes = rest
+            f.recommendations = [r for r in f.recommendations if not (_serves(r) & drop)]
 
 
 __all__ = ["LINKS", "Link", "link_findings", "name"]
