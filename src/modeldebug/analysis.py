@@ -24,13 +24,15 @@ def analyze(evidence: Evidence, rules: Sequence[Any] | None = None) -> Report:
 
 
 def find(evidence: Evidence, rules: Sequence[Any] | None = None) -> list[Finding]:
-    """The rules' findings and their post-passes (the rank a NaN started on; root causes and the
-    consequences linked to them, see rules/causality.py)."""
+    """The rules' findings and their post-passes (what the trivial predictor's loss shows, see
+    rules/reference.py; the rank a NaN started on; root causes and the consequences linked to them,
+    see rules/causality.py)."""
     from modeldebug.rules import run_rules
     from modeldebug.rules.causality import link_findings
     from modeldebug.rules.rank_attribution import attribute_ranks
+    from modeldebug.rules.reference import with_reference
 
-    findings = run_rules(evidence, rules)
+    findings = with_reference(run_rules(evidence, rules), evidence)
     if len(evidence.ranks):  # a torchrun job: name the rank a NaN started on
         findings = attribute_ranks(findings, evidence)
     return link_findings(findings, evidence)

@@ -248,3 +248,17 @@ def test_labels_unrelated_leaves_raw_inputs_to_data_issue():
     assert LabelsUnrelated().check(ev) == []
     (f,) = DataIssue().check(ev)
     assert f.severity == "medium"  # the loss stays at the reference: harm, whatever its trend
+
+
+def test_harm_judged_findings_carry_the_reference():
+    from modeldebug.rules.reference import with_reference
+
+    cols, events = _raw_features_cols(end=460.0)
+    ev = build(cols, events=events)
+    (f,) = with_reference(DataIssue().check(ev), ev)
+    assert "training loss 460, where predicting the mean gives 2" in f.message
+    assert f.evidence["trivial_loss"] == 2.0 and f.evidence["trivial_predictor"] == "predicting the mean"
+    cols, events = _raw_features_cols(end=0.1)
+    ev = build(cols, events=events)
+    (quiet,) = with_reference(DataIssue().check(ev), ev)
+    assert "trivial_loss" not in quiet.evidence

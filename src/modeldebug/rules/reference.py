@@ -156,3 +156,25 @@ def _baseline(ev: Evidence, call: LossCall) -> tuple[float, str] | None:
     if not targets:
         return None
     return float(targets[-1].baseline), f"predicting {targets[-1].predictor}"
+
+
+# Kinds whose severity is judged by harm (base.impact_severity): their findings carry the reference.
+HARM_JUDGED = frozenset({"data_issue", "saturated_activation", "poor_weight_init", "dead_relu", "vanishing_gradient",
+                         "exploding_gradient"})
+
+
+def with_reference(findings: list, ev: Evidence) -> list:
+    """A post-pass: findings of the harm-judged kinds say what the reference shows, when it shows
+    harm (their severity rose for it): the sentence in the message, the numbers in the evidence."""
+    if not any(f.kind in HARM_JUDGED for f in findings):
+        return findings
+    ref = reference(ev)
+    note = harm(ev, ref) if ref is not None else ""
+    if not note:
+        return findings
+    for f in findings:
+        if f.kind in HARM_JUDGED and f.source == "rules":
+            f.message = f"{f.message} {note}"
+            for k, v in ref.evidence().items():
+                f.evidence.setdefault(k, v)
+    return findings
