@@ -220,3 +220,9 @@ def test_a_setup_fault_is_the_root_whatever_step_its_finding_names():
     out = link_findings([_f("exploding_gradient", 9, causes=["learning_rate_too_high"]),
                          _f("nan_or_inf", 3, causes=["learning_rate_too_high"])], _ev())
     assert out[1].caused_by is None
+
+
+def test_linking_twice_changes_nothing():
+    once = link_findings([_f("gradient_accumulation", 1, causes=["missing_zero_grad"]),
+                          _f("oscillating_loss", 10, causes=["learning_rate_too_high"])], _ev())
+    assert link_findings(once, _ev()) == once

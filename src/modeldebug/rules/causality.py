@@ -184,6 +184,15 @@ LINKS: tuple[Link, ...] = (
     Link("validation_overlap", "overfitting", "validation scores on data the model trained on hide the gap"),
 )
 
+_BY_PAIR = {(link.root, link.consequence): link for link in LINKS}
+
+# Kinds about how the run is set up (data, init, the loss call, modes, parameters, clipping):
+# true from the first step, whichever step their finding first saw it at.
+SETUP = frozenset({"data_issue", "poor_weight_init", "wrong_loss_input", "loss_shape_broadcast", "train_eval_mode",
+                   "labels_unrelated", "untracked_parameters", "weight_decay_too_high", "clip_before_backward",
+                   "validation_overlap"})
+
+
 # Causes that say opposite things: one story keeps one of each pair.
 OPPOSITE = {"learning_rate_too_high": "learning_rate_too_low", "learning_rate_too_low": "learning_rate_too_high"}
 # How a recommendation says which cause it serves (the rules' builders word them so: base.lower_lr/raise_lr).
@@ -210,6 +219,8 @@ def link_findings(findings: list[Finding], ev: Evidence) -> list[Finding]:
 
 def _linked(findings: list[Finding], ev: Evidence) -> list[Finding]:
     out = [f.model_copy(deep=True) for f in findings]
+    if any(f.id for f in out):
+        return out  # linked already (a report read back): linking twice would say everything twice
     name(out)
     parents = _parents(out, ev)
     for f in out:
@@ -244,16 +255,6 @@ def name(findings: list[Finding]) -> None:
 
 def _link(root_kind: str, cons_kind: str) -> Link | None:
     return _BY_PAIR.get((root_kind, cons_kind))
-
-
-_BY_PAIR = {(link.root, link.consequence): link for link in LINKS}
-
-
-# Kinds about how the run is set up (data, init, the loss call, modes, parameters, clipping):
-# true from the first step, whichever step their finding first saw it at.
-SETUP = frozenset({"data_issue", "poor_weight_init", "wrong_loss_input", "loss_shape_broadcast", "train_eval_mode",
-                   "labels_unrelated", "untracked_parameters", "weight_decay_too_high", "clip_before_backward",
-                   "validation_overlap"})
 
 
 def _step(f: Finding, as_root: bool = False) -> int:
