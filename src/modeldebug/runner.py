@@ -137,10 +137,17 @@ def run_script(
     started = time.time()
     interrupted = False
     status = live.Status(run_id, store_path).start() if show_status and live.wanted() else None
-    if status is not None:
-        proc, master = live.spawn(command, env)
-    else:
-        proc = subprocess.Popen(command, env=env)
+    try:
+        if status is not None:
+            proc, master = live.spawn(command, env)
+        else:
+            proc = subprocess.Popen(command, env=env)
+    except OSError as exc:  # not executable, a bad #! line: nothing ran, and the run must not stay "running"
+        if status is not None:
+            status.stop()
+        with RunStore(store_path) as store:
+            store.update_run(run_id, status="crashed", exit_code=126, duration_s=time.time() - started)
+        raise ValueError(f"The command could not start: {exc.strerror or exc}: {command[0]}") from None
     warm_up = threading.Thread(target=_import_quietly, args=(DIAGNOSIS_MODULES + tuple(prepare),),
                                name="modeldebug-prepare", daemon=True)
     warm_up.start()
