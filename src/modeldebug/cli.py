@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -96,12 +97,13 @@ def report(
     from modeldebug.report.terminal import print_report
 
     lm_settings = _lm_settings(lm, lm_api_base)
-    with _open_store(store) as s:
+    saves = reanalyze or lm_settings is not None  # what was computed again is kept; else nothing is written
+    with _open_store(store, read_only=not saves) as s:
         run_id = _resolve(s, run_ref)
         try:
             # The store keeps the rules' report and, beside it, the latest LM analysis, shown with it.
             diagnosis = diagnose(s, run_id, reuse_saved=not reanalyze, stored_llm=True, lm=lm_settings,
-                                 json_out=json_out, html_out=html_out)
+                                 save=saves, json_out=json_out, html_out=html_out)
         except MissingExtraError as exc:
             from rich.markup import escape
 
@@ -172,17 +174,22 @@ def explain(
     print_report(rep, _console(), written=write_outputs(rep, json_out=json_out))
 
 
-def _open_store(path: Path):
-    """An existing run store, or a one-line error that says what to do."""
-    from modeldebug.errors import DebuggingError
-    from modeldebug.store import RunStore
+@contextmanager
+def _open_store(path: Path, read_only: bool = True):
+    """An existing run store (read-only unless the command saves), closed on exit; a store that
+    cannot be used, now or halfway through (damage in the middle of the file), is a one-line error
+    that says what to do."""
+    from rich.markup import escape
+
+    from modeldebug.store import RunStore, StoreError
 
     if not path.exists():
-        _fail(f"No run store at {path}: run `modeldebug run -- python train.py` first.", 1)
+        _fail(escape(f"No run store at {path}: run `modeldebug run -- python train.py` first."), 1)
     try:
-        return RunStore(path)
-    except DebuggingError as exc:
-        _fail(str(exc), 1)
+        with RunStore(path, read_only=read_only) as store:
+            yield store
+    except StoreError as exc:
+        _fail(escape(str(exc)), 1)
 
 
 def _resolve(store, run_ref: str) -> str:

@@ -58,7 +58,7 @@ class Status:
         try:
             while not self._stop.wait(1.0):
                 try:
-                    store = store or RunStore(self.store_path)
+                    store = store or RunStore(self.store_path, read_only=True)
                     steps, last_loss = store.progress(self.run_id)
                 except (DebuggingError, sqlite3.Error):
                     continue

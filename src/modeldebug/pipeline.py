@@ -166,7 +166,7 @@ def evaluated_run(store_path: str | os.PathLike, run_ref: str, error_type: Error
     if not path.exists():
         raise DebuggingError(f"No run store at {path}: run training under modeldebug first.", error_type,
                              {"store": str(path)})
-    store = RunStore(path)
+    store = RunStore(path, read_only=True)  # a reader: creates and changes nothing
     try:
         try:
             run_id = store.resolve(str(run_ref))

@@ -41,7 +41,9 @@ from modeldebug.store_schema import (  # noqa: F401  LLMAnalysisRecord: re-expor
     LLMAnalysisRecord,
     from_dict,
     json_default,
+    layout_problem,
     plain_rows,
+    read_views,
     schema_changes,
 )
 
@@ -61,6 +63,25 @@ BUSY_TIMEOUT_S = 10.0
 MAX_PENDING_BATCHES = 64  # rows kept for retry when writes fail, in units of flush_rows
 RUNS_HINT = "list runs with `modeldebug runs`"
 
+
+class StoreError(DebuggingError):
+    """The run store cannot be used; ``kind`` says why (damaged, newer, foreign, incompatible, empty,
+    missing, directory, locked, unwritable, closed, other) and the message says what to do."""
+
+    def __init__(self, message: str, kind: str, path: str, error: str = ""):
+        super().__init__(message, type="monitoring", details={"path": path, "kind": kind, "error": error})
+        self.kind = kind
+        self.path = path
+
+
+def _ours(exc: sqlite3.Error) -> bool:
+    """A mistake in our SQL or a constraint we broke, not a fault of the file: raised as it is."""
+    return isinstance(exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError))
+
+
+def _damaged(text: str) -> bool:
+    return any(s in text for s in ("not a database", "malformed", "disk I/O error", "file is encrypted"))
+
 # --- the store ---------------------------------------------------------------------------------
 
 
@@ -76,10 +97,16 @@ class RunStore:
         *,
         flush_rows: int = 512,
         flush_interval_s: float = 1.0,
+        read_only: bool = False,
     ):
+        """``read_only``: open an existing store with SQLite's mode=ro (what `runs` and `report` do):
+        nothing is created or changed, a file that is not a modeldebug store is refused."""
         if flush_rows < 1:
             raise ValueError(f"flush_rows must be at least 1, got {flush_rows}")
+        if read_only and path is None:
+            raise ValueError("An in-memory run store cannot be opened read-only.")
         self.path = None if path is None else Path(path)
+        self.read_only = read_only
         self._flush_rows = flush_rows
         self._flush_interval_s = flush_interval_s
         self._lock = threading.RLock()
@@ -98,40 +125,90 @@ class RunStore:
         return "the in-memory run store" if self.path is None else str(self.path)
 
     def _open(self) -> sqlite3.Connection:
-        target = ":memory:" if self.path is None else str(self.path)
         conn = None
         try:
-            if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a batch is one transaction.
-            conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode: committed batches survive a killed process (not a power cut), and
-            # commits do not wait for fsync.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._ensure_schema(conn)
+            if self.path is not None and self.path.is_dir():
+                raise self._error("directory")
+            if self.read_only:
+                conn = self._connect_read_only()
+            else:
+                if self.path is not None:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a batch is one transaction.
+                conn = sqlite3.connect(":memory:" if self.path is None else str(self.path), timeout=BUSY_TIMEOUT_S,
+                                       isolation_level=None, check_same_thread=False)
+                self._check_layout(conn)  # before WAL: someone else's database is left as it was
+                conn.execute("PRAGMA journal_mode=WAL")
+                # NORMAL in WAL mode: committed batches survive a killed process (not a power cut), and
+                # commits do not wait for fsync.
+                conn.execute("PRAGMA synchronous=NORMAL")
+                self._ensure_schema(conn)
             return conn
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, StoreError) as exc:
             if conn is not None:
                 conn.close()
-            raise self._open_error(exc) from exc
+            if isinstance(exc, StoreError):
+                raise
+            raise self._error(exc) from exc
 
-    def _open_error(self, exc: Exception) -> DebuggingError:
-        text = str(exc)
+    def _connect_read_only(self) -> sqlite3.Connection:
+        assert self.path is not None
+        if not self.path.exists():
+            raise self._error("missing")
+        uri = self.path.resolve().as_uri()
+        try:
+            conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA user_version")
+        except sqlite3.OperationalError as exc:
+            if "unable to open" not in str(exc):
+                raise
+            # A WAL file in a read-only directory, without its -shm: nobody can be writing it.
+            conn = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None,
+                                   check_same_thread=False)
+        try:
+            self._check_layout(conn)
+            if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone():
+                raise self._error("empty")
+            conn.execute("PRAGMA temp_store=MEMORY")
+            for view in read_views(conn):  # an older file, read as this version's layout
+                conn.execute(view)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _check_layout(self, conn: sqlite3.Connection) -> None:
+        problem = layout_problem(conn)
+        if problem is not None:
+            raise self._error(*problem)
+
+    def _error(self, cause: Exception | str, detail: str = "") -> StoreError:
+        """The StoreError for a sqlite error or a kind of problem found: what is wrong and what to do."""
         where = self._where
-        if "not a database" in text or "malformed" in text:
-            message = (
-                f"{where} is not a readable modeldebug run store ({text}). Move it aside "
-                f"(e.g. `mv {where} {where}.bad`) and run again: a new store will be created there."
-            )
-        elif "locked" in text or "busy" in text:
-            message = (
-                f"{where} stayed locked by another process for over {BUSY_TIMEOUT_S:.0f} s ({text}). "
-                "Wait for that process to finish, or point this run at another store file."
-            )
-        else:
-            message = f"Could not open the run store {where} ({text}). Check that the path is a writable file location."
-        return DebuggingError(message, type="monitoring", details={"path": where, "error": text})
+        aside = f"move it aside (`mv {where} {where}.bad`) or point modeldebug at another file with --store"
+        text = detail if isinstance(cause, str) else str(cause)
+        kind = cause if isinstance(cause, str) else (
+            "damaged" if _damaged(text) else "locked" if "locked" in text or "busy" in text
+            else "unwritable" if "readonly" in text or "read-only" in text or "unable to open" in text else "other")
+        messages = {
+            "damaged": f"{where} is not a readable modeldebug run store ({text}). Move it aside (e.g. `mv {where} "
+                       f"{where}.bad`) and run again, or use --store for another file: a new store will be created.",
+            "newer": f"{where} was written by a newer modeldebug ({text}). Upgrade modeldebug to read it, or use "
+                     "--store for another file.",
+            "foreign": f"{where} is not a modeldebug run store ({text}); modeldebug leaves it as it is. Use --store "
+                       "to name a modeldebug store (or a new file).",
+            "incompatible": f"{where} has a layout this modeldebug cannot write ({text}): {aside}.",
+            "empty": f"No runs recorded in {where} yet: run your training under modeldebug first.",
+            "missing": f"No run store at {where}: run `modeldebug run -- python train.py` first.",
+            "directory": f"{where} is a directory, not a run store file: {aside}.",
+            "locked": f"{where} stayed locked by another process for over {BUSY_TIMEOUT_S:.0f} s ({text}). "
+                      "Wait for that process to finish, or point this run at another store file.",
+            "unwritable": f"Could not open the run store {where} ({text}). Check that the path is a writable file "
+                          "location, or use --store for another file.",
+        }
+        message = messages.get(kind, f"The run store {where} failed ({text}).")
+        return StoreError(message, kind, where, text)
 
     def _ensure_schema(self, conn: sqlite3.Connection) -> None:
         # Look first without a write lock: a reader opening a store that is up to date writes nothing.
@@ -151,7 +228,7 @@ class RunStore:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            raise DebuggingError(f"The run store {self._where} is closed.", type="monitoring")
+            raise StoreError(f"The run store {self._where} is closed.", "closed", self._where)
         return self._conn
 
     @contextmanager
@@ -168,22 +245,33 @@ class RunStore:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
-            except sqlite3.OperationalError as exc:
-                raise DebuggingError(
-                    f"Could not write to the run store {self._where} ({exc}).", type="monitoring"
-                ) from exc
+            except sqlite3.DatabaseError as exc:
+                if _ours(exc):
+                    raise
+                if self.read_only:
+                    raise StoreError(f"The run store {self._where} was opened read-only; nothing is saved.",
+                                     "read_only", self._where, str(exc)) from exc
+                error = self._error(exc)
+                error.args = (f"Could not write to the run store {self._where} ({exc})." if error.kind == "other"
+                              else f"Could not write to the run store: {error}",)
+                raise error from exc
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """One read transaction: every query inside sees the same snapshot, even while a writer commits."""
         with self._lock:
             conn = self._connection()
-            conn.execute("BEGIN")
             try:
-                yield conn
-            finally:
-                if conn.in_transaction:
-                    conn.execute("COMMIT")
+                conn.execute("BEGIN")
+                try:
+                    yield conn
+                finally:
+                    if conn.in_transaction:
+                        conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                if _ours(exc):
+                    raise
+                raise self._error(exc) from exc
 
     # --- runs --------------------------------------------------------------------------------
 

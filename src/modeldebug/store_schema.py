@@ -60,14 +60,19 @@ class Column:
         # The DEFAULT only matters for rows that existed before ALTER TABLE added the column:
         # they read back as the dataclass default (NaN/None defaults stay NULL, read as NaN).
         sql = f'"{self.name}" {_SQL_TYPES[self.kind]}'
-        d = self.default
-        if isinstance(d, bool):
-            sql += f" DEFAULT {int(d)}"
-        elif isinstance(d, int) or (isinstance(d, float) and math.isfinite(d)):
-            sql += f" DEFAULT {d!r}"
-        elif isinstance(d, str):
-            sql += " DEFAULT '" + d.replace("'", "''") + "'"
-        return sql
+        default = _literal(self.default)
+        return sql if default == "NULL" else f"{sql} DEFAULT {default}"
+
+
+def _literal(value: Any) -> str:
+    """``value`` as an SQL literal; NULL for None, NaN and what SQL cannot write."""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+        return repr(value)
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return "NULL"
 
 
 def column_of(f) -> Column:
@@ -182,6 +187,10 @@ SPEC_BY_TYPE = {s.record_type: s for s in SPECS}
 SPEC_BY_TABLE = {s.table: s for s in SPECS}
 
 RUNS_COLUMNS = {"started_at": "REAL", "info": "TEXT", "config": "TEXT", "meta": "TEXT", "report": "TEXT"}
+# PRAGMA user_version of the files this version writes. A compatible change (a new column or table,
+# added by schema_changes) keeps it; a change older versions cannot read raises it, and they refuse it.
+SCHEMA_VERSION = 1
+OUR_TABLES = frozenset({"runs", *SPEC_BY_TABLE})
 RUNS_DDL = "CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, " + ", ".join(
     f"{k} {v}" for k, v in RUNS_COLUMNS.items()
 ) + ")"
@@ -222,6 +231,8 @@ def schema_changes(conn: sqlite3.Connection) -> list[str]:
     tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     changes: list[str] = []
+    if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+        changes.append(f"PRAGMA user_version = {SCHEMA_VERSION}")
     if "runs" not in tables:
         changes.append(RUNS_DDL)
     else:
@@ -244,3 +255,51 @@ def schema_changes(conn: sqlite3.Connection) -> list[str]:
             if name not in indexes
         ]
     return changes
+
+
+def layout_problem(conn: sqlite3.Connection) -> tuple[str, str] | None:
+    """Why this version must not use the file: ("newer" | "foreign" | "incompatible", what it holds),
+    or None for a store it can read and write (an empty file is a new store). Reads only the schema."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+              if not name.startswith("sqlite_")}
+    runs_columns = {r[1] for r in conn.execute("PRAGMA table_info(runs)")} if "runs" in tables else set()
+    if not tables:
+        return None
+    if not {"id", "info"} <= runs_columns:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        return "foreign", f"it has no modeldebug runs table; its tables: {shown}"
+    if version > SCHEMA_VERSION:
+        return "newer", f"its layout is version {version}, this modeldebug reads up to version {SCHEMA_VERSION}"
+    foreign = sorted(tables - OUR_TABLES)
+    if foreign and version == 0:  # never stamped by modeldebug: another program's tables beside a runs table
+        return "foreign", "it holds tables modeldebug does not know: " + ", ".join(foreign[:5])
+    for spec in SPECS:
+        if spec.table not in tables:
+            continue
+        known = {"run_id", *spec.names}
+        # A column we would not write that refuses NULL: every insert of ours would fail.
+        required = [r[1] for r in conn.execute(f"PRAGMA table_info({spec.table})")
+                    if r[1] not in known and r[3] and r[4] is None]
+        if required:
+            return "incompatible", f"its {spec.table} table needs columns this version does not write: {', '.join(required)}"
+    return None
+
+
+def read_views(conn: sqlite3.Connection) -> list[str]:
+    """For a read-only connection to an older file: TEMP views (searched before the file's tables) that
+    add the columns it lacks with their defaults, so that every query of this version reads it."""
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    wanted = [("runs", ["id", *RUNS_COLUMNS], {})] + [
+        (s.table, ["run_id", *s.names], {c.name: c.default for c in s.columns}) for s in SPECS
+    ]
+    views = []
+    for table, names, defaults in wanted:
+        have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")} if table in tables else set()
+        if table in tables and set(names) <= have:
+            continue
+        cols = ", ".join(f'"{n}"' if n in have else f'{_literal(defaults.get(n))} AS "{n}"' for n in names)
+        # rowid named as a column: the queries order by it; a table the file never had reads as empty.
+        source = f"rowid AS rowid, {cols} FROM main.{table}" if table in tables else f"0 AS rowid, {cols} WHERE 0"
+        views.append(f"CREATE TEMP VIEW {table} AS SELECT {source}")
+    return views
