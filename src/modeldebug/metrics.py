@@ -303,6 +303,7 @@ class ComparePoint(Sparse):
     mismatch_fraction: float | None = None
     ok: bool | None = None
     also: list[str] = Field(default_factory=list)
+    fused: list[str] = Field(default_factory=list, description="Modules folded into this value's node (a Conv before its BatchNorm).")
 
 
 class Tolerances(Strict):

@@ -156,12 +156,38 @@ def make_session(
     if profile_prefix is not None:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix
-    providers = list(providers or default_providers())
+    providers = check_providers(providers)
     return ort.InferenceSession(proto.SerializeToString(), opts, providers=providers)
 
 
 def default_providers() -> list[str]:
     return ["CPUExecutionProvider"]
+
+
+def check_providers(providers: Sequence[Any] | None) -> list[Any]:
+    """The providers to use, refused (DebuggingError) when the installed onnxruntime lacks one.
+
+    onnxruntime itself only warns and falls back to CPU, and the kernel look-up of a CPU-only build
+    then reports missing kernels: both hide that the provider is not there at all.
+    """
+    ort = ort_mod()
+    providers = list(providers or default_providers())
+    available = ort.get_available_providers()
+    names = [p[0] if isinstance(p, (tuple, list)) else p for p in providers]
+    missing = [n for n in names if n not in available]
+    if missing:
+        known = set(ort.get_all_providers())
+        unknown = [n for n in missing if n not in known]
+        hint = (
+            f"{', '.join(unknown)} is not an onnxruntime provider name"
+            if unknown
+            else "install the onnxruntime build for it (e.g. onnxruntime-gpu for CUDAExecutionProvider) or pick an available one"
+        )
+        raise DebuggingError(
+            f"Execution provider {', '.join(missing)} is not available in this onnxruntime {ort.__version__} "
+            f"(available: {', '.join(available)}); {hint}."
+        )
+    return providers
 
 
 def random_inputs(session, seed: int = 0, dim_value: int = 1) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from modeldebug.errors import DebuggingError
 from modeldebug.onnx._common import (
     ModelLike,
-    default_providers,
+    check_providers,
     load_model,
     make_session,
     model_label,
@@ -59,7 +59,7 @@ def analyze_model(
     A file that cannot be read at all gives a report with one ``onnx_invalid_model`` finding.
     """
     started = time.perf_counter()
-    providers = list(providers or default_providers())
+    providers = check_providers(providers)  # a missing provider is bad input, not missing kernels
     command = ["modeldebug", "onnx", "check", model_label(model)]
     try:
         proto = load_model(model)

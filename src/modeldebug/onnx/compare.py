@@ -25,7 +25,7 @@ import numpy as np
 
 from modeldebug.errors import DebuggingError
 from modeldebug.onnx._common import (
-    default_providers,
+    check_providers,
     load_model,
     make_session,
     new_report,
@@ -34,33 +34,10 @@ from modeldebug.onnx._common import (
     with_all_outputs,
 )
 from modeldebug.metrics import OnnxCompareMetrics
-from modeldebug.findings import fix, make_finding
-from modeldebug.types import Finding, Recommendation, Report
+from modeldebug.onnx.compare_findings import divergence_findings, mode_dependent, nothing_matched, output_shape_finding
+from modeldebug.types import Report
 
 _SCOPE_KEY = "pkg.torch.onnx.name_scopes"
-
-# Modules whose behaviour differs between train and eval mode.
-_MODE_DEPENDENT = ("Dropout", "BatchNorm", "InstanceNorm", "AlphaDropout", "FeatureAlphaDropout")
-
-# ONNX ops an exact export of a module uses; none of them in the module's nodes means the exporter
-# wrote something else (a decomposition or an approximation).
-_EXPECTED_OPS: dict[str, set[str]] = {
-    "GELU": {"Gelu", "Erf", "Tanh"},
-    "LayerNorm": {"LayerNormalization", "ReduceMean"},
-    "Softmax": {"Softmax", "Exp"},
-    "LogSoftmax": {"LogSoftmax", "Log"},
-    "SiLU": {"Sigmoid", "Swish"},
-    "Mish": {"Mish", "Softplus"},
-    "Hardswish": {"HardSwish", "HardSigmoid"},
-    "Hardsigmoid": {"HardSigmoid"},
-    "Sigmoid": {"Sigmoid"},
-    "Tanh": {"Tanh"},
-    "Linear": {"Gemm", "MatMul"},
-    "Conv1d": {"Conv"},
-    "Conv2d": {"Conv"},
-    "Conv3d": {"Conv"},
-}
-
 
 def compare_with_torch(
     module: Any,
@@ -86,6 +63,7 @@ def compare_with_torch(
     started = time.perf_counter()
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"Expected `module` to be a torch.nn.Module but got {type(module).__name__}.")
+    providers = check_providers(providers)  # before the export, which takes seconds
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     timing: dict[str, float] = {}
 
@@ -108,7 +86,7 @@ def compare_with_torch(
     points = _candidate_points(nodes, proto.graph, modules)
 
     t0 = time.perf_counter()
-    captured, calls, torch_outputs = _run_torch(module, args, {p["module"] for p in points})
+    captured, calls, torch_outputs, chains = _run_torch(module, args, {p["module"] for p in points})
     op_values = _run_exported_program(program, args) if program is not None else {}
     op_points = _op_points(nodes, modules, op_values, {p["value"] for p in points})
     timing["torch_s"] = time.perf_counter() - t0
@@ -130,21 +108,23 @@ def compare_with_torch(
         if result is None:
             skipped[name] = "shapes differ"
             continue
-        compared.append({**p, "module_type": type(modules[name]).__name__, **result})
+        if not result["ok"]:
+            chain = [c for c in chains.get(name, []) if calls.get(c) == 1]
+            p, result = _fused_match(p, result, chain, captured, onnx_values.get(p["value"]), rtol, atol)
+        compared.append({**p, "module_type": type(modules[p["module"]]).__name__, **result})
     compared = _deepest_per_value(compared)
     for p in op_points:
         result = _compare(op_values[p["value"]], onnx_values.get(p["value"]), rtol, atol)
         if result is not None:
             compared.append({**p, "module_type": type(modules[p["module"]]).__name__, "also": [], **result})
     compared.sort(key=lambda p: p["node_index"])
-    outputs = []
-    for i, (ref, (oname, value)) in enumerate(zip(torch_outputs, graph_outputs)):
-        result = _compare(ref, value, rtol, atol)
-        if result is not None:
-            outputs.append({"output": i, "value": oname, **result})
+    outputs, structural = _compare_outputs(torch_outputs, graph_outputs, rtol, atol)
     timing["compare_s"] = time.perf_counter() - t0
 
-    findings = _findings(module, proto, compared, outputs, rtol, atol, modules)
+    numerical = divergence_findings(module, proto, compared, outputs, rtol, atol, modules)
+    findings = structural + numerical
+    if not findings and not compared:
+        findings = [nothing_matched(outputs, skipped)]
     metrics = OnnxCompareMetrics(
         exporter=exporter if onnx_model is None else "given",
         onnx_source=source,
@@ -153,9 +133,9 @@ def compare_with_torch(
         points=[_public_point(p) for p in compared],
         outputs=[_public_point(o) for o in outputs],
         skipped_modules=dict(list(skipped.items())[:100]),
-        first_divergence=findings[0].location if findings and findings[0].kind == "onnx_numerical_mismatch" else None,
+        first_divergence=numerical[0].location if numerical else None,
         timing_s={k: round(v, 4) for k, v in timing.items()},
-        training_mode_modules=_mode_dependent(module),
+        training_mode_modules=mode_dependent(module),
     )
     report = new_report(["modeldebug", "onnx", "compare", source], findings, metrics, started)
     report.run.models = []
@@ -323,24 +303,50 @@ def _deepest_per_value(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # --- running -------------------------------------------------------------------------------------
 
 
+# How many modules after a matched one are followed (Conv -> BatchNorm -> ReLU fused into one node).
+_CHAIN_LENGTH = 3
+
+
 def _run_torch(module, args: tuple, wanted: set[str]):
+    """Outputs of the wanted modules, their call counts, the module's outputs, and the chains.
+
+    A chain follows a wanted module through the modules that take its output directly (by tensor
+    identity), up to ``_CHAIN_LENGTH`` of them: an exporter that folds a BatchNorm into the Conv
+    before it makes the Conv's ONNX value equal to the BatchNorm's output.
+    """
     torch = _torch()
     captured: dict[str, Any] = {}
     calls: dict[str, int] = defaultdict(int)
+    chains: dict[str, list[str]] = defaultdict(list)
+    # id(output tensor) -> (the tensor, kept alive so that ids stay unique; [(chain head, depth)])
+    links: dict[int, tuple[Any, list[tuple[str, int]]]] = {}
     handles = []
 
     def hook_for(name):
-        def hook(_mod, _inp, out):
+        def hook(_mod, inp, out):
             calls[name] += 1
-            if isinstance(out, torch.Tensor):
+            if not isinstance(out, torch.Tensor):
+                return
+            joined = [
+                (head, depth + 1)
+                for t in inp
+                if id(t) in links and links[id(t)][0] is t
+                for head, depth in links[id(t)][1]
+                if head != name and depth < _CHAIN_LENGTH
+            ]
+            for head, _ in joined:
+                chains[head].append(name)
+            if name in wanted:
+                joined.append((name, 0))
+            if joined:
                 captured[name] = out.detach().cpu().clone()
+                links[id(out)] = (out, joined)
 
         return hook
 
     try:
         for name, mod in module.named_modules():
-            if name in wanted:
-                handles.append(mod.register_forward_hook(hook_for(name)))
+            handles.append(mod.register_forward_hook(hook_for(name)))
         with torch.no_grad():
             out = module(*args)
     except Exception as exc:
@@ -348,7 +354,20 @@ def _run_torch(module, args: tuple, wanted: set[str]):
     finally:
         for h in handles:
             h.remove()
-    return captured, dict(calls), _flatten(out)
+        links.clear()
+    return captured, dict(calls), _flatten(out), dict(chains)
+
+
+def _fused_match(point, result, chain: list[str], captured, value, rtol: float, atol: float):
+    """Relabel a failing point with the last module of its chain whose output the ONNX value equals."""
+    for name in reversed(chain):
+        if name not in captured:
+            continue
+        other = _compare(captured[name], value, rtol, atol)
+        if other is not None and other["ok"]:
+            fused = [point["module"]] + chain[: chain.index(name)]
+            return {**point, "module": name, "fused": fused}, other
+    return point, result
 
 
 def _flatten(out) -> list[Any]:
@@ -366,7 +385,7 @@ def _run_onnx(proto, args: tuple, values: list[str], providers, optimization_lev
     torch = _torch()
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     try:
-        session = make_session(with_all_outputs(proto, values), providers or default_providers(), optimization_level)
+        session = make_session(with_all_outputs(proto, values), providers, optimization_level)
     except Exception as exc:
         raise DebuggingError(
             f"onnxruntime cannot load the model ({one_line(exc, 200)}); run `modeldebug onnx check` on it."
@@ -420,120 +439,26 @@ def _compare(ref, value, rtol: float, atol: float) -> dict[str, Any] | None:
     return result
 
 
+def _compare_outputs(torch_outputs, graph_outputs, rtol: float, atol: float):
+    """The graph outputs against the module's, and a finding when their number or shapes differ."""
+    outputs: list[dict[str, Any]] = []
+    differ: list[dict[str, Any]] = []
+    for i, (ref, (oname, value)) in enumerate(zip(torch_outputs, graph_outputs)):
+        torch_shape = list(ref.shape)
+        onnx_shape = list(getattr(value, "shape", []))
+        result = _compare(ref, value, rtol, atol)
+        if torch_shape != onnx_shape:
+            differ.append({"output": i, "value": oname, "torch_shape": torch_shape, "onnx_shape": onnx_shape,
+                           "same_values_reshaped": bool(result and result["ok"])})
+        if result is not None:
+            outputs.append({"output": i, "value": oname, **result})
+    findings = []
+    if len(torch_outputs) != len(graph_outputs) or differ:
+        findings.append(output_shape_finding(len(torch_outputs), len(graph_outputs), differ))
+    return outputs, findings
+
+
 def _public_point(p: dict[str, Any]) -> dict[str, Any]:
     keys = ("module", "module_type", "level", "output", "value", "onnx_node", "op_types", "shape", "torch_dtype", "onnx_dtype",
-            "max_abs", "max_rel", "mismatch_fraction", "ok", "also")
+            "max_abs", "max_rel", "mismatch_fraction", "ok", "also", "fused")
     return {k: p[k] for k in keys if k in p}
-
-
-# --- findings ------------------------------------------------------------------------------------
-
-
-def _mode_dependent(module) -> list[str]:
-    return [
-        name
-        for name, m in module.named_modules()
-        if m.training and any(type(m).__name__.startswith(prefix) for prefix in _MODE_DEPENDENT)
-    ]
-
-
-def _findings(module, proto, compared, outputs, rtol, atol, modules) -> list[Finding]:
-    first = next((p for p in compared if not p["ok"]), None)
-    bad_outputs = [o for o in outputs if not o["ok"]]
-    if first is None and not bad_outputs:
-        return []
-    training = _mode_dependent(module)
-    causes_text: list[str] = []
-    recs: list[Recommendation] = []
-    evidence: dict[str, Any] = {"rtol": rtol, "atol": atol, "failing_outputs": len(bad_outputs)}
-    if training:
-        causes_text.append(
-            f"the module is in train mode with {len(training)} mode-dependent layer(s) ({', '.join(training[:3])}): "
-            "dropout and batch statistics make PyTorch's outputs differ from the export"
-        )
-        recs.append(fix(description="Call model.eval() before exporting and comparing.", implementation="model.eval()"))
-    if first is not None:
-        location = first["module"] or None  # "" is the root module: the model itself
-        op_level = first.get("level") == "op"
-        evidence.update(
-            level=first.get("level", "module"),
-            module=first["module"], module_type=first["module_type"], onnx_node=first["onnx_node"], onnx_value=first["value"],
-            onnx_ops=first["op_types"], max_abs=first["max_abs"], max_rel=first["max_rel"],
-            mismatch_fraction=first["mismatch_fraction"], torch_dtype=first["torch_dtype"], onnx_dtype=first["onnx_dtype"],
-            earlier_points_ok=sum(1 for p in compared if p["node_index"] < first["node_index"]),
-        )
-        weights = _weight_differences(modules[first["module"]], first["module"], proto)
-        if weights:
-            evidence["weight_differences"] = weights
-            w = weights[0]
-            causes_text.append(f"the ONNX weight {w['name']} differs from the module's parameter (max abs diff {w['max_abs']:.3g})")
-            recs.append(fix(description="Re-export from the intended checkpoint; the ONNX file's weights are not the module's."))
-        if first["torch_dtype"] != first["onnx_dtype"]:
-            causes_text.append(f"the dtype changes ({first['torch_dtype']} in PyTorch, {first['onnx_dtype']} in ONNX)")
-            recs.append(fix(description="Export with the dtypes the module computes in (cast inputs, avoid .half() only on one side)."))
-        expected = _EXPECTED_OPS.get(first["module_type"])
-        if expected and not op_level and not expected & set(first["op_types"]):
-            causes_text.append(
-                f"{first['module_type']} was exported as {', '.join(first['op_types'])} (a replacement or approximation of the original op)"
-            )
-            recs.append(fix(description=f"Export with an opset that has a native op for {first['module_type']}, or use an exact formulation in the source model."))
-        where = (
-            f"the {first['op_types'][0]} op {first['value']} inside {first['module'] or 'the top-level module'} ({first['module_type']})"
-            if op_level
-            else f"{location} ({first['module_type']}, ONNX node {first['onnx_node']})"
-        )
-        message = (
-            f"ONNX first diverges from PyTorch at {where}: "
-            f"max abs error {first['max_abs']:.3g}, max rel error {first['max_rel']:.3g}, "
-            f"{first['mismatch_fraction']:.1%} of values outside rtol={rtol:g}, atol={atol:g}; "
-            f"{evidence['earlier_points_ok']} earlier matched point(s) agree."
-        )
-    else:
-        o = bad_outputs[0]
-        location = o["value"]
-        evidence.update(output=o["output"], onnx_value=o["value"], max_abs=o["max_abs"], max_rel=o["max_rel"], mismatch_fraction=o["mismatch_fraction"])
-        message = (
-            f"ONNX output {o['value']} differs from PyTorch (max abs error {o['max_abs']:.3g}, max rel error {o['max_rel']:.3g}) "
-            f"but no matched intermediate value does; the divergence is between the last matched module and the output."
-        )
-    if causes_text:
-        message += " Likely cause: " + "; ".join(causes_text) + "."
-    else:
-        recs.append(
-            fix(
-                description="Look at the ONNX nodes of this module (evidence.onnx_ops) against its PyTorch code; "
-                "re-export with the other exporter to see whether the export or the runtime is at fault.",
-            )
-        )
-    return [
-        make_finding(
-            "onnx_numerical_mismatch",
-            severity="high",
-            confidence=0.9 if first is not None else 0.7,
-            location=location,
-            message=message,
-            evidence=evidence,
-            causes=["export_problem"] if (training or causes_text) else ["export_problem", "other"],
-            recommendations=recs,
-        )
-    ]
-
-
-def _weight_differences(mod, prefix: str, proto) -> list[dict[str, Any]]:
-    """The module's own parameters against initializers of the same name and shape."""
-    numpy_helper = onnx_mod().numpy_helper
-    inits = {t.name: t for t in proto.graph.initializer}
-    diffs = []
-    for pname, param in mod.named_parameters(recurse=False):
-        full = f"{prefix}.{pname}" if prefix else pname
-        t = inits.get(full)
-        if t is None:
-            continue
-        arr = numpy_helper.to_array(t)
-        ref = param.detach().cpu().numpy()
-        if arr.shape != ref.shape:
-            continue
-        diff = float(np.abs(arr.astype(np.float64) - ref.astype(np.float64)).max()) if arr.size else 0.0
-        if diff > 0:
-            diffs.append({"name": full, "max_abs": diff})
-    return diffs

@@ -17,7 +17,7 @@ from modeldebug.errors import DebuggingError
 from modeldebug.onnx._common import (
     ModelLike,
     check_feeds,
-    default_providers,
+    check_providers,
     load_model,
     make_session,
     model_label,
@@ -62,11 +62,12 @@ def find_nonfinite(
         check_fp16_range: also report finite values beyond the fp16 range (65504).
     """
     started = time.perf_counter()
+    providers = check_providers(providers)
     proto = load_model(model)
     nodes = list(proto.graph.node)
     names = [o for node in nodes for o in node.output if o]
     try:
-        session = make_session(with_all_outputs(proto, names), providers or default_providers(), "disable")
+        session = make_session(with_all_outputs(proto, names), providers, "disable")
     except Exception as exc:
         raise DebuggingError(
             f"onnxruntime cannot load the model ({one_line(exc, 200)}); run `modeldebug onnx check` on it."

@@ -20,7 +20,7 @@ from modeldebug.errors import DebuggingError
 from modeldebug.onnx._common import (
     ModelLike,
     check_feeds,
-    default_providers,
+    check_providers,
     load_model,
     make_session,
     model_label,
@@ -91,8 +91,8 @@ def profile_execution(
     if iterations < 1 or warmup < 0:
         raise ValueError(f"Expected `iterations` >= 1 and `warmup` >= 0 but got {iterations} and {warmup}.")
     started = time.perf_counter()
+    providers = check_providers(providers)
     proto = load_model(model)
-    providers = list(providers or default_providers())
     with tempfile.TemporaryDirectory(prefix="modeldebug-prof-") as tmp:
         try:
             session = make_session(proto, providers, optimization_level, profile_prefix=os.path.join(tmp, "ort"))
