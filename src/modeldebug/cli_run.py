@@ -15,6 +15,7 @@ so that this module imports nothing beyond the standard library until the comman
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -90,6 +91,9 @@ def run(
     from modeldebug.errors import MissingExtraError
     from modeldebug.runner import run_script
 
+    # Bad input is refused before the script starts: found after training, it would cost the run.
+    check_outputs(json_out=json_out, html_out=html_out)
+    check_command(command)
     settings = lm_settings(lm, lm_api_base)
     # DebuggingConfig's fields, validated by the watched process: each value has been checked here.
     config = {"analysis_level": level, "every": every, "store_path": str(store)}
@@ -102,9 +106,139 @@ def run(
         fail(escape(str(exc)))
     from modeldebug.report.terminal import print_report
 
-    print_report(result.report, console(stderr=True), issue=issue, written=result.written)
-    print_llm(result.report, console(stderr=True))
+    try:
+        print_report(result.report, console(stderr=True), issue=issue, written=result.written)
+        print_llm(result.report, console(stderr=True))
+    except OSError:  # the terminal is gone (SIGHUP: a closed ssh session); the report is in the store
+        pass
     raise SystemExit(result.cli_exit_code(fail_on))
+
+
+STDOUT = "-"  # `--json -`: the JSON report on stdout
+
+
+def check_outputs(**paths: Optional[Path]) -> None:
+    """End the command (exit 2) when an output path asked for cannot be written; ``json_out=...``
+    names the option ``--json``."""
+    for key, path in paths.items():
+        option = "--" + key.removesuffix("_out")
+        problem = output_problem(path, option)
+        if problem:
+            from rich.markup import escape
+
+            fail(escape(problem))
+
+
+def output_problem(path: Optional[Path], option: str) -> Optional[str]:
+    """Why ``path`` cannot be written (None when it can, or is ``-`` for ``--json``)."""
+    if path is None:
+        return None
+    if str(path) == STDOUT:
+        return None if option == "--json" else f"{option} needs a file path (only --json writes to stdout with -)."
+    path = Path(path).absolute()
+    if path.is_dir():
+        return f"{option} {path} is a directory: name a file in it, e.g. {path / ('report' + option[1:].replace('-', '.'))}"
+    if path.exists():
+        return None if os.access(path, os.W_OK) else f"Cannot write {option} {path}: permission denied."
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"Cannot write {option} {path}: {existing} is a file, not a directory."
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"Cannot write {option} {path}: no permission to create files in {existing}."
+    return None
+
+
+def check_command(command: List[str]) -> None:
+    """End the command (exit 2) when ``command`` cannot start: nothing is run and no run is recorded."""
+    problem = command_problem(command)
+    if problem:
+        from rich.markup import escape
+
+        fail(escape(problem))
+
+
+def command_problem(command: List[str]) -> Optional[str]:
+    """Why ``command`` cannot start (an unknown option, a directory, a file that is not executable, a
+    Python script that is missing or does not compile), or None."""
+    if not command:
+        return None  # the runner says what to type
+    program = command[0]
+    if program.startswith("-"):
+        import difflib
+
+        close = difflib.get_close_matches(program.partition("=")[0], list(RUN_OPTIONS), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        return (f"No such option: {program}{hint}. Options of `modeldebug run` come before `--`, the command "
+                f"after it: modeldebug run [OPTIONS] -- python train.py")
+    import shutil
+
+    found = shutil.which(program)
+    if found is None and os.path.lexists(program):
+        if os.path.isdir(program):
+            return f"The command cannot start: {program} is a directory, not a program."
+        if not os.access(program, os.X_OK):
+            return (f"The command cannot start: {program} is not executable. Run it with its interpreter "
+                    f"(python {program}) or make it executable (chmod +x {program}).")
+    if _is_this_python(program, found):
+        return _script_problem(command[1:])
+    return None
+
+
+def _is_this_python(program: str, found: Optional[str]) -> bool:
+    # A script is compiled only by the interpreter that will run it (another version has other syntax).
+    if program in ("python", "python3") and not os.environ.get("VIRTUAL_ENV"):
+        return True  # the runner runs it with this interpreter
+    return found is not None and os.path.realpath(found) == os.path.realpath(sys.executable)
+
+
+# Python's own options that take a value (the script comes after them).
+_PYTHON_VALUE_FLAGS = "WX"
+_PYTHON_VALUE_OPTIONS = ("--check-hash-based-pycs",)
+
+
+def _script_problem(args: List[str]) -> Optional[str]:
+    """A missing script or a SyntaxError in it, for ``python [OPTIONS] SCRIPT ...``."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in _PYTHON_VALUE_OPTIONS:
+            i += 2
+            continue
+        if arg == "-" or not arg.startswith("-"):
+            break
+        if arg.startswith("--"):
+            return None  # --version, --help: no script
+        flags = arg[1:]
+        for j, flag in enumerate(flags):
+            if flag in "cm":
+                return None  # python -c CODE / -m MODULE
+            if flag in _PYTHON_VALUE_FLAGS:
+                i += 1 if j + 1 < len(flags) else 2
+                break
+        else:
+            i += 1
+    if i >= len(args) or args[i] == "-":
+        return None
+    script = args[i]
+    if not os.path.exists(script):
+        return f"The script does not exist: no file {script} (from {os.getcwd()}); check the path after `--`."
+    if not script.endswith(".py") or not os.path.isfile(script):
+        return None  # a directory or zip application with __main__: Python reads it its own way
+    import warnings
+
+    try:
+        with open(script, "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Python warns again when it runs the script
+            compile(f.read(), script, "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        where = f"{exc.filename or script}:{exc.lineno}" if exc.lineno else script
+        line = f"\n    {exc.text.strip()}" if exc.text and exc.text.strip() else ""
+        return f"The script cannot start: {type(exc).__name__} at {where}: {exc.msg}{line}"
+    except (OSError, ValueError) as exc:  # unreadable; source with NUL bytes
+        return f"The script cannot start: {script}: {exc}"
+    return None
 
 
 RUN_OPTIONS = {

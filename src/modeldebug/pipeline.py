@@ -113,6 +113,13 @@ def diagnose(
 
 
 def write_json(report: Report, path: str | os.PathLike) -> None:
+    """Write the report as JSON to ``path``; ``-`` is stdout."""
+    if str(path) == "-":
+        import sys
+
+        sys.stdout.write(report.to_json() + "\n")
+        sys.stdout.flush()
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(report.to_json(), encoding="utf-8")
@@ -130,7 +137,7 @@ def write_outputs(
     written = []
     if json_out:
         write_json(report, json_out)
-        written.append(str(json_out))
+        written.append("stdout" if str(json_out) == "-" else str(json_out))
     if html_out:
         from modeldebug.report.html import write_html
 

@@ -17,6 +17,11 @@ the same code:
 
 ``explain(exc_or_text)`` dispatches; it is ``modeldebug.explain`` and ``modeldebug explain FILE``.
 
+A wrapped exception (``raise ValueError(...) from exc``, in either form) is explained by its chain:
+the innermost cause a pattern explains leads, and the message names the exceptions that wrap it
+(``evidence.chain``, innermost first). Exception text is cleaned of terminal escapes and control
+characters (``clean_text``) before anything quotes it.
+
 Causes (``evidence.cause``): shape_mismatch, dtype_mismatch, device_mismatch, inplace_autograd,
 out_of_memory, nan_detected, other. An unknown error is still a finding (cause ``other``) that
 points at the line that raised.
@@ -32,8 +37,12 @@ import re
 from typing import Any
 
 from modeldebug.diagnose.context import Context, Diagnosis
-from modeldebug.diagnose.parse import context_from_exception, context_from_text, describe_tensor, module_names_of
-from modeldebug.diagnose.patterns import CAUSES, CONTRACT_CAUSES, PATTERNS, Pattern, match
+from modeldebug.diagnose.context import first_line
+from modeldebug.diagnose.parse import (clean_text, context_from_exception, context_from_text, contexts_from_text,
+                                       describe_tensor, module_names_of, not_a_traceback)
+from modeldebug.diagnose.patterns import CAUSES, CONTRACT_CAUSES, PATTERNS, Pattern, match, matches
+
+_MAX_CHAIN = 8
 from modeldebug.findings import make_finding
 from modeldebug.types import Finding
 
@@ -46,18 +55,23 @@ def diagnose_exception(exc: BaseException, *, module_names: Any = None, step: in
     """
     if not isinstance(exc, BaseException):
         raise TypeError(f"Expected `exc` to be an exception but got {type(exc).__name__}")
-    try:
-        ctx = context_from_exception(exc, module_names)
-    except Exception:  # never fail to explain: fall back to the message alone
-        ctx = Context(error_type=type(exc).__name__, message=str(exc))
-    return _finding(ctx, step)
+    chain = [exc]  # outermost first, along `raise ... from`
+    while chain[-1].__cause__ is not None and chain[-1].__cause__ not in chain and len(chain) < _MAX_CHAIN:
+        chain.append(chain[-1].__cause__)
+    contexts = []
+    for e in reversed(chain):  # innermost first
+        try:
+            contexts.append(context_from_exception(e, module_names))
+        except Exception:  # never fail to explain: fall back to the message alone
+            contexts.append(Context(error_type=type(e).__name__, message=clean_text(str(e))))
+    return _finding(contexts, step)
 
 
 def diagnose_text(text: str) -> Finding:
     """A ``runtime_error`` Finding from a traceback saved as text (or just its last line)."""
     if not isinstance(text, str):
         raise TypeError(f"Expected `text` to be a str but got {type(text).__name__}")
-    return _finding(context_from_text(text), None)
+    return _finding(contexts_from_text(text), None)
 
 
 def explain(exc_or_text: BaseException | str | bytes, *, module_names: Any = None, step: int | None = None) -> Finding:
@@ -71,7 +85,10 @@ def explain(exc_or_text: BaseException | str | bytes, *, module_names: Any = Non
     raise TypeError(f"Expected an exception or a traceback's text but got {type(exc_or_text).__name__}")
 
 
-def _finding(ctx: Context, step: int | None) -> Finding:
+def _finding(chain: list[Context], step: int | None) -> Finding:
+    """The finding of an exception chain (innermost first): the first link a pattern explains leads,
+    else the exception that was raised last."""
+    ctx = next((c for c in chain if matches(c)), chain[-1])
     cause, d = match(ctx)
     if ctx.module_type == "RNN" and (m := re.match(r"(LSTM|GRU|RNN):", ctx.message)):
         ctx.module_type = m.group(1)
@@ -84,6 +101,7 @@ def _finding(ctx: Context, step: int | None) -> Finding:
         message += " Raised in backward: there is no forward frame to name the layer."
     if message[:1].islower():
         message = message[0].upper() + message[1:]
+    message += _chain_sentence(chain, ctx)
     causes = [c for c in d.causes if c in CONTRACT_CAUSES] or ["other"]
     evidence = {
         "error_type": ctx.error_type,
@@ -101,6 +119,7 @@ def _finding(ctx: Context, step: int | None) -> Finding:
         "raised_at": ctx.where,
         "from_text": ctx.from_text,
         "error_message": ctx.message[:4000],
+        "chain": [_link(c) for c in chain] if len(chain) > 1 else None,
     }
     always = ("error_type", "cause", "module", "module_type", "inputs", "parameters", "error_message", "from_text")
     evidence = {k: v for k, v in evidence.items() if k in always or v not in (None, [], {}, False)}
@@ -113,5 +132,25 @@ def _finding(ctx: Context, step: int | None) -> Finding:
     )
 
 
+def _link(ctx: Context) -> dict[str, Any]:
+    return {"error_type": ctx.error_type, "message": first_line(ctx.message)[:500], "raised_at": ctx.where}
+
+
+def _chain_sentence(chain: list[Context], leader: Context) -> str:
+    """Names the exceptions that wrap the one explained (or that it wraps, when none is explained)."""
+    def named(c: Context) -> str:
+        return f"`{c.error_type}: {first_line(c.message)[:200]}`" + (f" at {c.where}" if c.where else "")
+
+    i = chain.index(leader)
+    outer, inner = chain[i + 1:], chain[:i]
+    text = ""
+    if outer:
+        text += " It was raised again as " + ", then ".join(named(c) for c in outer) + " (raise ... from)."
+    if inner:
+        text += " It was raised from " + ", from ".join(named(c) for c in reversed(inner)) + "."
+    return text
+
+
 __all__ = ["CAUSES", "PATTERNS", "Context", "Diagnosis", "Pattern", "context_from_exception", "context_from_text",
-           "describe_tensor", "diagnose_exception", "diagnose_text", "explain", "match", "module_names_of"]
+           "clean_text", "describe_tensor", "diagnose_exception", "diagnose_text", "explain", "match", "matches",
+           "module_names_of", "not_a_traceback"]

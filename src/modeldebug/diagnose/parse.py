@@ -16,6 +16,18 @@ _MODULE_ARGS = ("in_features", "out_features", "in_channels", "out_channels", "k
 
 _MAX_TENSORS = 8
 
+# Terminal escapes (colours, titles, cursor moves) and control characters: exception text is printed,
+# and what it carries must not drive the user's terminal.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]?|\x9b[0-?]*[ -/]*[@-~]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean_text(text: str) -> str:
+    """``text`` without ANSI escape sequences and control characters (tabs and newlines kept; a
+    carriage return ends a line)."""
+    text = _ANSI.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
+    return _CONTROL.sub("", text)
+
 
 def module_names_of(*models: Any) -> dict[int, str]:
     """``id(obj) -> qualified name`` for every module and parameter of the models.
@@ -143,7 +155,7 @@ def context_from_exception(exc: BaseException, module_names: Any = None) -> Cont
     import torch
 
     names = _names_map(module_names)
-    ctx = Context(error_type=type(exc).__name__, message=str(exc))
+    ctx = Context(error_type=type(exc).__name__, message=clean_text(str(exc)))
     frames = []
     tb = exc.__traceback__
     while tb is not None:
@@ -230,8 +242,38 @@ _TORCH_MODULE_FILES = {"linear.py": "Linear", "sparse.py": "Embedding", "batchno
                        "transformer.py": "Transformer", "pooling.py": "Pooling", "dropout.py": "Dropout"}
 
 
+_CAUSE_MARKER = "The above exception was the direct cause of the following exception:"
+
+
+def contexts_from_text(text: str) -> list[Context]:
+    """A saved traceback's exceptions linked by ``raise ... from``, innermost cause first (Python
+    prints the cause first); an exception raised while handling another is its own, last, link."""
+    parts = clean_text(text).split(_CAUSE_MARKER)
+    contexts = [context_from_text(part) for part in parts if part.strip()]
+    return contexts or [context_from_text(text)]
+
+
+def not_a_traceback(text: str) -> str | None:
+    """Why ``text`` cannot be explained (binary data; no traceback, exception line or known error
+    message in it), or None when it can."""
+    if not text.strip():
+        return "is empty"
+    odd = sum(1 for ch in text if ch == "\ufffd" or (ch < " " and ch not in "\t\n\r\x1b"))
+    if "\x00" in text or odd > max(2, len(text) // 20):
+        return "is binary data, not text"
+    cleaned = clean_text(text)
+    if "Traceback (most recent call last)" in cleaned or any(_EXC_LINE.match(line) for line in cleaned.splitlines()):
+        return None
+    from modeldebug.diagnose.patterns import matches
+
+    if matches(context_from_text(cleaned)):
+        return None  # a bare error message modeldebug knows ("Expected all tensors to be on the same device")
+    return "holds no Python traceback, exception line or error message modeldebug knows"
+
+
 def context_from_text(text: str) -> Context:
     """What a saved traceback says: the last exception line and the frames before it."""
+    text = clean_text(text)
     lines = text.strip().splitlines()
     start = None
     for i in range(len(lines) - 1, -1, -1):

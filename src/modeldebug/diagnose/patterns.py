@@ -85,6 +85,11 @@ CONTRACT_CAUSES = {"wrong_loss_function", "numerically_unstable_op", "label_prob
                     "graph_kept_alive", "learning_rate_too_high", "other"}
 
 
+def matches(ctx: Context) -> bool:
+    """Whether a pattern of the table explains the message (also those whose cause is ``other``)."""
+    return any(p.regex.search(ctx.message) for p in PATTERNS)
+
+
 def match(ctx: Context) -> tuple[str, Diagnosis]:
     """The first pattern that matches the message: its cause and diagnosis (``other`` when none does)."""
     text = ctx.message
