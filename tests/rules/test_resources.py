@@ -131,6 +131,30 @@ def test_slow_operation_stays_quiet(layers):
     assert SlowOperation().check(_timed(layers)) == []
 
 
+def _timed_steps(layers: dict[str, tuple[str, list[float]]]) -> Evidence:
+    """Layers timed on sampled steps 0, 10, 20, ... (one time per step, in order)."""
+    rows, infos = [], {}
+    for i, (name, (typ, times)) in enumerate(layers.items()):
+        infos[name] = LayerInfo(name, typ, i, 0, f"{typ}()")
+        rows += [{"step": 10 * s, "layer": name, "fwd_time_s": t} for s, t in enumerate(times)]
+    return Evidence.build(steps=[{"step": s} for s in range(100)], layer_stats=rows, layers=infos)
+
+
+def test_slow_operation_holds_on_a_busy_machine():
+    # healthy__cnn_quadrant_classifier on a loaded 2-core machine: three sampled steps, and the other
+    # processes' time slices (~8 ms) landed in the longest layer, a 0.6 ms MaxPool2d, on two of them.
+    ms = 1e-3
+    busy = {"features.0": ("Conv2d", [0.25 * ms, 0.43 * ms, 0.53 * ms]), "features.1": ("ReLU", [0.04 * ms] * 3),
+            "features.2": ("MaxPool2d", [0.63 * ms, 8.6 * ms, 8.8 * ms]), "features.3": ("Conv2d", [0.19 * ms] * 3),
+            "classifier.1": ("Linear", [0.04 * ms] * 3)}
+    assert SlowOperation().check(_timed_steps(busy)) == []
+    # A layer slow on every step is found, however often the machine stalled the others.
+    slow = dict(busy, **{"features.2": ("LoopPool", [3.1 * ms, 3.0 * ms, 3.2 * ms]),
+                         "features.0": ("Conv2d", [0.25 * ms, 9.0 * ms, 8.5 * ms])})
+    (f,) = SlowOperation().check(_timed_steps(slow))
+    assert (f.location, f.severity) == ("features.2", "medium")
+
+
 # --- memory_pressure ---------------------------------------------------------------------------
 
 
