@@ -196,13 +196,26 @@ class LossNotDecreasing(Rule):
         if cause == "detached_graph":
             return [fix("Compute the loss from the model's output without .detach()/.item()/torch.no_grad().",
                         "loss = criterion(model(x), y)")]
+        # The advice follows what the run showed, not only the cause's name: a Softmax to remove only
+        # where there is one, "one class" only where the labels are one class.
         if cause == "wrong_loss_function":
             order = ev.layers_in_order()
-            last = order[-1].name if order else "the final Softmax"
-            return [fix(f"Remove the Softmax ({last}): nn.CrossEntropyLoss expects raw logits.",
-                        "criterion = nn.CrossEntropyLoss()  # on logits, no softmax before it")]
+            if order and family(order[-1]) == "Softmax":
+                return [fix(f"Remove the Softmax ({order[-1].name}): nn.CrossEntropyLoss expects raw logits.",
+                            "criterion = nn.CrossEntropyLoss()  # on logits, no softmax before it")]
+            wrong = misuse(ev)
+            if wrong is not None:
+                return [fix(f"Feed {wrong.loss} {wrong.expects}, not {wrong.got}.",
+                            "loss = criterion(logits, y)  # the model's raw output, no softmax/sigmoid")]
+            return [fix("Check that the loss fits the model's output: CrossEntropyLoss takes raw logits, NLLLoss "
+                        "log-probabilities, BCEWithLogitsLoss logits, MSELoss values of the target's shape.",
+                        "print(output.shape, output.min().item(), output.max().item(), y.shape)")]
         if cause == "label_problem":
-            return [fix("Check the labels: all samples carry the same class.", "print(torch.bincount(y))")]
+            if len(ev.class_counts) == 1:
+                return [fix("Check the labels: all samples carry the same class.", "print(torch.bincount(y))")]
+            return [fix("Check that every input stays paired with its own label (one index for inputs and "
+                        "labels when splitting or shuffling), and print a few pairs.",
+                        "for i in range(5):\n    print(x[i][:8], y[i])")]
         if cause == "learning_rate_too_high":
             return lower_lr(ev)
         if cause == "learning_rate_too_low":
