@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from modeldebug.records import StepRecord
-from modeldebug.store import RunStore, StoreError
+from modeldebug.store import RunStore, StoreError, side_path
 from modeldebug.store_schema import SCHEMA_VERSION
 from modeldebug.types import Report, RunInfo
 
@@ -37,10 +37,14 @@ def _store_with_runs(path: Path, steps: int = 3000) -> None:
 
 
 def _damage_middle(path: Path) -> None:
-    size = path.stat().st_size
+    """Overwrite the root page of the steps table: the header and the runs table stay readable,
+    every read or insert of steps meets the damage."""
+    with sqlite3.connect(path) as raw:
+        (root,) = raw.execute("SELECT rootpage FROM sqlite_master WHERE name = 'steps'").fetchone()
+        (page_size,) = raw.execute("PRAGMA page_size").fetchone()
     with open(path, "r+b") as f:
-        f.seek(size // 2 // 4096 * 4096)
-        f.write(b"\xab" * 4096 * 4)
+        f.seek((root - 1) * page_size)
+        f.write(b"\xab" * page_size)
 
 
 def _bad_stores(tmp_path: Path) -> dict[str, Path]:
@@ -79,20 +83,19 @@ def test_damage_is_a_store_error_that_says_what_to_do(tmp_path, read_only):
         assert "--store" in str(err.value) and "mv " in str(err.value), str(err.value)
 
 
-def test_writes_to_a_store_damaged_in_the_middle_are_store_errors(tmp_path):
+def test_a_write_that_meets_damage_moves_the_run_to_a_side_store(tmp_path):
     db = tmp_path / "runs.db"
     _store_with_runs(db)
     _damage_middle(db)
-    store = RunStore(db)
-    try:
-        with pytest.raises(StoreError) as err:
-            store.update_run("old", status="crashed")
-            store.load_evidence("old")
-        assert err.value.kind == "damaged"
-    finally:
-        store._pending.clear()
-        store._pending_count = 0
-        store.close()
+    before = _digest(db)
+    with RunStore(db) as store:
+        store.add_many("new", (StepRecord(step=i, loss=0.5) for i in range(3000, 3600)))
+        store.update_run("new", status="crashed")
+        ev = store.load_evidence("new")
+        assert store.diverted_from == db and store.path == side_path(db, "new") != db
+    assert ev.run.status == "crashed" and ev.run.command == ["python", "t.py"]
+    assert ev.steps.step.tolist() == list(range(3000, 3600))  # the rows before sat on the damaged page
+    assert _digest(db) == before  # the damaged file is left for the user to move aside
 
 
 def test_schema_version_is_recorded_and_a_newer_layout_refused(tmp_path):
@@ -200,8 +203,8 @@ def test_read_only_reads_an_older_file_without_changing_it(tmp_path):
 def test_runs_and_report_say_what_is_wrong_without_a_traceback(tmp_path):
     for kind, db in _bad_stores(tmp_path).items():
         for command in (["runs"], ["report"], ["report", "old"]):
-            if kind == "middle" and command != ["report", "old"]:
-                continue  # the runs table and the newest run are readable: only "old" sat on the damage
+            if kind == "middle" and command == ["runs"]:
+                continue  # the runs table itself is readable
             proc = _modeldebug(*command, cwd=db.parent.parent)
             assert proc.returncode == 1, (kind, command, proc.stderr)
             assert "Traceback" not in proc.stderr and "error:" in proc.stderr, (kind, command, proc.stderr)
@@ -228,3 +231,32 @@ def test_runs_and_report_write_nothing(tmp_path):
         proc = _modeldebug(*command, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
     assert _digest(db) == before  # `report` on a run without a saved report does not save one
+
+
+@pytest.mark.parametrize("kind", ["random", "directory", "middle", "newer", "foreign"])
+def test_run_on_a_bad_store_keeps_the_run_and_says_where(tmp_path, kind):
+    if kind in ("newer", "foreign"):
+        db = tmp_path / kind / ("other.sqlite" if kind == "foreign" else ".modeldebug/runs.db")
+        db.parent.mkdir(parents=True)
+        with sqlite3.connect(db) as raw:
+            raw.execute("CREATE TABLE users (a)" if kind == "foreign" else "CREATE TABLE runs (id TEXT, info TEXT)")
+            raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    else:
+        db = _bad_stores(tmp_path)[kind]
+    project = db.parent.parent if kind != "foreign" else db.parent
+    before = None if kind == "directory" else _digest(db)
+    store_args = ["--store", str(db)] if kind == "foreign" else []
+    proc = _modeldebug("run", "--json", "r.json", *store_args, "--", sys.executable, SCRIPT, cwd=project, STEPS="5")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    report = Report.model_validate_json((project / "r.json").read_text())
+    assert report.run.status == "completed" and report.run.steps == 5
+    side = side_path(db, report.run.id)
+    assert f"recorded in {side.relative_to(project) if kind != 'foreign' else side}" in proc.stderr.replace("\n", " ")
+    with RunStore(side, read_only=True) as store:
+        assert len(store.load_evidence(report.run.id).steps.step) == 5
+        assert store.load_report(report.run.id) is not None
+    if kind == "middle":
+        assert "runs.db is damaged" in proc.stderr
+    elif before is not None:
+        assert _digest(db) == before

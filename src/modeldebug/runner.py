@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from modeldebug import live
 from modeldebug.collect.autopatch import ENV_RUN
 from modeldebug.store import DEFAULT_PATH
+from modeldebug.store_rescue import finish_run, start_run
 
 if TYPE_CHECKING:
     from modeldebug.config import DebuggingConfig
@@ -123,9 +124,8 @@ def run_script(
     from modeldebug.store import RunStore
 
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    store = RunStore(store_path)
-    store.create_run({"id": run_id, "command": list(command), "status": "running"}, settings)
-    store.close()
+    run_info = {"id": run_id, "command": list(command), "status": "running"}
+    store_path = start_run(store_path, run_info, settings)  # a bad store: a side store, and the user is told
 
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BOOT_DIR), env.get("PYTHONPATH")) if p)
@@ -170,26 +170,26 @@ def run_script(
     # importing the same modules in different orders can deadlock on the import locks.
     warm_up.join()
 
-    store = RunStore(store_path)
-    try:
-        info = next((r for r in store.list_runs(limit=1000, prefix=run_id) if r.id == run_id), None)
-        status = info.status if info else "running"
-        if code != 0 and status in ("running", "completed"):
-            status = "interrupted" if interrupted or code in (-signal.SIGINT, 130) else "crashed"
-        elif interrupted and status == "running":
-            status = "interrupted"
-        elif status == "running":  # ended well without being watched (it never imported torch)
-            status = "completed"
-        fields = {"status": status, "exit_code": code}
-        if info is None or info.duration_s == 0:
-            fields["duration_s"] = time.time() - started
-        store.update_run(run_id, **fields)
-        _record_ranks(store, run_id)
-        from modeldebug.pipeline import diagnose
+    def finish(path: Path):
+        with RunStore(path) as store:
+            info = next((r for r in store.list_runs(limit=1000, prefix=run_id) if r.id == run_id), None)
+            status = info.status if info else "running"
+            if code != 0 and status in ("running", "completed"):
+                status = "interrupted" if interrupted or code in (-signal.SIGINT, 130) else "crashed"
+            elif interrupted and status == "running":
+                status = "interrupted"
+            elif status == "running":  # ended well without being watched (it never imported torch)
+                status = "completed"
+            fields = {"status": status, "exit_code": code}
+            if info is None or info.duration_s == 0:
+                fields["duration_s"] = time.time() - started
+            store.update_run(run_id, **fields)
+            _record_ranks(store, run_id)
+            from modeldebug.pipeline import diagnose
 
-        diagnosis = diagnose(store, run_id, issue=issue, lm=lm, json_out=json_out, html_out=html_out)
-    finally:
-        store.close()
+            return diagnose(store, run_id, issue=issue, lm=lm, json_out=json_out, html_out=html_out)
+
+    diagnosis = finish_run(store_path, run_id, run_info, finish)  # damage found now: finished in a side store
     return RunResult(report=diagnosis.report, exit_code=code, written=diagnosis.written)
 
 

@@ -74,6 +74,39 @@ class StoreError(DebuggingError):
         self.path = path
 
 
+def side_path(path: str | os.PathLike, run_id: str) -> Path:
+    """Where a run goes when its store is bad: beside the store when that directory is writable,
+    else in the temporary directory (the run's process and `modeldebug run` name the same file)."""
+    import tempfile
+
+    path = Path(path)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass
+    if not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+        folder = Path(tempfile.gettempdir())
+    return folder / f"{path.stem or 'runs'}-{run_id}.db"
+
+
+def _diverting(method):
+    """A write that finds the file damaged (in the middle: it opened) moves the run to a side store
+    (:meth:`RunStore._divert`) and is done there: the run being recorded is not lost."""
+
+    @functools.wraps(method)
+    def write(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except StoreError as exc:
+            run_id = args[0] if args and isinstance(args[0], str) else next(iter(self._pending_runs()), None)
+            if exc.kind != "damaged" or run_id is None or not self._divert(run_id, exc):
+                raise
+            return method(self, *args, **kwargs)
+
+    return write
+
+
 def _ours(exc: sqlite3.Error) -> bool:
     """A mistake in our SQL or a constraint we broke, not a fault of the file: raised as it is."""
     return isinstance(exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError))
@@ -107,6 +140,7 @@ class RunStore:
             raise ValueError("An in-memory run store cannot be opened read-only.")
         self.path = None if path is None else Path(path)
         self.read_only = read_only
+        self.diverted_from: Path | None = None  # the damaged store this one's runs moved away from
         self._flush_rows = flush_rows
         self._flush_interval_s = flush_interval_s
         self._lock = threading.RLock()
@@ -298,6 +332,7 @@ class RunStore:
             )
         return run_id
 
+    @_diverting
     def update_run(self, run_id: str, **fields: Any) -> None:
         """Change RunInfo fields (status, exit_code, steps, duration_s, models, ...); validated as RunInfo."""
         if "id" in fields:
@@ -316,6 +351,7 @@ class RunStore:
                 self._write_pending(conn)
             self._flushed()
 
+    @_diverting
     def set_meta(
         self,
         run_id: str,
@@ -340,6 +376,7 @@ class RunStore:
             merged = {**json.loads(meta or "{}"), **update}
             conn.execute("UPDATE runs SET meta = ? WHERE id = ?", (json.dumps(merged, default=json_default), run_id))
 
+    @_diverting
     def save_report(self, run_id: str, report: Report, *, analysis: dict[str, Any] | None = None) -> None:
         """Save the run's report (the rules' report: :func:`modeldebug.llm.analysis.save_report_with_analysis`
         splits an enriched one) and, given ``analysis``, a row of ``llm_analyses``, in one transaction."""
@@ -360,6 +397,7 @@ class RunStore:
             return None
         return Report.from_json(text)
 
+    @_diverting
     def save_llm_analysis(self, run_id: str, analysis: dict[str, Any]) -> int:
         """Keep one LM analysis of the run (see :class:`LLMAnalysisRecord`); returns its id."""
         with self._write() as conn:
@@ -457,6 +495,31 @@ class RunStore:
             raise ValueError(f"No run {run_id!r} in {self._where}; {RUNS_HINT} to see the ids.")
         return row
 
+    def _divert(self, run_id: str, cause: StoreError) -> bool:
+        """Go on in a fresh side store with the run's readable rows copied (once; not for a store in
+        memory or read-only). True when the store now writes there."""
+        if self.path is None or self.read_only or self.diverted_from is not None or os.getpid() != self._pid:
+            return False
+        from modeldebug.store_rescue import copy_run
+
+        with self._lock:
+            side = side_path(self.path, run_id)
+            try:
+                copy_run(self.path, run_id, side, {"id": run_id, "status": "running"})
+                conn = self._conn
+                self.diverted_from, self.path = self.path, side
+                self._conn = self._open()
+            except (StoreError, sqlite3.Error, OSError) as exc:
+                log.error("Run store %s is damaged and run %s could not move to %s: %s", self._where, run_id, side, exc)
+                return False
+            if conn is not None:
+                conn.close()
+        log.warning("%s\nRun %s goes on in %s.", cause, run_id, side)
+        return True
+
+    def _pending_runs(self) -> list[str]:
+        return list(dict.fromkeys(row[0] for rows in self._pending.values() for row in rows))
+
     # --- rows --------------------------------------------------------------------------------
 
     def add(self, run_id: str, record: Any) -> None:
@@ -488,6 +551,7 @@ class RunStore:
         ):
             self.flush()
 
+    @_diverting
     def flush(self) -> None:
         """Write every buffered row in one transaction."""
         with self._lock:
