@@ -34,6 +34,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from modeldebug.errors import DebuggingError
+from modeldebug.store_errors import (  # noqa: F401  StoreError, side_path: re-exported
+    BUSY_TIMEOUT_S,
+    StoreError,
+    _diverting,
+    _ours,
+    side_path,
+    store_error,
+)
 from modeldebug.store_schema import (  # noqa: F401  LLMAnalysisRecord: re-exported, the LM layer's record
     SPEC_BY_TABLE,
     SPEC_BY_TYPE,
@@ -59,63 +67,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_PATH = ".modeldebug/runs.db"
-BUSY_TIMEOUT_S = 10.0
 MAX_PENDING_BATCHES = 64  # rows kept for retry when writes fail, in units of flush_rows
 RUNS_HINT = "list runs with `modeldebug runs`"
-
-
-class StoreError(DebuggingError):
-    """The run store cannot be used; ``kind`` says why (damaged, newer, foreign, incompatible, empty,
-    missing, directory, locked, unwritable, closed, other) and the message says what to do."""
-
-    def __init__(self, message: str, kind: str, path: str, error: str = ""):
-        super().__init__(message, type="monitoring", details={"path": path, "kind": kind, "error": error})
-        self.kind = kind
-        self.path = path
-
-
-def side_path(path: str | os.PathLike, run_id: str) -> Path:
-    """Where a run goes when its store is bad: beside the store when that directory is writable,
-    else in the temporary directory (the run's process and `modeldebug run` name the same file)."""
-    import tempfile
-
-    path = Path(path)
-    folder = path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        pass
-    if not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
-        folder = Path(tempfile.gettempdir())
-    return folder / f"{path.stem or 'runs'}-{run_id}.db"
-
-
-def _diverting(method):
-    """A write that finds the file damaged (in the middle: it opened) moves the run to a side store
-    (:meth:`RunStore._divert`) and is done there: the run being recorded is not lost."""
-
-    @functools.wraps(method)
-    def write(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except StoreError as exc:
-            run_id = args[0] if args and isinstance(args[0], str) else next(iter(self._pending_runs()), None)
-            if exc.kind != "damaged" or run_id is None or not self._divert(run_id, exc):
-                raise
-            return method(self, *args, **kwargs)
-
-    return write
-
-
-def _ours(exc: sqlite3.Error) -> bool:
-    """A mistake in our SQL or a constraint we broke, not a fault of the file: raised as it is."""
-    return isinstance(exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError))
-
-
-def _damaged(text: str) -> bool:
-    return any(s in text for s in ("not a database", "malformed", "disk I/O error", "file is encrypted"))
-
-# --- the store ---------------------------------------------------------------------------------
 
 
 class RunStore:
@@ -218,31 +171,7 @@ class RunStore:
             raise self._error(*problem)
 
     def _error(self, cause: Exception | str, detail: str = "") -> StoreError:
-        """The StoreError for a sqlite error or a kind of problem found: what is wrong and what to do."""
-        where = self._where
-        aside = f"move it aside (`mv {where} {where}.bad`) or point modeldebug at another file with --store"
-        text = detail if isinstance(cause, str) else str(cause)
-        kind = cause if isinstance(cause, str) else (
-            "damaged" if _damaged(text) else "locked" if "locked" in text or "busy" in text
-            else "unwritable" if "readonly" in text or "read-only" in text or "unable to open" in text else "other")
-        messages = {
-            "damaged": f"{where} is not a readable modeldebug run store ({text}). Move it aside (e.g. `mv {where} "
-                       f"{where}.bad`) and run again, or use --store for another file: a new store will be created.",
-            "newer": f"{where} was written by a newer modeldebug ({text}). Upgrade modeldebug to read it, or use "
-                     "--store for another file.",
-            "foreign": f"{where} is not a modeldebug run store ({text}); modeldebug leaves it as it is. Use --store "
-                       "to name a modeldebug store (or a new file).",
-            "incompatible": f"{where} has a layout this modeldebug cannot write ({text}): {aside}.",
-            "empty": f"No runs recorded in {where} yet: run your training under modeldebug first.",
-            "missing": f"No run store at {where}: run `modeldebug run -- python train.py` first.",
-            "directory": f"{where} is a directory, not a run store file: {aside}.",
-            "locked": f"{where} stayed locked by another process for over {BUSY_TIMEOUT_S:.0f} s ({text}). "
-                      "Wait for that process to finish, or point this run at another store file.",
-            "unwritable": f"Could not open the run store {where} ({text}). Check that the path is a writable file "
-                          "location, or use --store for another file.",
-        }
-        message = messages.get(kind, f"The run store {where} failed ({text}).")
-        return StoreError(message, kind, where, text)
+        return store_error(self._where, cause, detail)
 
     def _ensure_schema(self, conn: sqlite3.Connection) -> None:
         # Look first without a write lock: a reader opening a store that is up to date writes nothing.
@@ -498,24 +427,9 @@ class RunStore:
     def _divert(self, run_id: str, cause: StoreError) -> bool:
         """Go on in a fresh side store with the run's readable rows copied (once; not for a store in
         memory or read-only). True when the store now writes there."""
-        if self.path is None or self.read_only or self.diverted_from is not None or os.getpid() != self._pid:
-            return False
-        from modeldebug.store_rescue import copy_run
+        from modeldebug.store_rescue import divert
 
-        with self._lock:
-            side = side_path(self.path, run_id)
-            try:
-                copy_run(self.path, run_id, side, {"id": run_id, "status": "running"})
-                conn = self._conn
-                self.diverted_from, self.path = self.path, side
-                self._conn = self._open()
-            except (StoreError, sqlite3.Error, OSError) as exc:
-                log.error("Run store %s is damaged and run %s could not move to %s: %s", self._where, run_id, side, exc)
-                return False
-            if conn is not None:
-                conn.close()
-        log.warning("%s\nRun %s goes on in %s.", cause, run_id, side)
-        return True
+        return divert(self, run_id, cause)
 
     def _pending_runs(self) -> list[str]:
         return list(dict.fromkeys(row[0] for rows in self._pending.values() for row in rows))

@@ -10,6 +10,7 @@ into a side store and diagnosing it there. Standard library only: this runs befo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import sys
@@ -20,6 +21,7 @@ from modeldebug.store import RunStore, StoreError, side_path
 from modeldebug.store_schema import SPECS, read_views
 
 T = TypeVar("T")
+log = logging.getLogger("modeldebug.store")
 CHUNK_ROWS = 4096  # rowids read at a time once a table's rows cannot be read in one go
 
 
@@ -56,6 +58,29 @@ def finish_run(path: str | os.PathLike, run_id: str, info: dict[str, Any], finis
         lost = copy_run(path, run_id, side, info)
         _say(exc, side, "What could be read of this run was copied" + (f" (unreadable: {', '.join(lost)})" if lost else ""))
         return finish(side)
+
+
+def divert(store: RunStore, run_id: str, cause: StoreError) -> bool:
+    """Move ``store`` off its damaged file to a side store with the run's readable rows copied (once;
+    not for a store in memory or read-only). True when the store now writes there."""
+    if store.path is None or store.read_only or store.diverted_from is not None or os.getpid() != store._pid:
+        return False
+    with store._lock:
+        side = side_path(store.path, run_id)
+        damaged, conn = store.path, store._conn
+        try:
+            copy_run(damaged, run_id, side, {"id": run_id, "status": "running"})
+            store.path = side
+            store._conn = store._open()
+        except (StoreError, sqlite3.Error, OSError) as exc:
+            store.path, store._conn = damaged, conn
+            log.error("Run store %s is damaged and run %s could not move to %s: %s", damaged, run_id, side, exc)
+            return False
+        store.diverted_from = damaged
+        if conn is not None:
+            conn.close()
+    log.warning("%s\nRun %s goes on in %s.", cause, run_id, side)
+    return True
 
 
 def copy_run(source: Path, run_id: str, side: Path, info: dict[str, Any]) -> list[str]:
