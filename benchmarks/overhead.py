@@ -71,6 +71,8 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 ROOT = Path(__file__).resolve().parents[1]
 GOALS = {
     "default": 1.03,  # modeldebug at its default, every model
+    "short": 1.05,  # modeldebug at its default on sub-millisecond CPU steps (issue 17)
+    "unsampled_us": 50.0,  # the monitor's host time on an unsampled step of the 13-module stack
     "every": 1.5,  # every statistic every step, every model
     "startup_s": 0.5,  # `modeldebug run` start-up beyond `python script.py`
     "analysis_s": 1.0,  # rules on a 10,000-step, 100-layer run
@@ -137,12 +139,30 @@ def _transformer():
     return TransformerClassifier(), torch.randint(0, 1000, (16, 24)), torch.randint(0, 10, (16,))
 
 
+def _mlp3():
+    """Short steps (issue 17): a 3-module MLP, sub-millisecond on one CPU thread."""
+    model = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 10))
+    return model, torch.randn(64, 128), torch.randint(0, 10, (64,))
+
+
+def _stack13():
+    """Short steps: 13 modules (7 Linear 64x64, 6 ReLU), about a millisecond: what grows with modules."""
+    layers: list[nn.Module] = []
+    for _ in range(6):
+        layers += [nn.Linear(64, 64), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(64, 10)), torch.randn(64, 64), torch.randint(0, 10, (64,))
+
+
 MODELS: dict[str, Callable[[], tuple[nn.Module, torch.Tensor, torch.Tensor]]] = {
     "mlp": _mlp,
     "cnn": _cnn,
     "lstm": _lstm,
     "transformer": _transformer,
+    "mlp3": _mlp3,
+    "stack13": _stack13,
 }
+LONG_STEP_MODELS = ("mlp", "cnn", "lstm", "transformer")
+SHORT_STEP_MODELS = ("mlp3", "stack13")
 
 # ---------------------------------------------------------------------------------------- configs
 
@@ -160,6 +180,7 @@ class Case:
     times: list[float] = field(default_factory=list)
     sampled: list[bool] = field(default_factory=list)
     monitor_s: float = 0.0  # modeldebug's own monitor time during the timed steps
+    monitor_step_s: list[float] = field(default_factory=list)  # ... per timed step (CPU)
     setup_s: float = 0.0
     dbg: Any = None
     extra: Any = None  # wandb run / SummaryWriter
@@ -227,6 +248,7 @@ class ModelDebug(Case):
         if record:
             self.sampled[-1] = after.sampled_steps > before.sampled_steps
             self.monitor_s += after.monitor_time_s - before.monitor_time_s
+            self.monitor_step_s.append(after.monitor_time_s - before.monitor_time_s)
 
     def timed_chunk(self, n: int, record: bool) -> None:
         before = self.dbg.monitor_overhead()
@@ -413,6 +435,12 @@ def bench_model(model_name: str, configs: list[str], rounds: int, chunk: int, wa
             r["ratio_amortized"] = amortized(case) / p_med
             r["sampled_frac"] = sum(case.sampled) / max(1, len(case.times))
             r["sampled_median_ms"] = 1e3 * median([t for t, k in zip(case.times, case.sampled) if k])
+            # The monitor's host time per step (self-reported), on unsampled and on sampled steps,
+            # and what the medians say an unsampled step costs beyond plain (hooks' call overhead included).
+            own = list(zip(case.monitor_step_s, case.sampled))
+            r["monitor_unsampled_us"] = 1e6 * median([m for m, k in own if not k])
+            r["monitor_sampled_us"] = 1e6 * median([m for m, k in own if k])
+            r["extra_unsampled_us"] = 1e6 * (median([t for t, k in zip(case.times, case.sampled) if not k]) - p_med)
             # The monitor's own accounting over its timed steps (harness-side: the paused time of
             # the other configurations is not in the denominator).
             r["self_fraction_timed"] = case.monitor_s / sum(case.times)
@@ -465,7 +493,26 @@ def print_steps(results: list[dict]) -> None:
                   f"(sampled step {c['sampled_median_ms']:.1f} ms); self-reported monitor time "
                   f"{100 * c['self_fraction_timed']:.1f}% of its step time, measured slowdown "
                   f"{100 * c['measured_fraction']:.1f}%; monitor_overhead().time_fraction "
-                  f"{100 * c['reported_time_fraction']:.2f}% (over wall time incl. paused)")
+                  f"{100 * c['reported_time_fraction']:.2f}% (over wall time incl. paused); host time per step "
+                  f"{c['monitor_unsampled_us']:.0f} us unsampled, {c['monitor_sampled_us']:.0f} us sampled")
+
+
+def print_short(results: list[dict]) -> None:
+    """Issue 17's table: sub-millisecond CPU steps, ratios and the monitor's microseconds per step."""
+    print("\n== Short steps (interleaved): ratio to plain, and the monitor's host time per step ==")
+    print(f"{'model':<10}{'modules':>8}{'plain ms':>10}{'config':>12}{'median':>9}{'mean':>8}{'amort':>8}"
+          f"{'unsampled us':>14}{'sampled us':>12}{'extra us':>10}{'sampled %':>11}")
+    for r in results:
+        plain = r["configs"]["plain"]["median_ms"]
+        for n, c in r["configs"].items():
+            if n == "plain":
+                continue
+            print(f"{r['model']:<10}{r['leaf_modules']:>8}{plain:>10.3f}{n:>12}{c['ratio_median']:>8.3f}x"
+                  f"{c['ratio_mean']:>7.2f}x{c.get('ratio_amortized', float('nan')):>8.3f}"
+                  f"{c.get('monitor_unsampled_us', float('nan')):>14.1f}{c.get('monitor_sampled_us', float('nan')):>12.0f}"
+                  f"{c.get('extra_unsampled_us', float('nan')):>10.1f}{100 * c.get('sampled_frac', 0):>10.1f}%")
+    print("(unsampled/sampled us: the monitor's own clock per step, medians; extra us: median unsampled step "
+          "minus median plain step, what the hooks' calls cost too)")
 
 
 # ---------------------------------------------------------------------------------------- part 2
@@ -697,8 +744,21 @@ def print_long(r: dict) -> None:
 # ---------------------------------------------------------------------------------------- goals
 
 
-def goals(results: list[dict], e2e: dict | None, long: dict | None) -> list[tuple[str, str, str]]:
+def goals(results: list[dict], e2e: dict | None, long: dict | None,
+          short: list[dict] | None = None) -> list[tuple[str, str, str]]:
     rows = []
+    for r in short or []:
+        c = r["configs"].get("md-default")
+        if c is None:
+            continue
+        worst = max(c["ratio_amortized"], c["ratio_median"])
+        rows.append((f"default on {r['model']} ({r['configs']['plain']['median_ms']:.2f} ms steps) <= 1.05x",
+                     "PASS" if worst <= GOALS["short"] else "MISS",
+                     f"{worst:.3f}x (mean {c['ratio_mean']:.3f}x)"))
+        if r["model"] == "stack13":
+            us = c["monitor_unsampled_us"]
+            rows.append(("unsampled step <= 50 us host time, 13 modules", "PASS" if us <= GOALS["unsampled_us"] else "MISS",
+                         f"{us:.1f} us self-reported, {c['extra_unsampled_us']:.1f} us measured beyond plain"))
     for key, cfg, col in (("default", "md-default", "ratio_amortized"), ("every", "md-every", "ratio_median")):
         vals = {r["model"]: r["configs"][cfg] for r in results if cfg in r["configs"]}
         if not vals:
@@ -808,9 +868,11 @@ def profile(model_name: str, steps: int, tmp: Path, top: int = 25, device: str =
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer rounds and steps (a couple of minutes)")
-    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {','.join(MODELS)}")
+    ap.add_argument("--models", default=",".join(LONG_STEP_MODELS),
+                    help=f"comma-separated, of {','.join(MODELS)} (part steps; part short runs {','.join(SHORT_STEP_MODELS)})")
     ap.add_argument("--only", default=",".join(CONFIGS), help=f"configurations, of {','.join(CONFIGS)} (plain is always run)")
-    ap.add_argument("--parts", default="steps,e2e,long", help="of steps,e2e,long")
+    ap.add_argument("--parts", default="steps,short,e2e,long",
+                    help="of steps,short,e2e,long (short: sub-millisecond CPU steps, models mlp3,stack13)")
     ap.add_argument("--rounds", type=int, help="interleaved rounds per model (default 20, quick 6)")
     ap.add_argument("--chunk", type=int, default=15, help="steps of a fast configuration per round")
     ap.add_argument("--long-steps", type=int, help="steps of the long run (default 10000, quick 2000)")
@@ -854,6 +916,7 @@ def main(argv=None) -> int:
             profile(args.profile, args.profile_steps, tmp, device=args.device)
             return 0
         results: list[dict] = []
+        short: list[dict] = []
         e2e = long = None
         if "steps" in parts:
             wandb_run = None
@@ -873,6 +936,15 @@ def main(argv=None) -> int:
                     wandb_run.finish()
             print_steps(results)
             out["steps"] = results
+        if "short" in parts:
+            md_configs = [c for c in configs if c in ("plain", "md-default", "md-every")]
+            for m in SHORT_STEP_MODELS:
+                # Short steps are noisier: more rounds of the same chunk, in one interleaved run.
+                r = bench_model(m, md_configs, 3 * rounds, args.chunk * 2, warmup=300, tmp=tmp, device=args.device)
+                short.append(r)
+                print(f"  [{m}: {r['wall_s']:.0f} s]", flush=True)
+            print_short(short)
+            out["short"] = short
         if "e2e" in parts:
             e2e = bench_e2e(repeats, tmp, steps=200)
             print_e2e(e2e)
@@ -881,7 +953,7 @@ def main(argv=None) -> int:
             long = bench_long(long_steps, tmp)
             print_long(long)
             out["long"] = long
-        rows = goals(results, e2e, long)
+        rows = goals(results, e2e, long, short)
         print_goals(rows)
         out["goals"] = [{"goal": g, "verdict": v, "detail": d} for g, v, d in rows]
     out["total_s"] = time.perf_counter() - t_all

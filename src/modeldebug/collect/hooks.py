@@ -329,7 +329,7 @@ class Hooks:
         gradients on parameters no optimizer holds never reach an update."""
         watched = self.watched
         held = [(id(o), [p for g in o.param_groups for p in g["params"]]) for o in watched.optimizers]
-        for key, params in held or [(0, [p for _, p in watched.params])]:
+        for key, params in held or [(0, watched.tensors())]:
             grads = [p.grad for p in params if p.grad is not None and not p.grad.is_sparse]
             norm = total_norm(grads) if grads else torch.zeros((), device=watched.device)
             low = st.stale_mins.get(key)
@@ -354,8 +354,8 @@ class Hooks:
         st.backward_s += elapsed_s
         st.backward_calls += 1
         if isinstance(tensor, torch.Tensor) and tensor.numel() == 1 and tensor.is_floating_point():
-            value = tensor.detach().reshape(()).float()
-            st.loss_sum = value if st.loss_sum is None else st.loss_sum + value
+            value = tensor.detach()  # (any shape of one value, any float dtype: transfer reads it as one float)
+            st.loss_sum = value if st.loss_sum is None else st.loss_sum.float() + value.float()
             st.loss_count += 1
         st.monitor_s += now() - t
         if steps.manual or failed or st.opt_start is not None:
@@ -445,7 +445,8 @@ class Hooks:
                 if dense:
                     st.grad_norm = torch.linalg.vector_norm(torch.stack(same_device(dense)).float())
             else:
-                st.grad_norm = grad_norm([p for _, p in self.watched.params])
+                watched = self.watched
+                st.grad_norm = grad_norm(watched.tensors(), watched.small_tensors)
             steps.check_nonfinite(st)
         st.opt_start = now()
         st.monitor_s += st.opt_start - t
@@ -471,7 +472,7 @@ class Hooks:
         self.backward_seen = False
         st.stepped.add(id(optimizer))
         closes = not steps.manual and (
-            all(id(o) in st.stepped for o in watched.optimizers) or optimizer is watched.newest_adopted
+            optimizer is watched.newest_adopted or _all_stepped(watched.optimizers, st.stepped)
         )
         if closes and st.param_pre is not None and st.param_post is None:
             steps.measure_update(st)
@@ -481,3 +482,10 @@ class Hooks:
         if closes:
             steps.close()
         return None
+
+
+def _all_stepped(optimizers: list, stepped: set[int]) -> bool:
+    for o in optimizers:
+        if id(o) not in stepped:
+            return False
+    return True

@@ -7,11 +7,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch._utils import _flatten_dense_tensors
 
 # Parameters larger than this are compared on a subset for |Δw|/|w| (bounded memory and time):
 # UPDATE_CHUNKS contiguous runs of UPDATE_SAMPLE / UPDATE_CHUNKS values spread over the tensor.
 UPDATE_SAMPLE = 65536
 UPDATE_CHUNKS = 16
+# Below this many values per tensor on average, one copy of every gradient into a flat buffer and
+# one norm beat a fused norm per tensor (on the CPU ~2.4 us a tensor against ~0.5 ns a value).
+FLATTEN_BELOW = 4096
 
 
 @dataclass
@@ -66,15 +70,32 @@ def update_stats(params: list[torch.Tensor], pre: Snapshot) -> torch.Tensor:
     return stats
 
 
-def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    norms = torch._foreach_norm([t.detach() for t in tensors])
-    return torch.linalg.vector_norm(torch.stack(same_device(norms)).float())
+def total_norm(tensors: list[torch.Tensor], flatten: bool = False) -> torch.Tensor:
+    """One fused norm, with grad mode off (not a detach per tensor: the cost stays per step, not
+    per parameter; a gradient made with ``create_graph`` keeps no graph through it). With
+    ``flatten`` (many small tensors), the norm of one flat copy of them all."""
+    enabled = torch.is_grad_enabled()
+    torch._C._set_grad_enabled(False)
+    try:
+        if flatten:
+            try:
+                return torch.linalg.vector_norm(_flatten_dense_tensors(tensors), dtype=torch.float32)
+            except RuntimeError:  # several devices: one fused norm per device
+                pass
+        norms = torch._foreach_norm(tensors)
+        try:
+            stacked = torch.stack(norms)
+        except RuntimeError:  # model parallel: norms on several devices
+            stacked = torch.stack(same_device(norms))
+        return torch.linalg.vector_norm(stacked.float())
+    finally:
+        torch._C._set_grad_enabled(enabled)
 
 
-def grad_norm(params: list[torch.Tensor]) -> torch.Tensor | None:
+def grad_norm(params: list[torch.Tensor], flatten: bool = False) -> torch.Tensor | None:
     """The global norm of the dense gradients present; None when there are none."""
-    grads = [p.grad for p in params if p.grad is not None and not p.grad.is_sparse]
-    return total_norm(grads) if grads else None
+    grads = [g for p in params if (g := p.grad) is not None and not g.is_sparse]
+    return total_norm(grads, flatten) if grads else None
 
 
 def same_device(tensors: list[torch.Tensor]) -> list[torch.Tensor]:

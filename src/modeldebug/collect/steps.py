@@ -27,6 +27,11 @@ if TYPE_CHECKING:
 MAX_ACCUMULATION = 64
 NONFINITE_LOOKS = 3  # steps sampled after a non-finite one (a run that stays non-finite is not sampled forever)
 REPLAYS = 3  # NaN-origin replays per run
+# Memory is read on every step of the first MEMORY_EVERY_STEP, then on every MEMORY_EVERY-th and every
+# sampled one: a leak still rises at every reading and a peak is a running maximum on CUDA, while
+# a short step does not pay a /proc read (or the allocator's counters) each time.
+MEMORY_EVERY_STEP = 256
+MEMORY_EVERY = 4
 
 # How a field of a held-back iteration merges into the step it turns out to belong to (its
 # gradient accumulation): "sum" over all of them, "any" of them, "first": the first held
@@ -53,7 +58,7 @@ class MonitorCost:
         self.peak_bytes = max(self.peak_bytes, self.held_bytes)
 
 
-@dataclass
+@dataclass(slots=True)
 class Step:
     """What one training step has gathered so far (device tensors until the step closes)."""
 
@@ -236,7 +241,7 @@ class Steps:
         )
         self.scheduler_steps = self.clip_calls = self.clips_before_backward = 0
         self.last_end = end
-        if self.monitoring.memory:
+        if self.monitoring.memory and (st.index < MEMORY_EVERY_STEP or st.index % MEMORY_EVERY == 0 or st.sampled):
             self._memory(rec)
         self.count += 1
         self.queue.add(rec, st)
@@ -332,8 +337,8 @@ class Steps:
         find where the first NaN/Inf came from (CPU, where reading the flag costs no sync)."""
         if st.replay is None or not self.replay_budget:
             return
-        values = [v for v in (st.grad_norm, st.loss_sum) if v is not None]
-        if not values or all(math.isfinite(float(v)) for v in values):
+        norm, loss = st.grad_norm, st.loss_sum
+        if (norm is None or math.isfinite(float(norm))) and (loss is None or math.isfinite(float(loss))):
             return
         from modeldebug.collect.nan_origin import locate
 

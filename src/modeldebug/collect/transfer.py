@@ -84,11 +84,19 @@ class HostQueue:
             device = self.watched.device
             if nan is None or nan.device != device:
                 nan = self._nan = torch.full((), math.nan, device=device)
-            scalars = torch.stack([(nan if x is None else x.to(nan.device, torch.float32)) for x in parts])
+            scalars = torch.stack([(nan if x is None else x.to(nan.device, torch.float32).reshape(())) for x in parts])
         self._closed.append(Closed(rec, scalars, st))
 
     def closed(self, sampled: bool) -> None:
         """A step closed: send what is due, write what has arrived."""
+        if not sampled and not self.on_device and not self._inflight:
+            # CPU, unsampled: the scalars are on the host already, nothing to send (the hot path).
+            t = _now()
+            closed, self._closed = self._closed, []
+            for c in closed:
+                self._write(c, c.scalars, None, (), (), 0.0)
+            self.cost.seconds += _now() - t
+            return
         if sampled or len(self._closed) >= self._batch:
             self.resolve()
         elif self._inflight:
@@ -132,38 +140,43 @@ class HostQueue:
             values = extra_host.pop(0).reshape(-1, 5).tolist()
         else:
             values = [c.scalars for c in batch.steps]
-        for c, (loss, grad_norm, stale, lo, hi) in zip(batch.steps, values):
-            rec, st = c.record, c.step
-            rec.loss, rec.grad_norm, rec.stale_grad_norm = loss, grad_norm, stale
-            rec.loss_nonfinite = st.loss_count > 0 and not math.isfinite(rec.loss)
-            rec.grad_nonfinite = st.grad_norm is not None and not math.isfinite(rec.grad_norm)
-            # Checked on CUDA only (min and max of the batch; both NaN where not checked).
-            rec.input_nonfinite = st.input_range is not None and not (math.isfinite(lo) and math.isfinite(hi))
-            if (rec.loss_nonfinite or rec.grad_nonfinite) and st.input_ref is not None:
-                rec.input_nonfinite = not bool(torch.isfinite(st.input_ref).all())
-            st.input_ref = None
-            self.steps.arrived(rec)
-            written = _now()
-            if st is batch.sampled:
-                self.cost.samples += 1
-                self.writer.sampled(st, rec, host, extra_host, self.watched)
-                written -= copy_s
-            self.writer.step(rec)
-            # The schedule sees everything a step cost the monitor, its host-side summaries included.
-            cost, step_s = st.monitor_s + _now() - written, rec.step_s
-            device = self._device_step_s(st)
-            if device is not None:
-                # On CUDA the host's clocks see launches, not the reductions: a sampled step's
-                # cost is its device time beyond an ordinary step's (also counted as the
-                # monitor's time), and steps last as long as the device says.
-                step_s = max(step_s, device)
-                if st.sampled and self._device_plain:
-                    extra = max(0.0, device - sorted(self._device_plain)[len(self._device_plain) // 2])
-                    cost = max(cost, extra)
-                    self.cost.seconds += extra
-                elif not st.sampled:
-                    self._device_plain.append(device)
-            self.schedule.observe(rec.step, step_s, st.sampled, cost)
+        for c, scalars in zip(batch.steps, values):
+            self._write(c, scalars, batch.sampled, host, extra_host, copy_s)
+
+    def _write(self, c: Closed, scalars: list[float], sampled: "Step | None", host, extra_host, copy_s: float) -> None:
+        """One step's record, its numbers on the host (and ``sampled``'s statistics, if it is that step)."""
+        loss, grad_norm, stale, lo, hi = scalars
+        rec, st = c.record, c.step
+        rec.loss, rec.grad_norm, rec.stale_grad_norm = loss, grad_norm, stale
+        rec.loss_nonfinite = st.loss_count > 0 and not math.isfinite(rec.loss)
+        rec.grad_nonfinite = st.grad_norm is not None and not math.isfinite(rec.grad_norm)
+        # Checked on CUDA only (min and max of the batch; both NaN where not checked).
+        rec.input_nonfinite = st.input_range is not None and not (math.isfinite(lo) and math.isfinite(hi))
+        if (rec.loss_nonfinite or rec.grad_nonfinite) and st.input_ref is not None:
+            rec.input_nonfinite = not bool(torch.isfinite(st.input_ref).all())
+        st.input_ref = None
+        self.steps.arrived(rec)
+        written = _now()
+        if st is sampled:
+            self.cost.samples += 1
+            self.writer.sampled(st, rec, host, extra_host, self.watched)
+            written -= copy_s
+        self.writer.step(rec)
+        # The schedule sees everything a step cost the monitor, its host-side summaries included.
+        cost, step_s = st.monitor_s + _now() - written, rec.step_s
+        device = self._device_step_s(st)
+        if device is not None:
+            # On CUDA the host's clocks see launches, not the reductions: a sampled step's
+            # cost is its device time beyond an ordinary step's (also counted as the
+            # monitor's time), and steps last as long as the device says.
+            step_s = max(step_s, device)
+            if st.sampled and self._device_plain:
+                extra = max(0.0, device - sorted(self._device_plain)[len(self._device_plain) // 2])
+                cost = max(cost, extra)
+                self.cost.seconds += extra
+            elif not st.sampled:
+                self._device_plain.append(device)
+        self.schedule.observe(rec.step, step_s, st.sampled, cost)
 
     def _device_step_s(self, st: "Step") -> float | None:
         """Seconds between this step's end and the previous step's on the device (both done:

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from modeldebug.collect.params import FLATTEN_BELOW
 from modeldebug.collect.stats import family, saturation_bounds
 from modeldebug.events import NewParameters
 from modeldebug.findings import jsonable
@@ -52,6 +53,9 @@ class Watched:
         self.newest_adopted: torch.optim.Optimizer | None = None
         self.params: list[tuple[str, nn.Parameter]] = []
         self.param_ids: set[int] = set()
+        self._tensors_of: list | None = None  # the ``params`` list that ``_tensors`` was built from
+        self._tensors: list[nn.Parameter] = []
+        self.small_tensors = False  # many small parameters: their gradients' norm is taken flat
         self.new_parameter_reports = self.new_parameter_looks = 0
         self.layers: list[Layer] = []
         self.layer_info: dict[str, LayerInfo] = {}
@@ -147,6 +151,14 @@ class Watched:
         return NewParameters(params=[n for n, _ in new[:20]], count=len(new), numel=sum(p.numel() for _, p in new),
                              in_optimizer=sum(p.numel() for _, p in new if id(p) in held))
 
+    def tensors(self) -> list[nn.Parameter]:
+        """The watched parameters without their names, kept between steps (the hot path builds no list)."""
+        params = self.params
+        if self._tensors_of is not params or len(self._tensors) != len(params):
+            self._tensors_of, self._tensors = params, [p for _, p in params]
+            self.small_tensors = sum(p.numel() for p in self._tensors) < FLATTEN_BELOW * len(self._tensors)
+        return self._tensors
+
     def find(self, optimizer=None) -> None:
         if self.finder is not None:
             self.finder(optimizer)
@@ -173,8 +185,9 @@ class Watched:
         """
         if self.finder is not None:
             self.finder(optimizer)
-        if any(o is optimizer for o in self.optimizers):
-            return True
+        for o in self.optimizers:  # (a loop, not any(): three calls a step)
+            if o is optimizer:
+                return True
         for group in optimizer.param_groups:
             if any(id(p) in self.param_ids for p in group["params"]):
                 self.optimizers.append(optimizer)
