@@ -18,11 +18,12 @@ import ast
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,25 +106,156 @@ def available(case: Case) -> bool:
     return True
 
 
-def run_case(case: Case, workdir: Path, timeout: float = 300) -> Result:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
-    out = workdir / f"{case.key}.json"
+# Each script runs under its own limit: the slowest takes about 40 s alone on the idle 2-core dev
+# machine, so SCRIPT_BUDGET_S leaves room for a busy one, times how much slower the machine runs now.
+SCRIPT_BUDGET_S = 150.0
+CALIBRATION_S = 0.045  # calibration_job() on the idle dev machine
+MAX_SLOWDOWN = 6.0
+
+
+def calibration_job() -> float:
+    """Seconds for a fixed CPU-bound job in one thread (a Python loop and small matmuls, like a script's step)."""
+    import torch
+
+    a = torch.ones(64, 64)
     started = time.perf_counter()
-    cmd = [sys.executable, "-m", "modeldebug", "run", "--store", str(workdir / f"{case.key}.db"),
-           "--json", str(out), "--", sys.executable, str(case.path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir)
-    seconds = time.perf_counter() - started
-    if not out.exists():
-        return Result(case, proc.returncode, seconds, error=(proc.stderr or proc.stdout)[-3000:], report_written=False)
-    report = json.loads(out.read_text())
-    return Result(case, proc.returncode, seconds, findings=report["findings"])
+    x = 0
+    for i in range(300_000):
+        x += i
+    for _ in range(300):
+        a @ a
+    return time.perf_counter() - started
+
+
+def slowdown() -> float:
+    """How many times slower than the idle dev machine this one runs now, from 1 to MAX_SLOWDOWN (median of 5)."""
+    times = sorted(calibration_job() for _ in range(5))
+    return min(max(times[2] / CALIBRATION_S, 1.0), MAX_SLOWDOWN)
+
+
+def longest_wait_s(scripts: int = 1, jobs: int = 2) -> float:
+    """The most a caller can wait for `scripts` results: each may time out twice at the largest limit,
+    behind the scripts already running."""
+    return 2 * SCRIPT_BUDGET_S * MAX_SLOWDOWN * (-(-scripts // jobs) + 1) + 60
+
+
+class Runner:
+    """Runs cases on `jobs` threads, each script under its own limit scaled to the machine's speed and
+    retried once when it runs out; `result(case)` waits for that case alone, moving it to the front if it
+    has not started. Leaving the `with` block stops what is queued and kills what runs."""
+
+    def __init__(self, selected: list[Case], jobs: int = 2, workdir: Path | None = None):
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="modeldebug-detection-"))
+        self.cases = [c for c in selected if available(c)]
+        self.factor = slowdown()
+        self._queue = list(self.cases)
+        self._done: dict[str, Result] = {}
+        self._running: dict[int, subprocess.Popen] = {}
+        self._closed = False
+        self._cond = threading.Condition()
+        self._threads = [threading.Thread(target=self._work, daemon=True) for _ in range(max(jobs, 1))]
+        for t in self._threads:
+            t.start()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def result(self, case: Case) -> Result:
+        with self._cond:
+            if case not in self.cases:
+                raise KeyError(f"{case.key} was not given to this runner")
+            if case in self._queue:
+                self._queue.remove(case)
+                self._queue.insert(0, case)
+            while case.key not in self._done:
+                self._cond.wait()
+            return self._done[case.key]
+
+    def results(self) -> list[Result]:
+        return [self.result(c) for c in self.cases]
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._queue.clear()
+            running = list(self._running.values())
+        for proc in running:
+            _kill_group(proc)  # its worker thread collects it
+        for t in self._threads:
+            t.join(timeout=30)
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                if self._closed or not self._queue:
+                    return
+                case = self._queue.pop(0)
+            try:
+                r = self._run(case)
+            except Exception as exc:  # noqa: BLE001 - one broken case must not hang every waiter
+                r = Result(case, -1, 0.0, error=f"harness failed: {exc!r}", report_written=False)
+            with self._cond:
+                self._done[case.key] = r
+                self._cond.notify_all()
+
+    def _run(self, case: Case) -> Result:
+        limits = []
+        for attempt in range(2):
+            if attempt:
+                self.factor = slowdown()  # the machine may have become busier since the start
+            limits.append(SCRIPT_BUDGET_S * self.factor)
+            r = self._once(case, limits[-1])
+            if r is not None:
+                return r
+        return Result(case, -1, sum(limits), report_written=False,
+                      error=f"timed out twice, after {limits[0]:.0f} s and {limits[1]:.0f} s")
+
+    def _once(self, case: Case, limit: float) -> Result | None:
+        """One run of the script; None when it ran past `limit` (it and its children are killed)."""
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+        out = self.workdir / f"{case.key}.json"
+        out.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "modeldebug", "run", "--store", str(self.workdir / f"{case.key}.db"),
+               "--json", str(out), "--", sys.executable, str(case.path)]
+        started = time.perf_counter()
+        # A session of its own, so a timeout kills the training script with `modeldebug run`.
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                cwd=self.workdir, start_new_session=True)
+        with self._cond:
+            self._running[proc.pid] = proc
+            if self._closed:
+                _kill_group(proc)
+        try:
+            stdout, stderr = proc.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:  # a child that left the group still holds the pipes
+                pass
+            return None
+        finally:
+            with self._cond:
+                self._running.pop(proc.pid, None)
+        seconds = time.perf_counter() - started
+        if not out.exists():
+            return Result(case, proc.returncode, seconds, error=(stderr or stdout)[-3000:], report_written=False)
+        return Result(case, proc.returncode, seconds, findings=json.loads(out.read_text())["findings"])
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def run_all(selected: list[Case], jobs: int = 2, workdir: Path | None = None) -> list[Result]:
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="modeldebug-detection-"))
-    runnable = [c for c in selected if available(c)]
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(lambda c: run_case(c, workdir), runnable))
+    with Runner(selected, jobs, workdir) as runner:
+        return runner.results()
 
 
 def score(results: list[Result]) -> dict:
