@@ -177,6 +177,9 @@ class Validation:
         self._tentative = _Sums()
 
     def flush(self, writer: Writer, step: int) -> None:
+        if not self._sums.count and not self._tentative.count:
+            self._fn = None
+            return  # (every step begins here: no objects made when there was no evaluation)
         sums = self._sums
         sums.merge(self._tentative)
         self._tentative = _Sums()
