@@ -17,15 +17,20 @@ from modeldebug.types import Finding, Report
 _STYLE = {"high": "bold red", "medium": "yellow", "low": "cyan"}
 
 
-def print_report(report: Report, console: Console | None = None, *, issue: str | None = None, written: list[str] = ()) -> None:
+def print_report(report: Report, console: Console | None = None, *, issue: str | None = None, written: list[str] = (),
+                 title: str | None = None) -> None:
+    """``title``: what the heading names instead of a run (``explain FILE``, ``onnx check``)."""
     console = console or Console(stderr=False, highlight=False)
     run = report.run
     head = Text()
     head.append("modeldebug ", style="bold")
-    head.append(f"run {run.id}  ")
-    head.append(run.status, style="green" if run.status == "completed" else "bold red")
-    if run.exit_code is not None:
-        head.append(f" (exit {run.exit_code})")
+    if title:
+        head.append(title)
+    else:
+        head.append(f"run {run.id}  ")
+        head.append(run.status, style="green" if run.status == "completed" else "bold red")
+        if run.exit_code is not None:
+            head.append(f" (exit {run.exit_code})")
     if run.steps or run.models:  # a training run (ONNX reports have no steps)
         head.append(f"  {run.steps} steps in {run.duration_s:.1f} s")
     if run.command:
