@@ -12,7 +12,8 @@ import typer
 
 # `modeldebug run` in its plain form never gets here (modeldebug.cli_run reads it without typer);
 # the commands import what they use inside their bodies.
-from modeldebug.cli_run import Level, Severity
+from modeldebug.cli_run import STDOUT, Level, Severity
+from modeldebug.cli_run import check_outputs as _check_outputs
 from modeldebug.cli_run import console as _console
 from modeldebug.cli_run import fail as _fail
 from modeldebug.cli_run import lm_settings as _lm_settings
@@ -32,6 +33,27 @@ app = typer.Typer(
 STORE_HELP = "SQLite run store (one per project directory by default)."
 LM_HELP = "Explain and rank findings with this LM (e.g. openai/gpt-4o-mini; env MODELDEBUG_LM). Needs the llm extra."
 LM_API_BASE_HELP = "OpenAI-compatible server for --lm (env MODELDEBUG_LM_API_BASE)."
+JSON_HELP = "Write the JSON report here (- for stdout)."
+HTML_HELP = "Write the HTML report (findings next to plots) here."
+RUN_REF_HELP = "A run id (or the start of one) from `modeldebug runs`, or latest."
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            sys.stdout.write(f"modeldebug {version('modeldebug')}\n")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            sys.stdout.write("modeldebug (version unknown: not installed)\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Debug PyTorch training runs and ONNX models: find what is wrong and how to fix it."""
 
 
 @app.command(
@@ -40,8 +62,8 @@ LM_API_BASE_HELP = "OpenAI-compatible server for --lm (env MODELDEBUG_LM_API_BAS
 )
 def run(
     ctx: typer.Context,
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report here."),
-    html_out: Optional[Path] = typer.Option(None, "--html", help="Write the HTML report (findings next to plots) here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+    html_out: Optional[Path] = typer.Option(None, "--html", help=HTML_HELP),
     issue: Optional[str] = typer.Option(None, "--issue", help="What you are seeing, e.g. 'model not converging'."),
     fail_on: Optional[Severity] = typer.Option(
         None, "--fail-on", help="Exit 1 when a finding reaches this severity (for CI)."
@@ -66,26 +88,38 @@ def run(
 @app.command()
 def runs(
     store: Path = typer.Option(Path(DEFAULT_PATH), "--store", help=STORE_HELP),
-    limit: int = typer.Option(20, "--limit", min=1),
+    limit: int = typer.Option(20, "--limit", min=1, help="Show at most this many runs."),
 ) -> None:
     """List the runs in the store, newest first."""
     from rich.table import Table
 
     with _open_store(store) as s:
         rows = s.list_runs(limit=limit)
-        table = Table("id", "status", "steps", "duration", "findings", "command")
+        # The id is never cut (it is what `report` and `ask` take); the command folds instead.
+        table = Table()
+        table.add_column("id", no_wrap=True, min_width=max((len(r.id) for r in rows), default=2))
+        for name in ("status", "steps", "duration", "findings"):
+            table.add_column(name, no_wrap=True)
+        table.add_column("command", overflow="fold")
         for info in rows:
             report = s.load_report(info.id)
             findings = "-" if report is None else str(len(report.findings))
-            table.add_row(info.id, info.status, str(info.steps), f"{info.duration_s:.1f} s", findings, " ".join(info.command))
+            table.add_row(info.id, info.status, str(info.steps), f"{info.duration_s:.1f} s", findings, _shown_command(info.command))
     _console().print(table)
+
+
+def _shown_command(command: List[str]) -> str:
+    """The command as the user would type it: the interpreter by its name, not its full path."""
+    if command and Path(command[0]).name.startswith("python"):
+        command = [Path(command[0]).name, *command[1:]]
+    return " ".join(command)
 
 
 @app.command()
 def report(
-    run_ref: str = typer.Argument("latest", metavar="RUN_ID|latest"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report here."),
-    html_out: Optional[Path] = typer.Option(None, "--html", help="Write the HTML report (findings next to plots) here."),
+    run_ref: str = typer.Argument("latest", metavar="RUN_ID|latest", help=RUN_REF_HELP),
+    json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+    html_out: Optional[Path] = typer.Option(None, "--html", help=HTML_HELP),
     reanalyze: bool = typer.Option(False, "--reanalyze", help="Run the rules again on the stored evidence."),
     store: Path = typer.Option(Path(DEFAULT_PATH), "--store", help=STORE_HELP),
     lm: Optional[str] = typer.Option(None, "--lm", help=LM_HELP),
@@ -96,6 +130,7 @@ def report(
     from modeldebug.pipeline import diagnose
     from modeldebug.report.terminal import print_report
 
+    _check_outputs(json_out=json_out, html_out=html_out)
     lm_settings = _lm_settings(lm, lm_api_base)
     saves = reanalyze or lm_settings is not None  # what was computed again is kept; else nothing is written
     with _open_store(store, read_only=not saves) as s:
@@ -109,13 +144,18 @@ def report(
 
             _fail(escape(str(exc)))  # the message names the extra in brackets, which rich would take for markup
     rep, written = diagnosis.report, diagnosis.written
-    print_report(rep, _console(), issue=rep.metrics.issue, written=written)
+    print_report(rep, _console(stderr=_is_stdout(json_out)), issue=rep.metrics.issue, written=written)
     _print_llm(rep, _console(stderr=True))
+
+
+def _is_stdout(path: Optional[Path]) -> bool:
+    """The JSON goes to stdout: the terminal report moves to stderr, out of its way."""
+    return path is not None and str(path) == STDOUT
 
 
 @app.command()
 def ask(
-    run_ref: str = typer.Argument(..., metavar="RUN_ID|latest"),
+    run_ref: str = typer.Argument(..., metavar="RUN_ID|latest", help=RUN_REF_HELP),
     question: str = typer.Argument(..., help='e.g. "why does the loss go flat after epoch 3?"'),
     lm: Optional[str] = typer.Option(None, "--lm", help=LM_HELP),
     lm_api_base: Optional[str] = typer.Option(None, "--lm-api-base", help=LM_API_BASE_HELP),
@@ -153,14 +193,15 @@ def schema() -> None:
 @app.command()
 def explain(
     traceback_file: str = typer.Argument(..., metavar="TRACEBACK_FILE", help="A saved traceback (or its last line); - for stdin."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report with this one finding as JSON here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report with this one finding as JSON here (- for stdout)."),
 ) -> None:
     """Explain a crash from its saved traceback: the cause, the layer, and the fix."""
-    from modeldebug.diagnose import diagnose_text
+    from modeldebug.diagnose import diagnose_text, not_a_traceback
     from modeldebug.pipeline import write_outputs
     from modeldebug.report.terminal import print_report
     from modeldebug.types import Report, RunInfo
 
+    _check_outputs(json_out=json_out)
     if traceback_file == "-":
         text = sys.stdin.read()
     else:
@@ -170,8 +211,15 @@ def explain(
         text = path.read_text(encoding="utf-8", errors="replace")
     if not text.strip():
         _fail(f"{traceback_file} is empty: expected a Python traceback or an error message.")
+    refused = not_a_traceback(text)
+    if refused:
+        from rich.markup import escape
+
+        name = "stdin" if traceback_file == "-" else traceback_file
+        _fail(escape(f"{name} {refused}: expected a Python traceback or an error message (python train.py 2> traceback.txt)."))
     rep = Report(run=RunInfo(id="explain", status="completed"), findings=[diagnose_text(text)])
-    print_report(rep, _console(), written=write_outputs(rep, json_out=json_out))
+    title = "explain " + ("stdin" if traceback_file == "-" else traceback_file)
+    print_report(rep, _console(stderr=_is_stdout(json_out)), written=write_outputs(rep, json_out=json_out), title=title)
 
 
 @contextmanager

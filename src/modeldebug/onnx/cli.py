@@ -126,8 +126,8 @@ def compare(
     shape: Optional[List[str]] = typer.Option(
         None, "--shape", help="Random float32 example input of this shape, e.g. 1,3,224,224 (repeatable, one per input)."
     ),
-    rtol: float = typer.Option(1e-3, "--rtol"),
-    atol: float = typer.Option(1e-5, "--atol"),
+    rtol: float = typer.Option(1e-3, "--rtol", min=0.0, help="Relative tolerance: a point matches when |onnx - torch| <= atol + rtol * |torch|."),
+    atol: float = typer.Option(1e-5, "--atol", min=0.0, help="Absolute tolerance (see --rtol)."),
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (torch.onnx.export(dynamo=True)) or torchscript."),
     json_path: Optional[Path] = JsonOpt,
     fail_on: Optional[str] = FailOpt,
@@ -248,7 +248,8 @@ def _print(report: Report, summary: Callable) -> None:
     summary(console, report.metrics)
     from modeldebug.report.terminal import print_report
 
-    print_report(report)
+    command = report.run.command  # ["modeldebug", "onnx", "check", ...]
+    print_report(report, title=" ".join(command[1:3]) if command[1:2] == ["onnx"] else "onnx")
 
 
 def _summary_check(console, m: OnnxCheckMetrics) -> None:
