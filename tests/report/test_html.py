@@ -6,7 +6,6 @@ import html
 import re
 import subprocess
 import sys
-import time
 from typing import get_args
 
 import numpy as np
@@ -143,13 +142,13 @@ def _big_evidence(steps: int = 10_000, layers: int = 100, every: int = 10):
     )
 
 
-def test_10k_step_100_layer_run_summarises_fast_and_renders_small(tmp_path):
+def test_10k_step_100_layer_run_summarises_fast_and_renders_small(tmp_path, cpu_clock):
     from modeldebug.analysis import summarize
 
     ev = _big_evidence()
-    t0 = time.perf_counter()
+    t0 = cpu_clock()
     metrics = summarize(ev)
-    assert time.perf_counter() - t0 < 0.8
+    assert cpu_clock() - t0 < 0.8
     report = Report(run=ev.run, metrics=metrics)
     write_html(report, tmp_path / "big.html")
     size = (tmp_path / "big.html").stat().st_size
