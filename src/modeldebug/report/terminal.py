@@ -72,6 +72,9 @@ def print_report(report: Report, console: Console | None = None, *, issue: str |
         summary.append(", ".join(f"{n} {s}" for s, n in counts.items() if n))
         if len(stories) < len(findings):
             summary.append(f" from {len(stories)} root cause{'s' if len(stories) != 1 else ''}")
+    elif run.status == "crashed":  # e.g. it failed before importing torch: nothing watched said why
+        summary.append(f"No finding: the script failed (exit {run.exit_code}) and what modeldebug watched "
+                       "shows no cause; its own error output is above.", style="yellow")
     else:
         summary.append("No problems found.", style="green")
     overhead = run.monitor_overhead
