@@ -102,6 +102,14 @@ def test_a_command_that_cannot_start_is_refused_with_no_run(tmp_path, setup, com
     _no_runs(tmp_path)
 
 
+def test_a_crash_nothing_watched_explains_is_not_called_no_problems(tmp_path):
+    # What no check can see before the start (a module that is not there): the summary says so.
+    proc = _modeldebug("run", "--", sys.executable, "-m", "no_such_module_xyz", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "No problems found" not in proc.stderr
+    assert "the script failed (exit 1)" in " ".join(proc.stderr.split())
+
+
 def test_a_spawn_failure_leaves_no_run_marked_running(tmp_path):
     from modeldebug.runner import run_script
 
