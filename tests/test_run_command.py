@@ -152,19 +152,20 @@ def test_bad_input_gets_a_clear_error(tmp_path, args, message):
     assert "Traceback" not in proc.stderr
 
 
-def test_live_status_line_on_a_terminal(tmp_path):
-    """On a terminal the script's output passes through and a status line shows steps and loss."""
+def _on_terminal(tmp_path, command, env, *, answer=None, timeout=180):
+    """`modeldebug run -- COMMAND` on a pseudo-terminal: (what it showed, its exit code).
+    ``answer``: (prompt, reply): the reply is typed once the prompt shows (never if it does not)."""
     import pty
     import select
 
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "modeldebug", "run", "--", sys.executable, SCRIPT],
-        cwd=tmp_path, env=_env(STEPS=150, SLEEP=0.02, TERM="xterm"), stdin=slave, stdout=slave, stderr=slave,
+        [sys.executable, "-m", "modeldebug", "run", "--", *command],
+        cwd=tmp_path, env=env, stdin=slave, stdout=slave, stderr=slave,
     )
     os.close(slave)
     seen = b""
-    deadline = time.time() + 180
+    deadline = time.time() + timeout
     while time.time() < deadline:
         ready, _, _ = select.select([master], [], [], 1.0)
         if ready:
@@ -175,14 +176,54 @@ def test_live_status_line_on_a_terminal(tmp_path):
             if not chunk:
                 break
             seen += chunk
+            if answer and answer[0] in seen:
+                os.write(master, answer[1])
+                answer = None
         elif proc.poll() is not None:
             break
     os.close(master)
-    assert proc.wait(timeout=60) == 0
-    text = seen.decode(errors="replace")
+    return seen.decode(errors="replace"), proc.wait(timeout=60)
+
+
+def test_live_status_line_on_a_terminal(tmp_path):
+    """On a terminal the script's output passes through and a status line shows steps and loss."""
+    text, code = _on_terminal(tmp_path, [sys.executable, SCRIPT], _env(STEPS=150, SLEEP=0.02, TERM="xterm"))
+    assert code == 0
     assert "modeldebug ▸ step" in text and "· loss" in text
     assert "done" in text  # the script's own stderr still shows
     assert "completed" in text and "No problems found" in text
+
+
+_LEAVES_A_SERVER = """
+import subprocess, sys, torch
+server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(90)"])
+print("server", server.pid, flush=True)
+"""
+
+
+def test_on_a_terminal_the_report_does_not_wait_for_what_the_script_left_running(tmp_path):
+    """A server the script started holds the terminal open after the script exits (a tensorboard)."""
+    started = time.time()
+    text, code = _on_terminal(tmp_path, [sys.executable, "-c", _LEAVES_A_SERVER], _env(TERM="xterm"))
+    took = time.time() - started
+    server = int(text.split("server ", 1)[1].split()[0])
+    try:
+        assert code == 0 and "completed" in text
+        assert took < 60, took  # not the server's 90 s
+    finally:
+        try:
+            os.kill(server, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_an_input_prompt_shows_on_a_terminal(tmp_path):
+    """A prompt without a newline shows while the script waits for the answer (not under the status line)."""
+    script = "import torch, time\nprint('hello', flush=True)\ntime.sleep(2)\nname = input('name? ')\nprint('got', name)\n"
+    text, code = _on_terminal(tmp_path, [sys.executable, "-c", script], _env(TERM="xterm"),
+                              answer=(b"name? ", b"bob\n"), timeout=120)
+    assert code == 0, text
+    assert "got bob" in text
 
 
 # --- start-up: `modeldebug run` adds at most 0.5 s beyond importing torch (issue #4) -------------

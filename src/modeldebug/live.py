@@ -101,51 +101,101 @@ def spawn(command: Sequence[str], env: dict) -> tuple[subprocess.Popen, int]:
     return proc, master
 
 
-def pump(master: int, status: Status) -> None:
-    """Copy the script's output here until it closes its terminal, keeping the status line below it."""
-    out = sys.stdout.buffer
+def pump(master: int, status: Status, proc: subprocess.Popen | None = None) -> None:
+    """Copy the script's output here, keeping the status line below it, until the script's own
+    process has exited (``proc``; else until its terminal closes). Processes it started that still
+    hold the terminal (a server left running) have their output copied on in the background."""
+    out = _Output()
     shown = ""  # the status text on screen now ("" when none)
     at_line_start = True  # the status line never interrupts a line the script is still writing
     last_draw = 0.0
+    handed_on = False
 
     def draw() -> None:
         nonlocal shown, last_draw
         text = status.text[: _columns() - 1]
         out.write((CLEAR + text).encode())
-        out.flush()
         shown, last_draw = text, time.monotonic()
 
     try:
+        exited_at = None
         while True:
+            if exited_at is None and proc is not None and proc.poll() is not None:
+                exited_at = time.monotonic()
+            if exited_at is not None and time.monotonic() - exited_at >= DRAIN_S:
+                handed_on = True  # what is left belongs to processes the script left behind
+                break
             try:
-                ready, _, _ = select.select([master], [], [], 0.5)
+                ready, _, _ = select.select([master], [], [], 0.05 if exited_at is not None else 0.5)
             except InterruptedError:
                 continue
             if ready:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError as exc:  # EIO: the script's side of the terminal is closed (it exited)
-                    if exc.errno != errno.EIO:
-                        raise
-                    chunk = b""
+                chunk = _read(master)
                 if not chunk:
                     break
                 if shown:
                     out.write(CLEAR.encode())
                     shown = ""
                 out.write(chunk)
-                out.flush()
                 at_line_start = chunk.endswith(b"\n")
-                if at_line_start:
+                if at_line_start and exited_at is None:
                     draw()
+            elif exited_at is not None:
+                handed_on = True
+                break
             elif at_line_start and time.monotonic() - last_draw >= 1.0 and status.text != shown:
                 draw()
     finally:
         if shown:
             out.write(CLEAR.encode())
-            out.flush()
-        os.close(master)
         status.stop()
+        if handed_on:
+            threading.Thread(target=_copy_rest, args=(master, out), daemon=True, name="modeldebug-output").start()
+        else:
+            os.close(master)
+
+
+DRAIN_S = 0.5  # after the script exits, its last output is copied for at most this long
+
+
+class _Output:
+    """This process's stdout; after the terminal is gone (a closed ssh session: EIO) writes are dropped."""
+
+    def __init__(self):
+        self.stream = sys.stdout.buffer
+        self.ok = True
+
+    def write(self, data: bytes) -> None:
+        if not self.ok:
+            return
+        try:
+            self.stream.write(data)
+            self.stream.flush()
+        except OSError:
+            self.ok = False
+
+
+def _read(master: int) -> bytes:
+    try:
+        return os.read(master, 65536)
+    except OSError as exc:  # EIO: every process on the script's side of the terminal closed it
+        if exc.errno != errno.EIO:
+            raise
+        return b""
+
+
+def _copy_rest(master: int, out: _Output) -> None:
+    """Output of processes the script left holding its terminal, copied until they close it."""
+    try:
+        while True:
+            chunk = _read(master)
+            if not chunk:
+                break
+            out.write(chunk)
+    except OSError:
+        pass
+    finally:
+        os.close(master)
 
 
 def _columns() -> int:

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from modeldebug import live
+from modeldebug import live, processes
 from modeldebug.collect.autopatch import ENV_RUN
+from modeldebug.processes import PASSED_ON
 from modeldebug.store import DEFAULT_PATH
 from modeldebug.store_rescue import finish_run, start_run
 
@@ -60,6 +61,7 @@ class RunResult:
     report: Report
     exit_code: int  # the script's own exit code (negative: killed by that signal)
     written: list[str] = field(default_factory=list)
+    signal: int | None = None  # SIGINT/SIGTERM/SIGHUP sent to `modeldebug run` itself
 
     def cli_exit_code(self, fail_on: str | None) -> int:
         """The script's exit code, or 1 when findings reach ``fail_on`` in a run that otherwise passed.
@@ -67,6 +69,8 @@ class RunResult:
         Only the rules' findings count: what a language model added is explanation, not
         measurement, and must not change a CI job's outcome."""
         code = self.exit_code if self.exit_code >= 0 else 128 - self.exit_code
+        if self.signal in PASSED_ON:
+            return 128 + self.signal  # what the script did with the signal, the job was stopped
         if fail_on and code == 0:
             from modeldebug.types import SEVERITY_ORDER
 
@@ -135,7 +139,7 @@ def run_script(
     env["MODELDEBUG_PYTHON"] = sys.executable
 
     started = time.time()
-    interrupted = False
+    processes.become_subreaper()
     status = live.Status(run_id, store_path).start() if show_status and live.wanted() else None
     try:
         if status is not None:
@@ -152,45 +156,115 @@ def run_script(
                                name="modeldebug-prepare", daemon=True)
     warm_up.start()
 
-    def forward_interrupt(signum, frame):
-        # A terminal's Ctrl-C reaches the child too; a SIGINT sent to us alone is passed on.
-        nonlocal interrupted
-        interrupted = True
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-
-    previous = signal.signal(signal.SIGINT, forward_interrupt)
+    signals = _Signals(proc)
     try:
         if status is not None:
-            live.pump(master, status)
+            live.pump(master, status, proc)
         code = proc.wait()
+        ended_by = signals.received or _signal_of(code)
+        if ended_by:
+            processes.end_leftovers()  # what the script started, left running: ended as the script was
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signals.restore_sigint()  # SIGTERM and SIGHUP stay held until the report is written
     # The main thread imports nothing while the warm-up thread may be importing: two threads
     # importing the same modules in different orders can deadlock on the import locks.
     warm_up.join()
 
     def finish(path: Path):
         with RunStore(path) as store:
-            info = next((r for r in store.list_runs(limit=1000, prefix=run_id) if r.id == run_id), None)
-            status = info.status if info else "running"
-            if code != 0 and status in ("running", "completed"):
-                status = "interrupted" if interrupted or code in (-signal.SIGINT, 130) else "crashed"
-            elif interrupted and status == "running":
-                status = "interrupted"
-            elif status == "running":  # ended well without being watched (it never imported torch)
-                status = "completed"
-            fields = {"status": status, "exit_code": code}
-            if info is None or info.duration_s == 0:
-                fields["duration_s"] = time.time() - started
-            store.update_run(run_id, **fields)
+            _close_run(store, run_id, code, signals.received, started)
             _record_ranks(store, run_id)
             from modeldebug.pipeline import diagnose
 
             return diagnose(store, run_id, issue=issue, lm=lm, json_out=json_out, html_out=html_out)
 
-    diagnosis = finish_run(store_path, run_id, run_info, finish)  # damage found now: finished in a side store
-    return RunResult(report=diagnosis.report, exit_code=code, written=diagnosis.written)
+    try:
+        diagnosis = finish_run(store_path, run_id, run_info, finish)  # damage found now: finished in a side store
+    finally:
+        signals.restore()
+    return RunResult(report=diagnosis.report, exit_code=code, written=diagnosis.written, signal=signals.received)
+
+
+class _Signals:
+    """What `modeldebug run` does with the signals it gets while the script runs: SIGINT is passed
+    on (a terminal's Ctrl-C reaches the script too); SIGTERM and SIGHUP are passed on, and the
+    script is killed if it has not ended ``GRACE_S`` later. The first signal is remembered."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self.received: int | None = None
+        self._kill_timer: threading.Timer | None = None
+        self._previous = {}
+        for signum in (signal.SIGINT, *processes.PASSED_ON):
+            try:
+                self._previous[signum] = signal.signal(signum, self._on_signal)
+            except (ValueError, OSError):  # not the main thread (run_script called from a thread)
+                pass
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.received is None or self.received == signal.SIGINT:
+            self.received = signum
+        if self.proc.poll() is not None:
+            return  # the script has ended: the report is being written
+        self.proc.send_signal(signum)
+        if signum != signal.SIGINT and self._kill_timer is None:
+            self._kill_timer = threading.Timer(processes.GRACE_S, self._kill)
+            self._kill_timer.daemon = True
+            self._kill_timer.start()
+
+    def _kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+    def restore_sigint(self) -> None:
+        # Once the script has ended, Ctrl-C stops modeldebug itself (a slow LM call) as before.
+        self._restore(signal.SIGINT)
+
+    def restore(self) -> None:
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+        for signum in list(self._previous):
+            self._restore(signum)
+
+    def _restore(self, signum: int) -> None:
+        previous = self._previous.pop(signum, None)
+        if previous is not None:
+            signal.signal(signum, previous)
+
+
+def _signal_of(code: int) -> int | None:
+    """The signal that ended the script: it died of it, or exited 128+signum for SIGINT, SIGTERM or
+    SIGHUP (Python's KeyboardInterrupt, the watched script's own handling, a shell's convention)."""
+    if code < 0:
+        return -code
+    if code - 128 in (signal.SIGINT, *processes.PASSED_ON):
+        return code - 128
+    return None
+
+
+def _close_run(store: RunStore, run_id: str, code: int, received: int | None, started: float) -> None:
+    """The run's final status, exit code and signal; its step count and models from what is stored
+    when the script could not close the run itself (killed)."""
+    info = next((r for r in store.list_runs(limit=1000, prefix=run_id) if r.id == run_id), None)
+    status = info.status if info else "running"
+    ended_by = received or _signal_of(code)
+    if ended_by in processes.PASSED_ON:
+        status = "terminated"
+    elif code != 0 and status in ("running", "completed"):
+        status = "interrupted" if ended_by == signal.SIGINT else "crashed"
+    elif received == signal.SIGINT and status == "running":
+        status = "interrupted"
+    elif status == "running":  # ended well without being watched (it never imported torch)
+        status = "completed"
+    fields: dict[str, Any] = {"status": status, "exit_code": code}
+    if ended_by and status != "completed":
+        fields["signal"] = processes.signal_name(ended_by)
+    if info is None or info.duration_s == 0:
+        fields["duration_s"] = time.time() - started
+    if info is not None and info.status == "running":
+        steps, _ = store.progress(run_id)
+        fields["steps"] = max(steps, info.steps)
+    store.update_run(run_id, **fields)
 
 
 def _import_quietly(names: Sequence[str]) -> None:

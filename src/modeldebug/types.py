@@ -158,8 +158,11 @@ class MonitorOverhead(_Model):
 class RunInfo(_Model):
     id: str
     command: list[str] = Field(default_factory=list)
-    status: Literal["running", "completed", "crashed", "interrupted"] = "running"
+    status: Literal["running", "completed", "crashed", "interrupted", "terminated"] = "running"
     exit_code: int | None = None
+    # The signal that ended the run ("SIGINT", "SIGTERM", "SIGHUP", "SIGKILL", ...): interrupted is
+    # SIGINT (Ctrl-C), terminated SIGTERM or SIGHUP (a scheduler's stop, a closed ssh session).
+    signal: str | None = None
     steps: int = 0
     duration_s: float = 0.0
     started_at: float | None = None

@@ -94,10 +94,14 @@ class Discovery:
                 roots.append((len(ids), m, ids))
         # Largest first: a whole model covers the slices and parts of it the loop called.
         covered: set[int] = set(self._dbg.watched.param_ids)
+        attached = False
         for _, m, ids in sorted(roots, key=lambda r: -r[0]):
             if ids - covered:
                 self._dbg.attach(m)
                 covered |= ids
+                attached = True
+        if attached:
+            self._dbg.record_models()
 
 
 def _live() -> tuple[list[nn.Module], list[torch.optim.Optimizer]]:
@@ -144,6 +148,13 @@ class AutoDebugger(Debugger):
     def pause(self) -> None:
         self.discovery.remove()
         super().pause()
+
+    def record_models(self) -> None:
+        """The run's models, stored once found: a run killed before it can close still names them."""
+        try:
+            self.store.update_run(self.run_id, models=self.model_infos())
+        except Exception:  # the summary at stop writes them again
+            pass
 
     def record_exception(self, exc: BaseException, tb) -> None:
         self.exception = exc

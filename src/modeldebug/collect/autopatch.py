@@ -127,6 +127,35 @@ def _start(settings: dict[str, Any]) -> None:
 
     sys.excepthook = excepthook
     atexit.register(_finish)
+    _end_on_termination()
+
+
+_terminated_by = None  # SIGTERM or SIGHUP, when it ended the script through _terminate
+_finishing = False
+
+
+def _end_on_termination() -> None:
+    """SIGTERM and SIGHUP (a job scheduler's stop, a closed ssh session) end the script as an
+    exception would, so its finally blocks run and the run's last steps are written at exit (the
+    default action kills the process on the spot). A handler the script sets later replaces ours."""
+    import signal
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            if signal.getsignal(signum) == signal.SIG_DFL:
+                signal.signal(signum, _terminate)
+        except (ValueError, OSError):  # not the main thread, or no such signal here
+            pass
+
+
+def _terminate(signum, frame):
+    global _terminated_by
+    # Only the first one ends the script: `modeldebug run` passes on what it is sent, and a
+    # scheduler may signal the whole process group too, so the script often gets two.
+    if _terminated_by is not None or _finishing:
+        return
+    _terminated_by = signum
+    raise SystemExit(128 + signum)
 
 
 def _ignore_sigint():
@@ -145,14 +174,17 @@ def _ignore_sigint():
 
 
 def _finish() -> None:
-    global _active
+    global _active, _finishing
     dbg, _active = _active, None
     if dbg is None:
         return
+    _finishing = True
     previous = _ignore_sigint()
     try:
         exc = dbg.exception
-        if exc is None:
+        if _terminated_by is not None:
+            dbg.stop("terminated")
+        elif exc is None:
             dbg.stop("completed")
         elif isinstance(exc, KeyboardInterrupt):
             dbg.stop("interrupted", error=exc)

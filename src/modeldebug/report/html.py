@@ -88,7 +88,8 @@ def _evidence_rows(evidence: dict) -> list[tuple[str, str]]:
 
 def _facts(report: Report) -> list[tuple[str, str]]:
     run = report.run
-    facts = [("status", run.status + (f" (exit {run.exit_code})" if run.exit_code is not None else ""))]
+    facts = [("status", run.status + (f" by {run.signal}" if run.signal else "")
+              + (f" (exit {run.exit_code})" if run.exit_code is not None else ""))]
     if run.steps or run.models:
         facts.append(("steps", f"{run.steps} in {run.duration_s:.1f} s"))
     else:

@@ -20,7 +20,8 @@ class RuntimeErrorRule(Rule):
     exception, where the traceback's frames give the module, its inputs and parameters), else
     ``traceback`` (the formatted traceback: ``diagnose_text``), else ``exception`` (type and
     message only).
-    Fires: once, when any of them is present. Severity high: the run crashed.
+    Fires: once, when any of them is present, except for KeyboardInterrupt and SystemExit (Ctrl-C,
+    a signal: the run's status says interrupted or terminated). Severity high: the run crashed.
     Recommends: what the diagnosis derives (cause among shape, dtype, device, in-place, out of
     memory, NaN, other), with sizes and types taken from the error: ``nn.Linear(2048, 10)``,
     ``x.float()``, ``x.to(device)``, ... No thresholds.
@@ -43,6 +44,8 @@ class RuntimeErrorRule(Rule):
                 return [f]
         tb, exc = _last(ev.events_of(Traceback)), _last(ev.events_of(ScriptException))
         text = tb.text if tb is not None else None
+        if _interruption(exc, text):
+            return []  # Ctrl-C or a signal ended the run: the run's status says so, it is no fault
         if not text and exc is not None:
             text = f"{exc.type or 'Error'}: {exc.message or ''}"
         if not text:
@@ -54,6 +57,16 @@ class RuntimeErrorRule(Rule):
         if step is not None:
             f = f.model_copy(update={"step": int(step)})
         return [f]
+
+
+INTERRUPTIONS = ("KeyboardInterrupt", "SystemExit")
+
+
+def _interruption(exc: ScriptException | None, text: str | None) -> bool:
+    if exc is not None:
+        return exc.type in INTERRUPTIONS
+    last = text.strip().splitlines()[-1] if text and text.strip() else ""
+    return last.split(":", 1)[0].strip() in INTERRUPTIONS
 
 
 def _last(events: list):
