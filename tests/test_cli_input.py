@@ -59,6 +59,17 @@ def test_report_and_explain_refuse_unwritable_json_paths(tmp_path):
     _refused(_modeldebug("report", "latest", "--json", str(tmp_path), cwd=tmp_path), "--json", "is a directory")
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_report_file_that_fails_after_training_is_one_line_and_the_run_is_kept(tmp_path):
+    (tmp_path / "t.py").write_text(OK_SCRIPT)
+    proc = _modeldebug("run", "--json", "/dev/full", "--", sys.executable, "t.py", cwd=tmp_path)  # writable, but full
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "No space left on device" in proc.stderr and "kept in the store" in " ".join(proc.stderr.split())
+    with RunStore(tmp_path / ".modeldebug" / "runs.db") as store:
+        (info,) = store.list_runs()
+        assert info.status == "completed" and store.load_report(info.id) is not None
+
+
 def test_output_problems(tmp_path, monkeypatch):
     (tmp_path / "afile").write_text("")
     assert cli_run.output_problem(None, "--json") is None

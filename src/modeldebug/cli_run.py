@@ -104,6 +104,11 @@ def run(
         from rich.markup import escape
 
         fail(escape(str(exc)))
+    except OSError as exc:  # a report file that could not be written after all (a full disk): checked above
+        from rich.markup import escape
+
+        fail(escape(f"Could not write the report file: {exc}. The run and its report are kept in the store: "
+                    f"`modeldebug runs --store {store}`, then `modeldebug report RUN_ID`."), 1)
     from modeldebug.report.terminal import print_report
 
     try:
