@@ -156,7 +156,9 @@ class Watched:
         params = self.params
         if self._tensors_of is not params or len(self._tensors) != len(params):
             self._tensors_of, self._tensors = params, [p for _, p in params]
-            self.small_tensors = sum(p.numel() for p in self._tensors) < FLATTEN_BELOW * len(self._tensors)
+            # (on the CPU: CUDA's fused norm is one kernel over every tensor, a copy would cost more)
+            self.small_tensors = (all(p.device.type == "cpu" for p in self._tensors)
+                                  and sum(p.numel() for p in self._tensors) < FLATTEN_BELOW * len(self._tensors))
         return self._tensors
 
     def find(self, optimizer=None) -> None:
