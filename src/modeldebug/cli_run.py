@@ -126,12 +126,14 @@ def check_outputs(**paths: Optional[Path]) -> None:
     """End the command (exit 2) when an output path asked for cannot be written; ``json_out=...``
     names the option ``--json``."""
     for key, path in paths.items():
-        option = "--" + key.removesuffix("_out")
-        problem = output_problem(path, option)
-        if problem:
-            from rich.markup import escape
+        _refuse(output_problem(path, "--" + key.removesuffix("_out")))
 
-            fail(escape(problem))
+
+def _refuse(problem: Optional[str]) -> None:
+    if problem:
+        from rich.markup import escape
+
+        fail(escape(problem))  # paths and commands may hold brackets, which rich would take for markup
 
 
 def output_problem(path: Optional[Path], option: str) -> Optional[str]:
@@ -157,11 +159,7 @@ def output_problem(path: Optional[Path], option: str) -> Optional[str]:
 
 def check_command(command: List[str]) -> None:
     """End the command (exit 2) when ``command`` cannot start: nothing is run and no run is recorded."""
-    problem = command_problem(command)
-    if problem:
-        from rich.markup import escape
-
-        fail(escape(problem))
+    _refuse(command_problem(command))
 
 
 def command_problem(command: List[str]) -> Optional[str]:
