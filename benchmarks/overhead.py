@@ -24,6 +24,7 @@ Four parts, each printed as a table, with PASS/MISS per goal at the end:
     python benchmarks/overhead.py                  # everything, about 10 minutes on 2 cores
     python benchmarks/overhead.py --quick          # a couple of minutes
     python benchmarks/overhead.py --models mlp,cnn --only plain,md-default,md-every --parts steps
+    python benchmarks/overhead.py --parts short    # sub-millisecond CPU steps (mlp3, stack13), us per step
     python benchmarks/overhead.py --profile lstm   # cProfile of modeldebug's own functions
     python benchmarks/overhead.py --json out.json
 
