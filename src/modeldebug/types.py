@@ -160,9 +160,10 @@ class RunInfo(_Model):
     command: list[str] = Field(default_factory=list)
     status: Literal["running", "completed", "crashed", "interrupted", "terminated"] = "running"
     exit_code: int | None = None
-    # The signal that ended the run ("SIGINT", "SIGTERM", "SIGHUP", "SIGKILL", ...): interrupted is
-    # SIGINT (Ctrl-C), terminated SIGTERM or SIGHUP (a scheduler's stop, a closed ssh session).
-    signal: str | None = None
+    # Written only when set, so reports made before it are written back unchanged.
+    signal: str | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="The signal that ended the run (SIGINT: interrupted; SIGTERM, SIGHUP: terminated; SIGKILL, ...).")
     steps: int = 0
     duration_s: float = 0.0
     started_at: float | None = None
