@@ -183,3 +183,26 @@ def test_a_model_whose_optimizer_is_made_later_is_watched_when_it_steps(store_pa
     # 7 iterations: the one where the generator's optimizer first steps counts as two steps (its
     # optimizer is adopted then, as the last of the cycle), as for any optimizer adopted later.
     assert len(ev.steps) == 8
+
+
+def test_evaluating_the_training_tensors_directly_is_the_training_data_not_a_validation_set(store_path):
+    # A full-set training-loss pass (model(X) on the tensors the training loader's dataset holds) is
+    # evaluation on the training data on purpose, as through the training loader; a slice of a
+    # larger tensor whose rest is held out is not taken for it.
+    torch.manual_seed(0)
+    x, y = torch.randn(240, 8), torch.randint(0, 3, (240,))
+    pool = torch.randn(300, 8)
+    part = pool[:240]  # training rows that are a view of a larger storage
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    f = Fingerprints()
+    f.add_train(x[:16], source_of(x[:16], (ds := TensorDataset(x, y))), len(ds), ds)
+    f.add_eval(x, source_of(x, None))
+    summary = f.summary()
+    assert summary is not None and summary.sources == []  # the training tensors themselves: left out
+    g = Fingerprints()
+    g.add_train(part[200:216], source_of(part[200:216], (ds2 := TensorDataset(part))), len(ds2), ds2)
+    g.add_eval(pool[200:], source_of(pool[200:], None))
+    [src] = g.summary().sources
+    assert src["in_train"] == 16  # rows 200-215 were trained on: still seen
+    del model, opt

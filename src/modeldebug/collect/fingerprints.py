@@ -58,7 +58,7 @@ class Fingerprints:
         self.eval: dict[tuple[str, int], list[torch.Tensor]] = {}
         self.eval_rows = 0
 
-    def add_train(self, x: torch.Tensor, source: tuple[str, int], size: int | None) -> None:
+    def add_train(self, x: torch.Tensor, source: tuple[str, int], size: int | None, dataset: Any = None) -> None:
         """A training batch (the caller asks on the first TRAIN_STEPS steps and on sampled ones)."""
         if self.train_rows >= TRAIN_SAMPLES:
             return
@@ -66,8 +66,11 @@ class Fingerprints:
         if f is None:
             return
         self.train.append(f)
+        _compact(self.train)
         self.train_rows += f.numel()
-        self.train_sources.add(source)
+        if source not in self.train_sources:
+            self.train_sources.add(source)
+            self.train_sources.update(_tensor_sources(dataset))
         if self.train_size is None and size:
             self.train_size = size
 
@@ -79,7 +82,9 @@ class Fingerprints:
             return
         f = self._fingerprint(x, EVAL_ROWS)
         if f is not None:
-            self.eval.setdefault(source, []).append(f)
+            parts = self.eval.setdefault(source, [])
+            parts.append(f)
+            _compact(parts)
             self.eval_rows += f.numel()
 
     def _fingerprint(self, x: torch.Tensor, rows: int) -> torch.Tensor | None:
@@ -126,6 +131,30 @@ class Fingerprints:
         self.train, self.eval = [], {}
         return EvalOverlap(sources=sources, train_samples=int(train.size), train_distinct=len(train_set),
                            train_size=self.train_size)
+
+
+def _compact(parts: list[torch.Tensor], most: int = 64) -> None:
+    """Keep a bounded number of tensor objects (a device-side cat, no sync): the Python heap stays
+    flat while fingerprints accumulate up to their caps."""
+    if len(parts) >= most:
+        parts[:] = [torch.cat([p.to(parts[0].device) for p in parts])]
+
+
+def _tensor_sources(dataset: Any) -> list[tuple[str, int]]:
+    """The storages of a TensorDataset's tensors that hold nothing else: evaluating on those tensors
+    directly (the whole training set in one forward, or slices of it) is evaluating on the training
+    data knowingly, like its loader. A tensor that is a slice of a larger storage is left out: the
+    rest of that storage may be the held-out part."""
+    out = []
+    for t in getattr(dataset, "tensors", ()) or ():
+        if isinstance(t, torch.Tensor):
+            try:
+                storage = t.untyped_storage()
+                if t.data_ptr() == storage.data_ptr() and t.numel() * t.element_size() == storage.nbytes():
+                    out.append(("tensor", storage.data_ptr()))
+            except Exception:
+                pass
+    return out
 
 
 def _host(parts: list[torch.Tensor]) -> np.ndarray:

@@ -200,7 +200,7 @@ class Hooks:
                 self._input_stats(st, x)
                 if st.sampled or steps.count < TRAIN_STEPS:  # (no call on the other steps: hot path)
                     ds = self._loader_dataset
-                    self.fingerprints.add_train(x, source_of(x, ds), dataset_size(ds) if ds is not None else None)
+                    self.fingerprints.add_train(x, source_of(x, ds), dataset_size(ds) if ds is not None else None, ds)
             self._loader_dataset = None
             device = self.watched.device
             if steps.replay_budget and device is not None and device.type == "cpu":
