@@ -139,7 +139,7 @@ def run_script(
     env["MODELDEBUG_PYTHON"] = sys.executable
 
     started = time.time()
-    processes.become_subreaper()
+    signals = _Signals()  # before the script starts: a SIGTERM from now on is the script's too
     status = live.Status(run_id, store_path).start() if show_status and live.wanted() else None
     try:
         if status is not None:
@@ -149,14 +149,18 @@ def run_script(
     except OSError as exc:  # not executable, a bad #! line: nothing ran, and the run must not stay "running"
         if status is not None:
             status.stop()
+        signals.restore()
         with RunStore(store_path) as store:
             store.update_run(run_id, status="crashed", exit_code=126, duration_s=time.time() - started)
         raise ValueError(f"The command could not start: {exc.strerror or exc}: {command[0]}") from None
-    warm_up = threading.Thread(target=_import_quietly, args=(DIAGNOSIS_MODULES + tuple(prepare),),
+    except BaseException:
+        signals.restore()
+        raise
+    warm_up = threading.Thread(target=_prepare, args=(DIAGNOSIS_MODULES + tuple(prepare),),
                                name="modeldebug-prepare", daemon=True)
     warm_up.start()
 
-    signals = _Signals(proc)
+    signals.watch(proc)
     try:
         if status is not None:
             live.pump(master, status, proc)
@@ -190,8 +194,8 @@ class _Signals:
     on (a terminal's Ctrl-C reaches the script too); SIGTERM and SIGHUP are passed on, and the
     script is killed if it has not ended ``GRACE_S`` later. The first signal is remembered."""
 
-    def __init__(self, proc: subprocess.Popen):
-        self.proc = proc
+    def __init__(self):
+        self.proc: subprocess.Popen | None = None
         self.received: int | None = None
         self._kill_timer: threading.Timer | None = None
         self._previous = {}
@@ -201,11 +205,17 @@ class _Signals:
             except (ValueError, OSError):  # not the main thread (run_script called from a thread)
                 pass
 
+    def watch(self, proc: subprocess.Popen) -> None:
+        """The script has started: a signal received while it was starting is passed on now."""
+        self.proc = proc
+        if self.received is not None:
+            self._on_signal(self.received, None)
+
     def _on_signal(self, signum, frame) -> None:
         if self.received is None or self.received == signal.SIGINT:
             self.received = signum
-        if self.proc.poll() is not None:
-            return  # the script has ended: the report is being written
+        if self.proc is None or self.proc.poll() is not None:
+            return  # not started yet (watch passes it on), or ended: the report is being written
         self.proc.send_signal(signum)
         if signum != signal.SIGINT and self._kill_timer is None:
             self._kill_timer = threading.Timer(processes.GRACE_S, self._kill)
@@ -265,6 +275,14 @@ def _close_run(store: RunStore, run_id: str, code: int, received: int | None, st
         steps, _ = store.progress(run_id)
         fields["steps"] = max(steps, info.steps)
     store.update_run(run_id, **fields)
+
+
+def _prepare(names: Sequence[str]) -> None:
+    """While the script runs: adopt what it leaves behind (ctypes, ~15 ms, is off the user's clock
+    here: an orphan is adopted when its parent ends, so any time before the script ends will do),
+    and import what the diagnosis needs."""
+    processes.become_subreaper()
+    _import_quietly(names)
 
 
 def _import_quietly(names: Sequence[str]) -> None:
