@@ -10,7 +10,9 @@ import torch and then starts an auto-discovering ``AutoDebugger`` (``collect/aut
 * the loss is the tensor ``.backward()`` is called on; evaluation losses are loss calls made
   under ``torch.no_grad()`` or in eval mode;
 * when the process ends, normally or through an exception, the run is closed and the
-  exception recorded. The parent ``modeldebug run`` then diagnoses the run from the store.
+  exception recorded. The parent ``modeldebug run`` then diagnoses the run from the store;
+* SIGTERM and SIGHUP (when the script sets no handler of its own) raise SystemExit(128+signum),
+  so the run's last steps are written and it is closed as ``terminated``.
 """
 
 from __future__ import annotations
