@@ -8,7 +8,8 @@ planted one; for the healthy scripts: false alarms (findings of severity medium 
 
 --pending scores the staged scripts of tests/faults/pending/ instead of tests/faults/, --all both;
 either adds one line per script with what was found. The same harness (tests/faults/ only) backs
-tests/faults/test_detection.py.
+tests/faults/test_detection.py. Each script runs under its own limit, scaled to how busy the machine
+is and retried once, so a loaded machine slows the suite down without failing it.
 """
 
 from __future__ import annotations
