@@ -33,6 +33,9 @@ FAULTS = ROOT / "tests" / "faults"
 PENDING = FAULTS / "pending"
 PLANTED = re.compile(r"^planted: kind=(\w+) cause=(\w+)$", re.M)
 REQUIRES = re.compile(r"^requires: (\w+)$", re.M)
+# A planted symptom that does no harm by design (measured, and said in its docstring): the right
+# answer is the kind at low severity, a hint; medium or high would be an alarm without harm.
+EXPECTED_LOW = re.compile(r"^expected: low$", re.M)
 SERIOUS = ("high", "medium")
 
 
@@ -42,6 +45,7 @@ class Case:
     kind: str  # "none" for healthy scripts
     cause: str
     requires: str | None = None
+    hint: bool = False  # expected at low severity only (see EXPECTED_LOW)
 
     @property
     def name(self) -> str:
@@ -55,6 +59,10 @@ class Case:
     @property
     def healthy(self) -> bool:
         return self.kind == "none"
+
+    @property
+    def broken(self) -> bool:
+        return not self.healthy and not self.hint
 
 
 @dataclass
@@ -79,6 +87,10 @@ class Result:
     def false_alarms(self) -> list[dict]:
         return [f for f in self.findings if f["severity"] in SERIOUS]
 
+    def hint_right(self) -> bool:
+        """A hint script: its kind found, and nothing at medium or high."""
+        return self.detected(serious_only=False) and not self.false_alarms()
+
 
 def found(f: dict) -> str:
     return f"{f['kind']}({f['severity']})"
@@ -92,7 +104,8 @@ def cases(only: str | None = None, folders: tuple[Path, ...] = (FAULTS,)) -> lis
         if not m or (only and not re.search(only, path.stem)):
             continue
         req = REQUIRES.search(doc)
-        out.append(Case(path, m.group(1), m.group(2), req.group(1) if req else None))
+        out.append(Case(path, m.group(1), m.group(2), req.group(1) if req else None,
+                        hint=bool(EXPECTED_LOW.search(doc))))
     return out
 
 
@@ -262,7 +275,7 @@ def run_all(selected: list[Case], jobs: int = 2, workdir: Path | None = None) ->
 def score(results: list[Result]) -> dict:
     kinds: dict[str, dict] = {}
     for r in results:
-        if r.case.healthy:
+        if not r.case.broken:
             continue
         k = kinds.setdefault(r.case.kind, {"cases": 0, "detected": 0, "detected_any": 0, "cause_first": 0})
         k["cases"] += 1
@@ -270,7 +283,8 @@ def score(results: list[Result]) -> dict:
         k["detected_any"] += r.detected(serious_only=False)
         k["cause_first"] += r.cause_first()
     healthy = [r for r in results if r.case.healthy]
-    broken = [r for r in results if not r.case.healthy]
+    broken = [r for r in results if r.case.broken]
+    hints = [r for r in results if r.case.hint]
     return {
         "kinds": kinds,
         "broken": len(broken),
@@ -280,6 +294,8 @@ def score(results: list[Result]) -> dict:
         "healthy": len(healthy),
         "false_alarms": sum(len(r.false_alarms()) for r in healthy),
         "healthy_with_alarms": [r.case.key for r in healthy if r.false_alarms()],
+        "hints": len(hints),
+        "hints_right": sum(r.hint_right() for r in hints),
     }
 
 
@@ -292,11 +308,16 @@ def table(results: list[Result], s: dict) -> str:
                  f"{s['cause_first']:>5}/{s['broken']:<4}")
     lines.append(f"healthy scripts: {s['healthy']}, false alarms (medium/high): {s['false_alarms']}"
                  + (f" in {', '.join(s['healthy_with_alarms'])}" if s["healthy_with_alarms"] else ""))
-    misses = [r for r in results if not r.case.healthy and not r.detected()]
+    if s["hints"]:
+        lines.append(f"harmless symptoms (expected at low only): {s['hints']}, right: {s['hints_right']}")
+    for r in results:
+        if r.case.hint and not r.hint_right():
+            lines.append(f"  hint {r.case.key}: " + (", ".join(found(f) for f in r.findings) or "no finding"))
+    misses = [r for r in results if r.case.broken and not r.detected()]
     for r in misses:
         got = ", ".join(found(f) for f in r.findings) or (r.error.splitlines() or ["no finding"])[-1]
         lines.append(f"  missed {r.case.key}: {got}")
-    wrong_cause = [r for r in results if not r.case.healthy and r.detected(False) and not r.cause_first()]
+    wrong_cause = [r for r in results if r.case.broken and r.detected(False) and not r.cause_first()]
     for r in wrong_cause:
         first = r.matching(False)[0]
         lines.append(f"  cause of {r.case.key}: planted {r.case.cause}, named {first['causes']}")
@@ -313,7 +334,8 @@ def per_script(results: list[Result]) -> str:
     for r in results:
         got = " ".join(found(f) for f in r.findings) or (
             "no finding" if r.report_written else "no report: " + (r.error.splitlines() or [""])[-1])
-        mark = "ok " if (not r.false_alarms() if r.case.healthy else r.detected()) else "-- "
+        ok = not r.false_alarms() if r.case.healthy else r.hint_right() if r.case.hint else r.detected()
+        mark = "ok " if ok else "-- "
         lines.append(f"{mark}{r.case.key:{width}} {r.seconds:5.1f} s  planted {r.case.kind}: {got}")
     return "\n".join(lines)
 

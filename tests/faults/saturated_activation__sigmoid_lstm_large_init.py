@@ -1,7 +1,15 @@
 """Sequence classifier: an LSTM encoder followed by a sigmoid MLP head whose weights were initialized
-with N(0, 10) (a std meant for another scale, ~80x 1/sqrt(fan_in)): the head's sigmoid layer saturates at 0/1.
+with N(0, 10) (~80x 1/sqrt(fan_in)): the head's sigmoid layer sits at 0/1 for half or more of its
+outputs.
+
+A symptom without harm, measured: with Adam the LSTM still learns (held-out accuracy 0.93-0.97 over
+4 seeds, as with the default init; frozen LSTM: 0.61), the layers before the sigmoid move as fast as
+those after it (update ratios 9.3e-3 vs 1.4e-2; default init 9.6e-3 vs 1.5e-2), and the loss falls
+0.65 -> 0.14 (default init 0.70 -> 0.12). The right report is the saturation and the init scale as
+low hints, not an alarm.
 
 planted: kind=saturated_activation cause=bad_weight_init
+expected: low
 """
 import torch
 from torch import nn
@@ -22,7 +30,7 @@ class Classifier(nn.Module):
         self.hidden = nn.Linear(64, 128)
         self.act = nn.Sigmoid()
         self.out = nn.Linear(128, 2)
-        nn.init.normal_(self.hidden.weight, std=10.0)  # fault: ~80x the usual scale for fan_in 64
+        nn.init.normal_(self.hidden.weight, std=10.0)
         nn.init.normal_(self.hidden.bias, std=1.0)
 
     def forward(self, x):
