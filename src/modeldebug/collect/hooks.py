@@ -431,8 +431,40 @@ class Hooks:
         if not self.watched.owns(optimizer):
             return None
         t = now()
+        st = self.steps.current(t)
+        closure = patches.closure_of(args, kwargs)
+        if closure is None:
+            self._read_gradients(st)
+        st.opt_start = now()
+        st.monitor_s += st.opt_start - t
+        if closure is None:
+            return None
+        # step(closure) runs forward and backward inside: the step's gradients exist once it returns.
+        wrapped = patches.watch_closure(closure, self._closure_enter, self._closure_leave)
+        return patches.with_closure(args, kwargs, wrapped)
+
+    @guarded
+    def _closure_enter(self):
+        st = self.steps.state
+        return None if st is None else (now(), st, st.loss_sum, st.loss_count)
+
+    @guarded
+    def _closure_leave(self, token, calls: int) -> None:
+        if token is None or token[1] is not self.steps.state:
+            return
+        start, st, loss_sum, loss_count = token
+        t = now()
+        if calls:  # the optimizer evaluates again (a line search): the step's loss is its first evaluation
+            st.loss_sum, st.loss_count = loss_sum, loss_count
+        else:  # before the weights change, as without a closure
+            self._read_gradients(st)
+        if st.opt_start is not None:
+            st.opt_start += now() - start  # forward and backward are not the optimizer's time
+        st.monitor_s += now() - t
+
+    def _read_gradients(self, st: Step) -> None:
+        """The step's gradient norm (and on sampled steps the parameter snapshot), then the NaN check."""
         steps = self.steps
-        st = steps.current(t)
         if st.grad_norm is None:
             if st.sampled:
                 renewed = self.watched.new_parameters()
@@ -448,9 +480,6 @@ class Hooks:
                 watched = self.watched
                 st.grad_norm = grad_norm(watched.tensors(), watched.small_tensors)
             steps.check_nonfinite(st)
-        st.opt_start = now()
-        st.monitor_s += st.opt_start - t
-        return None
 
     @guarded
     def _optimizer_post(self, optimizer, args, kwargs):

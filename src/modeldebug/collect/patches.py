@@ -4,9 +4,10 @@
 ``torch.nn.functional`` (evaluation losses and class targets; ``nn`` loss modules call these too),
 the DataLoader iterator's ``__next__`` (time waiting for data), ``Optimizer.zero_grad`` (finds
 an optimizer that never steps), gradient clipping (called before ``backward()`` it never clips) and
-``LRScheduler.step`` (a per-epoch schedule stepped every batch). The patches are installed
-while at least one listener is registered and the originals restored when the last one leaves,
-so debuggers may nest and exit in any order. Nothing is patched at import time.
+``LRScheduler.step`` (a per-epoch schedule stepped every batch); the closure of
+``optimizer.step(closure)`` is wrapped for that one call (forward and backward run inside it). The
+patches are installed while at least one listener is registered and the originals restored when
+the last one leaves, so debuggers may nest and exit in any order. Nothing is patched at import time.
 """
 
 from __future__ import annotations
@@ -199,6 +200,37 @@ def _wrap_scheduler_step(original):
                 _local.scheduling = False
 
     return step
+
+
+def closure_of(args: tuple, kwargs: dict) -> Any:
+    """The closure handed to ``Optimizer.step`` (``args`` begin with the optimizer), or None."""
+    closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+    return closure if callable(closure) else None
+
+
+def with_closure(args: tuple, kwargs: dict, closure: Any) -> tuple[tuple, dict]:
+    """``Optimizer.step``'s arguments with its closure replaced."""
+    if "closure" in kwargs:
+        return args, {**kwargs, "closure": closure}
+    return (args[0], closure, *args[2:]), kwargs
+
+
+def watch_closure(closure, enter, leave):
+    """``closure`` for ``optimizer.step(closure)`` with ``enter()`` before each call and
+    ``leave(token, calls)`` after each return (``token`` is what ``enter`` gave, ``calls`` how many
+    returned before). The closure runs once per call as given and what it raises passes through;
+    ``enter`` and ``leave`` are guarded callbacks that never raise."""
+    calls = 0
+
+    def closure_watched(*args, **kwargs):
+        nonlocal calls
+        token = enter()
+        result = closure(*args, **kwargs)
+        leave(token, calls)
+        calls += 1
+        return result
+
+    return closure_watched
 
 
 def _wrap_loss(name, original):
