@@ -2,6 +2,7 @@
 gradient norm is the one its own backward made, the NaN replay runs before the weights change, and
 the optimizer's time leaves out the closure's forward and backward."""
 
+import copy
 import time
 
 import numpy as np
@@ -146,3 +147,44 @@ def test_an_error_in_the_closure_reaches_the_caller_unchanged(store_path):
         else:
             raise AssertionError("the closure's error was swallowed")
         assert opt.step(lambda: torch.tensor(2.0)).item() == 2.0  # the closure's value is step()'s
+
+
+
+class _Classifier(nn.Module):
+    """Its training code calls its parts (as a LightningModule's training_step does), never forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1))
+        self.head = nn.Sigmoid()
+
+
+def _train_parts(model, store_path, parts):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = _data()
+    target = y.float().unsqueeze(1)
+    with watch(model, opt, config=md.DebuggingConfig(store_path=store_path)) as dbg:
+        for step in range(6):
+            p = parts(x)
+            weight = torch.tensor(float(step != 4))  # a batch weighted 0: the loss divides by 0
+            loss = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean() / weight
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            copy.deepcopy(model)  # the children's hooks do not travel with the user's module
+    return [e["data"] for e in dbg.evidence().events if e["type"] == "nonfinite_origin"]
+
+
+def test_a_root_never_called_is_replayed_through_the_child_it_calls(store_path):
+    torch.manual_seed(0)
+    model = _Classifier()
+    origins = _train_parts(model, store_path, lambda x: torch.sigmoid(model.backbone(x)))
+    assert origins, "no replay happened"
+    assert (origins[0]["step"], origins[0]["phase"]) == (4, "loss")
+
+
+def test_two_parts_called_one_after_the_other_are_not_replayed_as_one(store_path):
+    torch.manual_seed(0)
+    model = _Classifier()
+    # replaying backbone alone could not tell whether head made the NaN: no replay, no false origin
+    assert _train_parts(model, store_path, lambda x: model.head(model.backbone(x))) == []

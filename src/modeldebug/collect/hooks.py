@@ -19,6 +19,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from modeldebug.collect import patches
+from modeldebug.collect.entries import Entries
 from modeldebug.collect.flow import OutputFlow
 from modeldebug.collect.fingerprints import TRAIN_STEPS, Fingerprints, dataset_size, source_of
 from modeldebug.collect.params import grad_norm, same_device, total_norm
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # The callbacks held by the user's modules (their hook dicts): what a pickled module carries instead.
-_ON_MODULES = ("_root_pre", "_root_post", "_layer_pre", "_layer_post", "_flow_post")
+_ON_MODULES = ("_root_pre", "_root_post", "_layer_pre", "_layer_post", "_flow_post", "_entry_pre", "_entry_post")
 # A no-op from the standard library that takes any positional arguments and returns None (an audit
 # event nobody listens to, at the cost of a C call).
 _DETACHED = partial(sys.audit, "modeldebug.unwatched")
@@ -97,6 +98,7 @@ class Hooks:
         self._schedulers_seen: set[int] = set()
         self._layer_order = 0
         self.flow = OutputFlow()  # once: which modules return an output next to others
+        self.entries = Entries()  # a root never called: the children a step calls (NaN replay)
         self.fingerprints = Fingerprints()  # training and evaluation samples: validation_overlap
         self._loader_dataset: Any = None  # the dataset of the DataLoader batch fetched since the last forward
         self._root_handles: list[Any] = []
@@ -150,9 +152,28 @@ class Hooks:
         self.flow.settle()
         for h in self.layer_handles + self._root_handles + self._opt_handles:
             h.remove()
+        self.entries.remove()
         self.layer_handles, self._root_handles, self._opt_handles = [], [], []
         self.steps.prepared = False
         patches.remove_listener(self)
+
+    def step_closed(self) -> None:
+        """No watched root was called in training so far: watch where the steps enter the model."""
+        self.entries.reset()
+        if not self.steps.stopped and not self.entries.handles:
+            self.entries.install(self.watched.models, self._entry_pre, self._entry_post)
+
+    @guarded
+    def _entry_pre(self, module, args, kwargs):
+        device = self.watched.device
+        keep = self.steps.replay_budget > 0 and device is not None and device.type == "cpu"
+        self.entries.enter(module, args, kwargs, keep)
+        return None
+
+    @guarded
+    def _entry_post(self, module, args, output):
+        self.entries.leave()
+        return None
 
     # ------------------------------------------------------------------ steps marked by hand
 

@@ -248,6 +248,8 @@ class Steps:
         st.monitor_s += now() - t
         self.cost.seconds += st.monitor_s
         self.queue.closed(st.sampled)
+        if not self.root_seen:
+            self.hooks.step_closed()
         if self.entry_missing and not self.root_seen and not self.stopped:
             self.prepare_next()
         if self.dist is not None and not self.stopped:
@@ -292,6 +294,8 @@ class Steps:
             st.param_pre = self.snapshot(subsets=False)
         self.pending_backward.append(st)
         self.count += 1
+        if not self.root_seen:
+            self.hooks.step_closed()
         if self.entry_missing and not self.root_seen:
             self.prepare_next()
         if self.backward_driven or len(self.pending_backward) >= MAX_ACCUMULATION:
@@ -335,7 +339,9 @@ class Steps:
     def check_nonfinite(self, st: Step) -> None:
         """Before the weights change: if this step's loss or gradients are non-finite, replay it to
         find where the first NaN/Inf came from (CPU, where reading the flag costs no sync)."""
-        if st.replay is None or not self.replay_budget:
+        entries = self.hooks.entries
+        replay = st.replay or entries.replay()  # (a root its loop never calls: the child it called)
+        if replay is None or not self.replay_budget:
             return
         norm, loss = st.grad_norm, st.loss_sum
         if (norm is None or math.isfinite(float(norm))) and (loss is None or math.isfinite(float(loss))):
@@ -343,10 +349,11 @@ class Steps:
         from modeldebug.collect.nan_origin import locate
 
         self.replay_budget -= 1
-        root, args, kwargs, rng = st.replay
+        root, args, kwargs, rng = replay
         st.replay = None
+        entries.reset()
         model = self.watched.model_of(root)
-        prefix = model.prefix if model else ""
+        prefix = model.prefix if model else entries.prefix.get(id(root), "")
         inner = getattr(root, "_orig_mod", root)
         names = {id(m): (prefix + n).rstrip(".") for n, m in inner.named_modules()}
         self.guard.replaying = True  # our own replay: its hooks are not the user's steps
