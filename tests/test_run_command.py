@@ -330,3 +330,34 @@ def test_fail_on_counts_only_the_rules_findings():
     assert RunResult(Report(run=run, findings=[finding("llm")]), 0).cli_exit_code("medium") == 0
     assert RunResult(Report(run=run, findings=[finding("rules")]), 0).cli_exit_code("medium") == 1
     assert RunResult(Report(run=run, findings=[finding("rules")]), 3).cli_exit_code("medium") == 3
+
+
+FROZEN_SCRIPT = """\
+import torch
+from torch import nn
+
+model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+for p in model.parameters():
+    p.requires_grad_(False)
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+x, y = torch.randn(32, 8), torch.randn(32, 1)
+for step in range(5):
+    opt.zero_grad()
+    loss = nn.functional.mse_loss(model(x), y)
+    loss.backward()
+    opt.step()
+"""
+
+
+def test_a_crash_shows_the_users_traceback_and_says_why(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(FROZEN_SCRIPT)
+    plain = subprocess.run([sys.executable, str(script)], env=_env(), capture_output=True, text=True, timeout=120)
+    proc = _modeldebug("run", "--json", "r.json", "--", sys.executable, str(script), cwd=tmp_path)
+    assert proc.returncode == 1 == plain.returncode
+    shown = proc.stderr[: proc.stderr.index("modeldebug run ")]  # the script's own output, before the report
+    frames = [line for line in shown.splitlines() if line.lstrip().startswith("File ")]
+    assert frames == [line for line in plain.stderr.splitlines() if line.lstrip().startswith("File ")]
+    assert not [f for f in frames if "modeldebug" in f], frames
+    (f,) = [f for f in _report(tmp_path / "r.json").findings if f.kind == "runtime_error"]
+    assert f.evidence["raised_at"] == f"{script}:12" and f.evidence["no_graph_reason"] == "frozen", f.message

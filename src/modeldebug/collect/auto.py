@@ -4,6 +4,7 @@ records the exception that ends the script (started by ``collect/autopatch``).""
 from __future__ import annotations
 
 import gc
+import sys
 import traceback
 import warnings
 from typing import Any
@@ -13,6 +14,8 @@ from torch import nn
 from torch.nn.modules import module as module_mod
 
 from modeldebug.collect.session import Debugger
+from modeldebug.collect.stats import first_float_tensor
+from modeldebug.collect.steps import now
 from modeldebug.events import Traceback
 
 MAX_CANDIDATES = 64  # top-level modules kept until discovery
@@ -28,6 +31,10 @@ class Discovery:
         self._depth = 0
         self._handles: list[Any] = []
         self._judged: set[int] = set()  # ids of the optimizers already looked at
+        self.last_grad: bool | None = None  # grad mode of the last top-level call
+        # (module, args, kwargs, rng state) of the last top-level training call: the first step's
+        # forward, which runs before the model is known (replayed if that step turns non-finite)
+        self._last_call: tuple | None = None
 
     def install(self) -> None:
         self._handles = [
@@ -42,10 +49,22 @@ class Discovery:
 
     def _pre(self, module, args):
         self._depth += 1
-        if self._depth == 1 and all(m is not module for m in self._candidates):
+        if self._depth != 1:
+            return
+        if all(m is not module for m in self._candidates):
             # Held strongly until discovery: a slice like model[:2] lives for one call only.
             self._candidates.append(module)
             del self._candidates[:-MAX_CANDIDATES]
+        try:
+            self.last_grad = torch.is_grad_enabled()
+            self._last_call = None
+            if self.last_grad and module.training:
+                kwargs = _call_kwargs(module)
+                if kwargs is not None:
+                    self._last_call = (module, args, kwargs, torch.get_rng_state())
+        except Exception:  # (a call we cannot read is just not replayed)
+            self._last_call = None
+
 
     def _post(self, module, args, output):
         self._depth = max(0, self._depth - 1)
@@ -66,6 +85,7 @@ class Discovery:
         if optimizer is not None:
             trained |= _param_ids(optimizer)
         self._candidates = []
+        call, self._last_call = self._last_call, None
         if not trained:
             return
         modules, optimizers = _live()
@@ -73,6 +93,27 @@ class Discovery:
             self._judged.add(id(opt))
             trained |= _param_ids(opt)
         self._attach_roots(modules, trained)
+        if call is not None and optimizer is None:
+            self._begin_first_step(*call)
+
+    def _begin_first_step(self, module, args, kwargs, rng) -> None:
+        """At the first backward: its step began with a forward that ran before the model was
+        watched. Begin that step with what the forward was given, so that its batch is checked and,
+        if it turns non-finite, it is replayed like every later step (on the CPU, as they are)."""
+        dbg = self._dbg
+        steps, watched = dbg.steps, dbg.watched
+        if steps.state is not None or steps.count or steps.pending_backward or watched.model_of(module) is None:
+            return
+        st = steps.begin(now())
+        x = first_float_tensor((args, kwargs))
+        if x is None:
+            x = first_float_tensor((args, kwargs), floating=False)
+        if x is not None:
+            dbg.hooks._input_stats(st, x)  # the check every step's batch gets at its root forward
+        device = watched.device
+        if steps.replay_budget and device is not None and device.type == "cpu":
+            st.replay = (module, args, kwargs, rng)
+
 
     def _later(self, optimizer) -> None:
         """An optimizer seen for the first time after discovery that steps no watched parameter."""
@@ -117,6 +158,17 @@ def _live() -> tuple[list[nn.Module], list[torch.optim.Optimizer]]:
     return modules, optimizers
 
 
+def _call_kwargs(module) -> dict | None:
+    """The keyword arguments of the module call a global forward pre-hook runs in (that hook is given
+    only the positional ones): read from the calling frame of ``Module._call_impl``, None elsewhere."""
+    frame = sys._getframe(2)  # _call_impl (or its inner()) -> Discovery._pre -> here
+    if frame.f_code.co_name not in ("inner", "_call_impl") or not frame.f_code.co_filename.endswith("module.py"):
+        return None
+    loc = frame.f_locals
+    kwargs = loc.get("kwargs")
+    return kwargs if loc.get("self") is module and isinstance(kwargs, dict) else None
+
+
 def _param_ids(optimizer) -> set[int]:
     return {id(p) for g in optimizer.param_groups for p in g["params"]}
 
@@ -148,6 +200,10 @@ class AutoDebugger(Debugger):
     def pause(self) -> None:
         self.discovery.remove()
         super().pause()
+
+    def last_forward_grad(self) -> bool | None:
+        seen = super().last_forward_grad()
+        return self.discovery.last_grad if seen is None else seen  # before the model was watched
 
     def record_models(self) -> None:
         """The run's models, stored once found: a run killed before it can close still names them."""

@@ -6,7 +6,7 @@ gradient norm (a flag it computes anyway) before the optimizer step, while the w
 still those the step used, and calls :func:`locate`, which
 
 1. checks the batch (NaN in the data is not the model's fault) and the weights (already
-   non-finite: an earlier update blew them up);
+   non-finite when the step began: an earlier update, or how they were made or loaded);
 2. replays the forward pass on the same batch, with the same random state, under a
    ``TorchFunctionMode`` that checks every op's output: the first op whose output is non-finite
    while its inputs are finite, and the innermost module running it, is the forward origin;
@@ -179,7 +179,7 @@ def locate(
             module = dict(model.named_modules()).get(owner)
             return Origin(
                 "weights", module=owner or None, module_type=type(module).__name__ if module is not None else None,
-                cause="the weights were already non-finite: an earlier update blew them up",
+                cause="the weights were already non-finite when the step began",
                 details={"parameter": pname, "value": _describe(p)},
             )
 

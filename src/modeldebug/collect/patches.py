@@ -115,6 +115,27 @@ def _busy() -> bool:
     return getattr(_local, "busy", False)
 
 
+def hide_our_frames(exc: BaseException) -> None:
+    """Take this module's wrapper frames out of ``exc``'s traceback, before a bare ``raise`` passes
+    it on (which adds no frame): the user's traceback and the crash report show their own line, and
+    the exception object is the one raised."""
+    try:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+            tb = tb.tb_next
+        if tb is None:
+            return  # raised in our own code: nothing of the user's to show instead
+        exc.__traceback__ = tb
+        while tb is not None:
+            nxt = tb.tb_next
+            while nxt is not None and nxt.tb_frame.f_code.co_filename == __file__:
+                nxt = nxt.tb_next
+            tb.tb_next = nxt
+            tb = nxt
+    except Exception:  # a traceback we cannot edit is shown as it is
+        pass
+
+
 def _run_backward(original, loss, args, kwargs):
     if _busy() or not _listeners:
         return original(*args, **kwargs)
@@ -137,25 +158,37 @@ def _run_backward(original, loss, args, kwargs):
 
 def _wrap_backward(original):
     def backward(self, *args, **kwargs):
-        return _run_backward(original, self, (self, *args), kwargs)
+        try:
+            return _run_backward(original, self, (self, *args), kwargs)
+        except BaseException as exc:
+            hide_our_frames(exc)
+            raise
 
     return backward
 
 
 def _wrap_autograd_backward(original):
     def backward(tensors, *args, **kwargs):
-        first = tensors if isinstance(tensors, torch.Tensor) else next(iter(tensors), None)
-        return _run_backward(original, first, (tensors, *args), kwargs)
+        try:
+            first = tensors if isinstance(tensors, torch.Tensor) else next(iter(tensors), None)
+            return _run_backward(original, first, (tensors, *args), kwargs)
+        except BaseException as exc:
+            hide_our_frames(exc)
+            raise
 
     return backward
 
 
 def _wrap_next(original):
     def __next__(self):
-        if not _listeners:
-            return original(self)
         start = time.perf_counter()
-        batch = original(self)
+        try:
+            batch = original(self)
+        except BaseException as exc:
+            hide_our_frames(exc)
+            raise
+        if not _listeners:
+            return batch
         elapsed = time.perf_counter() - start
         for listener in list(_listeners):
             listener.on_batch(elapsed, self)
@@ -169,7 +202,11 @@ def _wrap_zero_grad(original):
         if _listeners:
             for listener in list(_listeners):
                 listener.on_zero_grad(self)
-        return original(self, *args, **kwargs)
+        try:
+            return original(self, *args, **kwargs)
+        except BaseException as exc:
+            hide_our_frames(exc)
+            raise
 
     return zero_grad
 
@@ -180,7 +217,11 @@ def _wrap_clip(name, original):
             max_value = args[0] if args else kwargs.get("max_norm", kwargs.get("clip_value"))
             for listener in list(_listeners):
                 listener.on_clip(name, max_value)
-        return original(parameters, *args, **kwargs)
+        try:
+            return original(parameters, *args, **kwargs)
+        except BaseException as exc:
+            hide_our_frames(exc)
+            raise
 
     return clip
 
@@ -195,6 +236,9 @@ def _wrap_scheduler_step(original):
         _local.scheduling = True
         try:
             return original(self, *args, **kwargs)
+        except BaseException as exc:
+            hide_our_frames(exc)
+            raise
         finally:
             if outer:
                 _local.scheduling = False
@@ -225,7 +269,11 @@ def watch_closure(closure, enter, leave):
     def closure_watched(*args, **kwargs):
         nonlocal calls
         token = enter()
-        result = closure(*args, **kwargs)
+        try:
+            result = closure(*args, **kwargs)
+        except BaseException as exc:
+            hide_our_frames(exc)
+            raise
         leave(token, calls)
         calls += 1
         return result
@@ -235,7 +283,11 @@ def watch_closure(closure, enter, leave):
 
 def _wrap_loss(name, original):
     def loss_fn(*args, **kwargs):
-        output = original(*args, **kwargs)
+        try:
+            output = original(*args, **kwargs)
+        except BaseException as exc:
+            hide_our_frames(exc)
+            raise
         if _listeners and not _busy():
             input = args[0] if args else kwargs.get("input")
             target = args[1] if len(args) > 1 else kwargs.get("target")

@@ -261,14 +261,21 @@ class Debugger:
         if isinstance(error, KeyboardInterrupt):
             return
         try:
-            from modeldebug.diagnose import diagnose_exception, module_names_of
+            from modeldebug.diagnose import diagnose_exception, module_names_of, run_facts
 
             names = module_names_of(*self.watched.module_names())
-            finding = diagnose_exception(error, module_names=names, step=self.steps.count)
+            facts = run_facts(self.watched.module_names(), self.last_forward_grad())
+            finding = diagnose_exception(error, module_names=names, step=self.steps.count, facts=facts)
         except Exception:  # the rule falls back to the exception's text
             log.exception("modeldebug could not diagnose the exception")
             return
         self.event(RuntimeErrorDiagnosis(finding=finding.model_dump(mode="json")))
+
+    def last_forward_grad(self) -> bool | None:
+        """Whether the last forward of a watched model ran with grad on (None: none was seen)."""
+        if self.hooks.in_eval:  # an evaluation forward: eval mode with grad on, or grad off
+            return self.hooks.maybe_training
+        return True if self.steps.root_seen else None
 
     def __enter__(self) -> "Debugger":
         return self.start()

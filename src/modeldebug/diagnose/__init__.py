@@ -36,6 +36,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from modeldebug.diagnose.autograd import run_facts
 from modeldebug.diagnose.context import Context, Diagnosis
 from modeldebug.diagnose.context import first_line
 from modeldebug.diagnose.parse import (clean_text, context_from_exception, context_from_text, contexts_from_text,
@@ -47,11 +48,13 @@ from modeldebug.findings import make_finding
 from modeldebug.types import Finding
 
 
-def diagnose_exception(exc: BaseException, *, module_names: Any = None, step: int | None = None) -> Finding:
+def diagnose_exception(exc: BaseException, *, module_names: Any = None, step: int | None = None,
+                       facts: Any = None) -> Finding:
     """A ``runtime_error`` Finding for an exception raised while training.
 
     ``module_names``: ``id(module or parameter) -> qualified name`` (:func:`module_names_of`), or the
-    model itself; without it the module is named by its class.
+    model itself; without it the module is named by its class. ``facts``: what the run watching it
+    knows (:func:`run_facts`: trainable parameters, the last forward's grad mode).
     """
     if not isinstance(exc, BaseException):
         raise TypeError(f"Expected `exc` to be an exception but got {type(exc).__name__}")
@@ -61,7 +64,7 @@ def diagnose_exception(exc: BaseException, *, module_names: Any = None, step: in
     contexts = []
     for e in reversed(chain):  # innermost first
         try:
-            contexts.append(context_from_exception(e, module_names))
+            contexts.append(context_from_exception(e, module_names, facts))
         except Exception:  # never fail to explain: fall back to the message alone
             contexts.append(Context(error_type=type(e).__name__, message=clean_text(str(e))))
     return _finding(contexts, step)
@@ -153,4 +156,4 @@ def _chain_sentence(chain: list[Context], leader: Context) -> str:
 
 __all__ = ["CAUSES", "PATTERNS", "Context", "Diagnosis", "Pattern", "context_from_exception", "context_from_text",
            "clean_text", "describe_tensor", "diagnose_exception", "diagnose_text", "explain", "match", "matches",
-           "module_names_of", "not_a_traceback"]
+           "module_names_of", "not_a_traceback", "run_facts"]

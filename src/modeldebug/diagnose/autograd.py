@@ -1,8 +1,10 @@
-"""Builders for autograd errors: in-place changes of saved tensors, leaves and views, a second backward."""
+"""Builders for autograd errors: in-place changes of saved tensors, leaves and views, a second backward,
+backward() on a tensor without a graph (``run_facts``: what the watching run knows about it)."""
 
 from __future__ import annotations
 
 import re
+from typing import Any, Iterable
 
 from modeldebug.diagnose.context import Context, Diagnosis, ints, shape_str
 from modeldebug.findings import best_practice, fix
@@ -54,3 +56,60 @@ def view_inplace(ctx: Context, m: re.Match) -> Diagnosis:
     return Diagnosis(msg, [fix("Use the out-of-place op or clone the view first.", "y = x[0].clone()\ny.relu_()"),
                            fix("Replace nn.ReLU(inplace=True) with nn.ReLU() where it follows a view.")],
                      ["other"], 0.85)
+
+
+def run_facts(models: Iterable[tuple[str, Any]], forward_grad: bool | None) -> dict[str, Any]:
+    """What a watching run knows that explains a graph-less loss: each model's parameters and how many
+    require grad (``models``: (prefix, module) pairs), and whether the last forward of a watched model
+    ran with grad on (None: none was seen)."""
+    counted = []
+    for prefix, module in models:
+        params = list(module.parameters())
+        counted.append({"model": prefix.rstrip(".") or type(module).__name__, "parameters": len(params),
+                        "trainable": sum(1 for p in params if p.requires_grad)})
+    return {"models": counted, "forward_grad": forward_grad}
+
+
+def no_graph(ctx: Context, m: re.Match) -> Diagnosis:
+    """backward() on a tensor without a graph: which of the four ways to get one, from what is known."""
+    models = ctx.run.get("models") or []
+    total = sum(d["parameters"] for d in models)
+    trainable = sum(d["trainable"] for d in models)
+    names = ", ".join(f"`{d['model']}`" for d in models[:3])
+    forward_grad = ctx.run.get("forward_grad")
+    unfreeze = fix("Unfreeze what should train, and give the optimizer only the parameters that require grad.",
+                   "for p in model.head.parameters():\n    p.requires_grad_(True)\n"
+                   "optimizer = torch.optim.AdamW(p for p in model.parameters() if p.requires_grad)")
+    train_forward = fix("Run the training forward with grad on: keep `torch.no_grad()` / `torch.inference_mode()` "
+                        "for evaluation only.",
+                        "model.train()\nloss = criterion(model(x), y)  # not inside `with torch.no_grad():`\nloss.backward()")
+    keep_graph = fix("Build the loss from the model's output tensor without leaving autograd: no `.detach()`, `.data`, "
+                     "`.item()`/`float()` turned back into a tensor, `torch.tensor(loss)` or a NumPy round trip.",
+                     "loss = criterion(output, y)  # not: torch.tensor(criterion(output, y).item())")
+    if ctx.loss.get("inference"):
+        reason, causes, recs = "inference_mode", ["detached_graph"], [train_forward]
+        msg = ("backward() was called on a tensor created under `torch.inference_mode()`: inference tensors never "
+               "record a graph.")
+    elif models and total and not trainable:
+        reason, causes, recs = "frozen", ["other"], [unfreeze]
+        msg = (f"No parameter of {names} requires grad (all {total} have requires_grad=False), so the loss has no "
+               "graph to backpropagate through: the model is frozen.")
+    elif forward_grad is False:
+        reason, causes, recs = "no_grad", ["detached_graph"], [train_forward]
+        msg = ("The model's last forward ran with grad disabled (under `torch.no_grad()` or "
+               "`torch.set_grad_enabled(False)`), so its output and the loss built from it carry no graph.")
+    elif models and trainable and forward_grad:
+        reason, causes, recs = "detached", ["detached_graph"], [keep_graph]
+        msg = (f"{names} has {trainable} parameter(s) that require grad and its last forward ran with grad on, so "
+               "the graph was cut between the model's output and the loss: `.detach()`, `.data`, `.item()` or "
+               "`float()` turned back into a tensor, `torch.tensor(...)` of a tensor, or a NumPy round trip.")
+    else:
+        reason, causes, recs = None, ["detached_graph", "other"], [unfreeze, train_forward, keep_graph]
+        msg = ("backward() was called on a tensor without a graph: no parameter requires grad (a frozen model), "
+               "the forward ran under `torch.no_grad()` / `torch.inference_mode()`, or the loss was detached "
+               "from the model's output.")
+    if ctx.where:
+        msg += f" backward() was called at {ctx.where}."
+    evidence = {"detail": "no_graph", "no_graph_reason": reason, "trainable_parameters": trainable if models else None,
+                "parameters_total": total if models else None, "forward_grad": forward_grad}
+    return Diagnosis(msg, recs, causes, 0.9 if reason else 0.6, evidence)

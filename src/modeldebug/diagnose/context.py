@@ -33,6 +33,8 @@ class Context:
     from_text: bool = False
     full_text: str = ""  # text only: everything given (CUDA prints kernel assertions before the traceback)
     unknown: list[str] = field(default_factory=list)  # what could not be known (text only)
+    loss: dict[str, Any] = field(default_factory=dict)  # backward: the tensor it was called on (requires_grad, ...)
+    run: dict[str, Any] = field(default_factory=dict)  # what the watching run knows (diagnose.autograd.run_facts)
 
     @property
     def name(self) -> str:

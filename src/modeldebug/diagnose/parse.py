@@ -100,6 +100,20 @@ def is_torch_file(path: str) -> bool:
     return "/torch/" in p and ("site-packages" in p or "dist-packages" in p or "/lib/python" in p or "/torch/nn/" in p)
 
 
+_OWN_DIR = __file__.replace("\\", "/").rsplit("/diagnose/", 1)[0] + "/"
+_OWN_WRAPPERS = re.compile(r"/modeldebug/collect/(?:patches|hooks|auto|autopatch)\.py$")
+
+
+def is_own_file(path: str) -> bool:
+    """modeldebug's own code (its call wrappers): never where the user's code failed."""
+    p = path.replace("\\", "/")
+    return p.startswith(_OWN_DIR) or bool(_OWN_WRAPPERS.search(p))
+
+
+def _outside(path: str) -> bool:
+    return not is_torch_file(path) and not is_own_file(path)
+
+
 def _module_args(module: Any) -> dict[str, Any]:
     out = {}
     for k in _MODULE_ARGS:
@@ -148,14 +162,15 @@ def _locate_node(loss, node_name: str, names: Mapping[int, str]) -> tuple[str | 
     return None, path
 
 
-def context_from_exception(exc: BaseException, module_names: Any = None) -> Context:
-    """What the traceback's frames say about where ``exc`` was raised (no hooks, no reruns)."""
+def context_from_exception(exc: BaseException, module_names: Any = None, facts: Mapping[str, Any] | None = None) -> Context:
+    """What the traceback's frames say about where ``exc`` was raised (no hooks, no reruns);
+    ``facts``: what the run watching it knows (``diagnose.autograd.run_facts``)."""
     from torch import nn
 
     import torch
 
     names = _names_map(module_names)
-    ctx = Context(error_type=type(exc).__name__, message=clean_text(str(exc)))
+    ctx = Context(error_type=type(exc).__name__, message=clean_text(str(exc)), run=dict(facts or {}))
     frames = []
     tb = exc.__traceback__
     while tb is not None:
@@ -167,7 +182,7 @@ def context_from_exception(exc: BaseException, module_names: Any = None) -> Cont
     for i in range(len(frames) - 1, -1, -1):  # innermost first
         frame, lineno = frames[i]
         code = frame.f_code
-        if ctx.where is None and not is_torch_file(code.co_filename):
+        if ctx.where is None and _outside(code.co_filename):
             ctx.where = f"{code.co_filename}:{lineno}"
             ctx.source = linecache.getline(code.co_filename, lineno).strip() or None
         if i == 0 and len(frames) > 1:
@@ -206,6 +221,9 @@ def context_from_exception(exc: BaseException, module_names: Any = None) -> Cont
             names = {**names_from_frames([f for f, _ in frames]), **names}
         except Exception:  # naming is a nicety: the class still names the module
             pass
+    if loss is not None:
+        ctx.loss = {"requires_grad": bool(loss.requires_grad), "grad_fn": loss.grad_fn is not None,
+                    "inference": bool(loss.is_inference()), "shape": list(loss.shape)}
     if op_frame is not None:
         ctx.function = op_frame.f_code.co_name
         ctx.op_inputs = _tensors_of(_frame_args(op_frame))
@@ -299,6 +317,8 @@ def context_from_text(text: str) -> Context:
                           for file, _, func, _, _ in frames)
     for file, line, func, src, called in reversed(frames):  # innermost first
         base = file.replace("\\", "/").rsplit("/", 1)[-1]
+        if is_own_file(file):
+            continue
         if is_torch_file(file):
             if "/nn/modules/" in file.replace("\\", "/") and ctx.module_type is None:
                 ctx.module_type = _type_from_torch_frame(base, func, src)

@@ -68,6 +68,7 @@ PATTERNS: list[Pattern] = [
     _p("inplace_autograd", r"modified by an inplace operation: \[([\w.]+) (\[[\d, ]*\])\], which is output \d+ of (\w+), is at version (\d+); expected version (\d+)", autograd.inplace_version),
     _p("inplace_autograd", r"Trying to backward through the graph a second time", autograd.backward_twice),
     _p("inplace_autograd", r"a (?:view of a )?leaf Variable that requires grad is being used in an in-place operation", autograd.leaf_inplace),
+    _p("other", r"does not require grad and does not have a grad_fn", autograd.no_graph),
     _p("inplace_autograd", r"is a view and (?:is being|its base or another view of its base has been) modified inplace", autograd.view_inplace),
     # non-finite values
     _p("nan_detected", r"Function '(\w+)' returned nan values in its \d+th output", numerics.anomaly_nan),

@@ -50,7 +50,7 @@ class NanOrInf(Rule):
     kind = "nan_or_inf"
     reads = ("steps.loss_nonfinite", "steps.grad_nonfinite", "steps.grad_norm", "layer_stats.nonfinite",
              "param_stats.norm", "events.nonfinite_origin", "layers", "optimizers", "param_stats.changed",
-             "steps.input_nonfinite", "steps.loss")
+             "steps.input_nonfinite", "steps.loss", "steps.optimizer_stepped", "steps.scaler_skipped")
     growth: float = 100.0  # grad norm rise before the NaN that points at the learning rate (fault suite)
 
     def check(self, ev: Evidence) -> list[Finding]:
@@ -60,6 +60,9 @@ class NanOrInf(Rule):
         steps = col(s, "step")
         loss, gn = col(s, "loss"), col(s, "grad_norm")
         bad = flag(s, "loss_nonfinite") | flag(s, "grad_nonfinite") | np.isinf(loss) | np.isinf(gn)
+        # Steps a GradScaler skipped: inf gradients are how it finds its scale (loss_scale_collapse
+        # judges when they are a fault).
+        bad &= ~flag(s, "scaler_skipped")
         first = first_true(bad, steps)
         weights_bad = self._bad_weights(ev)
         if first is None and not weights_bad:
@@ -80,12 +83,16 @@ class NanOrInf(Rule):
         before = gn[(steps < first) & np.isfinite(gn)]
         grew = len(before) >= 2 and before[-1] > self.growth * max(np.min(before), 1e-12)
         phase = replay.get("phase") if replay else None
+        # an optimizer step before the first non-finite one (none: no update can have caused it)
+        updated_before = bool((flag(s, "optimizer_stepped") & (steps < first)).any())
         if inputs_bad.any() or phase == "input":
             causes = ["other", "numerically_unstable_op"]
         elif phase in ("forward", "backward") and not (grew and str(replay.get("cause", "")).startswith("overflow")):
             causes = ["numerically_unstable_op", "learning_rate_too_high"]
         elif phase == "loss" and not grew:  # e.g. log(0) in a hand-written loss
             causes = ["numerically_unstable_op", "wrong_loss_function"]
+        elif phase == "weights" and not updated_before:
+            causes = ["bad_weight_init", "other"]
         elif grew or lr_is_high(ev) or phase == "weights":
             causes = ["learning_rate_too_high", "numerically_unstable_op", "bad_weight_init"]
         else:
@@ -93,8 +100,9 @@ class NanOrInf(Rule):
 
         msg = f"The {' and '.join(what) or 'values'} became NaN/Inf at step {first}"
         if replay and phase in ("forward", "backward"):
-            location = replay.get("module") or location
-            where = f"{location} ({replay.get('module_type')})" if location else "the model"
+            # (no module: the op is in the model's own forward, outside its layers)
+            location = replay.get("module")
+            where = f"{location} ({replay.get('module_type')})" if location else "the model's own forward code"
             pass_ = "forward" if phase == "forward" else "backward"
             msg += (f"; replaying that step, the first non-finite value comes from `{replay.get('op')}` in "
                     f"{where} in the {pass_} pass: {replay.get('cause')}")
@@ -107,7 +115,11 @@ class NanOrInf(Rule):
                     f"computation ({guess})")
         elif replay and phase == "weights":
             location = replay.get("module") or location
-            msg += f"; the weights of {location} were already non-finite: an earlier update blew them up"
+            if updated_before:
+                msg += f"; the weights of {location} were already non-finite: an earlier update blew them up"
+            else:
+                msg += (f"; the weights of {location} were already non-finite before any update: they were "
+                        "initialised or loaded that way")
         elif origin:
             msg += f"; the first layer in forward order with non-finite {origin[1]} is {location} ({origin[0]})"
         msg += "."
@@ -121,6 +133,9 @@ class NanOrInf(Rule):
         if inputs_bad.any() or phase == "input":
             recs.append(fix("Drop or repair non-finite samples before they reach the model.",
                             "assert torch.isfinite(x).all(), 'non-finite input batch'"))
+        if causes[0] == "bad_weight_init":
+            recs.append(fix("Check the weights where they are made or loaded, before training starts.",
+                            "assert all(torch.isfinite(p).all() for p in model.parameters()), 'non-finite weights'"))
         if causes[0] == "learning_rate_too_high":
             recs += lower_lr(ev) + [clip_grad()]
         recs.append(_stable_op_fix(replay))
