@@ -75,3 +75,19 @@ def test_beside_the_runs_own_events(healthy_report, tmp_path):
     assert export_report(healthy_report, f"tensorboard:{tmp_path}").ok
     tags = _read(tmp_path).Tags()["scalars"]
     assert "train/acc" in tags and "modeldebug/train/loss" in tags
+
+
+def test_a_report_without_training_metrics_exports_its_findings(tmp_path):
+    """An ONNX command's report has findings and no series."""
+    from modeldebug.metrics import OnnxCheckMetrics
+    from modeldebug.types import Finding, Report, RunInfo
+
+    finding = Finding(kind="onnx_unsupported_op", severity="high", confidence=0.9, location="node_7",
+                      message="GridSample is not supported by the installed onnxruntime.")
+    report = Report(run=RunInfo(id="onnx-check", status="completed"), findings=[finding],
+                    metrics=OnnxCheckMetrics(loadable=True))
+    assert export_report(report, f"tensorboard:{tmp_path}").ok
+    acc = _read(tmp_path)
+    assert finding.message in _text(acc, "modeldebug/findings")
+    assert _scalars(acc, "modeldebug/findings/high") == [(0, 1.0)]
+    assert not [t for t in acc.Tags()["scalars"] if t.startswith("modeldebug/train/")]
