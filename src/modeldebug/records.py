@@ -53,6 +53,10 @@ class StepRecord:
     loss_input_min: float = NAN
     loss_input_max: float = NAN
     loss_input_sum_err: float = NAN  # class losses: the largest |sum over classes - 1| of an input row
+    # Mixed precision (collect/amp.py): the GradScaler's scale for this step's loss, and whether it
+    # skipped optimizer.step() (inf/NaN in the scaled gradients; the scale is then halved).
+    loss_scale: float = NAN
+    scaler_skipped: bool = False
 
 
 @dataclass(slots=True)

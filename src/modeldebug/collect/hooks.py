@@ -19,6 +19,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from modeldebug.collect import patches
+from modeldebug.collect.amp import AmpWatch
 from modeldebug.collect.entries import Entries
 from modeldebug.collect.flow import OutputFlow
 from modeldebug.collect.fingerprints import TRAIN_STEPS, Fingerprints, dataset_size, source_of
@@ -100,6 +101,7 @@ class Hooks:
         self.flow = OutputFlow()  # once: which modules return an output next to others
         self.entries = Entries()  # a root never called: the children a step calls (NaN replay)
         self.fingerprints = Fingerprints()  # training and evaluation samples: validation_overlap
+        self.amp = AmpWatch(self)  # GradScaler and accelerate: losses in the user's units, skipped steps
         self._loader_dataset: Any = None  # the dataset of the DataLoader batch fetched since the last forward
         self._root_handles: list[Any] = []
         self.layer_handles: list[Any] = []  # per-layer hooks of a sampled (or prepared) step
@@ -375,7 +377,9 @@ class Hooks:
         st.backward_s += elapsed_s
         st.backward_calls += 1
         if isinstance(tensor, torch.Tensor) and tensor.numel() == 1 and tensor.is_floating_point():
-            value = tensor.detach()  # (any shape of one value, any float dtype: transfer reads it as one float)
+            # (any shape of one value, any float dtype: transfer reads it as one float), in the user's
+            # units: before a GradScaler's scale and accelerate's division by the accumulation steps
+            value = self.amp.loss_value(tensor, st)
             st.loss_sum = value if st.loss_sum is None else st.loss_sum.float() + value.float()
             st.loss_count += 1
         st.monitor_s += now() - t
@@ -521,9 +525,7 @@ class Hooks:
         st.optimizer_stepped = True
         self.backward_seen = False
         st.stepped.add(id(optimizer))
-        closes = not steps.manual and (
-            optimizer is watched.newest_adopted or _all_stepped(watched.optimizers, st.stepped)
-        )
+        closes = not steps.manual and step_closes(watched, optimizer, st.stepped)
         if closes and st.param_pre is not None and st.param_post is None:
             steps.measure_update(st)
         if closes and len(st.stale_mins) > 1:
@@ -532,6 +534,11 @@ class Hooks:
         if closes:
             steps.close()
         return None
+
+
+def step_closes(watched: "Watched", optimizer, stepped: set[int]) -> bool:
+    """Whether the step closes once ``optimizer`` has stepped (or been skipped by a GradScaler)."""
+    return optimizer is watched.newest_adopted or _all_stepped(watched.optimizers, stepped)
 
 
 def _all_stepped(optimizers: list, stepped: set[int]) -> bool:

@@ -103,9 +103,15 @@ def _install() -> None:
     for cls in {lr_scheduler.LRScheduler, lr_scheduler.ReduceLROnPlateau, lr_scheduler.CosineAnnealingWarmRestarts}:
         if "step" in vars(cls):
             _replace(cls, "step", _wrap_scheduler_step)
+    from modeldebug.collect import amp  # GradScaler and Accelerator.backward: the loss in the user's units
+
+    amp.install(_replace, _listeners)
 
 
 def _uninstall() -> None:
+    from modeldebug.collect import amp
+
+    amp.uninstall()
     while _originals:
         owner, name, original = _originals.pop()
         setattr(owner, name, original)

@@ -98,6 +98,8 @@ class Step:
     loss_targets: torch.Tensor | None = field(default=None, metadata=FIRST)  # a few rows of regression targets
     param_pre: param_stats.Snapshot | None = field(default=None, metadata=FIRST)
     param_post: torch.Tensor | None = None  # update_stats of param_pre
+    loss_scale: torch.Tensor | float | None = field(default=None, metadata=FIRST)  # GradScaler (collect/amp.py)
+    scaler_skipped: bool = False  # the GradScaler skipped optimizer.step()
 
     def mean_loss(self) -> torch.Tensor | None:
         if self.loss_count == 1:
@@ -238,6 +240,7 @@ class Steps:
             scheduler_steps=self.scheduler_steps,
             clip_calls=self.clip_calls,
             clips_before_backward=self.clips_before_backward,
+            scaler_skipped=st.scaler_skipped,
         )
         self.scheduler_steps = self.clip_calls = self.clips_before_backward = 0
         self.last_end = end

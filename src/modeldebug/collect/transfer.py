@@ -29,7 +29,7 @@ CUDA_BATCH = 16  # unsampled steps whose scalars travel together on CUDA
 @dataclass(slots=True)
 class Closed:
     """A closed step whose numbers are not on the host yet: its loss, gradient norm, stale gradient
-    norm, batch min and max, as floats read at once (CPU) or stacked on the device (CUDA: the
+    norm, batch min and max and GradScaler scale, as floats read at once (CPU) or stacked on the device (CUDA: the
     queue's ``on_device``), to be copied with others."""
 
     record: StepRecord
@@ -70,7 +70,7 @@ class HostQueue:
         self._batch = CUDA_BATCH if self.on_device else 1
 
     def add(self, rec: StepRecord, st: "Step") -> None:
-        parts = (st.mean_loss(), st.grad_norm, st.stale_grad_norm, *(st.input_range or (None, None)))
+        parts = (st.mean_loss(), st.grad_norm, st.stale_grad_norm, *(st.input_range or (None, None)), st.loss_scale)
         if not self.on_device:
             # CPU: reading a scalar costs no sync, and four reads are cheaper than building a tensor.
             scalars = [math.nan if x is None else float(x) for x in parts]
@@ -84,7 +84,8 @@ class HostQueue:
             device = self.watched.device
             if nan is None or nan.device != device:
                 nan = self._nan = torch.full((), math.nan, device=device)
-            scalars = torch.stack([(nan if x is None else x.to(nan.device, torch.float32).reshape(())) for x in parts])
+            scalars = torch.stack([(nan if x is None else x.to(nan.device, torch.float32).reshape(()) if isinstance(x, torch.Tensor)
+                                   else torch.full((), float(x), device=nan.device)) for x in parts])
         self._closed.append(Closed(rec, scalars, st))
 
     def closed(self, sampled: bool) -> None:
@@ -137,7 +138,7 @@ class HostQueue:
         host, extra_host = batch.transfer.result() if batch.transfer is not None else ([], [])
         copy_s = _now() - t
         if self.on_device:
-            values = extra_host.pop(0).reshape(-1, 5).tolist()
+            values = extra_host.pop(0).reshape(-1, 6).tolist()
         else:
             values = [c.scalars for c in batch.steps]
         for c, scalars in zip(batch.steps, values):
@@ -145,9 +146,9 @@ class HostQueue:
 
     def _write(self, c: Closed, scalars: list[float], sampled: "Step | None", host, extra_host, copy_s: float) -> None:
         """One step's record, its numbers on the host (and ``sampled``'s statistics, if it is that step)."""
-        loss, grad_norm, stale, lo, hi = scalars
+        loss, grad_norm, stale, lo, hi, loss_scale = scalars
         rec, st = c.record, c.step
-        rec.loss, rec.grad_norm, rec.stale_grad_norm = loss, grad_norm, stale
+        rec.loss, rec.grad_norm, rec.stale_grad_norm, rec.loss_scale = loss, grad_norm, stale, loss_scale
         rec.loss_nonfinite = st.loss_count > 0 and not math.isfinite(rec.loss)
         rec.grad_nonfinite = st.grad_norm is not None and not math.isfinite(rec.grad_norm)
         # Checked on CUDA only (min and max of the batch; both NaN where not checked).

@@ -162,6 +162,7 @@ def _load_builtin() -> None:
         input_bottleneck,
         labels_unrelated,
         loss_not_decreasing,
+        loss_scale,
         loss_shape_broadcast,
         lr_schedule_misuse,
         memory_growth,

@@ -157,10 +157,16 @@ def optimizer_type(ev: Evidence) -> str | None:
 
 
 def current_lr(ev: Evidence) -> float | None:
-    """The largest learning rate of the first optimizer's groups; else the last logged lr."""
+    """The largest learning rate of the first optimizer's groups; else the last logged lr. Under an
+    lr scheduler (its groups carry ``initial_lr``) the largest the run stepped with: a warm-up and
+    decay schedule ends near 0, which says nothing of the lr that trained (or blew up) the model."""
     for opt in ev.optimizers[:1]:
         lrs = [float(pg["lr"]) for pg in opt.param_groups if pg.get("lr") is not None]
         if lrs:
+            if any("initial_lr" in pg for pg in opt.param_groups):
+                logged = col(ev.steps, "lr")
+                logged = logged[np.isfinite(logged)]
+                lrs += [float(logged.max())] if len(logged) else []
             return max(lrs)
     lr = col(ev.steps, "lr")
     lr = lr[np.isfinite(lr)]

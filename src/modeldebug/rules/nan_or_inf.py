@@ -50,7 +50,7 @@ class NanOrInf(Rule):
     kind = "nan_or_inf"
     reads = ("steps.loss_nonfinite", "steps.grad_nonfinite", "steps.grad_norm", "layer_stats.nonfinite",
              "param_stats.norm", "events.nonfinite_origin", "layers", "optimizers", "param_stats.changed",
-             "steps.input_nonfinite", "steps.loss", "steps.optimizer_stepped")
+             "steps.input_nonfinite", "steps.loss", "steps.optimizer_stepped", "steps.scaler_skipped")
     growth: float = 100.0  # grad norm rise before the NaN that points at the learning rate (fault suite)
 
     def check(self, ev: Evidence) -> list[Finding]:
@@ -60,6 +60,9 @@ class NanOrInf(Rule):
         steps = col(s, "step")
         loss, gn = col(s, "loss"), col(s, "grad_norm")
         bad = flag(s, "loss_nonfinite") | flag(s, "grad_nonfinite") | np.isinf(loss) | np.isinf(gn)
+        # Steps a GradScaler skipped: inf gradients are how it finds its scale (loss_scale_collapse
+        # judges when they are a fault).
+        bad &= ~flag(s, "scaler_skipped")
         first = first_true(bad, steps)
         weights_bad = self._bad_weights(ev)
         if first is None and not weights_bad:

@@ -1,0 +1,126 @@
+"""loss_scale_collapse: a GradScaler that keeps halving its scale, a float16 overflow it cannot fix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from modeldebug.evidence import Evidence
+from modeldebug.rules import register
+from modeldebug.rules.base import Rule, autocast_code, best_practice, col, device_type, fix, flag, g, lower_lr
+from modeldebug.rules.nan_or_inf import NanOrInf
+from modeldebug.types import Finding
+
+FP16_MAX = 65504.0
+
+
+@register
+@dataclass
+class LossScaleCollapse(Rule):
+    """Mixed precision whose loss scale collapses.
+
+    Reads: steps.loss_scale (the scale a GradScaler used for the step's loss), steps.scaler_skipped
+    (it skipped ``optimizer.step()``: inf/NaN in the gradients), steps.loss_nonfinite, steps.loss,
+    steps.grad_norm; layer_stats.nonfinite (the first layer with non-finite outputs).
+    Why: a GradScaler halves its scale at every skipped step and doubles it after
+    ``growth_interval`` (2000) clean ones. Healthy runs skip a few steps at the start, while the scale
+    comes down from its initial 65536 to what the gradients allow, and then one now and then, when
+    the scale has grown once too often: the scale settles. Those skips are not a fault (and the
+    other rules leave them out: a skipped step's inf gradients are the scaler's working).
+    Fires: when the scale keeps falling after the first applied step: ``halvings`` = 8 or more net
+    halvings below the scale of the first applied step (256x; a settled scale moves within 2-4x),
+    or when no step was applied at all in ``halvings`` skipped steps or more. A scale below 1 says
+    the values overflow float16 even unscaled.
+    Severity: high when at least half the steps of the run's last quarter (``halvings`` steps at
+    least) were skipped (the weights all but stopped changing), else medium.
+    Causes: numerically_unstable_op (float16 overflow: the forward pass when the loss itself turned
+    inf/NaN on skipped steps, else the backward), then learning_rate_too_high.
+    Recommends: bfloat16 autocast (float32's range, no scaler needed), values in a range float16
+    holds (scaled targets and inputs), the overflowing layer in float32, a lower lr.
+    """
+
+    id = "loss_scale_collapse"
+    kind = "nan_or_inf"
+    reads = ("steps.loss_scale", "steps.scaler_skipped", "steps.loss_nonfinite", "steps.loss", "steps.grad_norm",
+             "steps.step", "layer_stats.nonfinite", "layer_stats.grad_nonfinite", "layers", "optimizers", "steps.lr")
+    halvings: int = 8
+
+    def check(self, ev: Evidence) -> list[Finding]:
+        s = ev.steps
+        if len(s) == 0:
+            return []
+        scale, skipped = col(s, "loss_scale"), flag(s, "scaler_skipped")
+        if not skipped.any() or not np.isfinite(scale).any():
+            return []
+        steps = col(s, "step")
+        applied = np.flatnonzero(~skipped & np.isfinite(scale))
+        later = np.isfinite(scale)
+        if len(applied):
+            start = applied[0]
+            settled = scale[start]
+            later[:start] = False
+            fall = np.log2(settled / max(np.nanmin(np.where(later, scale, np.nan)), 1e-300))
+            if fall < self.halvings:
+                return []
+        elif skipped.sum() < self.halvings:
+            return []
+        tail = _trailing(skipped)
+        late = skipped[-max(self.halvings, len(s) // 4):]
+        stopped = float(late.mean()) >= 0.5
+        bad_loss = flag(s, "loss_nonfinite") & skipped
+        low = float(np.nanmin(scale))
+        first_skip = int(steps[np.flatnonzero(skipped & later)[0]]) if (skipped & later).any() else int(steps[0])
+        n_skip = int(skipped.sum())
+        if len(applied):
+            msg = (f"The GradScaler's loss scale collapsed: {n_skip} of {len(s)} steps were skipped for inf/NaN "
+                   f"gradients and the scale fell from {g(settled)} (step {int(steps[applied[0]])}, the first "
+                   f"applied step) to {g(low)}")
+        else:
+            msg = (f"The GradScaler skipped every step ({n_skip}) for inf/NaN gradients; its loss scale fell "
+                   f"to {g(low)}")
+        msg += "; each skip halves it, and it never settled."
+        if stopped:
+            msg += (f" In the last {len(late)} steps {int(late.sum())} were skipped" +
+                    (f", the last {tail} in a row: the weights stopped changing." if tail >= self.halvings else "."))
+        if low < 1:
+            msg += (f" A scale below 1 means values overflow float16 (largest {g(FP16_MAX)}) even unscaled: "
+                    "they are beyond its range, not a scaling problem.")
+        location, origin = NanOrInf()._origin(ev)
+        forward = bool(bad_loss.any())
+        if forward:
+            at = int(steps[np.flatnonzero(bad_loss)[0]])
+            msg += f" The loss itself is inf/NaN from step {at}: the forward pass overflows"
+            msg += f", first in {location} ({origin[0]})." if location and origin[1] == "outputs" else "."
+        elif location:
+            msg += f" The first layer with non-finite {origin[1]} is {location} ({origin[0]})."
+        return [self.finding(
+            severity="high" if stopped else "medium",
+            confidence=0.85 if stopped else 0.6,
+            location=location, step=first_skip, message=msg,
+            evidence={"skipped_steps": n_skip, "steps": len(s), "trailing_skipped": tail,
+                      "late_skipped_fraction": float(late.mean()), "min_loss_scale": low,
+                      "settled_loss_scale": float(settled) if len(applied) else None,
+                      "loss_nonfinite_steps": int(bad_loss.sum())},
+            causes=["numerically_unstable_op", "learning_rate_too_high"],
+            recommendations=self._fixes(ev, location),
+        )]
+
+    @staticmethod
+    def _fixes(ev: Evidence, location: str | None):
+        device = device_type(ev) or "cuda"
+        where = f"{location}'s" if location else "the overflowing layer's"
+        return [
+            fix("Train in bfloat16 autocast: it has float32's range (no GradScaler needed), so nothing overflows.",
+                autocast_code(ev, "loss = criterion(model(x), y)") + "\nloss.backward()\noptimizer.step()"),
+            fix("Keep values in a range float16 holds: standardize the inputs and targets (and undo it on the "
+                "predictions).", "y_scaled = (y - y_mean) / y_std"),
+            best_practice(f"Or run {where} computation in float32.",
+                          f"with torch.autocast(device_type='{device}', enabled=False):\n    out = layer(x.float())"),
+        ] + lower_lr(ev, 3)
+
+
+def _trailing(mask: np.ndarray) -> int:
+    """How many of the last entries are True in a row."""
+    falses = np.flatnonzero(~mask)
+    return int(len(mask) - 1 - falses[-1]) if len(falses) else int(len(mask))
