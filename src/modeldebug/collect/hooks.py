@@ -185,9 +185,11 @@ class Hooks:
         steps = self.steps
         steps.manual = True
         st = steps.current(t)
-        if loss is not None and st.loss_count == 0:
+        if loss is not None:  # the caller's loss, in its units (the tensor backward saw may be scaled)
             value = loss.detach().float() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
             st.loss_sum, st.loss_count = value.reshape(()), 1
+        if st.optimizer_stepped and st.param_pre is not None and st.param_post is None:
+            steps.measure_update(st)  # (the optimizer's hook leaves that to the close of a marked step)
         self.cost.seconds += now() - t
         steps.close()
 

@@ -176,6 +176,11 @@ class Validation:
     def discard_tentative(self) -> None:
         self._tentative = _Sums()
 
+    @property
+    def batches(self) -> int:
+        """Evaluation losses recorded since the last evaluation was written."""
+        return self._sums.count + self._tentative.count
+
     def flush(self, writer: Writer, step: int) -> None:
         if not self._sums.count and not self._tentative.count:
             self._fn = None
