@@ -38,13 +38,13 @@ def rule_runs(monkeypatch):
     import modeldebug.rules as rules
 
     calls = []
-    real = rules.run_rules
+    real = rules.apply_rules
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(rules, "run_rules", counting)
+    monkeypatch.setattr(rules, "apply_rules", counting)
     pipeline._cache.clear()
     yield calls
     pipeline._cache.clear()

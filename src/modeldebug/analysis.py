@@ -11,6 +11,7 @@ from modeldebug.events import MonitorError
 from modeldebug.evidence import Evidence, histogram_counts
 from modeldebug.metrics import TrainingMetrics
 from modeldebug.types import Finding, Report
+from modeldebug.unwatched import run_with_unwatched
 
 # Long series are downsampled to at most this many points in the report's metrics.
 MAX_POINTS = 500
@@ -18,24 +19,32 @@ MAX_POINTS = 500
 MAX_LAYER_POINTS = 120
 
 
-def analyze(evidence: Evidence, rules: Sequence[Any] | None = None) -> Report:
-    """The rules' report: findings (see :func:`find`) and the run's summaries (see :func:`summarize`)."""
-    return Report(run=evidence.run, findings=find(evidence, rules), metrics=summarize(evidence))
+def analyze(evidence: Evidence, rules: Sequence[Any] | None = None, options: Any = None) -> Report:
+    """The rules' report: findings (see :func:`find`), the rules that failed, and the run's summaries
+    (see :func:`summarize`). ``options``: a RuleOptions (rules off, thresholds, severities, extra rules)."""
+    findings, errors = find_checked(evidence, rules, options)
+    return Report(run=run_with_unwatched(evidence), findings=findings, metrics=summarize(evidence), rule_errors=errors)
 
 
 def find(evidence: Evidence, rules: Sequence[Any] | None = None) -> list[Finding]:
-    """The rules' findings and their post-passes (what the trivial predictor's loss shows, see
+    """The rules' findings and their post-passes (see :func:`find_checked`)."""
+    return find_checked(evidence, rules)[0]
+
+
+def find_checked(evidence: Evidence, rules: Sequence[Any] | None = None, options: Any = None):
+    """The rules' findings with their post-passes (what the trivial predictor's loss shows, see
     rules/reference.py; the rank a NaN started on; root causes and the consequences linked to them,
-    see rules/causality.py)."""
-    from modeldebug.rules import run_rules
+    see rules/causality.py), and the rules that raised, as RuleErrors."""
+    from modeldebug.rules import apply_rules
     from modeldebug.rules.causality import link_findings
     from modeldebug.rules.rank_attribution import attribute_ranks
     from modeldebug.rules.reference import with_reference
 
-    findings = with_reference(run_rules(evidence, rules), evidence)
+    found, errors = apply_rules(evidence, rules, options)
+    findings = with_reference(found, evidence)
     if len(evidence.ranks):  # a torchrun job: name the rank a NaN started on
         findings = attribute_ranks(findings, evidence)
-    return link_findings(findings, evidence)
+    return link_findings(findings, evidence), errors
 
 
 def summarize(ev: Evidence) -> TrainingMetrics:

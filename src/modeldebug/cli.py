@@ -15,11 +15,13 @@ import typer
 from modeldebug.cli_run import STDOUT, Level, Severity
 from modeldebug.cli_run import check_outputs as _check_outputs
 from modeldebug.cli_run import console as _console
+from modeldebug.cli_run import export_and_tell as _export_and_tell
+from modeldebug.cli_run import export_targets as _export_targets
 from modeldebug.cli_run import fail as _fail
 from modeldebug.cli_run import lm_settings as _lm_settings
 from modeldebug.cli_run import print_llm as _print_llm
+from modeldebug.cli_run import project_settings as _project_settings
 from modeldebug.cli_run import run as _run
-from modeldebug.store import DEFAULT_PATH
 
 app = typer.Typer(
     name="modeldebug",
@@ -30,11 +32,16 @@ app = typer.Typer(
 )
 
 
-STORE_HELP = "SQLite run store (one per project directory by default)."
+STORE_HELP = "SQLite run store (default: the project's `store` setting, else .modeldebug/runs.db)."
+LEVEL_HELP = "How closely to watch (default: the project's `level` setting, else detailed)."
+RULES_HELP = "A Python file of your own rules (Rule subclasses, see docs/rules.md); repeat for several."
+BASELINE_HELP = "An earlier run (id or latest): report only findings it did not have; the others are kept, suppressed."
 LM_HELP = "Explain and rank findings with this LM (e.g. openai/gpt-4o-mini; env MODELDEBUG_LM). Needs the llm extra."
 LM_API_BASE_HELP = "OpenAI-compatible server for --lm (env MODELDEBUG_LM_API_BASE)."
 JSON_HELP = "Write the JSON report here (- for stdout)."
 HTML_HELP = "Write the HTML report (findings next to plots) here."
+EXPORT_HELP = ("Also write the findings and summary metrics to tensorboard:DIR, mlflow:URI (mlflow:DIR: a local "
+               "file store) or wandb[:DIR] (an offline run); repeat for several.")
 RUN_REF_HELP = "A run id (or the start of one) from `modeldebug runs`, or latest."
 
 
@@ -69,25 +76,32 @@ def run(
         None, "--fail-on", help="Exit 1 when a finding reaches this severity (for CI)."
     ),
     every: Optional[int] = typer.Option(None, "--every", min=1, help="Per-layer statistics every N steps (default: adaptive)."),
-    level: Level = typer.Option(Level.detailed, "--level", help="How closely to watch."),
-    store: Path = typer.Option(Path(DEFAULT_PATH), "--store", help=STORE_HELP),
+    level: Optional[Level] = typer.Option(None, "--level", help=LEVEL_HELP),
+    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
     lm: Optional[str] = typer.Option(None, "--lm", help=LM_HELP),
     lm_api_base: Optional[str] = typer.Option(None, "--lm-api-base", help=LM_API_BASE_HELP),
+    rules: Optional[List[Path]] = typer.Option(None, "--rules", help=RULES_HELP),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help=BASELINE_HELP),
+    export: Optional[List[str]] = typer.Option(None, "--export", help=EXPORT_HELP),
 ) -> None:
     """Run a training script unmodified, watch it, and diagnose it.
 
     modeldebug run [OPTIONS] -- python train.py [ARGS...]
+
+    Options left out take the project's settings ([tool.modeldebug] in pyproject.toml, or
+    modeldebug.toml; `modeldebug config` shows them), else the defaults.
     """
     command = list(ctx.args)
     if command and command[0] == "--":
         command = command[1:]
     _run(command, json_out=json_out, html_out=html_out, issue=issue, fail_on=fail_on.value if fail_on else None,
-         every=every, level=level.value, store=store, lm=lm, lm_api_base=lm_api_base)
+         every=every, level=level.value if level else None, store=store, lm=lm, lm_api_base=lm_api_base,
+         rules=rules or None, baseline=baseline, export=export)
 
 
 @app.command()
 def runs(
-    store: Path = typer.Option(Path(DEFAULT_PATH), "--store", help=STORE_HELP),
+    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
     limit: int = typer.Option(20, "--limit", min=1, help="Show at most this many runs."),
 ) -> None:
     """List the runs in the store, newest first."""
@@ -120,25 +134,34 @@ def report(
     run_ref: str = typer.Argument("latest", metavar="RUN_ID|latest", help=RUN_REF_HELP),
     json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
     html_out: Optional[Path] = typer.Option(None, "--html", help=HTML_HELP),
-    reanalyze: bool = typer.Option(False, "--reanalyze", help="Run the rules again on the stored evidence."),
-    store: Path = typer.Option(Path(DEFAULT_PATH), "--store", help=STORE_HELP),
+    reanalyze: bool = typer.Option(False, "--reanalyze", help="Run the rules again on the stored evidence, with today's rules and settings."),
+    rules: Optional[List[Path]] = typer.Option(None, "--rules", help=RULES_HELP + " Implies --reanalyze."),
+    level: Optional[Level] = typer.Option(None, "--level", help="Diagnose at this analysis level. Implies --reanalyze."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help=BASELINE_HELP),
+    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
     lm: Optional[str] = typer.Option(None, "--lm", help=LM_HELP),
     lm_api_base: Optional[str] = typer.Option(None, "--lm-api-base", help=LM_API_BASE_HELP),
+    export: Optional[List[str]] = typer.Option(None, "--export", help=EXPORT_HELP),
 ) -> None:
-    """Show a stored run's report again (and write it as JSON)."""
+    """Show a stored run's report again (and write it as JSON); re-diagnose it without re-training."""
     from modeldebug.errors import MissingExtraError
     from modeldebug.pipeline import diagnose
     from modeldebug.report.terminal import print_report
 
     _check_outputs(json_out=json_out, html_out=html_out)
+    targets = _export_targets(export)
+    project, diagnose_with = _project_settings(
+        {"store": store, "level": level.value if level else None, "rules": [str(r) for r in rules or []]}, baseline)
+    reanalyze = reanalyze or bool(rules) or level is not None
     lm_settings = _lm_settings(lm, lm_api_base)
     saves = reanalyze or lm_settings is not None  # what was computed again is kept; else nothing is written
-    with _open_store(store, read_only=not saves) as s:
+    with _open_store(Path(project["store"]), read_only=not saves) as s:
         run_id = _resolve(s, run_ref)
         try:
             # The store keeps the rules' report and, beside it, the latest LM analysis, shown with it.
             diagnosis = diagnose(s, run_id, reuse_saved=not reanalyze, stored_llm=True, lm=lm_settings,
-                                 save=saves, json_out=json_out, html_out=html_out)
+                                 save=saves, json_out=json_out, html_out=html_out,
+                                 level=level.value if level else None, **diagnose_with)
         except MissingExtraError as exc:
             from rich.markup import escape
 
@@ -146,6 +169,40 @@ def report(
     rep, written = diagnosis.report, diagnosis.written
     print_report(rep, _console(stderr=_is_stdout(json_out)), issue=rep.metrics.issue, written=written)
     _print_llm(rep, _console(stderr=True))
+    _export_and_tell(rep, targets)
+
+
+@app.command("config")
+def show_config(
+    json_out: bool = typer.Option(False, "--json", help="Print the settings as JSON."),
+) -> None:
+    """Print the settings in force here and where each came from (default, or the configuration file)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from modeldebug.findings import jsonable
+
+    project, _ = _project_settings({})
+    rows = {key: {"value": jsonable(_plain(s.value)), "source": s.source} for key, s in project.values.items()}
+    if json_out:
+        sys.stdout.write(json.dumps({"file": str(project.file) if project.file else None, "settings": rows}, indent=2) + "\n")
+        return
+    out = _console()
+    where = str(project.file) if project.file else "none found (modeldebug.toml, or [tool.modeldebug] in pyproject.toml)"
+    out.print(f"configuration file: {escape(where)}")
+    table = Table()
+    for name in ("setting", "value", "from"):
+        table.add_column(name, overflow="fold")
+    for key, row in rows.items():
+        table.add_row(key, escape(json.dumps(row["value"])), escape(row["source"]))
+    out.print(table)
+
+
+def _plain(value):
+    """Settings as JSON values (suppressions are models)."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value.model_dump(exclude_none=True) if hasattr(value, "model_dump") else value
 
 
 def _is_stdout(path: Optional[Path]) -> bool:
@@ -159,7 +216,7 @@ def ask(
     question: str = typer.Argument(..., help='e.g. "why does the loss go flat after epoch 3?"'),
     lm: Optional[str] = typer.Option(None, "--lm", help=LM_HELP),
     lm_api_base: Optional[str] = typer.Option(None, "--lm-api-base", help=LM_API_BASE_HELP),
-    store: Path = typer.Option(Path(DEFAULT_PATH), "--store", help=STORE_HELP),
+    store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
 ) -> None:
     """Ask a question about a stored run (an LM agent reads its numbers; without --lm, the matching findings)."""
     from rich.markup import escape
@@ -223,14 +280,16 @@ def explain(
 
 
 @contextmanager
-def _open_store(path: Path, read_only: bool = True):
-    """An existing run store (read-only unless the command saves), closed on exit; a store that
-    cannot be used, now or halfway through (damage in the middle of the file), is a one-line error
-    that says what to do."""
+def _open_store(path: Optional[Path], read_only: bool = True):
+    """An existing run store (read-only unless the command saves; None: the project's), closed on exit;
+    a store that cannot be used, now or halfway through (damage in the middle of the file), is a
+    one-line error that says what to do."""
     from rich.markup import escape
 
     from modeldebug.store import RunStore, StoreError
 
+    if path is None:
+        path = Path(_project_settings({})[0]["store"])
     if not path.exists():
         _fail(escape(f"No run store at {path}: run `modeldebug run -- python train.py` first."), 1)
     try:

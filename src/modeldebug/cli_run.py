@@ -21,8 +21,6 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, List, NoReturn, Optional
 
-from modeldebug.store import DEFAULT_PATH
-
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -47,7 +45,8 @@ def console(stderr: bool = False) -> "Console":
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print ``message`` (rich markup) as an error and end the command with ``code``."""
-    console(stderr=True).print(f"[bold red]error:[/] {message}")
+    # soft_wrap: a long path is never folded or cut short in the middle (the terminal wraps it)
+    console(stderr=True).print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise SystemExit(code)
 
 
@@ -85,21 +84,33 @@ def run(
     store: Path,
     lm: Optional[str],
     lm_api_base: Optional[str],
+    rules: Optional[List[Path]] = None,
+    baseline: Optional[str] = None,
+    export: Optional[List[str]] = None,
 ) -> NoReturn:
     """`modeldebug run` once its options are read (by typer, or by :func:`run_args`); exits with the
-    script's exit code (or 1 when ``fail_on`` is reached)."""
+    script's exit code (or 1 when ``fail_on`` is reached). Options left out (None) take the project's
+    configuration file's value (:mod:`modeldebug.project_config`), else the default."""
     from modeldebug.errors import MissingExtraError
     from modeldebug.runner import run_script
 
     # Bad input is refused before the script starts: found after training, it would cost the run.
     check_outputs(json_out=json_out, html_out=html_out)
     check_command(command)
+    targets = export_targets(export)
+    project, diagnose_with = project_settings(
+        {"level": level, "every": every, "store": store, "fail-on": fail_on, "rules": [str(r) for r in rules or []]},
+        baseline)
+    store, fail_on = Path(project["store"]), project["fail-on"]
     settings = lm_settings(lm, lm_api_base)
     # DebuggingConfig's fields, validated by the watched process: each value has been checked here.
-    config = {"analysis_level": level, "every": every, "store_path": str(store)}
+    config = {"analysis_level": project["level"], "every": project["every"], "store_path": str(store)}
+    if project["sampling-budget"] is not None:
+        config["target_overhead"] = project["sampling-budget"]
     try:
         result = run_script(command, config=config, store_path=store, json_out=json_out, html_out=html_out, issue=issue,
-                            lm=settings, prepare=("rich.console", "modeldebug.report.terminal"))
+                            lm=settings, prepare=("rich.console", "modeldebug.report.terminal", *export_imports(targets)),
+                            diagnose_with=diagnose_with)
     except (ValueError, MissingExtraError) as exc:  # MissingExtraError: --html without the report extra
         from rich.markup import escape
 
@@ -116,10 +127,40 @@ def run(
         print_llm(result.report, console(stderr=True))
     except OSError:  # the terminal is gone (SIGHUP: a closed ssh session); the report is in the store
         pass
+    export_and_tell(result.report, targets)
     raise SystemExit(result.cli_exit_code(fail_on))
 
 
 STDOUT = "-"  # `--json -`: the JSON report on stdout
+
+
+def project_settings(command_line: dict, baseline: Optional[str] = None, store_must_exist: bool = False):
+    """The settings in force (defaults < the project's configuration file < ``command_line``) and the
+    diagnosis' keyword arguments; a bad file, rule file or baseline ends the command (exit 2)."""
+    from modeldebug.project_config import ConfigError, diagnosis_settings, resolve
+
+    try:
+        project = resolve(command_line)
+        store = None
+        if baseline:
+            from modeldebug.store import RunStore, StoreError
+
+            path = Path(project["store"])
+            if not path.exists():
+                raise ConfigError(f"--baseline {baseline}: no run store at {path} to find it in.")
+            try:
+                store = RunStore(path, read_only=True)
+            except StoreError as exc:
+                raise ConfigError(f"--baseline {baseline}: {exc}") from None
+        try:
+            return project, diagnosis_settings(project, baseline, store)
+        finally:
+            if store is not None:
+                store.close()
+    except ValueError as exc:  # ConfigError, RuleLoadError
+        from rich.markup import escape
+
+        fail(escape(str(exc)))
 
 
 def check_outputs(**paths: Optional[Path]) -> None:
@@ -254,17 +295,26 @@ RUN_OPTIONS = {
     "--store": "store",
     "--lm": "lm",
     "--lm-api-base": "lm_api_base",
+    "--rules": "rules",
+    "--baseline": "baseline",
+    "--export": "export",
 }
+# Options that may be given more than once (a list of values).
+RUN_LISTS = {"rules": Path, "export": str}  # option -> how each value is read
+# None: not given, the project's configuration file (or the default) decides.
 RUN_DEFAULTS = {
     "json_out": None,
     "html_out": None,
     "issue": None,
     "fail_on": None,
     "every": None,
-    "level": Level.detailed.value,
-    "store": DEFAULT_PATH,
+    "level": None,
+    "store": None,
     "lm": None,
     "lm_api_base": None,
+    "rules": None,
+    "baseline": None,
+    "export": None,
 }
 
 
@@ -289,11 +339,15 @@ def run_args(argv: List[str]) -> Optional[tuple]:
             value = options[i]
         if value.startswith("-"):
             return None
-        values[RUN_OPTIONS[flag]] = value
+        key = RUN_OPTIONS[flag]
+        if key in RUN_LISTS:
+            values[key] = [*(values[key] or []), RUN_LISTS[key](value)]
+        else:
+            values[key] = value
         i += 1
     if values["fail_on"] is not None and values["fail_on"] not in Severity.__members__:
         return None
-    if values["level"] not in Level.__members__:
+    if values["level"] is not None and values["level"] not in Level.__members__:
         return None
     if values["every"] is not None:
         if not (values["every"].isascii() and values["every"].isdigit() and int(values["every"]) >= 1):
@@ -324,3 +378,49 @@ def main(argv: List[str]) -> bool:
 
         gc.freeze()
     return True
+
+
+# --- --export ---------------------------------------------------------------------------------------
+
+
+def export_targets(texts: Optional[List[str]]) -> list:
+    """The ``--export`` targets, checked before anything runs: a wrong name or a missing library
+    ends the command (exit 2) instead of costing a training run. Imports no platform library."""
+    if not texts:
+        return []
+    from modeldebug.errors import MissingExtraError
+    from modeldebug.export.targets import check_targets
+
+    try:
+        return check_targets(texts)
+    except (ValueError, MissingExtraError) as exc:
+        from rich.markup import escape
+
+        fail(escape(f"--export: {exc}"))
+
+
+def export_imports(targets: list) -> tuple:
+    """The platform libraries the exports will use, imported while the script runs (MLflow's client
+    takes ~2 s to import)."""
+    from modeldebug.export.targets import IMPORTS
+
+    return tuple(name for t in targets for name in IMPORTS[t.kind])
+
+
+def export_and_tell(report, targets: list) -> None:
+    """Each target written, one line each on stderr; a failed export is a note and changes nothing
+    else (the JSON, HTML and stored report are already written)."""
+    if not targets:
+        return
+    from rich.markup import escape
+
+    from modeldebug.export import export_report
+
+    for target in targets:
+        result = export_report(report, target)
+        line = (f"[dim]exported to {escape(target.kind)}: {escape(result.location or '')}[/]" if result.ok else
+                f"[yellow]note:[/] {escape(str(result))}; the report itself is written and stored")
+        try:
+            console(stderr=True).print(line, soft_wrap=True)
+        except OSError:  # the terminal is gone; the export is done
+            pass

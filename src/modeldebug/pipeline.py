@@ -40,11 +40,36 @@ class Diagnosis:
     written: list[str] = field(default_factory=list)
 
 
-def evaluate(evidence: Evidence, rules: Sequence[Any] | None = None) -> Report:
-    """The rules' report of ``evidence``: findings (with their post-passes) and the run's summaries."""
+def evaluate(evidence: Evidence, rules: Sequence[Any] | None = None, options: Any = None) -> Report:
+    """The rules' report of ``evidence``: findings (with their post-passes), the rules that failed and
+    the run's summaries. ``options``: a RuleOptions (modeldebug.rules.user) from the project's settings."""
     from modeldebug.analysis import analyze
 
-    return analyze(evidence, rules)
+    return analyze(evidence, rules, options)
+
+
+def at_level(evidence: Evidence, level: str | None) -> Evidence:
+    """``evidence`` diagnosed as if collected at analysis ``level`` (the rules' preset follows it)."""
+    if not level or level == evidence.config.analysis_level:
+        return evidence
+    import dataclasses
+
+    return dataclasses.replace(evidence, config=evidence.config.model_copy(update={"analysis_level": level}))
+
+
+def expected(store: RunStore, report: Report, suppressions: Sequence[Any] = (), baseline: str | None = None,
+             options: Any = None) -> Report:
+    """``report`` with the findings the project expects marked suppressed: those its suppressions
+    match, and those the ``baseline`` run (an id in ``store``) already had. Marks are made again each
+    time, from these settings only (a saved report's earlier marks are dropped)."""
+    if not suppressions and not baseline and not any(f.suppressed for f in report.findings):
+        return report
+    from modeldebug.project_config import apply_suppressions
+
+    base = None
+    if baseline:
+        base = store.load_report(baseline) or evaluate(store.load_evidence(baseline), options=options)
+    return apply_suppressions(report, list(suppressions), base, baseline)
 
 
 def conclude(
@@ -81,6 +106,11 @@ def diagnose(
     *,
     evidence: Evidence | None = None,
     rules: Sequence[Any] | None = None,
+    options: Any = None,
+    level: str | None = None,
+    suppressions: Sequence[Any] = (),
+    baseline: str | None = None,
+    rule_errors: Sequence[Any] = (),
     reuse_saved: bool = False,
     stored_llm: bool = False,
     issue: str | None = None,
@@ -95,12 +125,20 @@ def diagnose(
     ``stored_llm``: the run's latest stored LM analysis is applied. ``issue`` defaults to the one the
     report keeps. The report is saved (``save``) when it is new or an LM explained it; the store
     keeps the rules' report and the LM's analysis apart.
+
+    The project's settings: ``options`` (RuleOptions: rules off, thresholds, severities, extra
+    rules) and ``level`` apply when the rules run (``rule_errors``: rules that could not be loaded,
+    added to the report's); ``suppressions`` and ``baseline`` (a run id in
+    ``store``: its findings are expected) mark findings suppressed, on a saved report too.
     """
     report = store.load_report(run_id) if reuse_saved else None
     changed = report is None or bool(issue) or lm is not None
     if report is None:
         evidence = store.load_evidence(run_id) if evidence is None else evidence
-        report = evaluate(evidence, rules)
+        report = evaluate(at_level(evidence, level), rules, options)
+        if rule_errors:  # rules that could not even be loaded (a rule file that fails to import)
+            report = report.model_copy(update={"rule_errors": [*rule_errors, *report.rule_errors]})
+    report = expected(store, report, suppressions, baseline, options)
     if stored_llm:
         report = with_stored_llm(store, run_id, report)
     report, notice = conclude(report, issue=issue, lm=lm)

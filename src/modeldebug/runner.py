@@ -75,7 +75,7 @@ class RunResult:
             from modeldebug.types import SEVERITY_ORDER
 
             limit = SEVERITY_ORDER[fail_on]
-            measured = [f for f in self.report.findings if f.source != "llm"]
+            measured = [f for f in self.report.shown_findings() if f.source != "llm"]  # suppressed: expected
             if any(SEVERITY_ORDER[f.severity] <= limit for f in measured):
                 return 1
         return code
@@ -104,6 +104,7 @@ def run_script(
     show_status: bool = True,
     lm=None,
     prepare: Sequence[str] = (),
+    diagnose_with: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Run ``command`` watched and diagnose it; ``lm`` (LMSettings or a dspy LM) adds the LM's explanation.
 
@@ -111,6 +112,9 @@ def run_script(
     watched process (as DebuggingConfig, when it starts watching), so the command line starts the
     script without importing pydantic. ``prepare`` names modules the caller uses on the result
     (the CLI's report printer): they are imported while the script runs.
+
+    ``diagnose_with``: the project's settings for the diagnosis at the end, passed on to
+    :func:`modeldebug.pipeline.diagnose` (``options``, ``suppressions``, ``baseline``).
 
     An LM failure never changes the result: its notice is kept in ``report.metrics.llm``.
     """
@@ -180,7 +184,8 @@ def run_script(
             _record_ranks(store, run_id)
             from modeldebug.pipeline import diagnose
 
-            return diagnose(store, run_id, issue=issue, lm=lm, json_out=json_out, html_out=html_out)
+            return diagnose(store, run_id, issue=issue, lm=lm, json_out=json_out, html_out=html_out,
+                            **(diagnose_with or {}))
 
     try:
         diagnosis = finish_run(store_path, run_id, run_info, finish)  # damage found now: finished in a side store

@@ -8,9 +8,10 @@ made thousands of times and never validated.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from modeldebug.metrics import Metrics, TrainingMetrics
 
@@ -92,6 +93,17 @@ Cause = Literal[
     "other",
 ]
 
+# A team's own rules report built-in kinds or kinds of their own, named `custom.<name>`: the prefix
+# keeps them apart from the built-in kinds, which readers of the report may switch on.
+CUSTOM_KIND_PATTERN = r"^custom\.[a-z][a-z0-9_]*$"
+CustomKind = Annotated[str, StringConstraints(pattern=CUSTOM_KIND_PATTERN)]
+_BUILTIN_KINDS = frozenset(get_args(FindingKind))
+
+
+def is_kind(kind: str) -> bool:
+    """Whether ``kind`` can be a finding's kind: a built-in one, or `custom.<name>`."""
+    return kind in _BUILTIN_KINDS or bool(re.match(CUSTOM_KIND_PATTERN, str(kind)))
+
 
 class _Model(BaseModel):
     # Validators are built on first use: the collector imports these types in the watched script.
@@ -105,7 +117,7 @@ class Recommendation(_Model):
 
 
 class Finding(_Model):
-    kind: FindingKind
+    kind: FindingKind | CustomKind
     severity: Severity
     confidence: float = Field(ge=0.0, le=1.0)
     location: str | None = None
@@ -122,6 +134,22 @@ class Finding(_Model):
     caused_by: str | None = Field(
         None, exclude_if=lambda v: v is None,
         description="`id` of the finding this one follows from (its cause in this run); null for a root.")
+    suppressed: bool = Field(
+        False, exclude_if=lambda v: not v,
+        description="Expected by the project (a suppression in its configuration, or already in the baseline run): "
+                    "kept in the report, not shown with the findings and not counted by --fail-on.")
+    suppression_reason: str | None = Field(None, exclude_if=lambda v: v is None,
+                                           description="Why it is suppressed: the configuration's reason, or the baseline run.")
+
+
+class RuleError(_Model):
+    """A rule that could not run: its findings are missing from the report, and the report says so."""
+
+    rule: str = Field(description="The rule's id (or the entry point's name).")
+    kind: str | None = Field(None, description="The kind the rule reports, when known.")
+    source: str = Field("built-in", description="Where the rule comes from: built-in, a rule file's path, or an entry point.")
+    error: str = Field(description="The exception's type.")
+    message: str
 
 
 @dataclass
@@ -155,6 +183,17 @@ class MonitorOverhead(_Model):
     sampled_steps: int = 0
 
 
+class Unwatched(_Model):
+    """Why a run holds no training step: what its process saw instead (``run.unwatched``)."""
+
+    reason: str = Field(description="One sentence: no training was seen in the watched process, and why.")
+    backward_calls: int = Field(0, description="backward() calls made while no model was watched.")
+    child_processes: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Processes the script started, by kind (multiprocessing, fork, subprocess, system, spawn), "
+                    "target (a function or a command) and count; DataLoader workers are not listed.")
+
+
 class RunInfo(_Model):
     id: str
     command: list[str] = Field(default_factory=list)
@@ -170,6 +209,9 @@ class RunInfo(_Model):
     models: list[ModelInfo] = Field(default_factory=list)
     monitor_overhead: MonitorOverhead | None = None
     device: str | None = None
+    unwatched: Unwatched | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="Set when the run holds no training step: no training was seen, and why (written only then).")
 
 
 class Report(_Model):
@@ -179,6 +221,9 @@ class Report(_Model):
     run: RunInfo
     findings: list[Finding] = Field(default_factory=list)
     metrics: Metrics = Field(default_factory=TrainingMetrics, description="Typed by kind of report (modeldebug.metrics).")
+    rule_errors: list[RuleError] = Field(
+        default_factory=list, exclude_if=lambda v: not v,
+        description="Rules that raised (or could not be loaded) while this report was made; written only when there are some.")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True)
 
@@ -187,16 +232,22 @@ class Report(_Model):
         """``metrics`` of a training run; None for an ONNX command's report."""
         return self.metrics if isinstance(self.metrics, TrainingMetrics) else None
 
+    def shown_findings(self) -> list[Finding]:
+        """The findings that are not suppressed: what the terminal and --fail-on count."""
+        return [f for f in self.findings if not f.suppressed]
+
     def sorted_findings(self) -> list[Finding]:
         return sorted(self.findings, key=lambda f: (SEVERITY_ORDER[f.severity], -f.confidence))
 
     def stories(self) -> list[Story]:
-        """The findings as root causes, each with the findings that follow from it (``caused_by``),
-        the story with the most severe finding first. Every finding is in exactly one story."""
-        by_id = {f.id: f for f in self.findings if f.id}
+        """The findings that are not suppressed as root causes, each with the findings that follow from
+        it (``caused_by``), the story with the most severe finding first. Every such finding is in
+        exactly one story."""
+        shown = [f for f in self.sorted_findings() if not f.suppressed]
+        by_id = {f.id: f for f in shown if f.id}
         children: dict[str, list[Finding]] = {}
         roots = []
-        for f in self.sorted_findings():
+        for f in shown:
             parent = by_id.get(f.caused_by) if f.caused_by and f.caused_by != f.id else None
             (children.setdefault(parent.id, []) if parent is not None else roots).append(f)
         stories, seen = [], set()
@@ -214,7 +265,7 @@ class Report(_Model):
                     story.consequences.append(Consequence(finding=f, depth=depth))
             stories.append(story)
         # A caused_by loop (never written by the rules) has no root: its findings stand alone.
-        stories += [Story(root=f) for f in self.sorted_findings() if id(f) not in seen]
+        stories += [Story(root=f) for f in shown if id(f) not in seen]
         rank = lambda s: min((SEVERITY_ORDER[f.severity], -f.confidence) for f in s.findings)  # noqa: E731
         return sorted(stories, key=rank)
 

@@ -93,6 +93,8 @@ class Debugger:
         self.watched = Watched()
         self.writer = Writer(store, self.run_id, lambda: self.steps.count, cfg.histogram_bins if cfg.histograms else 0)
         self.guard = Guard(self._internal_error)
+        # The project's settings for the diagnosis (rule options, suppressions): set by watch().
+        self.diagnose_with: dict[str, Any] = {}
         self.queue = HostQueue(self.writer, self.watched, self.schedule, self.cost)
         validation = Validation()
         self.steps = Steps(cfg, self.schedule, self.watched, self.writer, validation, self.queue, self.guard, self.cost)
@@ -357,7 +359,8 @@ class Debugger:
         """Diagnose the run: the rules' findings, the run's summary and the metrics plots draw from."""
         from modeldebug.pipeline import diagnose
 
-        return diagnose(self.store, self.run_id, evidence=self.evidence(), rules=rules, save=self._stopped).report
+        return diagnose(self.store, self.run_id, evidence=self.evidence(), rules=rules, save=self._stopped,
+                        **self.diagnose_with).report
 
 
 # ---------------------------------------------------------------------- helpers
@@ -369,6 +372,7 @@ def watch(
     *,
     config: DebuggingConfig | None = None,
     store: Any = None,
+    rules: Sequence[Any] = (),
 ) -> Debugger:
     """Watch training of ``model`` (one module or several) stepped by ``optimizer``.
 
@@ -377,8 +381,30 @@ def watch(
         with md.watch(model, optimizer) as dbg:
             ...train...
         report = dbg.report()
+
+    ``rules``: your own Rule classes (or instances), run with the built-in ones at ``report()``. The
+    project's configuration file (modeldebug.project_config) applies too: without ``config``, its
+    level, sampling budget and store; always, its rule settings and suppressions. A bad file raises
+    ConfigError here, before training starts.
     """
+    from modeldebug.project_config import diagnosis_settings, resolve
+
+    project = resolve({})
+    if config is None:
+        config = DebuggingConfig(analysis_level=project["level"], every=project["every"],
+                                 target_overhead=project["sampling-budget"], store_path=project["store"])
+    diagnose_with = diagnosis_settings(project)
+    if rules:
+        from modeldebug.rules import validate_rule
+        from modeldebug.rules.user import RuleOptions
+
+        for rule in rules:
+            validate_rule(rule if isinstance(rule, type) else type(rule))
+
+        options = diagnose_with.setdefault("options", RuleOptions())
+        options.extra.extend(rules)
     dbg = Debugger(config, store=store)
+    dbg.diagnose_with = diagnose_with
     models = [model] if isinstance(model, nn.Module) else list(model)
     if not models:
         raise ValueError("Expected at least one model to watch but got none")

@@ -46,11 +46,13 @@ def render_html(report: Report, *, issue: str | None = None) -> str:
     findings = [i for s in stories for i in [s["root"], *s["consequences"]]]
     sections = [(title, canvas.draw(plot, metrics, None), plot in WIDE) for title, plot in OVERVIEW]
     sections = [s for s in sections if s[1]]
-    counts = {s: sum(1 for f in report.findings if f.severity == s) for s in ("high", "medium", "low")}
+    counts = {s: sum(1 for f in report.findings if f.severity == s and not f.suppressed) for s in ("high", "medium", "low")}
+    suppressed = [f for f in report.findings if f.suppressed]
     source = resources.files("modeldebug.report").joinpath("templates", "report.html.j2").read_text("utf-8")
     env = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
     return env.from_string(source).render(
         report=report, run=report.run, issue=issue, findings=findings, stories=stories, sections=sections, counts=counts,
+        suppressed=suppressed, rule_errors=report.rule_errors,
         tables=_tables(metrics), facts=_facts(report), fmt=_fmt, llm=llm,
     )
 

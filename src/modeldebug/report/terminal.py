@@ -46,7 +46,7 @@ def print_report(report: Report, console: Console | None = None, *, issue: str |
                     style="yellow")
     console.print(head)
 
-    findings = report.sorted_findings()
+    findings = [f for f in report.sorted_findings() if not f.suppressed]
     llm = report.metrics.llm if report.metrics.llm is not None and report.metrics.llm.ok else None
     stories = report.stories()
     for story in stories:  # each root cause, what follows from it folded under it
@@ -77,14 +77,30 @@ def print_report(report: Report, console: Console | None = None, *, issue: str |
     elif run.status == "crashed":  # e.g. it failed before importing torch: nothing watched said why
         summary.append(f"No finding: the script failed (exit {run.exit_code}) and what modeldebug watched "
                        "shows no cause; its own error output is above.", style="yellow")
+    elif run.unwatched is not None:
+        summary.append(run.unwatched.reason, style="yellow")
     else:
         summary.append("No problems found.", style="green")
     overhead = run.monitor_overhead
     if overhead is not None:
         summary.append(f"  monitor overhead {overhead.time_fraction:.1%}", style="dim")
     console.print(summary)
+    if run.unwatched is not None and (findings or run.status == "crashed"):
+        console.print(Text(run.unwatched.reason, style="yellow"))
+    _print_expected(report, console)
     for path in written:
         console.print(f"report written to {escape(path)}", style="dim")
+
+
+def _print_expected(report: Report, console: Console) -> None:
+    """Suppressed findings, one dim line each, and the rules that failed (their findings are missing)."""
+    for f in report.findings:
+        if f.suppressed:
+            where = f" at {f.location}" if f.location else ""
+            console.print(Text(f"suppressed: {f.severity} {f.kind}{where} ({f.suppression_reason})", style="dim"))
+    for e in report.rule_errors:
+        console.print(Text(f"rule {e.rule} failed ({e.source}): {e.error}: {e.message}; its findings are missing",
+                           style="yellow"))
 
 
 def _title(f: Finding) -> Text:

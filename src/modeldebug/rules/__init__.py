@@ -23,6 +23,7 @@ the rules with nothing to read in it (a single-process run skips the distributed
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import fields
 from typing import Iterable
 
@@ -37,7 +38,7 @@ from modeldebug.evidence import (
     Evidence,
 )
 from modeldebug.rules.base import Rule
-from modeldebug.types import SEVERITY_ORDER, Finding, RunInfo
+from modeldebug.types import SEVERITY_ORDER, Finding, RuleError, RunInfo, is_kind
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,13 @@ _REGISTRY: dict[str, type[Rule]] = {}
 
 def register(cls: type[Rule]) -> type[Rule]:
     """Add a rule class to the registry (usable as a decorator); a later class replaces an id."""
+    validate_rule(cls)
+    _REGISTRY[cls.id] = cls
+    return cls
+
+
+def validate_rule(cls: type[Rule]) -> None:
+    """Raise TypeError/ValueError, saying what to change, when ``cls`` is not a usable rule class."""
     if not (isinstance(cls, type) and issubclass(cls, Rule)):
         raise TypeError(f"Expected a subclass of modeldebug.rules.Rule but got {cls!r}")
     if not cls.id or not cls.kind:
@@ -58,8 +66,13 @@ def register(cls: type[Rule]) -> type[Rule]:
     if unknown:
         raise ValueError(f"Expected {cls.__name__}.reads to name Evidence fields, table columns (steps.loss) or "
                          f"event types (events.ranks) but got {unknown}")
-    _REGISTRY[cls.id] = cls
-    return cls
+    if not is_kind(cls.kind):
+        raise ValueError(f"Expected {cls.__name__}.kind to be a built-in finding kind or a custom one named "
+                         f"'custom.<name>' (e.g. 'custom.{_snake(cls.kind)}') but got {cls.kind!r}")
+
+
+def _snake(text: str) -> str:
+    return re.sub(r"[^a-z0-9_]+", "_", str(text).lower()).strip("_") or "my_check"
 
 
 TABLE_COLUMNS = {"steps": STEP_COLUMNS, "validation": VALIDATION_COLUMNS, "layer_stats": LAYER_COLUMNS,
@@ -131,23 +144,46 @@ def preset(level: str = "detailed", evidence: Evidence | None = None) -> list[Ru
 
 
 def run_rules(evidence: Evidence, rules: Iterable[Rule | type[Rule]] | None = None) -> list[Finding]:
-    """Run rules (default: the preset of the evidence's analysis level) and collect their findings.
+    """Run rules (default: the preset of the evidence's analysis level, with installed rules) and
+    collect their findings, most severe first, then by step. A rule that raises is logged and
+    skipped; :func:`apply_rules` also returns it as a rule error for the report."""
+    return apply_rules(evidence, rules)[0]
 
-    A rule that raises is logged and skipped: one broken rule never costs the whole analysis.
-    Findings come back most severe first, then by step.
+
+def apply_rules(
+    evidence: Evidence,
+    rules: Iterable[Rule | type[Rule]] | None = None,
+    options: "RuleOptions | None" = None,
+) -> tuple[list[Finding], list[RuleError]]:
+    """The findings of ``rules`` (default: the preset, installed rules and ``options.extra``, less
+    ``options.disable``, with ``options.thresholds``) and the rules that failed, each a RuleError.
+
+    One broken rule never costs the whole analysis, and is never skipped silently.
     """
-    if rules is None:
-        rules = preset(evidence.config.analysis_level, evidence)
+    from modeldebug.rules.user import build_rules, source_of
+
+    level = evidence.config.analysis_level
+    built, errors = build_rules(level, evidence, options, None if rules is None else list(rules))
+    severity = dict(options.severity) if options is not None else {}
     findings: list[Finding] = []
-    for rule in rules:
-        if isinstance(rule, type):
-            rule = rule()
+    for rule in built:
         try:
-            findings.extend(rule.check(evidence))
-        except Exception:  # a rule's bug must not kill the analysis
-            log.exception("rule %s failed; its findings are missing from this report", getattr(rule, "id", rule))
+            found = list(rule.check(evidence))
+            for f in found:
+                if not isinstance(f, Finding):
+                    raise TypeError(f"check() must return Finding objects (made with self.finding(...)), got {f!r}")
+        except Exception as exc:  # a rule's bug must not kill the analysis
+            errors.append(RuleError(rule=getattr(rule, "id", "") or type(rule).__name__, kind=getattr(rule, "kind", None) or None,
+                                    source=source_of(rule), error=type(exc).__name__, message=str(exc)))
+            continue
+        wanted = severity.get(rule.id) or None
+        for f in found:
+            new = wanted or severity.get(f.kind)
+            findings.append(f.model_copy(update={"severity": new}) if new and new != f.severity else f)
+    for e in errors:
+        log.error("rule %s failed (%s: %s); its findings are missing from this report", e.rule, e.error, e.message)
     findings.sort(key=lambda f: (SEVERITY_ORDER[f.severity], f.step if f.step is not None else -1))
-    return findings
+    return findings, errors
 
 
 def _load_builtin() -> None:
@@ -189,4 +225,7 @@ def _load_builtin() -> None:
 
 _load_builtin()
 
-__all__ = ["LEVELS", "Rule", "has_reads", "preset", "register", "registry", "run_rules", "unregister"]
+from modeldebug.rules.user import RuleLoadError, RuleOptions, load_rule_file  # noqa: E402  (needs the registry above)
+
+__all__ = ["LEVELS", "Rule", "RuleLoadError", "RuleOptions", "apply_rules", "has_reads", "load_rule_file", "preset",
+           "register", "registry", "run_rules", "unregister", "validate_rule"]
