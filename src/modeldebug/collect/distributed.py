@@ -43,6 +43,8 @@ from modeldebug.records import RankRecord
 if TYPE_CHECKING:
     import torch
 
+    from modeldebug.collect.sharding import Shards
+
 log = logging.getLogger(__name__)
 
 # Steps between gathers, from the step count only (a gap set from measured gather and step times
@@ -138,6 +140,9 @@ class RankWatch:
         self.gather_times: list[float] = []  # seconds per gather on this rank (collective + checksum)
         self._previous_term = None
         self.setup_s = 0.0  # time spent making the gather's process group (once)
+        self._shards: Shards | None = None
+        self._shards_of: list | None = None  # the watched ``params`` list ``_shards`` was found in
+        self._norm_off = False  # the global gradient norm failed once: local norms from then on
 
     @classmethod
     def for_process(cls, debugger) -> "RankWatch | None":
@@ -153,6 +158,33 @@ class RankWatch:
         # collectives there alone. The cross-rank summaries say which rank a NaN started on.
         debugger.disable_replay()
         return watch
+
+    # ------------------------------------------------------------------ sharded parameters (FSDP)
+
+    def shards(self) -> Shards:
+        """The watched parameters that are this rank's shards (found again when the watched ones change)."""
+        from modeldebug.collect.sharding import Shards
+
+        watched = self.dbg.watched
+        if self._shards is None or self._shards_of is not watched.params:
+            self._shards_of = watched.params
+            self._shards = Shards([p for _, p in watched.params], [m.module for m in watched.models])
+        return self._shards
+
+    def global_grad_norm(self, local_norm: "torch.Tensor | None") -> "torch.Tensor | None":
+        """The norm of the whole gradient when parameters are sharded (one all-reduce on the shards'
+        own group, every step, on every rank); ``local_norm`` (that of this rank's gradients) when
+        every parameter is replicated, and once the all-reduce has failed."""
+        if self._norm_off:
+            return local_norm
+        try:
+            shards = self.shards()
+            return shards.grad_norm(self.dbg.watched.tensors()) if shards else local_norm
+        except Exception as exc:  # the collective failed: it failed on every rank
+            self._norm_off = True
+            log.warning("modeldebug: the global gradient norm over the shards failed (%s); norms are this rank's", exc)
+            self.dbg.event(RankGatherError(type=type(exc).__name__, message=str(exc)[:500]))
+            return local_norm
 
     # ------------------------------------------------------------------ steps
 
@@ -200,7 +232,8 @@ class RankWatch:
         last = window[-1] if window else None
         per_param = None
         checksum = scale = math.nan
-        params = [p.detach() for _, p in self.dbg.watched.params]
+        # Only what every rank holds whole is compared: each rank's shard differs by design (FSDP).
+        params = [self.dbg.watched.params[i][1].detach() for i in self.shards().replicated]
         if params:
             with torch.no_grad():
                 norms = torch._foreach_norm(params)
@@ -275,7 +308,8 @@ class RankWatch:
         """For each rank out of sync, the parameter whose checksum differs most from the reference rank's."""
         import torch
 
-        names = [n for n, _ in self.dbg.watched.params]
+        watched = self.dbg.watched.params
+        names = [watched[i][0] for i in self.shards().replicated]
         out = {}
         base = vecs[ref]
         for r in differs:

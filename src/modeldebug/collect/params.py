@@ -4,10 +4,14 @@ a sampled step pays per op dispatched, not per value."""
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass
 
 import torch
 from torch._utils import _flatten_dense_tensors
+
+from modeldebug.collect.sharding import local, local_all
 
 # Parameters larger than this are compared on a subset for |Δw|/|w| (bounded memory and time):
 # UPDATE_CHUNKS contiguous runs of UPDATE_SAMPLE / UPDATE_CHUNKS values spread over the tensor.
@@ -33,7 +37,7 @@ class Snapshot:
 def snapshot(params: list[torch.Tensor], subsets: bool = True) -> Snapshot:
     """Norms and gradient moments of every parameter; with ``subsets``, a copy of a bounded subset
     of each parameter's values to measure the coming update against."""
-    values = [p.detach() for p in params]
+    values = [p.detach() for p in local_all(params)]  # a DTensor's (FSDP2) own shard
     with torch.no_grad():
         norms = torch._foreach_norm(values)
         # _foreach_mul copies the strided views in one op (the values must outlive the step).
@@ -43,6 +47,7 @@ def snapshot(params: list[torch.Tensor], subsets: bool = True) -> Snapshot:
             g = p.grad  # of the parameter itself (a detached view has none)
             has_grad.append(g is not None)
             if g is not None:
+                g = local(g)
                 sparse.append(g.is_sparse)
                 if g.is_sparse:
                     g = g.coalesce().values()
@@ -60,6 +65,7 @@ def snapshot(params: list[torch.Tensor], subsets: bool = True) -> Snapshot:
 def update_stats(params: list[torch.Tensor], pre: Snapshot) -> torch.Tensor:
     """One row each: norms after the optimizer step, |update| and |values before| of the subsets.
     Frees the snapshot's subsets."""
+    params = local_all(params)
     with torch.no_grad():
         post_norms = torch._foreach_norm([p.detach() for p in params])
         deltas = torch._foreach_sub([subset(p) for p in params], pre.subsets)
@@ -74,6 +80,7 @@ def total_norm(tensors: list[torch.Tensor], flatten: bool = False) -> torch.Tens
     """One fused norm, with grad mode off (not a detach per tensor: the cost stays per step, not
     per parameter; a gradient made with ``create_graph`` keeps no graph through it). With
     ``flatten`` (many small tensors), the norm of one flat copy of them all."""
+    tensors = local_all(tensors)  # DTensors (FSDP2): this rank's shards
     enabled = torch.is_grad_enabled()
     torch._C._set_grad_enabled(False)
     try:
@@ -94,8 +101,16 @@ def total_norm(tensors: list[torch.Tensor], flatten: bool = False) -> torch.Tens
 
 def grad_norm(params: list[torch.Tensor], flatten: bool = False) -> torch.Tensor | None:
     """The global norm of the dense gradients present; None when there are none."""
-    grads = [g for p in params if (g := p.grad) is not None and not g.is_sparse]
+    # Gathered in C (map, filter, attrgetter): every step, no Python bytecode per parameter.
+    grads = list(filter(_is_present, map(_grad_of, params)))
+    if any(map(_is_sparse, grads)):
+        grads = [g for g in grads if not g.is_sparse]
     return total_norm(grads, flatten) if grads else None
+
+
+_grad_of = operator.attrgetter("grad")
+_is_sparse = operator.attrgetter("is_sparse")
+_is_present = functools.partial(operator.is_not, None)
 
 
 def same_device(tensors: list[torch.Tensor]) -> list[torch.Tensor]:

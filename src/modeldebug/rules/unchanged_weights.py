@@ -91,7 +91,7 @@ class UnchangedWeights(Rule):
         returned = {m for e in ev.events_of(ReturnedOutputs) for m in e.modules}
         explained = untracked_parameters.claimed(ev)  # renewed every step, or an optimizer on a copy
         for p, info in ev.params.items():
-            if changed.get(p) or p in explained:
+            if changed.get(p) or p in explained or not info.numel:  # (an empty shard of FSDP1 holds nothing)
                 continue
             seen = p in changed  # we have samples of it, so "never changed" is observed
             if not info.requires_grad:

@@ -1,0 +1,101 @@
+"""A small FSDP training (gloo, CPU), picked by WRAP and FAULT:
+
+WRAP     fsdp2 (fully_shard on every layer and the root), fsdp1 (FullyShardedDataParallel, flat
+         parameters), fsdp1_orig (the same with use_orig_params=True), fsdp1_ignored (fc3 left
+         out of FSDP: whole on every rank, its gradients never averaged)
+FAULT    healthy (SGD lr 0.1, momentum 0.9), high_lr (lr 30)
+NORMS    a path: rank 0 writes there, per step, the gradient norm clip_grad_norm_ returns (FSDP1's
+         own method, torch.nn.utils' for FSDP2 DTensors) and the norm of the full gradients
+         gathered from the shards, as JSON
+"""
+
+import json
+import math
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+WRAP = os.environ.get("WRAP", "fsdp2")
+FAULT = os.environ.get("FAULT", "healthy")
+STEPS = int(os.environ.get("STEPS", "40"))
+LR = {"healthy": 0.1, "high_lr": 30.0}[FAULT]
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(16, 32)
+        self.fc2 = nn.Linear(32, 32)
+        self.fc3 = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def batch(step, rank):
+    """The batch rank `rank` trains on at `step` (the test rebuilds it for its unsharded reference)."""
+    gen = torch.Generator().manual_seed(1000 * rank + step)
+    w = torch.randn(16, 4, generator=torch.Generator().manual_seed(7))
+    x = torch.randn(32, 16, generator=gen)
+    return x, (x @ w).argmax(1)
+
+
+def wrap(net):
+    if WRAP == "fsdp2":
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in (net.fc1, net.fc2, net.fc3):
+            fully_shard(layer)
+        return fully_shard(net)
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    ignored = [net.fc3] if WRAP == "fsdp1_ignored" else None
+    return FSDP(net, use_orig_params=WRAP == "fsdp1_orig", device_id=torch.device("cpu"), ignored_modules=ignored)
+
+
+def full_grad_norm(model):
+    """The norm of the whole gradient, gathered from every rank's shard."""
+    if WRAP == "fsdp2":
+        return math.sqrt(sum(float(p.grad.full_tensor().double().pow(2).sum()) for p in model.parameters()))
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    if WRAP == "fsdp1":  # flat parameters: every rank's shard of the flat gradient (padded to one size)
+        shard = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+        shards = [torch.empty_like(shard) for _ in range(dist.get_world_size())]
+        dist.all_gather(shards, shard)
+        return float(torch.cat(shards).double().norm())
+    with FSDP.summon_full_params(model, with_grads=True):
+        return math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in model.parameters() if p.grad is not None))
+
+
+def clipped_norm(model):
+    if WRAP == "fsdp2":
+        return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1e9))
+    return float(model.clip_grad_norm_(1e9))
+
+
+def main():
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    model = wrap(Net())
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    norms = []
+    for step in range(STEPS):
+        x, y = batch(step, rank)
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        if os.environ.get("NORMS"):
+            norms.append({"step": step, "clip": clipped_norm(model), "full": full_grad_norm(model)})
+        opt.step()
+    if rank == 0 and os.environ.get("NORMS"):
+        with open(os.environ["NORMS"], "w") as f:
+            json.dump(norms, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
