@@ -33,6 +33,9 @@ FAULTS = ROOT / "tests" / "faults"
 PENDING = FAULTS / "pending"
 PLANTED = re.compile(r"^planted: kind=(\w+) cause=(\w+)$", re.M)
 REQUIRES = re.compile(r"^requires: (\w+)$", re.M)
+# A script that trains on several processes says how it is started: `launch: torchrun N` runs it as
+# `modeldebug run -- python -m torch.distributed.run --standalone --nproc-per-node N script`.
+LAUNCH = re.compile(r"^launch: torchrun (\d+)$", re.M)
 # A planted symptom that does no harm by design (measured, and said in its docstring): the right
 # answer is the kind at low severity, a hint; medium or high would be an alarm without harm.
 EXPECTED_LOW = re.compile(r"^expected: low$", re.M)
@@ -46,6 +49,7 @@ class Case:
     cause: str
     requires: str | None = None
     hint: bool = False  # expected at low severity only (see EXPECTED_LOW)
+    processes: int = 1  # > 1: started by torchrun with that many processes (see LAUNCH)
 
     @property
     def name(self) -> str:
@@ -103,21 +107,20 @@ def cases(only: str | None = None, folders: tuple[Path, ...] = (FAULTS,)) -> lis
         m = PLANTED.search(doc)
         if not m or (only and not re.search(only, path.stem)):
             continue
-        req = REQUIRES.search(doc)
+        req, launch = REQUIRES.search(doc), LAUNCH.search(doc)
         out.append(Case(path, m.group(1), m.group(2), req.group(1) if req else None,
-                        hint=bool(EXPECTED_LOW.search(doc))))
+                        hint=bool(EXPECTED_LOW.search(doc)), processes=int(launch.group(1)) if launch else 1))
     return out
 
 
 def available(case: Case) -> bool:
-    if case.requires == "cuda":
-        try:
-            import torch
-
-            return torch.cuda.is_available()
-        except ImportError:
-            return False
-    return True
+    try:
+        import torch
+    except ImportError:
+        return False
+    if case.processes > 1 and not torch.distributed.is_available():
+        return False
+    return torch.cuda.is_available() if case.requires == "cuda" else True
 
 
 # Each script runs under its own limit: the slowest takes about 10 s on the quiet 2-core dev machine
@@ -233,7 +236,7 @@ class Runner:
         out = self.workdir / f"{case.key}.json"
         out.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "modeldebug", "run", "--store", str(self.workdir / f"{case.key}.db"),
-               "--json", str(out), "--", sys.executable, str(case.path)]
+               "--json", str(out), "--", *launcher(case), str(case.path)]
         started = time.perf_counter()
         # A session of its own, so a timeout kills the training script with `modeldebug run`.
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -258,6 +261,13 @@ class Runner:
         if not out.exists():
             return Result(case, proc.returncode, seconds, error=(stderr or stdout)[-3000:], report_written=False)
         return Result(case, proc.returncode, seconds, findings=json.loads(out.read_text())["findings"])
+
+
+def launcher(case: Case) -> list[str]:
+    """The command that starts a case's script (before its path): python, or torchrun's module."""
+    if case.processes > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(case.processes)]
+    return [sys.executable]
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -143,6 +143,9 @@ def _case(path: Path):
     if "requires: cuda" in path.read_text():
         marks.append(pytest.mark.skipif(not torch.cuda.is_available(),
                                         reason="needs CUDA: the script fills the GPU's memory on purpose"))
+    if "launch: torchrun" in path.read_text():  # its process group needs the launcher's ranks
+        marks.append(pytest.mark.skip(reason="trains on several processes started by torchrun (FSDP); "
+                                             "the probe runs one copy in this process"))
     return pytest.param(path, kind, id=path.stem, marks=marks)
 
 
