@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as module_mod
 
+from modeldebug.collect.compiled import compiled_in_place, compiling, drop_filter, hide_global_hooks_warning, wrapper_of
 from modeldebug.collect.session import Debugger
 from modeldebug.collect.stats import first_float_tensor
 from modeldebug.collect.steps import now
@@ -30,6 +31,8 @@ class Discovery:
         self._candidates: list[nn.Module] = []  # modules called at top level before discovery
         self._depth = 0
         self._handles: list[Any] = []
+        self.pending = False  # installed, and the models not found yet
+        self._warning_filter: Any = None
         self._judged: set[int] = set()  # ids of the optimizers already looked at
         self.last_grad: bool | None = None  # grad mode of the last top-level call
         # (module, args, kwargs, rng state) of the last top-level training call: the first step's
@@ -37,17 +40,29 @@ class Discovery:
         self._last_call: tuple | None = None
 
     def install(self) -> None:
+        self.pending = True
+        self._warning_filter = hide_global_hooks_warning()
         self._handles = [
             module_mod.register_module_forward_pre_hook(self._pre),
             module_mod.register_module_forward_hook(self._post, always_call=True),
         ]
 
     def remove(self) -> None:
+        self.pending = False
+        self._release()
+
+    def _release(self) -> None:
+        """The global hooks go; discovery still comes at the first backward."""
         for h in self._handles:
             h.remove()
         self._handles = []
+        if self._warning_filter is not None:
+            drop_filter(self._warning_filter)
+            self._warning_filter = None
 
     def _pre(self, module, args):
+        if compiling() or not self.pending:  # inside a compiled graph: trace to nothing
+            return
         self._depth += 1
         if self._depth != 1:
             return
@@ -55,6 +70,10 @@ class Discovery:
             # Held strongly until discovery: a slice like model[:2] lives for one call only.
             self._candidates.append(module)
             del self._candidates[:-MAX_CANDIDATES]
+        if wrapper_of(module):
+            # Gone before its graph is traced: global hooks there are guarded, and their removal
+            # at discovery would recompile it.
+            self._release()
         try:
             self.last_grad = torch.is_grad_enabled()
             self._last_call = None
@@ -67,6 +86,8 @@ class Discovery:
 
 
     def _post(self, module, args, output):
+        if compiling() or not self.pending:
+            return
         self._depth = max(0, self._depth - 1)
 
     def discover(self, optimizer=None) -> None:
@@ -77,22 +98,25 @@ class Discovery:
         ``model[:2](x)``) is still watched as one model with qualified names. Later, an
         optimizer that steps none of the watched parameters brings in the models it trains
         (a GAN's generator that starts training after the discriminator)."""
-        if self._dbg.watched.models or not self._handles:
+        if self._dbg.watched.models or not self.pending:
             self._later(optimizer)
             return
-        self.remove()
+        self.pending = False
         trained = {id(p) for m in self._candidates for p in m.parameters()}
         if optimizer is not None:
             trained |= _param_ids(optimizer)
         self._candidates = []
         call, self._last_call = self._last_call, None
-        if not trained:
-            return
         modules, optimizers = _live()
         for opt in optimizers:  # models whose optimizer exists but that train later (a GAN's generator)
             self._judged.add(id(opt))
             trained |= _param_ids(opt)
+        if not trained:  # (no candidate either: a model compiled in place calls none in eager code)
+            self._release()
+            return
         self._attach_roots(modules, trained)
+        if not any(compiled_in_place(m.module) for m in self._dbg.watched.models):
+            self._release()  # (the graph of a model compiled in place guards on them: kept, idle, until stop)
         if call is not None and optimizer is None:
             self._begin_first_step(*call)
 
@@ -151,10 +175,13 @@ def _live() -> tuple[list[nn.Module], list[torch.optim.Optimizer]]:
         warnings.simplefilter("ignore", FutureWarning)
         modules, optimizers = [], []
         for o in gc.get_objects():
-            if _is_module(o):
-                modules.append(o)
-            elif isinstance(o, torch.optim.Optimizer):
-                optimizers.append(o)
+            try:
+                if isinstance(o, nn.Module):
+                    modules.append(o)
+                elif isinstance(o, torch.optim.Optimizer):
+                    optimizers.append(o)
+            except ReferenceError:  # a dead weakref.proxy (torch.compile leaves some): each isinstance raises
+                pass
     return modules, optimizers
 
 
@@ -171,13 +198,6 @@ def _call_kwargs(module) -> dict | None:
 
 def _param_ids(optimizer) -> set[int]:
     return {id(p) for g in optimizer.param_groups for p in g["params"]}
-
-
-def _is_module(obj) -> bool:
-    try:
-        return isinstance(obj, nn.Module)
-    except ReferenceError:  # a dead weakref.proxy (torch.compile leaves some)
-        return False
 
 
 class AutoDebugger(Debugger):

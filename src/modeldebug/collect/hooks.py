@@ -20,6 +20,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 from modeldebug.collect import patches
 from modeldebug.collect.amp import AmpWatch
+from modeldebug.collect.compiled import EagerWindow, compiled_in_place, compiling, is_compiled
 from modeldebug.collect.entries import Entries
 from modeldebug.collect.flow import OutputFlow
 from modeldebug.collect.fingerprints import TRAIN_STEPS, Fingerprints, dataset_size, source_of
@@ -66,6 +67,8 @@ def guarded(hook):
 
     @functools.wraps(hook)
     def run(self, *args, **kwargs):
+        if compiling():  # traced by dynamo (a hook inside a compiled region): trace to nothing
+            return None
         guard = self.guard
         if guard.broken or guard.replaying:
             return None
@@ -105,6 +108,7 @@ class Hooks:
         self._loader_dataset: Any = None  # the dataset of the DataLoader batch fetched since the last forward
         self._root_handles: list[Any] = []
         self.layer_handles: list[Any] = []  # per-layer hooks of a sampled (or prepared) step
+        self.eager = EagerWindow()  # compiled models run eagerly while the layer hooks are in
         self._opt_handles: list[Any] = []
 
     def __reduce__(self):
@@ -128,6 +132,14 @@ class Hooks:
 
     def hook_root(self, model: "Model") -> None:
         m = model.module
+        if compiled_in_place(m):
+            # Its hooks would run inside its graph: its steps begin at backward, and a sampled
+            # step's layer hooks go in when the step before it closes (now, for the first).
+            steps = self.steps
+            steps.entry_missing = True
+            if steps.state is None and not steps.count and not steps.prepared:
+                steps.prepare_next()
+            return
         self._root_handles += [
             m.register_forward_pre_hook(self._root_pre, with_kwargs=True),
             m.register_forward_hook(self._root_post, always_call=True),
@@ -135,6 +147,8 @@ class Hooks:
 
     def install_layers(self) -> None:
         if self.monitoring.layer_outputs:
+            if any(is_compiled(m.module) for m in self.watched.models):
+                self.eager.enter()  # the compiled graph ignores or would trace hooks added now
             for layer in self.watched.layers:
                 self.layer_handles.append(layer.module.register_forward_pre_hook(partial(self._layer_pre, layer.name)))
                 self.layer_handles.append(layer.module.register_forward_hook(partial(self._layer_post, layer.name)))
@@ -145,6 +159,7 @@ class Hooks:
         for h in self.layer_handles:
             h.remove()
         self.layer_handles = []
+        self.eager.leave()
         if self.flow.handles:
             returned = self.flow.settle()
             if returned is not None:
@@ -156,6 +171,7 @@ class Hooks:
             h.remove()
         self.entries.remove()
         self.layer_handles, self._root_handles, self._opt_handles = [], [], []
+        self.eager.leave()
         self.steps.prepared = False
         patches.remove_listener(self)
 
@@ -506,8 +522,6 @@ class Hooks:
             else:
                 watched = self.watched
                 st.grad_norm = grad_norm(watched.tensors(), watched.small_tensors)
-            if steps.dist is not None:  # sharded parameters (FSDP): the norm of the whole gradient
-                st.grad_norm = steps.dist.global_grad_norm(st.grad_norm)
             steps.check_nonfinite(st)
 
     @guarded

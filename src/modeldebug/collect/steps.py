@@ -349,6 +349,7 @@ class Steps:
         norm, loss = st.grad_norm, st.loss_sum
         if (norm is None or math.isfinite(float(norm))) and (loss is None or math.isfinite(float(loss))):
             return
+        from modeldebug.collect.compiled import EagerWindow
         from modeldebug.collect.nan_origin import locate
 
         self.replay_budget -= 1
@@ -361,7 +362,8 @@ class Steps:
         names = {id(m): (prefix + n).rstrip(".") for n, m in inner.named_modules()}
         self.guard.replaying = True  # our own replay: its hooks are not the user's steps
         try:
-            origin = locate(root, args, kwargs, names=names, rng_state=rng)
+            with EagerWindow():  # a compiled root: replayed eagerly, its graph left as it is
+                origin = locate(root, args, kwargs, names=names, rng_state=rng)
         finally:
             self.guard.replaying = False
         self.writer.event(NonfiniteOrigin(step=st.index, **origin.to_dict()))

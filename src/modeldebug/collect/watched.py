@@ -11,6 +11,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from modeldebug.collect.compiled import is_compiled, wrapper_of
 from modeldebug.collect.params import FLATTEN_BELOW
 from modeldebug.collect.stats import family, saturation_bounds
 from modeldebug.events import NewParameters
@@ -28,7 +29,7 @@ class Model:
     module: nn.Module
     name: str
     prefix: str  # "" for a single model; "Name." when several are watched
-    compiled: bool = False  # torch.compile'd: watched from outside (no per-layer hooks)
+    compiled: bool = False  # torch.compile'd: no hook inside its graph; sampled steps run eagerly (collect/compiled.py)
 
     @property
     def inner(self) -> nn.Module:
@@ -73,8 +74,8 @@ class Watched:
         written already under the watched models' names) only the new model's names are qualified."""
         if any(m.module is module for m in self.models):
             return None
-        compiled = hasattr(module, "_orig_mod") and type(module).__name__ == "OptimizedModule"
-        inner = module._orig_mod if compiled else module
+        compiled = is_compiled(module)
+        inner = module._orig_mod if wrapper_of(module) else module
         name = name or type(inner).__name__
         taken_names = {m.name for m in self.models}
         unique, n = name, 1
@@ -84,8 +85,7 @@ class Watched:
         model = Model(module, unique, "", compiled)
         self.models.append(model)
         if compiled:
-            # Hooks inside a compiled graph force recompiles or graph breaks: watch it from outside.
-            log.info("%s is torch.compile'd: watching loss, gradients and parameters, not layer by layer", model.name)
+            log.info("%s is torch.compile'd: its sampled steps run eagerly for per-layer statistics", model.name)
         if len(self.models) == 1:
             self._register(model)
         elif keep_names:
@@ -113,8 +113,6 @@ class Watched:
                 self.device = p.device
                 if self.on_device is not None:
                     self.on_device(p.device)
-        if model.compiled:
-            return
         for mname, module in model.inner.named_modules():
             # Leaf modules, and modules holding parameters of their own (nn.MultiheadAttention).
             has_children = next(iter(module.children()), None) is not None
@@ -164,6 +162,11 @@ class Watched:
     def find(self, optimizer=None) -> None:
         if self.finder is not None:
             self.finder(optimizer)
+
+    @property
+    def compiled(self) -> bool:
+        """A watched model is torch.compile'd."""
+        return any(m.compiled for m in self.models)
 
     def model_of(self, root: nn.Module) -> Model | None:
         return next((m for m in self.models if m.module is root), None)
