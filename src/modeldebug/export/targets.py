@@ -17,6 +17,12 @@ KINDS = {
     "mlflow": ("mlflow", "mlflow"),
     "wandb": ("wandb", "wandb"),
 }
+# What each exporter imports, so `modeldebug run` can import it while the script runs.
+IMPORTS = {
+    "tensorboard": ("tensorboard.summary.writer.event_file_writer", "tensorboard.compat.proto.summary_pb2"),
+    "mlflow": ("mlflow.tracking", "mlflow.entities"),
+    "wandb": ("wandb",),
+}
 FORMS = "tensorboard:DIR, mlflow:URI (or mlflow:DIR for a local file store) or wandb[:DIR]"
 
 
