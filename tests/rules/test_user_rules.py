@@ -219,3 +219,16 @@ def test_an_installed_rule_fires_and_a_broken_entry_point_is_a_rule_error(tmp_pa
     report = json.loads(proc.stdout)
     assert [f["kind"] for f in report["findings"]].count("custom.loss_ceiling") == 1
     assert [e["rule"] for e in report["rule_errors"]] == ["gone"]
+
+
+def test_the_worked_example_of_docs_rules_md_runs_as_written(tmp_path):
+    import re
+
+    text = (ROOT / "docs" / "rules.md").read_text()
+    rule_code, test_code = re.findall(r"```python\n(.*?)```", text, re.S)[:2]
+    write(tmp_path / "our_rules.py", rule_code)
+    write(tmp_path / "test_our_rules.py", test_code)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_our_rules.py"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0 and "2 passed" in proc.stdout, proc.stdout + proc.stderr
+    assert [cls.id for cls in load_rule_file(tmp_path / "our_rules.py")] == ["loss_ceiling"]
