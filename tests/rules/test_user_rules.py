@@ -82,6 +82,10 @@ for i in range(30):
 '''
 
 
+def monkeypatch_context():
+    return pytest.MonkeyPatch.context()
+
+
 def write(path: Path, text: str) -> Path:
     path.write_text(textwrap.dedent(text))
     return path
@@ -210,6 +214,16 @@ def test_an_installed_rule_fires_and_a_broken_entry_point_is_a_rule_error(tmp_pa
     assert [f.kind for f in report.findings].count("custom.loss_ceiling") == 1
     (err,) = report.rule_errors
     assert err.rule == "gone" and err.error == "ModuleNotFoundError" and "entry point gone" in err.source
+    # on a stored run made before the package was there (diagnosed again with today's rules)
+    forget_installed_rules()
+    with monkeypatch_context() as mp:
+        mp.setattr("modeldebug.rules.user.entry_point_rules", lambda: ([], []))
+        before = train(tmp_path / "runs.db")
+        assert "custom.loss_ceiling" not in [f.kind for f in before.report().findings]
+    forget_installed_rules()
+    before.store.close()
+    again = cli("report", before.run_id, "--store", str(tmp_path / "runs.db"), "--reanalyze", "--json", "-")
+    assert [f["kind"] for f in json.loads(again.stdout)["findings"]].count("custom.loss_ceiling") == 1
     # in a `modeldebug run` too (the package is on the path of the process that diagnoses)
     script = write(tmp_path / "train.py", TRAIN)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(installed_package), str(ROOT / "src")])}
