@@ -98,7 +98,9 @@ def test_constant_loss_of_binary_targets_is_the_positive_rate_entropy():
     p = torch.full((4, 1), 0.25)
     assert what == "the positive rate"
     assert baseline == pytest.approx(F.binary_cross_entropy(p, torch.tensor(y, dtype=torch.float32)).item(), rel=1e-5)
-    assert constant_loss("mse_loss", y, {"reduction": "sum"}) == (None, "")
+    assert constant_loss("mse_loss", y, {"reduction": "none"}) == (None, "")
+    # a summed loss is recorded per item: its baseline is the per-item one
+    assert constant_loss("mse_loss", y, {"reduction": "sum"}) == constant_loss("mse_loss", y, {})
 
 
 def test_broadcast_shape_only_when_it_grows():
@@ -108,3 +110,20 @@ def test_broadcast_shape_only_when_it_grows():
     assert broadcast_shape("mse_loss", t(8, 3), t(3)) is None  # one target row for every sample
     assert broadcast_shape("mse_loss", t(8, 3), t(8, 3)) is None
     assert broadcast_shape("cross_entropy", t(8, 3), t(8)) is None
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "mse_loss"])
+def test_a_summed_loss_is_recorded_per_item_in_training_and_validation(store_path, name):
+    """transformers' models sum the loss and divide by the token count: recorded per item (ignored
+    targets left out), as the script reports it, not 100s of times larger."""
+    if name == "cross_entropy":
+        y = torch.randint(0, 3, (32,))
+        y[:8] = -100  # ignored (padding)
+        items, out_dim = 24, 3
+    else:
+        y = torch.randn(32, 2)
+        items, out_dim = 64, 2
+    ev, seen = _run(store_path, lambda out, t: getattr(F, name)(out, t, reduction="sum"), out_dim, y, evaluate=True)
+    np.testing.assert_allclose(ev.steps.loss_fn_value, [v / items for v, _ in seen], rtol=1e-6)
+    assert list(ev.validation.loss_fn) == [name]
+    assert 0 < ev.validation.loss[0] < 3 * seen[-1][0] / items

@@ -74,20 +74,35 @@ def test_regression_reference_comes_from_the_sampled_targets():
     assert ref.baseline == 2.1 and ref.note(value=1800.0) == "loss 1.8e+03, where predicting the mean gives 2.1"
 
 
-@pytest.mark.parametrize("change", ["two_losses", "two_calls", "sum_reduction", "weighted", "constant_target"])
+@pytest.mark.parametrize("change", ["two_losses", "two_calls", "no_reduction", "weighted", "constant_target"])
 def test_no_reference_where_the_loss_is_not_one_plain_call(change):
     events, counts, calls = [CE], _balanced(), 1
     if change == "two_losses":
         events = [CE, LossCall(name="mse_loss", input_shape=[64, 8], target_shape=[64, 8])]
     elif change == "two_calls":
         calls = 2  # a GAN's discriminator: real and fake losses every step
-    elif change == "sum_reduction":
-        events = [LossCall(name="cross_entropy", input_shape=[64, 10], target_shape=[64], reduction="sum")]
+    elif change == "no_reduction":  # per-sample losses reduced by the script in its own way
+        events = [LossCall(name="cross_entropy", input_shape=[64, 10], target_shape=[64], reduction="none")]
     elif change == "weighted":
         events = [LossCall(name="cross_entropy", input_shape=[64, 10], target_shape=[64], options={"weighted": True})]
     else:
         counts = {3: 500}
     assert reference(build(_cols(calls=calls), events=_events(*events), class_counts=counts)) is None
+
+
+def test_a_summed_loss_has_a_reference_its_values_are_per_item():
+    summed = LossCall(name="cross_entropy", input_shape=[512, 64], target_shape=[512], reduction="sum")
+    ref = reference(build(_cols(), events=_events(summed), class_counts=_balanced(64)))
+    assert ref is not None and ref.baseline == pytest.approx(np.log(64))
+
+
+def test_a_step_loss_at_a_constant_ratio_is_judged_in_the_loss_functions_units():
+    cols = _cols()
+    s = cols["steps"]
+    s["loss_fn_value"] = s["loss_fn_value"] * 32 / 31  # a causal LM: per shifted token, the step loss per label
+    ref = reference(build(cols, events=_events(CE), class_counts=_balanced()))
+    assert ref.n == 300  # every step, not only the sampled ones
+    assert ref.end == pytest.approx(np.median(s["loss"][-30:]) * 32 / 31)
 
 
 def test_series_is_the_loss_functions_output_when_the_step_loss_adds_to_it():

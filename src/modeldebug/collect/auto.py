@@ -117,6 +117,7 @@ class Discovery:
         self._attach_roots(modules, trained)
         if not any(compiled_in_place(m.module) for m in self._dbg.watched.models):
             self._release()  # (the graph of a model compiled in place guards on them: kept, idle, until stop)
+        adopt_frameworks(self._dbg)
         if call is not None and optimizer is None:
             self._begin_first_step(*call)
 
@@ -147,6 +148,7 @@ class Discovery:
         ids = _param_ids(optimizer)
         if ids and not ids & self._dbg.watched.param_ids:
             self._attach_roots(_live()[0], ids)
+        adopt_frameworks(self._dbg)  # (a second Trainer's run makes a new optimizer)
 
     def _attach_roots(self, modules: list[nn.Module], trained: set[int]) -> None:
         contained = {id(c) for m in modules for c in m.children()}
@@ -167,6 +169,15 @@ class Discovery:
                 attached = True
         if attached:
             self._dbg.record_models()
+
+
+def adopt_frameworks(debugger: Debugger) -> None:
+    """When a training framework drives the loop, take its own numbers too (once per model found
+    or new optimizer): the HF Trainer gets integrations/transformers.py's callback."""
+    if "transformers.trainer" in sys.modules:
+        from modeldebug.integrations.transformers import adopt_trainer
+
+        adopt_trainer(debugger)
 
 
 def _live() -> tuple[list[nn.Module], list[torch.optim.Optimizer]]:

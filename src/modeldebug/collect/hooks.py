@@ -440,6 +440,10 @@ class Hooks:
         steps, before = self.steps, not self.backward_seen
         steps.clip_calls += 1
         steps.clips_before_backward += before
+        st = steps.state or (steps.pending_backward[0] if steps.pending_backward else None)  # (accumulating)
+        if not before and st is not None and st.unclipped_norm is None:
+            # Norms after clipping would hide gradients that explode (the HF Trainer clips at 1.0).
+            st.unclipped_norm = grad_norm(self.watched.tensors(), self.watched.small_tensors)
         if before not in self._clips_logged:
             self._clips_logged.add(before)
             value = float(max_value) if isinstance(max_value, (int, float)) else None
@@ -519,6 +523,10 @@ class Hooks:
                 dense = st.param_pre.dense_grad_norms
                 if dense:
                     st.grad_norm = torch.linalg.vector_norm(torch.stack(same_device(dense)).float())
+                if st.unclipped_norm is not None:
+                    st.grad_norm = st.unclipped_norm
+            elif st.unclipped_norm is not None:
+                st.grad_norm = st.unclipped_norm
             else:
                 watched = self.watched
                 st.grad_norm = grad_norm(watched.tensors(), watched.small_tensors)

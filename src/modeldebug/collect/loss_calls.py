@@ -6,6 +6,10 @@ call count); the device work (an ``aminmax``, a row sum, a copy of at most ``TAR
 ``TARGET_COLS`` targets) runs only on sampled steps and travels with the step's other statistics.
 When the run stops, the sampled targets give the loss of the best constant prediction
 (``LossTargets``): the reference a run's loss is judged against (rules/reference.py).
+
+A loss summed over its items (``reduction="sum"``, as transformers' models compute it before dividing
+by the batch's token count) is recorded per item (``per_item``): in the units the script reports, and
+next to the trivial predictor's loss.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ ELEMENTWISE = frozenset({"mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", 
 # Elementwise losses whose best constant prediction the sampled targets give.
 REGRESSION = frozenset({"mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "binary_cross_entropy",
                         "binary_cross_entropy_with_logits"})
+# Losses whose sum per_item divides by the items it sums.
+PER_ITEM = CLASS_LOSSES | ELEMENTWISE
 _OPTIONS = ("label_smoothing", "beta", "delta", "ignore_index")
 _WEIGHTS = ("weight", "pos_weight")
 MAX_SIGNATURES = 256  # distinct (name, shapes) remembered; variable-length batches stop adding after that
@@ -45,6 +51,23 @@ def reduction_of(options: dict[str, Any] | None) -> str:
     if options.get("size_average") is False:
         return "sum"
     return str(options.get("reduction") or "mean")
+
+
+def per_item(name: str, input: Any, target: Any, output: torch.Tensor, options: dict[str, Any] | None) -> torch.Tensor:
+    """The loss value per item: a summed loss divided by the items it sums (targets not ignored for
+    cross-entropy and NLL, elements for elementwise losses), on the device; other values as they are."""
+    value = output.detach().float().reshape(())
+    if reduction_of(options) != "sum" or name not in PER_ITEM or not isinstance(input, torch.Tensor):
+        return value
+    if name in CLASS_LOSSES and isinstance(target, torch.Tensor) and not target.is_floating_point():
+        ignore = (options or {}).get("ignore_index", -100)
+        return value / (target != ignore).sum().to(value.device).clamp_min(1)
+    if name in CLASS_LOSSES:  # class probabilities as targets: one item per row of scores
+        items = input.numel() // input.shape[1] if input.dim() >= 2 and input.shape[1] else 1
+    else:
+        shape = broadcast_shape(name, input, target)
+        items = math.prod(shape) if shape is not None else input.numel()
+    return value / max(items, 1)
 
 
 def broadcast_shape(name: str, input: Any, target: Any) -> list[int] | None:
@@ -103,7 +126,7 @@ class LossCalls:
                options: dict[str, Any] | None) -> None:
         """The loss value and the range of its input (and targets to sample), on the device."""
         nan = torch.full((), math.nan, device=output.device)
-        value = output.detach().float().reshape(()) if output.numel() == 1 else nan
+        value = per_item(name, input, target, output, options) if output.numel() == 1 else nan
         lo = hi = err = nan
         if isinstance(input, torch.Tensor) and input.is_floating_point() and input.numel():
             x = input.detach().float()
@@ -144,11 +167,12 @@ class LossCalls:
 
 
 def constant_loss(name: str, y: np.ndarray, options: dict[str, Any]) -> tuple[float | None, str]:
-    """The loss (reduction "mean") of predicting one constant per output on targets ``y`` [rows,
-    outputs]: the mean for MSE, the median for L1/Huber-like losses (the L1 minimiser; Huber's lies
-    between median and mean), the positive rate for binary cross-entropy. None when it does not apply."""
+    """The loss per item (reduction "mean", or "sum" recorded per item) of predicting one constant per
+    output on targets ``y`` [rows, outputs]: the mean for MSE, the median for L1/Huber-like losses (the
+    L1 minimiser; Huber's lies between median and mean), the positive rate for binary cross-entropy.
+    None when it does not apply."""
     y = y[np.isfinite(y).all(1)]
-    if len(y) < 2 or reduction_of(options) != "mean" or any(options.get(k) is not None for k in _WEIGHTS):
+    if len(y) < 2 or reduction_of(options) not in ("mean", "sum") or any(options.get(k) is not None for k in _WEIGHTS):
         return None, ""
     if name == "mse_loss":
         return float(np.mean(np.var(y, axis=0))), "the mean"

@@ -83,6 +83,7 @@ class Step:
     loss_sum: torch.Tensor | None = field(default=None, metadata=SUM)
     loss_count: int = field(default=0, metadata=SUM)
     grad_norm: torch.Tensor | None = None
+    unclipped_norm: torch.Tensor | None = field(default=None, metadata=FIRST)  # before a clip call: the step's grad_norm
     stale_grad_norm: torch.Tensor | None = field(default=None, metadata=FIRST)
     stale_mins: dict[int, torch.Tensor] = field(default_factory=dict, metadata=FIRST)  # per optimizer id
     input_range: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, metadata=FIRST)  # CUDA: batch min, max
@@ -177,6 +178,9 @@ class Steps:
         self.entry_missing = False  # steps begin at backward: no watched root module is called
         self.root_seen = False  # a training forward of a watched root module was seen
         self.trains_in_eval = False  # a backward followed an eval-mode forward: such forwards are training
+        # The losses of a step's backward calls add up to its loss: each was divided for gradient
+        # accumulation already (the HF Trainer's are, integrations/transformers.py).
+        self.losses_add_up = False
         # Calls seen since the last step closed, written with the next step that closes.
         self.scheduler_steps = 0
         self.clip_calls = 0
@@ -247,6 +251,8 @@ class Steps:
         if self.monitoring.memory and (st.index < MEMORY_EVERY_STEP or st.index % MEMORY_EVERY == 0 or st.sampled):
             self._memory(rec)
         self.count += 1
+        if self.losses_add_up and st.loss_count > 1:
+            st.loss_count = 1  # (mean_loss then is their sum)
         self.queue.add(rec, st)
         st.monitor_s += now() - t
         self.cost.seconds += st.monitor_s

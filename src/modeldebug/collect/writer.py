@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 
-from modeldebug.collect.loss_calls import LossCalls, reduction_of
+from modeldebug.collect.loss_calls import PER_ITEM, LossCalls, per_item, reduction_of
 from modeldebug.collect.stats import summarize_many
 from modeldebug.events import Event
 from modeldebug.records import LayerRecord, ParamRecord, StepRecord, ValidationRecord
@@ -41,8 +41,11 @@ class Writer:
         self.store.add(self.run_id, rec)
         self.recent.append(rec)
 
-    def meta(self, watched: "Watched") -> None:
-        self.loss_calls.finish()
+    def meta(self, watched: "Watched", final: bool = True) -> None:
+        """The run's layers, parameters, optimizers and class counts (at stop; ``final=False``: so far,
+        for a look while the run goes on)."""
+        if final:
+            self.loss_calls.finish()
         params, optimizers = watched.infos()
         self.store.set_meta(self.run_id, layers=watched.layer_info, params=params, optimizers=optimizers,
                             class_counts=self.class_counts)
@@ -159,15 +162,21 @@ class Validation:
         self._sums = _Sums()
         self._tentative = _Sums()
         self._fn: str | None = None  # the loss function of this evaluation ("" when several)
+        self._given: float | None = None  # the framework's own loss for it (set_loss)
+
+    def set_loss(self, loss: float) -> None:
+        """The training framework's own loss for the evaluation just run (the HF Trainer's eval_loss):
+        the record says it instead of the loss calls' mean (a model's own loss may call none)."""
+        self._given = float(loss)
 
     def add(self, name: str, input, target, output: torch.Tensor, train_mode: bool = False,
             tentative: bool = False, options: dict | None = None) -> None:
         if output.numel() != 1:
             return
         reduction = reduction_of(options)
-        fn = name if reduction == "mean" else f"{name}:{reduction}"
+        value = per_item(name, input, target, output, options)  # a summed loss per item: the script's units
+        fn = name if reduction == "mean" or (reduction == "sum" and name in PER_ITEM) else f"{name}:{reduction}"
         self._fn = fn if self._fn in (None, fn) else ""
-        value = output.detach().float().reshape(())
         hits, seen = None, 0
         if name in _CLASS_TARGET_LOSSES and class_scores(input, target):
             hits, seen = (input.detach().argmax(1) == target).sum(), target.numel()
@@ -182,16 +191,17 @@ class Validation:
         return self._sums.count + self._tentative.count
 
     def flush(self, writer: Writer, step: int) -> None:
-        if not self._sums.count and not self._tentative.count:
+        given, self._given = self._given, None
+        if not self._sums.count and not self._tentative.count and given is None:
             self._fn = None
             return  # (every step begins here: no objects made when there was no evaluation)
         sums = self._sums
         sums.merge(self._tentative)
         self._tentative = _Sums()
-        if sums.count:
-            loss = float(sums.loss.item()) / sums.count
+        if sums.count or given is not None:
+            loss = given if given is not None else float(sums.loss.item()) / sums.count
             acc = float(sums.hits.item()) / sums.seen if sums.seen else math.nan
-            writer.store.add(writer.run_id, ValidationRecord(step=step, loss=loss, batches=sums.count, accuracy=acc,
+            writer.store.add(writer.run_id, ValidationRecord(step=step, loss=loss, batches=sums.count or 1, accuracy=acc,
                                                              train_mode_batches=sums.train_mode,
                                                              loss_fn=self._fn or ""))
             self._sums = _Sums()

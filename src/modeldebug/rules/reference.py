@@ -7,8 +7,9 @@ smoothed one), for the regression losses and binary cross-entropy one constant p
 the targets sampled at the loss call (``events.loss_targets``, collect/loss_calls.py).
 
 The reference applies only when the run's training loss *is* one loss function's output: one loss
-function, one call per step, reduction "mean", no class weights. The series judged is
-``steps.loss`` when it matches the loss function's own output on the sampled steps, else those
+function, one call per step, reduction "mean" (or "sum": recorded per item), no class weights. The
+series judged is ``steps.loss`` when it matches the loss function's own output on the sampled steps
+(or stays at one ratio close to 1 to it: the same loss over another count of items), else those
 sampled outputs (a loss with an added penalty, or divided for gradient accumulation).
 """
 
@@ -28,6 +29,8 @@ READS = ("events.loss_call", "events.loss_targets", "class_counts", "steps.loss"
 MAX_MULTI_CALL = 0.05
 # steps.loss is the loss function's output when their median ratio on sampled steps is within this.
 SAME_LOSS = 0.01
+# steps.loss at a constant ratio to it this close to 1 is the same loss normalised otherwise.
+RESCALED = 0.1
 # A training or validation loss within 5% of the reference (or above it) learned next to nothing.
 NO_BETTER = 0.95
 
@@ -74,7 +77,8 @@ def reference(ev: Evidence) -> Reference | None:
     if len(names) != 1 or len(ev.steps) == 0:
         return None
     call = calls[0]
-    if any(c.reduction != "mean" or c.options.get("weighted") for c in calls):
+    # (a summed loss is recorded per item: collect/loss_calls.py's per_item)
+    if any(c.reduction not in ("mean", "sum") or c.options.get("weighted") for c in calls):
         return None
     counts = _col(ev, "loss_calls")
     if len(counts) and np.mean(counts > 1) > MAX_MULTI_CALL:
@@ -128,8 +132,14 @@ def _series(ev: Evidence) -> np.ndarray:
         return np.zeros(0)
     both = np.isfinite(loss) & np.isfinite(fn) & (fn != 0)
     sampled = fn[np.isfinite(fn)]
-    if both.sum() >= 2 and abs(float(np.median(loss[both] / fn[both])) - 1) <= SAME_LOSS:
+    ratios = loss[both] / fn[both]
+    ratio = float(np.median(ratios)) if len(ratios) else np.nan
+    if len(ratios) >= 2 and abs(ratio - 1) <= SAME_LOSS:
         return loss[np.isfinite(loss)]
+    if len(ratios) >= 3 and abs(ratio - 1) <= RESCALED and np.all(np.abs(ratios / ratio - 1) <= SAME_LOSS):
+        # The same loss over another count of items (transformers divides a causal LM's summed loss
+        # by all labels, the loss function sums the shifted ones): in the loss function's units.
+        return loss[np.isfinite(loss)] / ratio
     return sampled
 
 
