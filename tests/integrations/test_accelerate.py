@@ -2,7 +2,7 @@
 
 A healthy run stays quiet, a learning rate 1000x too high with AdamW and warm-up is found, steps
 under ``accelerator.accumulate`` are the applied optimizer steps with the user's loss (not loss/K),
-bf16 autocast works, and under
+gradient norms are taken before ``accelerator.clip_grad_norm_``, bf16 autocast works, and under
 ``modeldebug run`` a script that also calls watch_accelerator is watched once.
 """
 
@@ -72,13 +72,14 @@ def _run(tmp_path, lr=1e-3, epochs=2, accumulate=1, clip=None, mixed_precision="
 
 
 def test_healthy_run_is_quiet_and_lr_1000x_too_high_is_found(tmp_path):
-    watch, steps, _ = _run(tmp_path / "healthy")
+    # (over two batches a step: each step calls the loss twice, one plain call per micro-batch)
+    watch, steps, _ = _run(tmp_path / "healthy", epochs=4, accumulate=2)
     assert len(steps) == 64 and watch.report is not None
     assert not [f for f in watch.report.findings if f.severity in SERIOUS], \
         [(f.kind, f.message) for f in watch.report.findings]
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    watch, _, _ = _run(tmp_path / "high", lr=1.0)
+    watch, _, _ = _run(tmp_path / "high", lr=1.0, epochs=4, accumulate=2)
     serious = [f for f in watch.report.findings if f.severity in SERIOUS]
     assert serious, [(f.kind, f.message) for f in watch.report.findings]
     assert serious[0].causes[0] == "learning_rate_too_high", [(f.kind, f.causes) for f in serious]
@@ -89,6 +90,13 @@ def test_accumulation_steps_are_applied_steps_with_the_users_loss(tmp_path):
     assert len(steps) == 32 // 4 and (steps.backward_calls == 4).all() and steps.optimizer_stepped.all()
     # accelerate backpropagates loss / 4: the step's loss is the mean of the four losses given to backward
     np.testing.assert_allclose(steps.loss, np.mean(np.reshape(seen["losses"], (-1, 4)), axis=1), rtol=1e-5)
+
+
+def test_gradient_norms_are_taken_before_clipping(tmp_path):
+    watch, steps, seen = _run(tmp_path, epochs=1, clip=0.05)
+    assert max(seen["norms"]) > 0.05  # it did clip
+    # clip_grad_norm_ returns the norm before clipping: the recorded one is that
+    np.testing.assert_allclose(steps.grad_norm, seen["norms"], rtol=1e-4)
 
 
 def test_bf16_autocast_trains_and_records_float_losses(tmp_path):

@@ -24,8 +24,9 @@ from modeldebug.evidence import Evidence
 
 # Rules reading the reference declare these reads.
 READS = ("events.loss_call", "events.loss_targets", "class_counts", "steps.loss", "steps.loss_fn_value",
-         "steps.loss_calls", "validation")
-# At most this share of steps may call the loss function more than once (a GAN's two losses, a metric).
+         "steps.loss_calls", "steps.backward_calls", "validation")
+# At most this share of steps may call the loss function more than once per backward (a GAN's two
+# losses, a metric; gradient accumulation's one call per micro-batch is still one plain call).
 MAX_MULTI_CALL = 0.05
 # steps.loss is the loss function's output when their median ratio on sampled steps is within this.
 SAME_LOSS = 0.01
@@ -81,7 +82,8 @@ def reference(ev: Evidence) -> Reference | None:
     if any(c.reduction not in ("mean", "sum") or c.options.get("weighted") for c in calls):
         return None
     counts = _col(ev, "loss_calls")
-    if len(counts) and np.mean(counts > 1) > MAX_MULTI_CALL:
+    backward = _col(ev, "backward_calls")
+    if len(counts) and np.mean(counts > (np.maximum(backward, 1) if len(backward) == len(counts) else 1)) > MAX_MULTI_CALL:
         return None
     found = _baseline(ev, call)
     if found is None:
