@@ -116,8 +116,9 @@ class ModelDebugCallback(TrainerCallback):
     @_safe
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         loss = (metrics or {}).get("eval_loss")
-        if self.debugger is not None and isinstance(loss, (int, float)) and not self._ended:
-            self.debugger.steps.validation.set_loss(float(loss))
+        dbg = self.debugger
+        if dbg is not None and isinstance(loss, (int, float)) and not getattr(dbg, "_stopped", True):
+            dbg.steps.validation.set_loss(float(loss))
 
     @_safe
     def on_train_end(self, args, state, control, **kwargs):
