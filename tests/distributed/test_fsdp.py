@@ -126,3 +126,15 @@ def test_detection_harness_launches_fault_scripts_with_torchrun():
         assert detection.launcher(case)[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     [plain] = detection.cases(only="^healthy__cnn_sgd_steplr$")
     assert plain.processes == 1 and detection.launcher(plain) == [sys.executable]
+
+
+def test_hsdp_replicas_compared(tmp_path):
+    """FSDP2 on a mesh of 2 replicas (shards of one rank): the replicas hold the same parameters and
+    stay equal until rank 1's are changed; the desync is found and named."""
+    rep = _run(tmp_path, "hsdp_replicas", fault="desync", DESYNC_AT=25)
+    [f] = [f for f in rep.findings if f.kind == "distributed_desync"]
+    assert f.severity == "high" and f.evidence["rank"] == 1 and f.evidence["parameter"] == "fc3.weight"
+    assert f.step == 30 and f.evidence["last_step_in_sync"] == 20
+    ev0, _ = _evidence(tmp_path, rep.run.id)
+    before = ev0.ranks[ev0.ranks.step <= 20]
+    assert len(before) and (before.checksum_rel_diff == 0).all()

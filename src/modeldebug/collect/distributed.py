@@ -233,7 +233,9 @@ class RankWatch:
         per_param = None
         checksum = scale = math.nan
         # Only what every rank holds whole is compared: each rank's shard differs by design (FSDP).
-        params = [self.dbg.watched.params[i][1].detach() for i in self.shards().replicated]
+        from modeldebug.collect.sharding import local_all
+
+        params = [p.detach() for p in local_all([self.dbg.watched.params[i][1] for i in self.shards().replicated])]
         if params:
             with torch.no_grad():
                 norms = torch._foreach_norm(params)

@@ -56,7 +56,7 @@ def _fsdp1_groups(roots: list["nn.Module"]) -> dict[int, Any]:
     for root in roots:
         for module in root.modules():
             handle = getattr(module, "_handle", None) if isinstance(module, cls) else None
-            if handle is None or not handle.uses_sharded_strategy:
+            if handle is None or not handle.uses_sharded_strategy or _size(module.process_group) < 2:
                 continue
             flat = handle.flat_param
             for p in [flat, *(getattr(flat, "_params", None) or []), *(getattr(flat, "_shared_params", None) or [])]:
@@ -68,10 +68,10 @@ def _mesh_groups(p: torch.Tensor, dt: type | None) -> tuple | None:
     """The process groups of the mesh dimensions a DTensor is sharded over; None if it is not."""
     if dt is None or not isinstance(p, dt):
         return None
-    dims = [i for i, placement in enumerate(p.placements) if placement.is_shard()]
-    if not dims:
-        return None
-    return tuple(p.device_mesh.get_group(i) for i in dims)
+    mesh = p.device_mesh
+    # (a mesh dimension of one rank holds the whole tensor: HSDP's replicas with shards of one)
+    dims = [i for i, placement in enumerate(p.placements) if placement.is_shard() and mesh.size(i) > 1]
+    return tuple(mesh.get_group(i) for i in dims) or None
 
 
 class Shards:
@@ -122,6 +122,15 @@ class Shards:
                 dist.all_reduce(part, group=group)
             squares.append(part.to(device))
         return torch.stack(squares).sum().sqrt()
+
+
+def _size(group: Any) -> int:
+    try:
+        import torch.distributed as dist
+
+        return dist.get_world_size(group)
+    except Exception:  # not a group torch can describe: taken as sharded
+        return 2
 
 
 def _ranks(group: Any) -> list[int]:

@@ -2,8 +2,10 @@
 
 WRAP     fsdp2 (fully_shard on every layer and the root), fsdp1 (FullyShardedDataParallel, flat
          parameters), fsdp1_orig (the same with use_orig_params=True), fsdp1_ignored (fc3 left
-         out of FSDP: whole on every rank, its gradients never averaged)
-FAULT    healthy (SGD lr 0.1, momentum 0.9), high_lr (lr 30)
+         out of FSDP: whole on every rank, its gradients never averaged), hsdp_replicas (FSDP2 on a
+         mesh of 2 replicas, each holding whole parameters)
+FAULT    healthy (SGD lr 0.1, momentum 0.9), high_lr (lr 30), desync (rank 1 adds 0.01 to its
+         fc3.weight after step DESYNC_AT)
 NORMS    a path: rank 0 writes there, per step, the gradient norm clip_grad_norm_ returns (FSDP1's
          own method, torch.nn.utils' for FSDP2 DTensors) and the norm of the full gradients
          gathered from the shards, as JSON
@@ -20,7 +22,7 @@ from torch import nn
 WRAP = os.environ.get("WRAP", "fsdp2")
 FAULT = os.environ.get("FAULT", "healthy")
 STEPS = int(os.environ.get("STEPS", "40"))
-LR = {"healthy": 0.1, "high_lr": 30.0}[FAULT]
+LR = {"healthy": 0.1, "high_lr": 30.0, "desync": 0.1}[FAULT]
 
 
 class Net(nn.Module):
@@ -43,12 +45,15 @@ def batch(step, rank):
 
 
 def wrap(net):
-    if WRAP == "fsdp2":
+    if WRAP in ("fsdp2", "hsdp_replicas"):
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        # hsdp_replicas: a 2-D mesh of 2 replicas x shards of 1 rank (placements Replicate, Shard(0))
+        mesh = init_device_mesh("cpu", (2, 1), mesh_dim_names=("replicate", "shard")) if WRAP != "fsdp2" else None
         for layer in (net.fc1, net.fc2, net.fc3):
-            fully_shard(layer)
-        return fully_shard(net)
+            fully_shard(layer, mesh=mesh)
+        return fully_shard(net, mesh=mesh)
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     ignored = [net.fc3] if WRAP == "fsdp1_ignored" else None
@@ -91,6 +96,10 @@ def main():
         if os.environ.get("NORMS"):
             norms.append({"step": step, "clip": clipped_norm(model), "full": full_grad_norm(model)})
         opt.step()
+        if FAULT == "desync" and rank == 1 and step == int(os.environ.get("DESYNC_AT", "25")):
+            with torch.no_grad():
+                weight = model.fc3.weight
+                (weight.to_local() if hasattr(weight, "to_local") else weight).add_(0.01)
     if rank == 0 and os.environ.get("NORMS"):
         with open(os.environ["NORMS"], "w") as f:
             json.dump(norms, f)
