@@ -87,6 +87,11 @@ NOT_CAPTURED = {
     "healthy__dcgan_blobs": "a GAN: generator and discriminator each have an optimizer (2 in the globals), no one model",
     "healthy__gru_trainer_ema": "model and optimizer live in a Trainer instance: 0 optimizers in the globals",
     "healthy__mlp_sigmoid_bce": "model, optimizer and loss live in a Trainer instance: 0 optimizers in the globals",
+    **dict.fromkeys(["healthy__lightning_bce_with_logits", "healthy__lightning_tabular_classifier",
+                     "loss_not_decreasing__lightning_adam_lr_far_too_high", "nan_or_inf__lightning_hand_written_bce",
+                     "unchanged_weights__lightning_encoder_left_frozen"],
+                    "Lightning: the LightningModule is made in the trainer.fit call and its optimizer by "
+                    "configure_optimizers inside the Trainer: 0 optimizers in the globals"),
     "lr_schedule_misuse__conv_autoencoder_exponential_lr":
         "model, optimizer and scheduler live in a Trainer instance: 0 optimizers in the globals",
     "untracked_parameters__gru_trainer_ema_copy":
