@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -45,7 +46,9 @@ SERIOUS = ("high", "medium")
 
 
 def framework_of(case: Case) -> str | None:
-    return next((name for key, name in FRAMEWORKS.items() if key in case.name), None)
+    # a whole word of the name (fsdp1, fsdp2 too): "amp" is not the one in "clamp" or "example"
+    words = case.name.replace("__", "_")
+    return next((name for key, name in FRAMEWORKS.items() if re.search(rf"(^|_){key}\d*(_|$)", words)), None)
 
 
 @dataclass
