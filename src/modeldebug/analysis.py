@@ -58,6 +58,9 @@ def summarize(ev: Evidence) -> TrainingMetrics:
         for col in ("loss", "grad_norm", "lr", "data_s", "forward_s", "backward_s", "optimizer_s", "step_s",
                     "rss_bytes", "cuda_allocated", "cuda_reserved"):
             series[col] = steps[col][idx]
+        if "loss_scale" in steps and np.isfinite(steps.loss_scale).any():  # a GradScaler ran
+            series["loss_scale"] = steps.loss_scale[idx]
+            series["scaler_skipped"] = steps.scaler_skipped[idx].astype(float)
         out["series"] = {k: _floats(v) for k, v in series.items()}
         timing = {}
         for col in ("data_s", "forward_s", "backward_s", "optimizer_s", "step_s"):

@@ -155,6 +155,9 @@ class Series(Sparse):
     rss_bytes: Floats = Field(default_factory=list)
     cuda_allocated: Floats = Field(default_factory=list)
     cuda_reserved: Floats = Field(default_factory=list)
+    # Mixed precision only (a GradScaler): its scale per step, and 1 where it skipped the step.
+    loss_scale: Floats = Field(default_factory=list)
+    scaler_skipped: Floats = Field(default_factory=list)
 
     def columns(self) -> dict[str, Floats]:
         """The columns the run has, by name."""

@@ -66,6 +66,9 @@ def test_losses_are_unscaled_and_skipped_steps_are_steps(store_path):
     # skipped step's inf gradients are not measured.
     assert np.isnan(s.grad_norm[skipped]).all()
     assert np.isfinite(s.grad_norm[~skipped]).all() and s.grad_norm[~skipped].max() < 1e4
+    series = evaluate(dbg.evidence()).metrics.series  # the report's series carry both
+    np.testing.assert_allclose(series.loss_scale, used)
+    np.testing.assert_array_equal(series.scaler_skipped, skipped.astype(float))
 
 
 def test_accumulated_scaled_losses_make_one_step_in_the_users_units(store_path):
@@ -83,6 +86,7 @@ def test_a_disabled_scaler_changes_nothing(store_path):
     s = dbg.evidence().steps
     np.testing.assert_allclose(s.loss, [v[0] for v in seen], rtol=1e-6)
     assert np.isnan(s.loss_scale).all() and not s.scaler_skipped.any() and s.optimizer_stepped.all()
+    assert "loss_scale" not in evaluate(dbg.evidence()).to_json()  # no scaler: the report is as without one
 
 
 def test_scaler_errors_reach_the_user_as_they_are(store_path):
