@@ -263,3 +263,27 @@ def test_under_modeldebug_run_the_callback_adds_to_that_run(tmp_path):
     assert len(runs) == 1  # one run, not one per watcher
     ev = RunStore(str(store)).load_evidence(runs[0].id)
     assert len(ev.steps) == 16 and (ev.steps.backward_calls == 2).all()
+
+
+def test_zero_code_discovery_adopts_the_trainer(tmp_path):
+    """What `modeldebug run` does in the script's process: its AutoDebugger finds the LightningModule
+    at the first step and gives the Trainer the callback, so accumulated batches are one step with
+    training_step's own loss, and validation is recorded."""
+    from modeldebug.collect.auto import AutoDebugger
+
+    torch.manual_seed(0)
+    rec = Recorder()
+    dbg = AutoDebugger(md.DebuggingConfig(store_path=str(tmp_path / "runs.db"))).start()
+    try:
+        trainer = L.Trainer(max_steps=10, accumulate_grad_batches=2, enable_checkpointing=False, logger=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=[rec],
+                            num_sanity_val_steps=0, accelerator="cpu", devices=1)
+        trainer.fit(Classifier(), _loader(), _loader(128, seed=1, shuffle=False))
+    finally:
+        dbg.stop()
+    adopted = [cb for cb in trainer.callbacks if isinstance(cb, ModelDebugCallback)]
+    assert len(adopted) == 1 and adopted[0].report is not None
+    ev = dbg.evidence()
+    assert len(ev.steps) == 10 and (ev.steps.backward_calls == 2).all()
+    np.testing.assert_allclose(ev.steps.loss, np.asarray(rec.losses[:20]).reshape(10, 2).mean(1), rtol=1e-5)
+    assert len(ev.validation) == 1  # the logged hand-written validation loss

@@ -173,11 +173,16 @@ class Discovery:
 
 def adopt_frameworks(debugger: Debugger) -> None:
     """When a training framework drives the loop, take its own numbers too (once per model found
-    or new optimizer): the HF Trainer gets integrations/transformers.py's callback."""
+    or new optimizer): the HF Trainer gets integrations/transformers.py's callback, a Lightning
+    Trainer integrations/lightning.py's."""
     if "transformers.trainer" in sys.modules:
         from modeldebug.integrations.transformers import adopt_trainer
 
         adopt_trainer(debugger)
+    if "lightning.pytorch" in sys.modules or "pytorch_lightning" in sys.modules:
+        from modeldebug.integrations.lightning import adopt_trainer as adopt_lightning
+
+        adopt_lightning(debugger)
 
 
 def _live() -> tuple[list[nn.Module], list[torch.optim.Optimizer]]:

@@ -91,12 +91,16 @@ class Watching:
             from modeldebug.collect.session import Debugger
 
             dbg, self._own = Debugger(self.config, store=self.store, command=list(sys.argv)), True
+        self.bind(dbg, trainer, pl_module)
+        if self._own:
+            dbg.start()
+
+    def bind(self, dbg: "Debugger", trainer, pl_module) -> None:
+        """Give ``dbg`` Lightning's steps and losses from now on (also mid-run: ``adopt_trainer``)."""
         dbg.attach(pl_module)
         for optimizer in trainer.optimizers:
             dbg.attach_optimizer(optimizer)
         dbg.steps.manual = True  # steps close in on_train_batch_end, not at the optimizer's step
-        if self._own:
-            dbg.start()
         self.debugger, self.report, self._losses = dbg, None, []
         self._global_step = trainer.global_step
 
@@ -190,6 +194,25 @@ class Watching:
 
 
 
+def adopt_trainer(debugger: "Debugger") -> bool:
+    """Called by ``modeldebug run``'s debugger when it finds its models: a LightningModule being fit
+    gets the callback (Lightning's steps and losses, its loggers), unless the user's is there. True
+    when a Trainer was adopted."""
+    for model in debugger.watched.models:
+        trainer = getattr(model.module, "_trainer", None)
+        callbacks = getattr(trainer, "callbacks", None)
+        if not isinstance(callbacks, list) or getattr(trainer, "optimizers", None) is None:
+            continue
+        if not any(isinstance(cb, Watching) for cb in callbacks):
+            package = ("pytorch_lightning",) if type(trainer).__module__.startswith("pytorch_lightning") else (
+                "lightning.pytorch", "pytorch_lightning")
+            cb = callback_class(_import_base(*package))()
+            cb.bind(debugger, trainer, model.module)
+            callbacks.append(cb)  # (its state_dict is empty: nothing of ours goes into checkpoints)
+        return True
+    return False
+
+
 def _loss_of(outputs) -> Any:
     """The loss in what a step returned: a tensor, or a mapping's "loss"."""
     import torch
@@ -235,6 +258,7 @@ def _log_text(logger, text: str, step: int) -> None:
         logger.experiment.log_text(logger.run_id, text, "modeldebug/findings.md")
 
 
+@functools.lru_cache(maxsize=None)
 def callback_class(base: type) -> type:
     """ModelDebugCallback on ``base`` (lightning.pytorch's or pytorch_lightning's Callback)."""
 
