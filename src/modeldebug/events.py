@@ -121,6 +121,20 @@ class Traceback(Event):
 
 
 @dataclass
+class ProcessActivity(Event):
+    """What a zero-code run's process saw of training outside its watched models, written at stop
+    (collect/children.py): backward() calls made while no model was watched, and the processes the
+    script started (``children``: one dict per kind and target, with ``kind`` multiprocessing, fork,
+    subprocess or system, ``target`` the function or command, ``count``; data loader workers apart)."""
+
+    tag: ClassVar[str] = "process_activity"
+    unwatched_backward_calls: int = 0
+    children: list[dict[str, Any]] = field(default_factory=list)
+    children_total: int = 0
+    loader_workers: int = 0
+
+
+@dataclass
 class NonfiniteOrigin(Event):
     """Where the first NaN/Inf of a step came from, found by replaying the step (collect/nan_origin.py)."""
 

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.modules import module as module_mod
 
 from modeldebug.collect.compiled import compiled_in_place, compiling, drop_filter, hide_global_hooks_warning, wrapper_of
+from modeldebug.collect.children import Children
 from modeldebug.collect.session import Debugger
 from modeldebug.collect.stats import first_float_tensor
 from modeldebug.collect.steps import now
@@ -35,6 +36,7 @@ class Discovery:
         self._warning_filter: Any = None
         self._judged: set[int] = set()  # ids of the optimizers already looked at
         self.last_grad: bool | None = None  # grad mode of the last top-level call
+        self.unwatched_backward = 0
         # (module, args, kwargs, rng state) of the last top-level training call: the first step's
         # forward, which runs before the model is known (replayed if that step turns non-finite)
         self._last_call: tuple | None = None
@@ -84,7 +86,6 @@ class Discovery:
         except Exception:  # (a call we cannot read is just not replayed)
             self._last_call = None
 
-
     def _post(self, module, args, output):
         if compiling() or not self.pending:
             return
@@ -98,6 +99,8 @@ class Discovery:
         ``model[:2](x)``) is still watched as one model with qualified names. Later, an
         optimizer that steps none of the watched parameters brings in the models it trains
         (a GAN's generator that starts training after the discriminator)."""
+        if optimizer is None and not self._dbg.watched.models:
+            self.unwatched_backward += 1  # (this process's backward calls while nothing is watched)
         if self._dbg.watched.models or not self.pending:
             self._later(optimizer)
             return
@@ -138,7 +141,6 @@ class Discovery:
         device = watched.device
         if steps.replay_budget and device is not None and device.type == "cpu":
             st.replay = (module, args, kwargs, rng)
-
 
     def _later(self, optimizer) -> None:
         """An optimizer seen for the first time after discovery that steps no watched parameter."""
@@ -225,13 +227,24 @@ class AutoDebugger(Debugger):
         self.traceback_text: str | None = None
         self.discovery = Discovery(self)
         self.watched.finder = self.discovery.discover
+        self.children = Children()
 
     def start(self) -> "AutoDebugger":
         started = self._started
         super().start()
         if not started:
             self.discovery.install()
+            self.children.install()
         return self
+
+    def forget_in_child(self) -> None:
+        """In a forked child (a multiprocessing worker, a DataLoader worker): the monitor it inherited
+        goes quiet and lets go of the hooks, since its rows could only be written through the
+        parent's store connection (the parent counts the child in ``children``)."""
+        self.discovery.remove()
+        self.children.remove()
+        self.hooks.remove()
+        self._stopped = self.steps.stopped = True
 
     def pause(self) -> None:
         self.discovery.remove()
@@ -254,6 +267,9 @@ class AutoDebugger(Debugger):
 
     def stop(self, status="completed", exit_code=None, error=None):
         self.discovery.remove()
+        self.children.remove()
         if error is not None and self.traceback_text and not self._stopped:
             self.event(Traceback(text=self.traceback_text))
+        if not self._stopped and (self.children.total or self.children.loader_workers or not self.watched.models):
+            self.event(self.children.event(self.discovery.unwatched_backward))
         super().stop(status, exit_code, error)

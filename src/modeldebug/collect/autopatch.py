@@ -12,7 +12,9 @@ import torch and then starts an auto-discovering ``AutoDebugger`` (``collect/aut
 * when the process ends, normally or through an exception, the run is closed and the
   exception recorded. The parent ``modeldebug run`` then diagnoses the run from the store;
 * SIGTERM and SIGHUP (when the script sets no handler of its own) raise SystemExit(128+signum),
-  so the run's last steps are written and it is closed as ``terminated``.
+  so the run's last steps are written and it is closed as ``terminated``;
+* processes the script starts are counted, not watched (``collect/children.py``): a forked child's
+  inherited monitor switches itself off, and Python processes it starts are not given the run.
 """
 
 from __future__ import annotations
@@ -129,7 +131,21 @@ def _start(settings: dict[str, Any]) -> None:
 
     sys.excepthook = excepthook
     atexit.register(_finish)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_forked_child)
     _end_on_termination()
+
+
+def _forked_child() -> None:
+    """A forked child (a Hogwild worker, a DataLoader worker) inherits the monitor: it goes quiet
+    there and the parent's run is closed by the parent only."""
+    global _active
+    dbg, _active = _active, None
+    if dbg is not None:
+        try:
+            dbg.forget_in_child()
+        except Exception:  # the child runs on unwatched either way
+            pass
 
 
 _terminated_by = None  # SIGTERM or SIGHUP, when it ended the script through _terminate

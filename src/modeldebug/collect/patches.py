@@ -121,20 +121,20 @@ def _busy() -> bool:
     return getattr(_local, "busy", False)
 
 
-def hide_our_frames(exc: BaseException) -> None:
-    """Take this module's wrapper frames out of ``exc``'s traceback, before a bare ``raise`` passes
-    it on (which adds no frame): the user's traceback and the crash report show their own line, and
-    the exception object is the one raised."""
+def hide_our_frames(exc: BaseException, ours: str = __file__) -> None:
+    """Take the wrapper frames of the module at ``ours`` (this one by default) out of ``exc``'s
+    traceback, before a bare ``raise`` passes it on (which adds no frame): the user's traceback and
+    the crash report show their own line, and the exception object is the one raised."""
     try:
         tb = exc.__traceback__
-        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        while tb is not None and tb.tb_frame.f_code.co_filename == ours:
             tb = tb.tb_next
         if tb is None:
             return  # raised in our own code: nothing of the user's to show instead
         exc.__traceback__ = tb
         while tb is not None:
             nxt = tb.tb_next
-            while nxt is not None and nxt.tb_frame.f_code.co_filename == __file__:
+            while nxt is not None and nxt.tb_frame.f_code.co_filename == ours:
                 nxt = nxt.tb_next
             tb.tb_next = nxt
             tb = nxt
