@@ -18,12 +18,13 @@ def watched_run(store_path: str, lr: float, seed: int = 0):
     x = torch.randn(320, 8, generator=g)
     y = x[:, :3].argmax(1)
     x_train, y_train, x_val, y_val = x[:256], y[:256], x[256:], y[256:]
+    # batches made beforehand: on a loaded machine, drawing them between steps can read as waiting for data
+    batches = [(x_train[i], y_train[i]) for i in torch.randint(0, 256, (40, 32), generator=g)]
     config = md.DebuggingConfig(store_path=store_path, every=2)
     with md.watch(model, opt, config=config) as dbg:
-        for step in range(40):
-            idx = torch.randint(0, 256, (32,), generator=g)
+        for step, (xb, yb) in enumerate(batches):
             opt.zero_grad()
-            nn.functional.cross_entropy(model(x_train[idx]), y_train[idx]).backward()
+            nn.functional.cross_entropy(model(xb), yb).backward()
             opt.step()
             if step % 10 == 9:
                 model.eval()

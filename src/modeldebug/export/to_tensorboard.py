@@ -10,6 +10,7 @@ show beside the run's own metrics.
 from __future__ import annotations
 
 import time
+from itertools import groupby
 from pathlib import Path
 
 from modeldebug.errors import require
@@ -26,18 +27,18 @@ def write(content: ExportContent, logdir: str) -> str:
     writer = EventFileWriter(str(logdir), filename_suffix=".modeldebug")
     now = time.time()
 
-    def add(step: int, value) -> None:
-        writer.add_event(event_pb2.Event(wall_time=now, step=step, summary=summary_pb2.Summary(value=[value])))
+    def add(step: int, values: list) -> None:
+        writer.add_event(event_pb2.Event(wall_time=now, step=step, summary=summary_pb2.Summary(value=values)))
 
     try:
-        for s in content.scalars:
-            add(s.step, summary_pb2.Summary.Value(tag=s.tag, simple_value=s.value))
+        # one event per step, holding every scalar of that step (a 100-layer model has thousands)
+        for step, scalars in groupby(content.scalars, key=lambda s: s.step):
+            add(step, [summary_pb2.Summary.Value(tag=s.tag, simple_value=s.value) for s in scalars])
         for h in content.histograms:
-            add(h.step, summary_pb2.Summary.Value(tag=h.tag, histo=_histogram(h)))
-        for tag, value in content.final.items():
-            add(content.last_step, summary_pb2.Summary.Value(tag=tag, simple_value=value))
-        add(content.last_step, _text(f"{PREFIX}/findings", content.findings_text, "What modeldebug found"))
-        add(content.last_step, _text(f"{PREFIX}/run", _run_table(content.info), "The run modeldebug watched"))
+            add(h.step, [summary_pb2.Summary.Value(tag=h.tag, histo=_histogram(h))])
+        add(content.last_step, [summary_pb2.Summary.Value(tag=tag, simple_value=v) for tag, v in content.final.items()]
+            + [_text(f"{PREFIX}/findings", content.findings_text, "What modeldebug found"),
+               _text(f"{PREFIX}/run", _run_table(content.info), "The run modeldebug watched")])
     finally:
         writer.close()  # raises what the background writer met (a full disk)
     return str(getattr(writer, "_file_name", logdir))  # the file it made (no public name for it)
