@@ -57,6 +57,7 @@ class StepRecord:
     # skipped optimizer.step() (inf/NaN in the scaled gradients; the scale is then halved).
     loss_scale: float = NAN
     scaler_skipped: bool = False
+    clips_scaled: int = 0  # of clip_calls, made on gradients still multiplied by the loss scale
 
 
 @dataclass(slots=True)

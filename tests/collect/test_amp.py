@@ -124,3 +124,38 @@ def test_a_collapsing_loss_scale_is_found_and_healthy_skips_are_not(store_path, 
     findings = _findings(dbg)
     assert not [f for f in findings if f.kind == "nan_or_inf"]
     assert not [f for f in findings if f.severity in SERIOUS], [(f.kind, f.message) for f in findings]
+
+
+@pytest.mark.parametrize("unscale_first", [False, True], ids=["clip_scaled", "unscale_then_clip"])
+def test_clipping_scaled_gradients_is_found_and_norms_stay_unscaled(store_path, unscale_first):
+    torch.manual_seed(0)
+    x, y = _data()
+    model = nn.Sequential(nn.Linear(12, 64), nn.ReLU(), nn.Linear(64, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu")
+    norms = []  # the unscaled norm before clipping, as the loop measures it
+    with watch(model, opt, config=md.DebuggingConfig(store_path=store_path)) as dbg:
+        for step in range(20):
+            i = slice(32 * step % 480, 32 * step % 480 + 32)
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = nn.functional.mse_loss(model(x[i]), y[i])
+            scaler.scale(loss).backward()
+            if unscale_first:
+                scaler.unscale_(opt)
+            scale = 1.0 if unscale_first else scaler.get_scale()
+            norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)) / scale)
+            scaler.step(opt)
+            scaler.update()
+    s = dbg.evidence().steps
+    norms = np.array(norms)
+    overflow = ~np.isfinite(norms)  # steps the scaler skips: their gradient norm is not measured
+    assert np.isnan(s.grad_norm[overflow]).all() and (~overflow).sum() >= 15
+    np.testing.assert_allclose(s.grad_norm[~overflow], norms[~overflow], rtol=1e-4)
+    np.testing.assert_array_equal(s.clips_scaled, 0 if unscale_first else 1)
+    found = [f for f in _findings(dbg) if f.kind == "clip_before_backward"]
+    if unscale_first:
+        assert not found
+    else:
+        assert found and found[0].severity == "high" and found[0].causes == ["clipping_misplaced"]
+        assert "scaler.unscale_(optimizer)" in found[0].recommendations[0].description

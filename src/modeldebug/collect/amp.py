@@ -4,6 +4,8 @@ do to the numbers the monitor records, undone.
 * ``scaler.scale(loss).backward()`` backpropagates ``loss * scale`` (65536 by default): the step's
   loss is the tensor the scaler was given, and the scale it used is kept as the step's
   ``loss_scale``.
+* ``clip_grad_norm_`` before ``scaler.unscale_(optimizer)`` clips the scaled gradients (counted as
+  ``clips_scaled``; the norm recorded is divided by the scale).
 * ``scaler.step(optimizer)`` skips ``optimizer.step()`` when the gradients hold inf/NaN (and halves
   the scale in ``update()``): such a step is still a step, written with ``scaler_skipped`` (its
   gradient norm is not measured: an overflow the scaler handles is not a NaN bug).
@@ -31,7 +33,13 @@ if TYPE_CHECKING:
     from modeldebug.collect.steps import Step
 
 ACCELERATOR_MODULE = "accelerate.accelerator"
-_local = threading.local()  # the loss of the Accelerator.backward call in progress
+
+
+class _Local(threading.local):
+    loss = None  # (a default in every thread: a missing attribute costs an AttributeError each backward)
+
+
+_local = _Local()  # the loss of the Accelerator.backward call in progress
 
 
 class AmpWatch:
@@ -43,6 +51,7 @@ class AmpWatch:
         # (weakref to the scaled loss, the loss, the scale): until the backward of the scaled loss
         self._scaled: tuple[Any, torch.Tensor, Any] | None = None
         self.skipped = 0  # steps the scalers skipped
+        self._grads_scale: Any = None  # the scale the gradients carry until unscale_ (or step)
 
     # ------------------------------------------------------------------ the loss in the user's units
 
@@ -52,8 +61,10 @@ class AmpWatch:
         loss's scale becomes the step's ``loss_scale``."""
         scaled, self._scaled = self._scaled, None
         ours = scaled is not None and scaled[0]() is tensor
-        if ours and st.loss_scale is None:
-            st.loss_scale = scaled[2]
+        if ours:
+            self._grads_scale = scaled[2]
+            if st.loss_scale is None:
+                st.loss_scale = scaled[2]
         user = getattr(_local, "loss", None)
         if user is not None:
             return user
@@ -75,10 +86,18 @@ class AmpWatch:
         except Exception as exc:
             self.guard.fail("on_scale", exc)
 
+    def gradient_scale(self) -> Any:
+        """The scale the gradients are still multiplied by (a scaled backward, no ``unscale_`` yet), or None."""
+        return self._grads_scale
+
+    def on_unscale(self) -> None:
+        self._grads_scale = None
+
     # ------------------------------------------------------------------ skipped steps
 
     def before_scaler_step(self, optimizer) -> list[bool] | None:
         """A flag set if ``optimizer.step()`` runs inside ``scaler.step`` (then it was not skipped)."""
+        self._grads_scale = None  # (step unscales them first)
         if self.guard.broken or self.guard.replaying or not isinstance(optimizer, torch.optim.Optimizer):
             return None
         ran = [False]
@@ -131,6 +150,7 @@ def install(replace: Callable[[Any, str, Callable], None], listeners: list) -> N
 
     replace(GradScaler, "scale", lambda original: _wrap_scale(original, listeners))
     replace(GradScaler, "step", lambda original: _wrap_step(original, listeners))
+    replace(GradScaler, "unscale_", lambda original: _wrap_unscale(original, listeners))
     if not _patch_accelerator(replace, listeners):
         _waiting.append(_WhenDefined(replace, listeners))
         sys.meta_path.insert(0, _waiting[-1])
@@ -187,6 +207,17 @@ def _wrap_scale(original, listeners):
         return scaled
 
     return scale
+
+
+def _wrap_unscale(original, listeners):
+    def unscale_(self, optimizer):
+        result = original(self, optimizer)
+        if listeners:
+            for watch in _watches(listeners):
+                watch.on_unscale()
+        return result
+
+    return unscale_
 
 
 def _wrap_step(original, listeners):

@@ -444,6 +444,11 @@ class Hooks:
         if not before and st is not None and st.unclipped_norm is None:
             # Norms after clipping would hide gradients that explode (the HF Trainer clips at 1.0).
             st.unclipped_norm = grad_norm(self.watched.tensors(), self.watched.small_tensors)
+        scale = self.amp.gradient_scale()
+        if scale is not None:  # clipping gradients a GradScaler has not unscaled: a misplaced clip
+            steps.clips_scaled += 1
+            if st is not None and st.unclipped_norm is not None:
+                st.unclipped_norm = st.unclipped_norm / scale  # (in the gradients' own units)
         if before not in self._clips_logged:
             self._clips_logged.add(before)
             value = float(max_value) if isinstance(max_value, (int, float)) else None

@@ -1,4 +1,5 @@
-"""loss_scale_collapse: a GradScaler that keeps halving its scale, a float16 overflow it cannot fix."""
+"""Mixed precision: a GradScaler whose loss scale collapses (loss_scale_collapse), and gradients
+clipped while still scaled (clip_of_scaled_gradients)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from modeldebug.events import GradientClip
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
 from modeldebug.rules.base import Rule, autocast_code, best_practice, col, device_type, fix, flag, g, lower_lr
@@ -124,3 +126,62 @@ def _trailing(mask: np.ndarray) -> int:
     """How many of the last entries are True in a row."""
     falses = np.flatnonzero(~mask)
     return int(len(mask) - 1 - falses[-1]) if len(falses) else int(len(mask))
+
+
+@register
+@dataclass
+class ClipOfScaledGradients(Rule):
+    """Gradient clipping before ``scaler.unscale_(optimizer)``: the clip sees the gradients still
+    multiplied by the loss scale (65536 by default), so it clips nearly always, and the gradients
+    ``scaler.step`` applies after unscaling are ``max_norm / scale`` at most: training all but stops.
+
+    Reads: steps.clip_calls and steps.clips_scaled (clip calls on gradients a GradScaler has not
+    unscaled yet), steps.grad_norm (the unscaled norm), steps.loss_scale, the ``gradient_clip``
+    events (max_norm).
+    Fires: at least ``min_calls`` such calls, half of the clip calls or more (no threshold
+    otherwise: the clip is in the wrong place whatever it does).
+    Severity: high when the clip shrank the applied gradients 10x or more on the median step
+    (max_norm / (norm x scale) <= 0.1), else medium. Cause: clipping_misplaced.
+    Recommends: ``scaler.unscale_(optimizer)`` before clipping.
+    """
+
+    id = "clip_of_scaled_gradients"
+    kind = "clip_before_backward"
+    reads = ("steps.clip_calls", "steps.clips_scaled", "steps.grad_norm", "steps.loss_scale", "steps.step",
+             "events.gradient_clip")
+    min_calls: int = 3
+    shrink: float = 0.1
+
+    def check(self, ev: Evidence) -> list[Finding]:
+        t = ev.steps
+        calls, scaled = np.nan_to_num(col(t, "clip_calls")), np.nan_to_num(col(t, "clips_scaled"))
+        n_calls, n_scaled = int(calls.sum()), int(scaled.sum())
+        if n_scaled < self.min_calls or n_scaled < 0.5 * n_calls:
+            return []
+        steps = col(t, "step")
+        first = int(steps[np.flatnonzero(scaled > 0)[0]])
+        clip = next((e for e in ev.events_of(GradientClip) if not e.before_backward), None)
+        function = clip.function if clip else "clip_grad_norm_"
+        limit = clip.max_value if clip else None
+        on = scaled > 0
+        seen = (col(t, "grad_norm") * col(t, "loss_scale"))[on]  # what the clip measured
+        seen = seen[np.isfinite(seen) & (seen > 0)]
+        factor = float(np.median(np.minimum(1.0, limit / seen))) if limit and function == "clip_grad_norm_" \
+            and len(seen) else None
+        msg = (f"{n_scaled} of {n_calls} {function}() calls clipped gradients still multiplied by the GradScaler's "
+               "loss scale (before scaler.unscale_(optimizer)): the clip compares the scaled norm with the limit.")
+        if factor is not None:
+            msg += (f" It measured a median norm of {g(float(np.median(seen)))} against max_norm={g(limit)}, so the "
+                    f"gradients applied after unscaling were {g(factor)}x their size.")
+        return [self.finding(
+            severity="high" if factor is not None and factor <= self.shrink else "medium",
+            confidence=0.9, step=first, message=msg,
+            evidence={"clip_calls": n_calls, "clips_scaled": n_scaled, "function": function, "max_value": limit,
+                      "applied_fraction": factor},
+            causes=["clipping_misplaced"],
+            recommendations=[fix(f"Unscale the gradients before clipping them: scaler.unscale_(optimizer), then "
+                                 f"{function}(), then scaler.step(optimizer).",
+                                 "scaler.scale(loss).backward()\nscaler.unscale_(optimizer)\n"
+                                 f"torch.nn.utils.{function}(model.parameters(), max_norm)\n"
+                                 "scaler.step(optimizer)\nscaler.update()")],
+        )]
