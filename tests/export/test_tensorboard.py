@@ -91,3 +91,19 @@ def test_a_report_without_training_metrics_exports_its_findings(tmp_path):
     assert finding.message in _text(acc, "modeldebug/findings")
     assert _scalars(acc, "modeldebug/findings/high") == [(0, 1.0)]
     assert not [t for t in acc.Tags()["scalars"] if t.startswith("modeldebug/train/")]
+
+
+def test_a_suppressed_finding_is_listed_as_such_and_not_counted(broken_report, tmp_path):
+    report = broken_report.model_copy(deep=True)
+    quiet = report.sorted_findings()[0]
+    quiet.suppressed, quiet.suppression_reason = True, "already in baseline run 20261201-1"
+    assert export_report(report, f"tensorboard:{tmp_path}").ok
+    acc = _read(tmp_path)
+    counts = severity_counts(report)
+    counts[quiet.severity] -= 1
+    for severity, n in counts.items():
+        assert _scalars(acc, f"modeldebug/findings/{severity}")[0][1] == n
+    assert _scalars(acc, "modeldebug/findings/suppressed")[0][1] == 1.0
+    text = _text(acc, "modeldebug/findings")
+    assert f"suppressed (already in baseline run 20261201-1): [{quiet.severity}] {quiet.kind}" in text
+    assert text.startswith(f"**{len(report.findings) - 1} finding(s)**")

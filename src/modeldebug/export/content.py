@@ -62,7 +62,7 @@ def build(report: Report) -> ExportContent:
     """Everything of ``report`` that goes to a platform."""
     run = report.run
     findings = [finding_row(f, i) for i, f in enumerate(report.sorted_findings())]
-    worst = min((SEVERITY_ORDER[f.severity] for f in report.findings), default=None)
+    worst = min((SEVERITY_ORDER[f.severity] for f in report.shown_findings()), default=None)
     content = ExportContent(
         run_id=run.id, status=run.status, exit_code=run.exit_code, info=run_facts(report),
         findings=findings, findings_text=findings_markdown(report), report_json=report.to_json(),
@@ -96,11 +96,14 @@ def run_facts(report: Report) -> dict[str, str]:
 
 
 def final_numbers(report: Report) -> dict[str, float]:
+    """Counts of the findings the report shows (what --fail-on counts), the suppressed apart."""
+    shown = report.shown_findings()
     counts = {s: 0 for s in SEVERITIES}
-    for f in report.findings:
+    for f in shown:
         counts[f.severity] += 1
     final = {f"{PREFIX}/findings/{s}": float(n) for s, n in counts.items()}
-    final[f"{PREFIX}/findings/total"] = float(len(report.findings))
+    final[f"{PREFIX}/findings/total"] = float(len(shown))
+    final[f"{PREFIX}/findings/suppressed"] = float(len(report.findings) - len(shown))
     final[f"{PREFIX}/run/steps"] = float(report.run.steps)
     final[f"{PREFIX}/run/duration_s"] = float(report.run.duration_s)
     overhead = report.run.monitor_overhead
@@ -157,6 +160,7 @@ def finding_row(f: Finding, index: int) -> dict[str, Any]:
         "confidence": f.confidence, "location": f.location, "step": f.step, "message": f.message,
         "causes": list(f.causes), "caused_by": f.caused_by, "source": f.source,
         "recommendations": [r.description for r in f.recommendations],
+        "suppressed": f.suppressed, "suppression_reason": f.suppression_reason,
     }
 
 
@@ -164,19 +168,23 @@ def finding_line(row: dict[str, Any]) -> str:
     """One line: ``[high] exploding_gradient at fc1 (step 37): <message>``."""
     where = f" at {row['location']}" if row["location"] else ""
     when = f" (step {row['step']})" if row["step"] is not None else ""
-    return f"[{row['severity']}] {row['kind']}{where}{when}: {row['message']}"
+    line = f"[{row['severity']}] {row['kind']}{where}{when}: {row['message']}"
+    return f"suppressed ({row['suppression_reason'] or 'expected'}): {line}" if row["suppressed"] else line
 
 
 def findings_markdown(report: Report) -> str:
     """The findings as the terminal tells them: root causes first, consequences under their root."""
-    if not report.findings:
-        return f"No findings in run {report.run.id} ({report.run.steps} steps, {report.run.status})."
+    shown = report.shown_findings()
     rows = {id(f): finding_row(f, i) for i, f in enumerate(report.sorted_findings())}
-    lines = [f"**{len(report.findings)} finding(s)** in run {report.run.id} ({report.run.steps} steps, "
-             f"{report.run.status})", ""]
+    suppressed = [rows[id(f)] for f in report.sorted_findings() if f.suppressed]
+    about = f"in run {report.run.id} ({report.run.steps} steps, {report.run.status})"
+    lines = [f"**{len(shown)} finding(s)** {about}" if shown else f"No findings {about}."]
+    if shown or suppressed:
+        lines.append("")
     for story in report.stories():
         lines.append(_markdown_item(rows[id(story.root)], 0))
         lines += [_markdown_item(rows[id(c.finding)], c.depth) for c in story.consequences]
+    lines += [f"- {finding_line(row)}" for row in suppressed]
     return "\n".join(lines)
 
 

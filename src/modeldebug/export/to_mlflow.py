@@ -59,7 +59,8 @@ def write(content: ExportContent, location: str) -> str:
         experiment_id = experiment.experiment_id if experiment is not None else client.create_experiment(name)
         tags = {"modeldebug.run_id": content.run_id, "modeldebug.status": content.status,
                 "modeldebug.worst_severity": content.worst_severity,
-                "modeldebug.findings": ", ".join(f"{r['severity']}:{r['kind']}" for r in content.findings) or "none"}
+                "modeldebug.findings": ", ".join(f"{r['severity']}:{r['kind']}" for r in content.findings
+                                                 if not r["suppressed"]) or "none"}
         tags.update({key(f"modeldebug.finding.{r['id']}"): finding_line(r)[:_TAG_CHARS] for r in content.findings})
         run = client.create_run(experiment_id, run_name=content.run_id, tags=tags)
         run_id = run.info.run_id

@@ -30,7 +30,7 @@ def write(content: ExportContent, directory: str) -> str:
         disable_git=True, save_code=False, x_disable_stats=True, x_disable_machine_info=True,
         x_save_requirements=False,
     )
-    tags = [f"modeldebug:{content.worst_severity}"] + sorted({f"modeldebug:{r['kind']}" for r in content.findings})
+    tags = [f"modeldebug:{content.worst_severity}"] + sorted({f"modeldebug:{r['kind']}" for r in content.findings if not r["suppressed"]})
     run = wandb.init(
         dir=str(directory), project=os.environ.get("WANDB_PROJECT") or PROJECT, name=content.run_id,
         config={f"modeldebug.{k}": v for k, v in content.info.items()}, notes=content.findings_text,
