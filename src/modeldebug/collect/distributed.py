@@ -23,6 +23,10 @@ on to its workers, which know their rank from torchrun's ``RANK``/``WORLD_SIZE``
   on a rank longer than DDP itself would. Nothing is gathered at stop (ranks may legitimately
   stop at different points): each rank writes a ``rank_exit`` event to its own run instead, and
   the ``modeldebug run`` parent reads every rank's run when the job ends (which rank failed first).
+* Sharded parameters (FSDP1, FSDP2; ``collect/sharding.py``): each rank's shard differs by design,
+  so the checksum covers only what every rank holds whole; the step's gradient norm is the whole
+  gradient's, from one small all-reduce per step on the monitor's own group (gloo for CPU tensors,
+  the default backend for device tensors) at the optimizer step, where ``clip_grad_norm_`` does its own.
 * On several machines each node's ranks write to that node's store; rank 0's gathered summaries
   alone make the cross-rank findings, and the other ranks' runs stay on their nodes.
 """
@@ -143,6 +147,7 @@ class RankWatch:
         self._shards: Shards | None = None
         self._shards_of: list | None = None  # the watched ``params`` list ``_shards`` was found in
         self._norm_off = False  # the global gradient norm failed once: local norms from then on
+        self._device_group = None  # the norm's all-reduce of device tensors (the default backend)
 
     @classmethod
     def for_process(cls, debugger) -> "RankWatch | None":
@@ -179,7 +184,11 @@ class RankWatch:
             return local_norm
         try:
             shards = self.shards()
-            return shards.grad_norm(self.dbg.watched.tensors()) if shards else local_norm
+            if not shards:
+                return local_norm
+            norm = shards.grad_norm(self.dbg.watched.tensors(), self._sum_over_ranks)
+            self.setup_s = 0.0  # (a group made here is paid in this step's monitor time)
+            return norm
         except Exception as exc:  # the collective failed: it failed on every rank
             self._norm_off = True
             log.warning("modeldebug: the global gradient norm over the shards failed (%s); norms are this rank's", exc)
@@ -254,18 +263,37 @@ class RankWatch:
         }
         return torch.tensor([float(values[f]) for f in FIELDS], dtype=torch.float64), per_param
 
+    def _gloo_group(self):
+        """The monitor's own gloo group over every rank, made by every rank at the same (first) gather
+        or sharded gradient norm; the default group's timeout."""
+        if self._group is None:
+            import torch.distributed as dist
+
+            t = time.perf_counter()
+            self._group = dist.new_group(backend="gloo")
+            self.setup_s = time.perf_counter() - t
+        return self._group
+
     def _all_gather(self, vec: "torch.Tensor") -> "torch.Tensor":
         import torch
         import torch.distributed as dist
 
-        if self._group is None:
-            # Made by every rank at the same (first) gather; the default group's timeout.
-            t = time.perf_counter()
-            self._group = dist.new_group(backend="gloo")
-            self.setup_s = time.perf_counter() - t
         out = [torch.empty_like(vec) for _ in range(self.world_size)]
-        dist.all_gather(out, vec, group=self._group)
+        dist.all_gather(out, vec, group=self._gloo_group())
         return torch.stack(out)
+
+    def _sum_over_ranks(self, t: "torch.Tensor") -> None:
+        """All-reduce (sum) on a group of the monitor's own: gloo for CPU tensors; device tensors on a
+        group of the default backend (nccl: no wait for the device on the host)."""
+        import torch.distributed as dist
+
+        if t.device.type == "cpu":
+            group = self._gloo_group()
+        else:
+            if self._device_group is None:
+                self._device_group = dist.new_group()
+            group = self._device_group
+        dist.all_reduce(t, group=group)
 
     def _gather(self, step: int) -> None:
         import torch
@@ -343,17 +371,17 @@ class RankWatch:
     def _release_group(self) -> None:
         """Free the gather's group now, not in interpreter teardown (where freeing a gloo group
         whose threads still run aborts the process: "terminate called without an active exception")."""
-        group, self._group = self._group, None
-        if group is None:
-            return
-        try:
-            import torch.distributed as dist
+        groups = [g for g in (self._group, self._device_group) if g is not None]
+        self._group = self._device_group = None
+        for group in groups:
+            try:
+                import torch.distributed as dist
 
-            if dist.is_initialized():
-                dist.destroy_process_group(group)  # local: no collective
-        except Exception:  # already destroyed with the script's destroy_process_group()
-            pass
-        del group
+                if dist.is_initialized():
+                    dist.destroy_process_group(group)  # local: no collective
+            except Exception:  # already destroyed with the script's destroy_process_group()
+                pass
+        del groups
 
     def _catch_sigterm(self) -> None:
         """torchrun ends the other workers with SIGTERM when one fails: record it before dying."""

@@ -7,16 +7,17 @@ local values, and the true global gradient norm over them.
   the original parameters as views of this rank's flat shard (empty where another rank holds them).
 
 Each rank's shard differs by design: only the replicated parameters are compared across ranks
-(``collect/distributed.py``). The global gradient norm sums the shards' squared norms with one
-all-reduce per process group the parameters are sharded over (the FSDP unit's own group, or the
-mesh dimensions of a ``Shard`` placement), at the optimizer step of every rank, where
-``clip_grad_norm_`` does the same.
+(``collect/distributed.py``). The global gradient norm sums the squared norms of the shards held by
+a parameter's peers (the ranks of its FSDP unit's group, or of the mesh dimensions it is ``Shard``ed
+over) with one small all-reduce at the optimizer step of every rank (``clip_grad_norm_`` does the
+same), on the monitor's own group: a rank whose monitor stopped can never pair our collective with
+one of the user's.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -45,109 +46,86 @@ def local_all(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return [t._local_tensor if isinstance(t, dt) else t for t in tensors]  # type: ignore[attr-defined]
 
 
-def _fsdp1_groups(roots: list["nn.Module"]) -> dict[int, Any]:
-    """id(parameter) -> process group, for every parameter an FSDP1 unit shards (its flat parameter
-    and, with ``use_orig_params``, the original parameters viewing it)."""
+def _fsdp1_peers(roots: list["nn.Module"]) -> dict[int, tuple[int, ...]]:
+    """id(parameter) -> the ranks holding its shards, for every parameter an FSDP1 unit shards (its
+    flat parameter and, with ``use_orig_params``, the original parameters viewing it)."""
+    import torch.distributed as dist
+
     fsdp = sys.modules.get("torch.distributed.fsdp.fully_sharded_data_parallel")
     cls = getattr(fsdp, "FullyShardedDataParallel", None)
     if cls is None:
         return {}
-    out: dict[int, Any] = {}
+    out: dict[int, tuple[int, ...]] = {}
     for root in roots:
         for module in root.modules():
             handle = getattr(module, "_handle", None) if isinstance(module, cls) else None
-            if handle is None or not handle.uses_sharded_strategy or _size(module.process_group) < 2:
+            if handle is None or not handle.uses_sharded_strategy:
+                continue
+            peers = tuple(dist.get_process_group_ranks(module.process_group))
+            if len(peers) < 2:
                 continue
             flat = handle.flat_param
             for p in [flat, *(getattr(flat, "_params", None) or []), *(getattr(flat, "_shared_params", None) or [])]:
-                out[id(p)] = module.process_group
+                out[id(p)] = peers
     return out
 
 
-def _mesh_groups(p: torch.Tensor, dt: type | None) -> tuple | None:
-    """The process groups of the mesh dimensions a DTensor is sharded over; None if it is not."""
+def _mesh_peers(p: torch.Tensor, dt: type | None) -> tuple[int, ...] | None:
+    """The ranks holding the shards of a DTensor (along its mesh dimensions placed ``Shard``, of more
+    than one rank: HSDP's replicas with shards of one rank hold the whole tensor); None if it is whole."""
     if dt is None or not isinstance(p, dt):
         return None
     mesh = p.device_mesh
-    # (a mesh dimension of one rank holds the whole tensor: HSDP's replicas with shards of one)
-    dims = [i for i, placement in enumerate(p.placements) if placement.is_shard() and mesh.size(i) > 1]
-    return tuple(mesh.get_group(i) for i in dims) or None
+    dims = {i for i, placement in enumerate(p.placements) if placement.is_shard() and mesh.size(i) > 1}
+    coordinate = mesh.get_coordinate()
+    if not dims or coordinate is None:
+        return None
+    index = tuple(slice(None) if i in dims else c for i, c in enumerate(coordinate))
+    return tuple(sorted(mesh.mesh[index].reshape(-1).tolist()))
 
 
 class Shards:
-    """The sharded parameters among a list of watched ones, grouped by the process groups their
-    shards are spread over."""
+    """The sharded parameters among a list of watched ones, grouped by the ranks holding their shards."""
 
     def __init__(self, params: list[torch.Tensor], roots: list["nn.Module"]):
         dt = dtensor_class()
-        flat_groups = _fsdp1_groups(roots)
+        flat_peers = _fsdp1_peers(roots)
         self.sharded = [False] * len(params)
-        by_groups: dict[tuple, list[int]] = {}
+        by_peers: dict[tuple[int, ...], list[int]] = {}
         for i, p in enumerate(params):
-            groups = _mesh_groups(p, dt)
-            if groups is None and id(p) in flat_groups:
-                groups = (flat_groups[id(p)],)
-            if groups is not None:
+            peers = _mesh_peers(p, dt) or flat_peers.get(id(p))
+            if peers:
                 self.sharded[i] = True
-                by_groups.setdefault(tuple(groups), []).append(i)
-        # Sorted by the groups' ranks so that every rank issues its all-reduces in the same order.
-        self.groups = sorted(by_groups.items(), key=lambda kv: [_ranks(g) for g in kv[0]])
+                by_peers.setdefault(peers, []).append(i)
+        # In the order of the parameters (the same on every rank, whatever ranks each one's peers are).
+        self.groups = sorted(by_peers.items(), key=lambda kv: kv[1][0])
         self.replicated = [i for i, s in enumerate(self.sharded) if not s]
 
     def __bool__(self) -> bool:
         return bool(self.groups)
 
-    def grad_norm(self, params: list[torch.Tensor]) -> torch.Tensor | None:
+    def grad_norm(self, params: list[torch.Tensor], sum_over_ranks: Callable[[torch.Tensor], None]) -> torch.Tensor:
         """The norm of the full gradient: the replicated parameters' gradients once, plus every
-        rank's shards (one all-reduce of a squared norm per group; a rank without gradients adds 0).
-        Every rank must call it at the same point of every step, as with any collective."""
+        shard's. ``sum_over_ranks`` sums a [groups, world] tensor over all ranks in place (one
+        collective, on a group of the monitor's own): each rank writes its shards' squared norm in
+        its column, then adds up its peers' columns. Every rank must call it at the same point of
+        every step, as with any collective; a rank without gradients adds 0."""
         import torch.distributed as dist
 
         from modeldebug.collect.params import total_norm
 
         device = next((local(p).device for p in params), torch.device("cpu"))
-        squares = []
+        squares = torch.zeros(len(self.groups), dist.get_world_size(), device=device)
+        try:
+            for k, (_, members) in enumerate(self.groups):
+                grads = [g for i in members if (g := params[i].grad) is not None]
+                if grads:
+                    squares[k, dist.get_rank()] = total_norm(grads) ** 2
+        except Exception:  # this rank must still join the collective, or the others would wait
+            squares.fill_(float("nan"))
+        sum_over_ranks(squares)
+        total = sum(squares[k, list(peers)].sum() for k, (peers, _) in enumerate(self.groups))
         replicated = [g for i in self.replicated if (g := params[i].grad) is not None and not g.is_sparse]
         if replicated:
-            squares.append(total_norm(local_all(replicated)) ** 2)
-        for groups, members in self.groups:
-            target = _group_device(groups[0], device)
-            try:
-                grads = [local(g) for i in members if (g := params[i].grad) is not None]
-                part = total_norm(grads) ** 2 if grads else torch.zeros((), device=device)
-                part = part.to(device=target, dtype=torch.float32)
-            except Exception:  # this rank must still join the all-reduce, or the others would wait
-                part = torch.full((), float("nan"), device=target)
-            for group in groups:
-                dist.all_reduce(part, group=group)
-            squares.append(part.to(device))
-        return torch.stack(squares).sum().sqrt()
-
-
-def _size(group: Any) -> int:
-    try:
-        import torch.distributed as dist
-
-        return dist.get_world_size(group)
-    except Exception:  # not a group torch can describe: taken as sharded
-        return 2
-
-
-def _ranks(group: Any) -> list[int]:
-    try:
-        import torch.distributed as dist
-
-        return dist.get_process_group_ranks(group)
-    except Exception:  # not a group torch can describe: keep the order found
-        return []
-
-
-def _group_device(group: Any, device: torch.device) -> torch.device:
-    """Where a group's collectives take their tensors: the CPU for gloo, the device otherwise."""
-    try:
-        import torch.distributed as dist
-
-        backend = str(dist.get_backend(group)).lower()
-    except Exception:
-        return device
-    return torch.device("cpu") if backend == "gloo" else device
+            total = total + total_norm(replicated).to(device) ** 2
+        return total.sqrt()
