@@ -194,3 +194,47 @@ def test_zero_code_run_of_a_compiled_model(style, tmp_path):
     assert set(ev.layer_stats.step.tolist()) <= set(ev.steps.step[ev.steps.sampled].tolist())
     first = "0.weight" if style == "wrapper" else "embed.weight"
     assert ev.param(first).changed.all()
+
+
+class LogOutput(Net):
+    def forward(self, x):
+        return torch.log(torch.relu(super().forward(x)))  # log of 0 where a score is negative: -inf
+
+
+@pytest.mark.parametrize("style", ["wrapper", "in_place"])
+def test_a_nonfinite_step_of_a_compiled_model_is_replayed_to_its_op(style, store_path):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = LogOutput()
+    run = model if style == "in_place" else torch.compile(model, backend="eager")
+    if style == "in_place":
+        model.compile(backend="eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with torch._dynamo.config.patch(error_on_recompile=True), \
+            md.watch(run, opt, config=md.DebuggingConfig(every=100, store_path=store_path)) as dbg:
+        _train(model, run, opt, steps=3)  # (the replay runs eagerly: no recompile)
+    from modeldebug.events import NonfiniteOrigin
+
+    ev = dbg.evidence()
+    assert ev.steps.loss_nonfinite.all()
+    origins = ev.events_of(NonfiniteOrigin)
+    if style == "in_place":  # its call never leaves the graph: no batch to replay (README, torch.compile)
+        assert not origins
+        return
+    assert origins and origins[0].phase == "forward" and "log" in (origins[0].op or "")
+    assert not (origins[0].module or "").startswith("_orig_mod")  # named as the watched model names it
+
+
+def test_an_internal_error_on_a_sampled_step_gives_the_compiled_graph_back(store_path, monkeypatch):
+    torch._dynamo.reset()
+    model, run = _compiled("wrapper", "eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    config = md.DebuggingConfig(every=1, store_path=store_path)
+    with md.watch(run, opt, config=config) as dbg:
+        def broken(*args, **kwargs):
+            raise RuntimeError("a bug of ours")
+
+        monkeypatch.setattr(dbg.hooks, "_input_stats", broken)  # raises inside the root pre-hook, window open
+        _train(model, run, opt, steps=2)
+        assert dbg.guard.broken
+        assert torch._dynamo.eval_frame._stance.stance == "default"  # the rest of the run is compiled

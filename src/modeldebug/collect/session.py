@@ -166,6 +166,7 @@ class Debugger:
 
     def _internal_error(self, hook: str, exc: Exception) -> None:
         self.steps.state = None
+        self.hooks.eager.leave()  # compiled models run compiled again for the rest of the run
         self.event(MonitorError(hook=hook, type=type(exc).__name__, message=str(exc)[:500]))
 
     # ------------------------------------------------------------------ lifecycle
