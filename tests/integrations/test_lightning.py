@@ -200,6 +200,12 @@ def test_an_internal_error_switches_the_callback_off_and_training_goes_on(tmp_pa
     with pytest.warns(RuntimeWarning, match="stopped watching"):
         cb, trainer = _fit(Classifier(), tmp_path, max_steps=5)
     assert trainer.global_step == 5 and cb.report is None
+    run = RunStore(str(tmp_path / "runs.db")).list_runs()[0]
+    assert run.status == "completed"  # closed when it switched off (no hooks left behind)
+    ev = RunStore(str(tmp_path / "runs.db")).load_evidence(run.id)
+    assert [e["data"]["hook"] for e in ev.events if e["type"] == "monitor_error"] == ["on_train_batch_end"]
+    from modeldebug.collect import patches
+    assert not patches._listeners
 
 
 def test_the_pytorch_lightning_package_gets_its_own_callback(tmp_path):

@@ -53,6 +53,7 @@ def _safe(hook):
             warnings.warn(f"modeldebug stopped watching this Lightning run after an internal error in "
                           f"{hook.__name__}: {type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=2)
             log.debug("modeldebug Lightning callback failed", exc_info=True)
+            self._switch_off(hook.__name__, exc)
             return None
 
     return run
@@ -104,6 +105,18 @@ class Watching:
         self.debugger, self.report, self._losses = dbg, None, []
         self._global_step = trainer.global_step
 
+    def _switch_off(self, hook: str, exc: Exception) -> None:
+        """After an error of ours: steps are the optimizer's again, and our own run is closed."""
+        dbg, self.debugger = self.debugger, None
+        try:
+            if dbg is not None:
+                dbg.steps.manual = False
+                if self._own:
+                    dbg._internal_error(hook, exc)  # (a monitor_error event: the report says why it ends here)
+                    dbg.stop()
+        except Exception:  # noqa: BLE001
+            log.debug("modeldebug could not close its Lightning run", exc_info=True)
+
     # ------------------------------------------------------------------ training steps
 
     @_safe
@@ -119,10 +132,12 @@ class Watching:
         if trainer.global_step == self._global_step:
             return  # accumulating gradients: the step goes on over the next batch
         self._global_step = trainer.global_step
-        import torch
-
         losses, self._losses = self._losses, []
-        dbg.step(torch.stack(losses).mean() if losses else None)
+        if len(losses) > 1:
+            import torch
+
+            losses = [torch.stack(losses).mean()]
+        dbg.step(losses[0] if losses else None)
 
     # ------------------------------------------------------------------ validation
 
