@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib.util
 import json
 import os
 import re
@@ -120,7 +121,10 @@ def available(case: Case) -> bool:
         return False
     if case.processes > 1 and not torch.distributed.is_available():
         return False
-    return torch.cuda.is_available() if case.requires == "cuda" else True
+    if case.requires == "cuda":
+        return torch.cuda.is_available()
+    # (any other requirement names a package: a framework's scripts need it installed)
+    return case.requires is None or importlib.util.find_spec(case.requires) is not None
 
 
 # Each script runs under its own limit: the slowest takes about 10 s on the quiet 2-core dev machine
