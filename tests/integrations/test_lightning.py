@@ -293,3 +293,51 @@ def test_zero_code_discovery_adopts_the_trainer(tmp_path):
     assert len(ev.steps) == 10 and (ev.steps.backward_calls == 2).all()
     np.testing.assert_allclose(ev.steps.loss, np.asarray(rec.losses[:20]).reshape(10, 2).mean(1), rtol=1e-5)
     assert len(ev.validation) == 1  # the logged hand-written validation loss
+
+
+def test_findings_reach_tensorboard_as_text_and_scalars(tmp_path):
+    pytest.importorskip("tensorboard")
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    torch.manual_seed(0)
+    module = Classifier()
+    module.backbone[0].requires_grad_(False)
+    logger = TensorBoardLogger(str(tmp_path / "tb"), name="exp")
+    cb, _ = _fit(module, tmp_path, max_steps=30, logger=logger)
+    acc = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    assert acc.Scalars("modeldebug/findings/total")[-1].value == len(cb.report.findings)
+    text = acc.Tensors("modeldebug/findings/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "unchanged_weights" in text and "backbone.0" in text
+
+
+class TwoOptimizers(L.LightningModule):
+    """Manual optimization (a GAN-style loop): two optimizers stepped by hand in every batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+        self.encoder, self.head = nn.Linear(8, 16), nn.Linear(16, 2)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        opt_a, opt_b = self.optimizers()
+        for opt in (opt_a, opt_b):
+            loss = F.cross_entropy(self.head(torch.relu(self.encoder(x))), y)
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+        return loss
+
+    def configure_optimizers(self):
+        return (torch.optim.SGD(self.encoder.parameters(), lr=0.05),
+                torch.optim.SGD(self.head.parameters(), lr=0.05))
+
+
+def test_manual_optimization_is_one_step_per_batch(tmp_path):
+    torch.manual_seed(0)
+    cb, trainer = _fit(TwoOptimizers(), tmp_path, max_steps=20)  # global_step counts both optimizers
+    ev = _evidence(cb, tmp_path)
+    assert len(ev.steps) == 10 and (ev.steps.backward_calls == 2).all() and np.isfinite(ev.steps.loss).all()
+    assert _serious(cb.report) == [], [(f.kind, f.severity) for f in cb.report.findings]
