@@ -110,7 +110,15 @@ def test_unchanged_weights_quiet_on_healthy_and_intended_freeze():
     assert UnchangedWeights().check(build(cols)) == []
     _freeze_rows(cols, "net.0.", has_grad=False)
     _set_params(cols, "net.0.", requires_grad=False, in_optimizer=False)  # a frozen backbone, on purpose
-    assert UnchangedWeights().check(build(cols)) == []
+    (hint,) = UnchangedWeights().check(build(cols))  # named in a hint, not an alarm (issue 15 item 9)
+    assert (hint.severity, hint.location, hint.causes) == ("low", "net.0", ["other"])
+    assert "frozen block" in hint.message and "net.0.weight" in hint.message
+    _set_params(cols, "net.0.", requires_grad=True, in_optimizer=False)  # left out, run under no_grad
+    (hint,) = UnchangedWeights().check(build(cols))
+    assert (hint.severity, hint.location) == ("low", "net.0")
+    _freeze_rows(cols, "net.0.", has_grad=True)  # left out but it gets gradients: not told from a forgotten block
+    (f,) = UnchangedWeights().check(build(cols))
+    assert f.severity in ("medium", "high") and f.causes == ["parameters_not_in_optimizer"]
 
 
 def test_unchanged_weights_quiet_on_short_runs():

@@ -36,6 +36,9 @@ _MSG = {
     "unused": "belong to modules that never run in forward()",
     "returned_unused": "never receive a gradient: their module's output is returned next to another output that "
                        "the loss uses, and is itself never used (a hint: leave it out, or drop it from the optimizer)",
+    "frozen_left_out": "are left out of the optimizer and never get a gradient (requires_grad=False, or their "
+                       "forward runs without grad): a frozen block kept at its initial or pretrained values, which "
+                       "looks deliberate (a hint)",
     "left_out_by_type": "get gradients but are not in any optimizer's param_groups: every {family} layer's "
                         "parameters are left out, which looks deliberate (kept at their initial values)",
 }
@@ -50,8 +53,12 @@ class UnchangedWeights(Rule):
     (any over the run), steps.optimizer_stepped, steps.lr, layers (did the module run).
     Fires: after at least ``min_steps`` steps, once per cause, grouping the parameters (no
     threshold: any parameter that never changes is suspect; the literature has none).
-    Cause (first match): requires_grad False but in the optimizer -> frozen_parameters;
-    requires_grad True but not in the optimizer -> parameters_not_in_optimizer; in the optimizer,
+    Cause (first match): requires_grad False but in the optimizer -> frozen_parameters; left out
+    of the optimizer and never a gradient (requires_grad False, or run without grad: the Hugging
+    Face way of freezing, ``AdamW(p for p in model.parameters() if p.requires_grad)``) -> ``low``
+    hint naming the block, cause other; requires_grad True, gradients, but not in the optimizer ->
+    parameters_not_in_optimizer (a param group that skips a block that still gets gradients is
+    not told from one forgotten: the fix says to freeze it if intended); in the optimizer,
     its module ran, never a gradient -> detached_graph; gradients but no step ever ->
     missing_optimizer_step; gradients, steps, lr 0 (or tiny) -> learning_rate_too_low.
     In the optimizer, never a gradient, and inside a module whose output an enclosing module
@@ -95,9 +102,10 @@ class UnchangedWeights(Rule):
                 continue
             seen = p in changed  # we have samples of it, so "never changed" is observed
             if not info.requires_grad:
-                cause = "frozen_parameters" if info.in_optimizer else None
+                cause = "frozen_parameters" if info.in_optimizer else "frozen_left_out"
             elif not info.in_optimizer:
-                cause = "parameters_not_in_optimizer"
+                # (no gradient either: run under no_grad, as a frozen feature extractor is)
+                cause = "frozen_left_out" if seen and not has_grad.get(p) else "parameters_not_in_optimizer"
             elif not seen:
                 cause = None
             elif info.module in ev.layers and layer_order(ev, info.module) < 0 and not has_grad.get(p):
@@ -125,8 +133,9 @@ class UnchangedWeights(Rule):
         findings = []
         for cause, params in groups.items():
             numel = sum(ev.params[p].numel for p in params)
-            frac = numel / trainable
-            if cause in ("unused", "left_out_by_type", "returned_unused"):
+            frozen = cause == "frozen_left_out"  # (not among the trainable ones: a share of them all)
+            frac = numel / (sum(i.numel for i in ev.params.values()) or 1) if frozen else numel / trainable
+            if cause in ("unused", "left_out_by_type", "returned_unused", "frozen_left_out"):
                 severity = "low"
             elif cause == "missing_optimizer_step" or frac >= self.high_fraction:
                 severity = "high"
@@ -139,11 +148,12 @@ class UnchangedWeights(Rule):
             findings.append(self.finding(
                 severity=severity, confidence=0.9 if cause != "unused" else 0.6,
                 location=location, step=first_step,
-                message=(f"{len(params)} parameter(s) ({numel} values, {g(100 * frac)}% of the trainable ones) never "
+                message=(f"{len(params)} parameter(s) ({numel} values, {g(100 * frac)}% of "
+                         f"{'all the parameters' if frozen else 'the trainable ones'}) never "
                          f"changed: {shown}. They {what}."),
                 evidence={"params": params[:50], "count": len(params), "numel": numel, "fraction": frac,
                           "optimizer_stepped": stepped_any, "lr": self._lr(params, ev)},
-                causes=["other"] if cause in ("unused", "returned_unused") else
+                causes=["other"] if cause in ("unused", "returned_unused", "frozen_left_out") else
                 ["parameters_not_in_optimizer"] if cause == "left_out_by_type" else [cause],
                 recommendations=self._recs(ev, cause, params, location),
             ))
@@ -207,6 +217,10 @@ class UnchangedWeights(Rule):
         if cause == "frozen_parameters":
             return [fix(f"Unfreeze {location or 'them'} if it should train (or leave it out of the optimizer if the "
                         "freeze is intended).", f"{target}.requires_grad_(True)")]
+        if cause == "frozen_left_out":
+            return [fix(f"If {location or 'this block'} should train (a warm-up freeze that was meant to end), turn its "
+                        "gradients on and give it to the optimizer; if it is meant to stay fixed, nothing to do.",
+                        f"{target}.requires_grad_(True)\noptimizer.add_param_group({{'params': {target}.parameters()}})")]
         if cause == "left_out_by_type":
             return [fix("If they are meant to stay fixed, turn their gradients off too: it saves the backward work "
                         "and keeps them from piling up gradients.",
