@@ -159,3 +159,26 @@ def test_clipping_scaled_gradients_is_found_and_norms_stay_unscaled(store_path, 
     else:
         assert found and found[0].severity == "high" and found[0].causes == ["clipping_misplaced"]
         assert "scaler.unscale_(optimizer)" in found[0].recommendations[0].description
+
+
+def test_a_scaler_that_skips_every_step_is_not_a_missing_optimizer_step(store_path):
+    # Inputs beyond float16's range: the forward overflows from the first step, nothing is applied.
+    torch.manual_seed(0)
+    x, y = _data()
+    x = x * 3e4
+    model = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu")
+    with watch(model, opt, config=md.DebuggingConfig(store_path=store_path)) as dbg:
+        for step in range(30):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = nn.functional.mse_loss(model(x[:32]), y[:32])
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+    assert dbg.evidence().steps.scaler_skipped.all()
+    findings = _findings(dbg)
+    collapse = [f for f in findings if f.kind == "nan_or_inf"]
+    assert collapse and "skipped every step" in collapse[0].message and collapse[0].severity == "high"
+    assert not [f for f in findings if "missing_optimizer_step" in f.causes]

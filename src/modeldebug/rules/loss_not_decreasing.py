@@ -67,7 +67,8 @@ class LossNotDecreasing(Rule):
 
     id = "loss_not_decreasing"
     kind = "loss_not_decreasing"
-    reads = ("steps.loss", "steps.optimizer_stepped", "steps.stale_grad_norm", "param_stats.update_ratio",
+    reads = ("steps.loss", "steps.optimizer_stepped", "steps.scaler_skipped", "steps.stale_grad_norm",
+             "param_stats.update_ratio",
              "param_stats.has_grad", "layers", "class_counts", "optimizers", "config.alert_thresholds.loss",
              "param_stats.norm", "params", "steps.input_mean", "steps.input_std", "steps.loss_nonfinite",
              "validation", "steps.backward_calls") + LabelsUnrelated.reads
@@ -142,7 +143,7 @@ class LossNotDecreasing(Rule):
         ur_max, ur = self._update_ratios(ev)
         stale = col(s, "stale_grad_norm")
         stale = stale[np.isfinite(stale)]
-        if len(s) and not flag(s, "optimizer_stepped").any():
+        if len(s) and not (flag(s, "optimizer_stepped") | flag(s, "scaler_skipped")).any():  # (a skip was a call)
             return ["missing_optimizer_step"], "optimizer.step() was never called."
         if len(stale) and np.mean(stale > 0) > 0.5:
             return ["missing_zero_grad", "learning_rate_too_high"], "Gradients are never zeroed between steps."

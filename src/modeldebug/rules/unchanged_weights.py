@@ -76,7 +76,7 @@ class UnchangedWeights(Rule):
     id = "unchanged_weights"
     kind = "unchanged_weights"
     reads = ("params", "param_stats.changed", "param_stats.has_grad", "steps.optimizer_stepped", "steps.lr",
-             "layers", "optimizers", "events.returned_outputs", "events.new_parameters")
+             "layers", "optimizers", "events.returned_outputs", "events.new_parameters", "steps.scaler_skipped")
     min_steps: int = 3
     high_fraction: float = 0.5
 
@@ -90,7 +90,8 @@ class UnchangedWeights(Rule):
         names = t["param"] if len(t) else np.empty(0, dtype=object)
         changed = per_group(names, flag(t, "changed"), "any")
         has_grad = per_group(names, flag(t, "has_grad"), "any")
-        stepped_any = bool(flag(ev.steps, "optimizer_stepped").any()) if len(ev.steps) else True
+        # (steps a GradScaler skipped called optimizer.step(): loss_scale_collapse says why nothing changed)
+        stepped_any = bool((flag(ev.steps, "optimizer_stepped") | flag(ev.steps, "scaler_skipped")).any())             if len(ev.steps) else True
         lr_col = col(ev.steps, "lr")
         lr_zero = bool(len(lr_col) and np.isfinite(lr_col).any() and np.nanmax(np.abs(lr_col)) == 0)
 
