@@ -110,3 +110,14 @@ def test_export_read_without_typer_as_typer_reads_it(monkeypatch):
     command, options = cli_run.run_args(argv)
     assert {"command": command, **options} == seen
     assert options["export"] == ["tensorboard:runs/a", "mlflow:file:///tmp/m"] and command[-2:] == ["--export", "x"]
+
+
+def test_checking_targets_imports_no_platform_library():
+    """`modeldebug run` checks the targets before the script starts, while it is on the user's clock."""
+    probe = ("import json, sys; from modeldebug.cli_run import export_targets; "
+             "export_targets(['tensorboard:tb', 'mlflow:m', 'wandb']); "
+             "print(json.dumps([m for m in ('tensorboard', 'mlflow', 'wandb', 'torch', 'numpy', 'pydantic') "
+             "if m in sys.modules]))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
