@@ -133,6 +133,7 @@ class ModelDebugCallback(TrainerCallback):
         else:  # `modeldebug run` writes the report when the script ends: the findings so far
             from modeldebug.pipeline import evaluate
 
+            dbg.steps.validation.flush(dbg.writer, dbg.steps.count)  # (the last evaluation is done)
             dbg.writer.meta(dbg.watched, final=False)
             self.report = evaluate(dbg.evidence())
         self._log(state, summary(self.report, self.skipped_steps))
