@@ -14,6 +14,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time every name is loade
     from modeldebug.diagnose import explain
     from modeldebug.errors import DebuggingError, MissingExtraError
     from modeldebug.evidence import Evidence
+    from modeldebug.live_diagnosis import StopTraining
+    from modeldebug.project_config import ConfigError
     from modeldebug.store import RunStore
     from modeldebug.tools import ErrorDiagnoser, GradientDebugger, LayerAnalyzer, MemoryTracker, PerformanceProfiler
     from modeldebug.types import (
@@ -47,6 +49,8 @@ _LAZY = {
     "watch": "modeldebug.collect.session",
     "Debugger": "modeldebug.collect.session",
     "Evidence": "modeldebug.evidence",
+    "StopTraining": "modeldebug.live_diagnosis",
+    "ConfigError": "modeldebug.project_config",
     "RunStore": "modeldebug.store",
     "analyze": "modeldebug.analysis",
     "ModelDebuggingAgent": "modeldebug.agent",
@@ -66,9 +70,11 @@ __getattr__, __dir__ = lazy_exports("modeldebug", _LAZY, globals())
 
 __all__ = [
     "AlertThresholds",
+    "ConfigError",
     "Debugger",
     "Evidence",
     "RunStore",
+    "StopTraining",
     "analyze",
     "watch",
     "ModelDebuggingAgent",

@@ -35,6 +35,9 @@ app = typer.Typer(
 STORE_HELP = "SQLite run store (default: the project's `store` setting, else .modeldebug/runs.db)."
 LEVEL_HELP = "How closely to watch (default: the project's `level` setting, else detailed)."
 RULES_HELP = "A Python file of your own rules (Rule subclasses, see docs/rules.md); repeat for several."
+ALERTS_HELP = "Append one JSON line to this file per finding as it appears while the script runs (and when its severity changes)."
+STOP_ON_HELP = ("Stop the script (as Ctrl-C does) when a finding of this severity, or of one of these kinds, appears "
+                "while it runs; the run's status is then `stopped` and modeldebug exits non-zero.")
 BASELINE_HELP = "An earlier run (id or latest): report only findings it did not have; the others are kept, suppressed."
 LM_HELP = "Explain and rank findings with this LM (e.g. openai/gpt-4o-mini; env MODELDEBUG_LM). Needs the llm extra."
 LM_API_BASE_HELP = "OpenAI-compatible server for --lm (env MODELDEBUG_LM_API_BASE)."
@@ -83,6 +86,8 @@ def run(
     rules: Optional[List[Path]] = typer.Option(None, "--rules", help=RULES_HELP),
     baseline: Optional[str] = typer.Option(None, "--baseline", help=BASELINE_HELP),
     export: Optional[List[str]] = typer.Option(None, "--export", help=EXPORT_HELP),
+    alerts: Optional[Path] = typer.Option(None, "--alerts", help=ALERTS_HELP),
+    stop_on: Optional[str] = typer.Option(None, "--stop-on", metavar="high|medium|KIND[,KIND]", help=STOP_ON_HELP),
 ) -> None:
     """Run a training script unmodified, watch it, and diagnose it.
 
@@ -96,7 +101,7 @@ def run(
         command = command[1:]
     _run(command, json_out=json_out, html_out=html_out, issue=issue, fail_on=fail_on.value if fail_on else None,
          every=every, level=level.value if level else None, store=store, lm=lm, lm_api_base=lm_api_base,
-         rules=rules or None, baseline=baseline, export=export)
+         rules=rules or None, baseline=baseline, export=export, alerts=alerts, stop_on=stop_on)
 
 
 @app.command()

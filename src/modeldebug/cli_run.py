@@ -87,6 +87,8 @@ def run(
     rules: Optional[List[Path]] = None,
     baseline: Optional[str] = None,
     export: Optional[List[str]] = None,
+    alerts: Optional[Path] = None,
+    stop_on: Optional[str] = None,
 ) -> NoReturn:
     """`modeldebug run` once its options are read (by typer, or by :func:`run_args`); exits with the
     script's exit code (or 1 when ``fail_on`` is reached). Options left out (None) take the project's
@@ -96,8 +98,16 @@ def run(
 
     # Bad input is refused before the script starts: found after training, it would cost the run.
     check_outputs(json_out=json_out, html_out=html_out)
+    _refuse(output_problem(alerts, "--alerts"))
     check_command(command)
     targets = export_targets(export)
+    if stop_on is not None:
+        from modeldebug.live_diagnosis import parse_stop_on
+
+        try:
+            parse_stop_on(stop_on)
+        except ValueError as exc:
+            _refuse(str(exc))
     project, diagnose_with = project_settings(
         {"level": level, "every": every, "store": store, "fail-on": fail_on, "rules": [str(r) for r in rules or []]},
         baseline)
@@ -110,7 +120,7 @@ def run(
     try:
         result = run_script(command, config=config, store_path=store, json_out=json_out, html_out=html_out, issue=issue,
                             lm=settings, prepare=("rich.console", "modeldebug.report.terminal", *export_imports(targets)),
-                            diagnose_with=diagnose_with)
+                            diagnose_with=diagnose_with, alerts=alerts, stop_on=stop_on)
     except (ValueError, MissingExtraError) as exc:  # MissingExtraError: --html without the report extra
         from rich.markup import escape
 
@@ -298,6 +308,8 @@ RUN_OPTIONS = {
     "--rules": "rules",
     "--baseline": "baseline",
     "--export": "export",
+    "--alerts": "alerts",
+    "--stop-on": "stop_on",
 }
 # Options that may be given more than once (a list of values).
 RUN_LISTS = {"rules": Path, "export": str}  # option -> how each value is read
@@ -315,6 +327,8 @@ RUN_DEFAULTS = {
     "rules": None,
     "baseline": None,
     "export": None,
+    "alerts": None,
+    "stop_on": None,
 }
 
 
@@ -353,7 +367,7 @@ def run_args(argv: List[str]) -> Optional[tuple]:
         if not (values["every"].isascii() and values["every"].isdigit() and int(values["every"]) >= 1):
             return None
         values["every"] = int(values["every"])
-    for key in ("json_out", "html_out", "store"):
+    for key in ("json_out", "html_out", "store", "alerts"):
         if values[key] is not None:
             values[key] = Path(values[key])
     return command, values

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Sequence
 
 CLEAR = "\r\x1b[2K"
-RULES_EVERY_S = 10.0  # findings so far: the rules run on the evidence this often (less if slow)
 
 
 def wanted() -> bool:
@@ -32,14 +31,15 @@ def wanted() -> bool:
 
 
 class Status:
-    """Reads the run's progress from the store in a background thread."""
+    """Reads the run's progress from the store in a background thread; the findings so far come from
+    ``diagnosis`` (a LiveDiagnosis: the newest is named on the line as it appears)."""
 
-    def __init__(self, run_id: str, store_path: str | os.PathLike):
+    def __init__(self, run_id: str, store_path: str | os.PathLike, diagnosis=None):
         self.run_id = run_id
         self.store_path = Path(store_path)
         self.text = "modeldebug: waiting for the first step"
+        self.diagnosis = diagnosis
         self._stop = threading.Event()
-        self._findings = ""
         self._thread = threading.Thread(target=self._poll, daemon=True, name="modeldebug-status")
 
     def start(self) -> "Status":
@@ -54,7 +54,6 @@ class Status:
         from modeldebug.store import RunStore
 
         store = None
-        next_rules = time.monotonic() + RULES_EVERY_S
         try:
             while not self._stop.wait(1.0):
                 try:
@@ -63,28 +62,26 @@ class Status:
                 except (DebuggingError, sqlite3.Error):
                     continue
                 loss = f" · loss {last_loss:.4g}" if last_loss is not None else ""
-                if time.monotonic() >= next_rules and steps:
-                    took = self._run_rules(store)
-                    next_rules = time.monotonic() + max(RULES_EVERY_S, 20 * took)
-                self.text = f"modeldebug ▸ step {steps}{loss}{self._findings}"
+                self.text = f"modeldebug ▸ step {steps}{loss}{self._findings()}"
         finally:
             if store is not None:
                 store.close()
 
-    def _run_rules(self, store) -> float:
-        started = time.monotonic()
-        try:
-            from modeldebug.rules import run_rules
-
-            findings = run_rules(store.load_evidence(self.run_id))
-            serious = [f for f in findings if f.severity in ("high", "medium")]
-            high = sum(1 for f in serious if f.severity == "high")
-            self._findings = f" · {len(serious)} finding{'s' if len(serious) != 1 else ''}" + (
-                f" ({high} high)" if high else ""
-            ) if serious else " · no problems so far"
-        except Exception:  # a status line must never get in the way
-            pass
-        return time.monotonic() - started
+    def _findings(self) -> str:
+        d = self.diagnosis
+        if d is None or not d.passes:
+            return ""
+        serious = [f for f in d.findings if f.severity in ("high", "medium") and not f.suppressed]
+        if not serious:
+            return " · no problems so far"
+        high = sum(1 for f in serious if f.severity == "high")
+        text = f" · {len(serious)} finding{'s' if len(serious) != 1 else ''}" + (f" ({high} high)" if high else "")
+        newest = d.newest
+        if newest is not None:
+            where = f" at {newest.location}" if newest.location else ""
+            step = f" (step {newest.step})" if newest.step is not None else ""
+            text += f" · new: {newest.severity.upper()} {newest.kind}{where}{step}"
+        return text
 
 
 def spawn(command: Sequence[str], env: dict) -> tuple[subprocess.Popen, int]:

@@ -62,6 +62,7 @@ class RunResult:
     exit_code: int  # the script's own exit code (negative: killed by that signal)
     written: list[str] = field(default_factory=list)
     signal: int | None = None  # SIGINT/SIGTERM/SIGHUP sent to `modeldebug run` itself
+    stopped: bool = False  # interrupted by --stop-on
 
     def cli_exit_code(self, fail_on: str | None) -> int:
         """The script's exit code, or 1 when findings reach ``fail_on`` in a run that otherwise passed.
@@ -69,6 +70,8 @@ class RunResult:
         Only the rules' findings count: what a language model added is explanation, not
         measurement, and must not change a CI job's outcome."""
         code = self.exit_code if self.exit_code >= 0 else 128 - self.exit_code
+        if self.stopped:
+            return code or 1  # stopped early by a finding: never a pass, even if the script exits 0
         if self.signal in PASSED_ON:
             return 128 + self.signal  # what the script did with the signal, the job was stopped
         if fail_on and code == 0:
@@ -105,6 +108,8 @@ def run_script(
     lm=None,
     prepare: Sequence[str] = (),
     diagnose_with: Mapping[str, Any] | None = None,
+    alerts: str | os.PathLike | None = None,
+    stop_on: str | None = None,
 ) -> RunResult:
     """Run ``command`` watched and diagnose it; ``lm`` (LMSettings or a dspy LM) adds the LM's explanation.
 
@@ -113,7 +118,10 @@ def run_script(
     script without importing pydantic. ``prepare`` names modules the caller uses on the result
     (the CLI's report printer): they are imported while the script runs.
 
-    ``diagnose_with``: the project's settings for the diagnosis at the end, passed on to
+    ``alerts``: a file that gets one JSON line per finding as it first holds (and when its severity
+    changes) while the script runs; ``stop_on`` (``high``, ``medium`` or kinds, comma-separated):
+    the script is interrupted as by Ctrl-C when such a finding appears, and the run's status is
+    ``stopped`` (see :mod:`modeldebug.live_diagnosis`). ``diagnose_with``: the project's settings for the diagnosis at the end, passed on to
     :func:`modeldebug.pipeline.diagnose` (``options``, ``suppressions``, ``baseline``).
 
     An LM failure never changes the result: its notice is kept in ``report.metrics.llm``.
@@ -144,7 +152,14 @@ def run_script(
 
     started = time.time()
     signals = _Signals()  # before the script starts: a SIGTERM from now on is the script's too
-    status = live.Status(run_id, store_path).start() if show_status and live.wanted() else None
+    show = show_status and live.wanted()
+    watcher = None
+    if show or alerts or stop_on:
+        from modeldebug.live_diagnosis import LiveDiagnosis
+
+        watcher = LiveDiagnosis(run_id, store_path, alerts_path=alerts, stop_on=stop_on, on_stop=signals.stop_for,
+                                diagnose_with=dict(diagnose_with or {}))
+    status = live.Status(run_id, store_path, diagnosis=watcher).start() if show else None
     try:
         if status is not None:
             proc, master = live.spawn(command, env)
@@ -163,6 +178,9 @@ def run_script(
     warm_up = threading.Thread(target=_prepare, args=(DIAGNOSIS_MODULES + tuple(prepare),),
                                name="modeldebug-prepare", daemon=True)
     warm_up.start()
+    if watcher is not None:
+        watcher._after = warm_up  # its first pass imports what the warm-up imports: after it
+        watcher.start()
 
     signals.watch(proc)
     try:
@@ -178,9 +196,14 @@ def run_script(
     # importing the same modules in different orders can deadlock on the import locks.
     warm_up.join()
 
+    stopped_by = None
+    if watcher is not None:
+        watcher._stop.set()  # no pass after the script: the diagnosis below is the last word
+        stopped_by = watcher.stopped_by
+
     def finish(path: Path):
         with RunStore(path) as store:
-            _close_run(store, run_id, code, signals.received, started)
+            _close_run(store, run_id, code, signals.received, started, stopped_by=stopped_by)
             _record_ranks(store, run_id)
             from modeldebug.pipeline import diagnose
 
@@ -191,7 +214,10 @@ def run_script(
         diagnosis = finish_run(store_path, run_id, run_info, finish)  # damage found now: finished in a side store
     finally:
         signals.restore()
-    return RunResult(report=diagnosis.report, exit_code=code, written=diagnosis.written, signal=signals.received)
+    if watcher is not None:
+        watcher.finish(diagnosis.report.findings)  # what the passes missed is alerted now
+    return RunResult(report=diagnosis.report, exit_code=code, written=diagnosis.written, signal=signals.received,
+                     stopped=stopped_by is not None)
 
 
 class _Signals:
@@ -227,6 +253,21 @@ class _Signals:
             self._kill_timer.daemon = True
             self._kill_timer.start()
 
+    def stop_for(self, finding) -> None:
+        """--stop-on: interrupt the script as Ctrl-C does (it may save a checkpoint); killed if it has
+        not ended ``GRACE_S`` later. Called from the live diagnosis' thread."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGINT) if _own_group(proc) else proc.send_signal(signal.SIGINT)
+        except OSError:
+            return
+        if self._kill_timer is None:
+            self._kill_timer = threading.Timer(processes.GRACE_S, self._kill)
+            self._kill_timer.daemon = True
+            self._kill_timer.start()
+
     def _kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -257,9 +298,19 @@ def _signal_of(code: int) -> int | None:
     return None
 
 
-def _close_run(store: RunStore, run_id: str, code: int, received: int | None, started: float) -> None:
+def _own_group(proc: subprocess.Popen) -> bool:
+    """Whether the script leads a process group of its own (then its children get the signal too)."""
+    try:
+        return os.getpgid(proc.pid) == proc.pid
+    except OSError:
+        return False
+
+
+def _close_run(store: RunStore, run_id: str, code: int, received: int | None, started: float,
+               stopped_by=None) -> None:
     """The run's final status, exit code and signal; its step count and models from what is stored
-    when the script could not close the run itself (killed)."""
+    when the script could not close the run itself (killed). ``stopped_by``: the finding --stop-on
+    stopped it for (status ``stopped``)."""
     info = next((r for r in store.list_runs(limit=1000, prefix=run_id) if r.id == run_id), None)
     status = info.status if info else "running"
     ended_by = received or _signal_of(code)
@@ -274,6 +325,10 @@ def _close_run(store: RunStore, run_id: str, code: int, received: int | None, st
     fields: dict[str, Any] = {"status": status, "exit_code": code}
     if ended_by and status != "completed":
         fields["signal"] = processes.signal_name(ended_by)
+    if stopped_by is not None:
+        from modeldebug.live_diagnosis import stopped_by_text
+
+        fields.update(status="stopped", stopped_by=stopped_by_text(stopped_by))
     if info is None or info.duration_s == 0:
         fields["duration_s"] = time.time() - started
     if info is not None and info.status == "running":

@@ -410,6 +410,14 @@ class RunStore:
                                                 (run_id,)).fetchone())
         return tuple(version)
 
+    def nonfinite_after(self, run_id: str, step: int) -> int | None:
+        """The first step after ``step`` with a non-finite loss or gradient norm, or None (a cheap
+        index range: the live diagnosis asks it several times a second)."""
+        with self._read() as conn:
+            (found,) = conn.execute("SELECT MIN(step) FROM steps WHERE run_id = ? AND step > ? AND "
+                                    "(loss_nonfinite OR grad_nonfinite)", (run_id, step)).fetchone()
+        return found
+
     def progress(self, run_id: str) -> tuple[int, float | None]:
         """(steps so far, the latest recorded loss) of a run another process is writing (nothing flushed)."""
         with self._read() as conn:

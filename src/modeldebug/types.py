@@ -197,7 +197,7 @@ class Unwatched(_Model):
 class RunInfo(_Model):
     id: str
     command: list[str] = Field(default_factory=list)
-    status: Literal["running", "completed", "crashed", "interrupted", "terminated"] = "running"
+    status: Literal["running", "completed", "crashed", "interrupted", "terminated", "stopped"] = "running"
     exit_code: int | None = None
     # Written only when set, so reports made before it are written back unchanged.
     signal: str | None = Field(
@@ -212,6 +212,10 @@ class RunInfo(_Model):
     unwatched: Unwatched | None = Field(
         None, exclude_if=lambda v: v is None,
         description="Set when the run holds no training step: no training was seen, and why (written only then).")
+    stopped_by: str | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="status `stopped`: the finding that stopped the run (--stop-on, md.watch(stop_on=...)), "
+                    "as `SEVERITY kind at location (step N)`.")
 
 
 class Report(_Model):

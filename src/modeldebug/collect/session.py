@@ -95,6 +95,7 @@ class Debugger:
         self.guard = Guard(self._internal_error)
         # The project's settings for the diagnosis (rule options, suppressions): set by watch().
         self.diagnose_with: dict[str, Any] = {}
+        self.live = None  # findings while it runs (modeldebug.live_diagnosis), when asked for
         self.queue = HostQueue(self.writer, self.watched, self.schedule, self.cost)
         validation = Validation()
         self.steps = Steps(cfg, self.schedule, self.watched, self.writer, validation, self.queue, self.guard, self.cost)
@@ -221,6 +222,10 @@ class Debugger:
         if self._stopped:
             return
         self._stopped = self.steps.stopped = True
+        if self.live is not None:
+            from modeldebug.live_diagnosis import detach
+
+            detach(self.live)
         try:
             self.hooks.remove()
         finally:
@@ -284,8 +289,13 @@ class Debugger:
         return self.start()
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        from modeldebug.live_diagnosis import StopTraining, stopped_by_text
+
         if exc is None:
             self.stop("completed")
+        elif isinstance(exc, StopTraining):  # stop_on: a finding ended the run, not a bug of the script
+            self.stop("stopped")
+            self.store.update_run(self.run_id, stopped_by=stopped_by_text(exc.finding))
         elif isinstance(exc, KeyboardInterrupt):
             self.stop("interrupted", error=exc)
         else:
@@ -356,6 +366,13 @@ class Debugger:
         self.store.flush()
         return self.store.load_evidence(self.run_id)
 
+    @property
+    def findings(self) -> list:
+        """The findings so far: the live diagnosis' latest, or the rules on the evidence now."""
+        if self.live is not None and self.live.passes and not self._stopped:
+            return list(self.live.findings)
+        return self.report().findings
+
     def report(self, rules=None) -> Report:
         """Diagnose the run: the rules' findings, the run's summary and the metrics plots draw from."""
         from modeldebug.pipeline import diagnose
@@ -374,6 +391,9 @@ def watch(
     config: DebuggingConfig | None = None,
     store: Any = None,
     rules: Sequence[Any] = (),
+    on_finding: Any = None,
+    stop_on: Any = None,
+    alerts: Any = None,
 ) -> Debugger:
     """Watch training of ``model`` (one module or several) stepped by ``optimizer``.
 
@@ -387,6 +407,13 @@ def watch(
     project's configuration file (modeldebug.project_config) applies too: without ``config``, its
     level, sampling budget and store; always, its rule settings and suppressions. A bad file raises
     ConfigError here, before training starts.
+
+    Findings while it trains (modeldebug.live_diagnosis; the rules in a background thread, about 1%
+    of the time): ``on_finding(event, finding)`` is called from that thread for each finding as it
+    first holds (``"new"``) and when its severity changes (``"changed"``); ``alerts`` appends them as
+    JSON lines to a file; ``stop_on`` (``"high"``, ``"medium"`` or kinds) raises StopTraining at
+    the next ``optimizer.step()`` once such a finding appears (the run's status: ``stopped``).
+    ``dbg.findings`` is what was found so far.
     """
     from modeldebug.project_config import diagnosis_settings, resolve
 
@@ -406,6 +433,10 @@ def watch(
         options.extra.extend(rules)
     dbg = Debugger(config, store=store)
     dbg.diagnose_with = diagnose_with
+    if on_finding is not None or stop_on is not None or alerts is not None:
+        from modeldebug.live_diagnosis import attach
+
+        dbg.live = attach(dbg, on_finding=on_finding, stop_on=stop_on, alerts=alerts)
     models = [model] if isinstance(model, nn.Module) else list(model)
     if not models:
         raise ValueError("Expected at least one model to watch but got none")

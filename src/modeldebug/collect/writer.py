@@ -33,6 +33,7 @@ class Writer:
         self.latest_layers: dict[str, LayerRecord] = {}
         self._last_norms: dict[str, float] = {}
         self.loss_calls = LossCalls(self)
+        self._told_nonfinite = False
 
     def event(self, event: Event) -> None:
         self.store.add(self.run_id, event.record(self._steps_done()))
@@ -40,6 +41,10 @@ class Writer:
     def step(self, rec: StepRecord) -> None:
         self.store.add(self.run_id, rec)
         self.recent.append(rec)
+        if (rec.loss_nonfinite or rec.grad_nonfinite) and not self._told_nonfinite:
+            # Written at once, not within the second: a live diagnosis (--stop-on) acts on it now.
+            self._told_nonfinite = True
+            self.store.flush()
 
     def meta(self, watched: "Watched", final: bool = True) -> None:
         """The run's layers, parameters, optimizers and class counts (at stop; ``final=False``: so far,

@@ -29,8 +29,10 @@ def print_report(report: Report, console: Console | None = None, *, issue: str |
     else:
         head.append(f"run {run.id}  ")
         head.append(run.status, style="green" if run.status == "completed" else "bold red")
-        if run.signal:
+        if run.signal and run.status != "stopped":
             head.append(f" by {run.signal}", style="bold red")
+        if run.stopped_by:
+            head.append(f" by {run.stopped_by}", style="bold red")
         if run.exit_code is not None:
             head.append(f" (exit {run.exit_code})")
     if run.steps or run.models:  # a training run (ONNX reports have no steps)

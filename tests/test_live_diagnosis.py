@@ -1,0 +1,176 @@
+"""Findings while training runs: the alerts file, --stop-on, md.watch(on_finding=..., stop_on=...),
+and the final report unchanged by the live diagnosis."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import modeldebug as md
+from modeldebug.live_diagnosis import LiveDiagnosis, StopTraining, parse_stop_on
+from modeldebug.store import RunStore
+
+# A regression that trains well for a while, then diverges when a later phase raises the
+# learning rate far too high. It reports the step it got to, also when interrupted, and (given
+# SEEN_FILE) the first step at which that file had a line in it.
+DIVERGES = '''
+import os, sys, time
+import torch
+from torch import nn
+
+class Pause(nn.Module):
+    """Stands for a model whose step takes about 10 ms."""
+
+    def forward(self, x):
+        time.sleep(0.01)
+        return x
+
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), Pause(), nn.Linear(32, 1))
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+X = torch.randn(512, 8)
+y = X.sum(1, keepdim=True)
+watch_file = os.environ.get("SEEN_FILE")
+step = 0
+try:
+    for step in range(int(os.environ.get("STEPS", "3000"))):
+        if step == int(os.environ.get("PHASE2", "40")):
+            for group in opt.param_groups:
+                group["lr"] = 1e6
+        idx = torch.randint(0, 512, (32,))
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(X[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        if watch_file and os.path.exists(watch_file) and os.path.getsize(watch_file):
+            print(f"alert seen at step {step}", flush=True)
+            break
+finally:
+    print(f"ended at step {step}", flush=True)
+'''
+
+
+class Pause(nn.Module):
+    """Stands for a model whose step takes about 10 ms."""
+
+    def forward(self, x):
+        time.sleep(0.01)
+        return x
+
+
+def run(tmp_path: Path, *options: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, dict]:
+    script = tmp_path / "train.py"
+    script.write_text(DIVERGES)
+    out = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "modeldebug", "run", "--store", str(tmp_path / "runs.db"), *options,
+                           "--json", str(out), "--", sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    return proc, json.loads(out.read_text())
+
+
+def ended_at(proc) -> int:
+    return int(proc.stdout.strip().splitlines()[-1].split()[-1])
+
+
+def test_alerts_are_json_lines_written_while_the_script_runs(tmp_path):
+    alerts = tmp_path / "alerts.jsonl"
+    proc, report = run(tmp_path, "--alerts", str(alerts), env={"SEEN_FILE": str(alerts)})
+    assert proc.returncode == 0, proc.stderr
+    assert "alert seen at step" in proc.stdout  # the script read the file before it ended: flushed as it came
+    lines = [json.loads(line) for line in alerts.read_text().splitlines()]
+    assert lines and all(line["event"] in ("new", "changed") and line["run"] == report["run"]["id"] for line in lines)
+    first = lines[0]["finding"]
+    assert first["severity"] in ("high", "medium") and first["kind"] in ("nan_or_inf", "exploding_gradient",
+                                                                          "loss_not_decreasing", "oscillating_loss")
+    keys = [(line["finding"]["kind"], line["finding"]["location"], line["finding"]["severity"]) for line in lines]
+    assert len(keys) == len(set(keys))  # once when it first holds, again only when it changes
+    # every serious finding of the final report was alerted, at the end at the latest
+    alerted = {(k, loc) for k, loc, _ in keys}
+    assert {(f["kind"], f["location"]) for f in report["findings"] if f["severity"] != "low"} <= alerted
+
+
+def test_stop_on_high_stops_a_diverging_run_soon_after_it_breaks(tmp_path):
+    proc, report = run(tmp_path, "--stop-on", "high")
+    assert proc.returncode != 0
+    stopped = ended_at(proc)
+    assert 40 < stopped < 600, proc.stdout  # of 3000 steps: stopped within seconds of the divergence at step 40
+    assert report["run"]["status"] == "stopped"
+    assert report["run"]["stopped_by"].startswith("high ")
+    assert f"stopped by {report['run']['stopped_by']}" in " ".join(proc.stderr.split())
+    with RunStore(tmp_path / "runs.db", read_only=True) as store:
+        assert store.list_runs(limit=1)[0].status == "stopped"
+
+
+def test_stop_on_never_stops_a_healthy_run_nor_one_with_other_kinds(tmp_path):
+    proc, report = run(tmp_path, "--stop-on", "high", env={"PHASE2": "100000", "STEPS": "150"})
+    assert proc.returncode == 0, proc.stderr
+    assert ended_at(proc) == 149 and report["run"]["status"] == "completed"
+    proc, report = run(tmp_path, "--stop-on", "memory_growth,input_bottleneck", env={"STEPS": "200"})
+    assert ended_at(proc) == 199 and report["run"]["status"] == "completed"
+
+
+def test_the_final_report_is_the_post_run_diagnosis_of_the_same_evidence(tmp_path):
+    proc, live = run(tmp_path, "--alerts", str(tmp_path / "a.jsonl"), env={"STEPS": "120"})
+    again = subprocess.run([sys.executable, "-m", "modeldebug", "report", live["run"]["id"], "--store",
+                            str(tmp_path / "runs.db"), "--reanalyze", "--json", "-"], capture_output=True, text=True,
+                           timeout=120, cwd=tmp_path)
+    assert json.loads(again.stdout)["findings"] == live["findings"]
+    proc, plain = run(tmp_path, env={"STEPS": "120"})  # and without live diagnosis: the same findings
+    strip = lambda r: [(f["kind"], f["severity"], f["location"], f["step"]) for f in r["findings"]]  # noqa: E731
+    assert strip(plain) == strip(live)
+
+
+def test_stop_on_is_checked_before_the_script_starts(tmp_path):
+    (tmp_path / "train.py").write_text("raise SystemExit('must not run')\n")
+    proc = subprocess.run([sys.executable, "-m", "modeldebug", "run", "--store", str(tmp_path / "r.db"), "--stop-on",
+                           "nan", "--", sys.executable, "train.py"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2 and "--stop-on takes high, medium" in proc.stderr and "must not run" not in proc.stderr
+    assert parse_stop_on("nan_or_inf,custom.ours").kinds == {"nan_or_inf", "custom.ours"}
+
+
+def test_watch_gives_findings_as_they_come_and_stops_at_the_next_step(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), Pause(), nn.Linear(32, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    X, seen = torch.randn(512, 8), []
+    y = X.sum(1, keepdim=True)
+    training = threading.current_thread()
+    calls = lambda event, f: seen.append((event, f.kind, threading.current_thread() is training))  # noqa: E731
+    step = 0
+    with pytest.raises(StopTraining) as stop:
+        with md.watch(model, opt, store=str(tmp_path / "runs.db"), on_finding=calls, stop_on="high") as dbg:
+            for step in range(3000):
+                if step == 40:
+                    opt.param_groups[0]["lr"] = 1e6
+                idx = torch.randint(0, 512, (32,))
+                opt.zero_grad()
+                nn.functional.mse_loss(model(X[idx]), y[idx]).backward()
+                opt.step()
+    assert 40 < step < 600
+    assert stop.value.finding.severity == "high" and stop.value.finding.kind in str(stop.value)
+    assert seen and all(not on_training_thread for _, _, on_training_thread in seen)  # called from the live thread
+    with RunStore(tmp_path / "runs.db", read_only=True) as store:
+        info = store.list_runs(limit=1)[0]
+    assert info.status == "stopped" and info.stopped_by.startswith("high ")
+    assert info.steps in (step, step + 1)  # the step that raised is closed without its update
+    assert dbg.findings and any(f.severity == "high" for f in dbg.findings)
+
+
+def test_a_live_diagnosis_needs_a_store_file():
+    with pytest.raises(ValueError, match="store file"):
+        md.watch(nn.Linear(2, 2), config=md.DebuggingConfig(store_path=None), on_finding=print)
+
+
+def test_a_pass_before_the_run_exists_finds_nothing(tmp_path):
+    live = LiveDiagnosis("no-such-run", tmp_path / "missing.db")
+    assert live.poll() == [] and live.passes == 0
