@@ -25,6 +25,7 @@ Four parts, each printed as a table, with PASS/MISS per goal at the end:
     python benchmarks/overhead.py --quick          # a couple of minutes
     python benchmarks/overhead.py --models mlp,cnn --only plain,md-default,md-every --parts steps
     python benchmarks/overhead.py --parts short    # sub-millisecond CPU steps (mlp3, stack13), us per step
+    python benchmarks/overhead.py --parts counts   # an unsampled step's bytecodes and calls (load-independent)
     python benchmarks/overhead.py --profile lstm   # cProfile of modeldebug's own functions
     python benchmarks/overhead.py --json out.json
 
@@ -800,6 +801,90 @@ def print_goals(rows) -> None:
         print(f"  {verdict:<16} {label:<45} {detail}")
 
 
+# ---------------------------------------------------------------------------------------- counts
+
+
+def _stack_of(modules: int) -> nn.Sequential:
+    """Linear 64x64, ReLU, Linear, ... : ``modules`` of them (a Linear last)."""
+    return nn.Sequential(*(nn.Linear(64, 64) if i % 2 == 0 else nn.ReLU() for i in range(modules | 1)))
+
+
+def bench_counts(sizes: tuple[int, ...] = (3, 13, 31), steps: int = 20) -> list[dict]:
+    """What an unsampled step costs us, counted (the same on a loaded machine): bytecodes run in
+    modeldebug's own frames (``sys.settrace`` opcode events), calls made while one of its frames is
+    on the stack (``sys.setprofile``: Python and C, the user's work under our wrappers included),
+    and the objects it leaves allocated per step; for stacks of 3 to 31 modules."""
+    src = str(Path(md.__file__).parent)
+    out = []
+    for modules in sizes:
+        torch.manual_seed(0)
+        model = _stack_of(modules)
+        x, y = torch.randn(64, 64), torch.randint(0, 64, (64,))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        loss_fn = nn.CrossEntropyLoss()
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            loss.item()
+
+        store = md.RunStore(None, flush_interval_s=1e9, flush_rows=10**6)  # no write inside the counted steps
+        dbg = md.watch(model, opt, config=md.DebuggingConfig(every=10**9, warmup_steps=0), store=store).start()
+        for _ in range(300):  # past the warm-up, the first 100 steps' fingerprints, the first 256's memory
+            step()
+        ops = calls = 0
+
+        def trace(frame, event, arg):
+            nonlocal ops
+            if not frame.f_code.co_filename.startswith(src):
+                return None
+            if event == "call":
+                frame.f_trace_opcodes, frame.f_trace_lines = True, False
+            elif event == "opcode":
+                ops += 1
+            return trace
+
+        def profile(frame, event, arg):
+            nonlocal calls
+            if event in ("call", "c_call"):
+                f = frame
+                while f is not None and not f.f_code.co_filename.startswith(src):
+                    f = f.f_back
+                calls += f is not None
+
+        sampled = dbg.monitor_overhead().sampled_steps
+        for hook, setter in ((trace, sys.settrace), (profile, sys.setprofile)):
+            setter(hook)
+            try:
+                for _ in range(steps):
+                    step()
+            finally:
+                setter(None)
+        gc.collect()
+        blocks = sys.getallocatedblocks()
+        for _ in range(steps):
+            step()
+        grown = sys.getallocatedblocks() - blocks
+        out.append({"modules": len(model), "params": len(list(model.parameters())), "bytecodes": ops / steps,
+                    "calls": calls / steps, "blocks_kept_per_step": grown / steps,
+                    "all_unsampled": dbg.monitor_overhead().sampled_steps == sampled})
+        dbg.stop()
+    return out
+
+
+def print_counts(rows: list[dict]) -> None:
+    print("\n== An unsampled step, counted (load-independent) ==")
+    print(f"{'modules':>8}{'params':>8}{'bytecodes':>11}{'calls':>8}{'blocks kept':>13}")
+    for r in rows:
+        flag = "" if r["all_unsampled"] else "  (a counted step was sampled: not comparable)"
+        print(f"{r['modules']:>8}{r['params']:>8}{r['bytecodes']:>11.0f}{r['calls']:>8.0f}{r['blocks_kept_per_step']:>13.1f}{flag}")
+    print("(bytecodes: run in modeldebug's frames; calls: Python and C calls while a modeldebug frame is on the "
+          "stack, the user's work under the patched calls included; blocks kept: Python memory blocks still "
+          "allocated per step, the store's buffered rows)")
+
+
 # ---------------------------------------------------------------------------------------- profile
 
 
@@ -872,8 +957,9 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default=",".join(LONG_STEP_MODELS),
                     help=f"comma-separated, of {','.join(MODELS)} (part steps; part short runs {','.join(SHORT_STEP_MODELS)})")
     ap.add_argument("--only", default=",".join(CONFIGS), help=f"configurations, of {','.join(CONFIGS)} (plain is always run)")
-    ap.add_argument("--parts", default="steps,short,e2e,long",
-                    help="of steps,short,e2e,long (short: sub-millisecond CPU steps, models mlp3,stack13)")
+    ap.add_argument("--parts", default="steps,short,counts,e2e,long",
+                    help="of steps,short,counts,e2e,long (short: sub-millisecond CPU steps, models mlp3,stack13; "
+                         "counts: an unsampled step's bytecodes and calls, 3-31 modules)")
     ap.add_argument("--rounds", type=int, help="interleaved rounds per model (default 20, quick 6)")
     ap.add_argument("--chunk", type=int, default=15, help="steps of a fast configuration per round")
     ap.add_argument("--long-steps", type=int, help="steps of the long run (default 10000, quick 2000)")
@@ -946,6 +1032,9 @@ def main(argv=None) -> int:
                 print(f"  [{m}: {r['wall_s']:.0f} s]", flush=True)
             print_short(short)
             out["short"] = short
+        if "counts" in parts:
+            out["counts"] = bench_counts()
+            print_counts(out["counts"])
         if "e2e" in parts:
             e2e = bench_e2e(repeats, tmp, steps=200)
             print_e2e(e2e)

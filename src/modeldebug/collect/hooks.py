@@ -233,8 +233,11 @@ class Hooks:
         if not module.training:
             st.eval_mode = True
         if st.forward_calls == 0:
-            # The batch: its first floating tensor, else the first tensor (token ids).
-            x = first_float_tensor((args, kwargs))
+            # The batch: its first floating tensor, else the first tensor (token ids); the usual
+            # first argument is checked without the walk over the arguments.
+            x = args[0] if args else None
+            if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.numel() > 0):
+                x = first_float_tensor((args, kwargs))
             if x is None:
                 x = first_float_tensor((args, kwargs), floating=False)
             if x is not None:
@@ -245,7 +248,7 @@ class Hooks:
             self._loader_dataset = None
             device = self.watched.device
             if steps.replay_budget and device is not None and device.type == "cpu":
-                st.replay = (module, args, kwargs, torch.get_rng_state())
+                st.replay = (module, args, kwargs, torch.default_generator.get_state())  # = get_rng_state(), one frame less
         st.forward_calls += 1
         st.fwd_start = now()
         st.monitor_s += st.fwd_start - t

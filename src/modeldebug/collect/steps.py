@@ -40,8 +40,8 @@ MEMORY_EVERY = 4
 SUM, ANY, FIRST, EARLIEST = ({"merge": k} for k in ("sum", "any", "first", "earliest"))
 
 
-def now() -> float:
-    return time.perf_counter()
+# The clock itself, not a function around it: read ~15 times a step, a Python frame each would cost more.
+now = time.perf_counter
 
 
 @dataclass

@@ -74,6 +74,9 @@ class HostQueue:
         if not self.on_device:
             # CPU: reading a scalar costs no sync, and four reads are cheaper than building a tensor.
             scalars = [math.nan if x is None else float(x) for x in parts]
+            if not st.sampled and not self._closed and not self._inflight:
+                self._write(rec, st, scalars, None, (), (), 0.0)  # nothing to send or wait for: the hot path
+                return
         else:
             # The step's end on the device's clock: what a sampled step costs the device (its
             # reductions run there, invisible to host timers) is read from these when they arrive.
@@ -90,12 +93,14 @@ class HostQueue:
 
     def closed(self, sampled: bool) -> None:
         """A step closed: send what is due, write what has arrived."""
+        if not self._closed and not self._inflight:
+            return  # (written as it closed)
         if not sampled and not self.on_device and not self._inflight:
             # CPU, unsampled: the scalars are on the host already, nothing to send (the hot path).
             t = _now()
             closed, self._closed = self._closed, []
             for c in closed:
-                self._write(c, c.scalars, None, (), (), 0.0)
+                self._write(c.record, c.step, c.scalars, None, (), (), 0.0)
             self.cost.seconds += _now() - t
             return
         if sampled or len(self._closed) >= self._batch:
@@ -142,12 +147,12 @@ class HostQueue:
         else:
             values = [c.scalars for c in batch.steps]
         for c, scalars in zip(batch.steps, values):
-            self._write(c, scalars, batch.sampled, host, extra_host, copy_s)
+            self._write(c.record, c.step, scalars, batch.sampled, host, extra_host, copy_s)
 
-    def _write(self, c: Closed, scalars: list[float], sampled: "Step | None", host, extra_host, copy_s: float) -> None:
+    def _write(self, rec: StepRecord, st: "Step", scalars: list[float], sampled: "Step | None", host, extra_host,
+               copy_s: float) -> None:
         """One step's record, its numbers on the host (and ``sampled``'s statistics, if it is that step)."""
         loss, grad_norm, stale, lo, hi, loss_scale = scalars
-        rec, st = c.record, c.step
         rec.loss, rec.grad_norm, rec.stale_grad_norm, rec.loss_scale = loss, grad_norm, stale, loss_scale
         rec.loss_nonfinite = st.loss_count > 0 and not math.isfinite(rec.loss)
         rec.grad_nonfinite = st.grad_norm is not None and not math.isfinite(rec.grad_norm)
