@@ -105,7 +105,9 @@ class ValidationRecord:
     batches: int = 1
     accuracy: float = NAN  # top-1, when the loss gets class scores and integer targets
     train_mode_batches: int = 0  # batches evaluated with the root module in training mode
-    loss_fn: str = ""  # the loss function that gave it ("mse_loss", "cross_entropy:sum"; "" when mixed)
+    # the loss function that gave it ("mse_loss"; "ctc_loss:sum" for another reduction; "" when mixed):
+    # a summed cross-entropy or elementwise loss is recorded per item under its plain name
+    loss_fn: str = ""
 
 
 @dataclass(slots=True)
