@@ -38,7 +38,23 @@ class Net(nn.Module):
         return self.head(torch.relu(self.hidden(torch.tanh(self.embed(x)))))
 
 
-def _compiled(style: str, backend: str):
+class Counted:
+    """A dynamo backend that counts the calls of the graphs it compiled: the compiled code in use."""
+
+    def __init__(self, backend: str):
+        self.inner, self.calls = torch._dynamo.lookup_backend(backend), 0
+
+    def __call__(self, gm, example_inputs):
+        compiled = self.inner(gm, example_inputs)
+
+        def run(*args):
+            self.calls += 1
+            return compiled(*args)
+
+        return run
+
+
+def _compiled(style: str, backend):
     torch.manual_seed(0)
     model = Net()
     if style == "in_place":
@@ -70,8 +86,10 @@ def _dynamo_counts() -> dict:
 def _plain_counts(style, backend):
     torch._dynamo.reset()
     counters.clear()
-    model, run = _compiled(style, backend)
+    counted = Counted(backend)
+    model, run = _compiled(style, counted)
     loss = _train(model, run, torch.optim.SGD(model.parameters(), lr=0.05))
+    assert counted.calls == STEPS
     return _dynamo_counts(), loss
 
 
@@ -83,7 +101,8 @@ def test_watched_compiled_run_compiles_as_the_plain_one(style, backend, store_pa
 
     torch._dynamo.reset()
     counters.clear()
-    model, run = _compiled(style, backend)
+    counted = Counted(backend)
+    model, run = _compiled(style, counted)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     config = md.DebuggingConfig(every=EVERY, warmup_steps=0, store_path=store_path)
     with torch._dynamo.config.patch(error_on_recompile=True), md.watch(run, opt, config=config) as dbg:
@@ -95,6 +114,7 @@ def test_watched_compiled_run_compiles_as_the_plain_one(style, backend, store_pa
     ev = dbg.evidence()
     sampled = set(ev.steps.step[ev.steps.sampled].tolist())
     assert len(ev.steps) == STEPS and {0, 4, 8} <= sampled and len(sampled) < STEPS
+    assert counted.calls == STEPS - len(sampled)  # the compiled graph ran every unsampled step
     assert np.isfinite(ev.steps.loss).all() and np.isfinite(ev.steps.grad_norm).all()
     assert {"embed", "hidden", "head"} <= set(ev.layers)  # the layers of the module behind the compiled one
     assert set(ev.layer_stats.step.tolist()) == sampled
