@@ -3,7 +3,7 @@
 A LightningModule whose ``training_step`` calls ``self.backbone(x)``, a loop that calls
 ``model.encoder`` and ``model.head``: the root's hooks never run, so nothing keeps the batch for
 the NaN-origin replay. Once a step has closed without a call of its root, the root's direct
-children get a forward pre-hook and a forward hook (two C-level calls each per call, installed
+children that hold parameters get a forward pre-hook and a forward hook (two C-level calls each per call, installed
 only for such models), and the first training call made at the top level of a step is kept for
 the replay. Only while it is the step's only top-level call: a replay of ``model.encoder`` alone
 cannot tell whether ``model.head`` produced the NaN.
@@ -34,8 +34,8 @@ class Entries:
             if model.compiled or _compiled(model.module) or _compiled(model.inner):
                 continue  # (hooks inside a compiled graph would break or recompile it)
             for name, child in model.inner.named_children():
-                if _compiled(child):
-                    continue
+                if _compiled(child) or next(child.parameters(), None) is None:
+                    continue  # (a loss or metric module called after the model is not a second entry)
                 self.prefix[id(child)] = model.prefix + name + "."
                 self.handles += [child.register_forward_pre_hook(pre, with_kwargs=True),
                                  child.register_forward_hook(post, always_call=True)]
