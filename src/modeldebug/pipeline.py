@@ -227,13 +227,29 @@ def evaluated_run(store_path: str | os.PathLike, run_ref: str, error_type: Error
         evidence = store.load_evidence(run_id)
     finally:
         store.close()
-    run = EvaluatedRun(run_id, evidence, evaluate(evidence))
+    run = EvaluatedRun(run_id, evidence, _with_project(evidence, error_type))
     with _cache_lock:
         _cache[key] = (version, run)
         _cache.move_to_end(key)
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
     return run
+
+
+def _with_project(evidence: Evidence, error_type: ErrorType) -> Report:
+    """The rules' report under the project's settings (its rule options and suppressions), as
+    `modeldebug report --reanalyze` would make it; a bad configuration file is a DebuggingError."""
+    from modeldebug.errors import DebuggingError
+    from modeldebug.project_config import apply_suppressions, diagnosis_settings, resolve
+
+    try:
+        settings = diagnosis_settings(resolve({}))
+    except ValueError as exc:  # ConfigError, RuleLoadError
+        raise DebuggingError(str(exc), error_type, {}) from exc
+    report = evaluate(evidence, options=settings.get("options"))
+    if settings.get("suppressions"):
+        report = apply_suppressions(report, settings["suppressions"])
+    return report
 
 
 def findings_of(evidence: Evidence) -> list[Finding]:
