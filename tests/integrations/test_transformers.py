@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import weakref
 
 import numpy as np
 import pytest
@@ -207,3 +208,21 @@ def test_modeldebug_run_adopts_the_trainer_once(tmp_path):
     assert len(runs) == 1  # one debugger: the callback made no run of its own
     ev = RunStore(store).load_evidence(runs[0].id)
     np.testing.assert_allclose(ev.steps["loss"], got["losses"], rtol=1e-3)  # accumulation: not loss/2
+
+
+def test_training_that_raises_is_closed_as_crashed_at_exit(tmp_path, store_path):
+    from modeldebug.integrations.transformers import _close_unfinished
+
+    class Breaks(Trainer):
+        def training_step(self, *args, **kwargs):
+            if self.state.global_step == 3:
+                raise RuntimeError("a bug in the user's training step")
+            return super().training_step(*args, **kwargs)
+
+    cb = ModelDebugCallback(store=store_path)
+    with pytest.raises(RuntimeError, match="a bug in the user's"):
+        train(tmp_path, cb, Breaks, max_steps=10)
+    assert not cb.debugger._stopped  # no on_train_end
+    _close_unfinished(weakref.ref(cb.debugger))  # what atexit runs
+    run = cb.debugger.store.list_runs(1)[0]
+    assert run.status == "crashed" and run.steps == 3

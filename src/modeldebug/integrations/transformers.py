@@ -24,10 +24,12 @@ Trainer: an internal error switches the callback off with one log line.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
 import sys
+import weakref
 from typing import Any
 
 from modeldebug.errors import require
@@ -107,6 +109,7 @@ class ModelDebugCallback(TrainerCallback):
         dbg.start()
         self.debugger, self._own = dbg, True
         dbg.steps.losses_add_up = True
+        atexit.register(_close_unfinished, weakref.ref(dbg))  # training that raised never reaches on_train_end
 
     @_safe
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
@@ -212,6 +215,16 @@ def trainer_on_stack() -> Trainer | None:
                 return obj
         frame = frame.f_back
     return None
+
+
+def _close_unfinished(ref: "weakref.ref") -> None:
+    """At exit: a run whose training raised (no on_train_end) is closed as crashed, its hooks removed."""
+    dbg = ref()
+    try:
+        if dbg is not None and not dbg._stopped:
+            dbg.stop("crashed")
+    except Exception:
+        pass
 
 
 def _zero_code_debugger() -> Any:
