@@ -97,8 +97,10 @@ def test_scaler_errors_reach_the_user_as_they_are(store_path):
     with watch(model, opt, config=md.DebuggingConfig(store_path=store_path)) as dbg:
         scaler.scale(model(torch.randn(8, 4)).pow(2).mean()).backward()
         scaler.step(opt)
-        with pytest.raises(RuntimeError, match="step\\(\\) has already been called"):
+        with pytest.raises(RuntimeError, match="step\\(\\) has already been called") as raised:
             scaler.step(opt)
+        # (the traceback goes from this line into torch, not through our wrapper)
+        assert not [e for e in raised.traceback if "modeldebug" in str(e.path)]
         scaler.update()
     assert dbg.step_count == 1 and not dbg.guard.broken
 

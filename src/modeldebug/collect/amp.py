@@ -198,9 +198,20 @@ def _watches(listeners: list) -> list[AmpWatch]:
     return [w for w in (getattr(listener, "amp", None) for listener in list(listeners)) if w is not None]
 
 
+def _user_error(exc: BaseException) -> None:
+    """The user's exception goes on without our wrapper frames in its traceback."""
+    from modeldebug.collect.patches import hide_our_frames
+
+    hide_our_frames(exc, __file__)
+
+
 def _wrap_scale(original, listeners):
     def scale(self, outputs):
-        scaled = original(self, outputs)
+        try:
+            scaled = original(self, outputs)
+        except BaseException as exc:
+            _user_error(exc)
+            raise
         if listeners and isinstance(outputs, torch.Tensor):
             for watch in _watches(listeners):
                 watch.on_scale(self, outputs, scaled)
@@ -211,7 +222,11 @@ def _wrap_scale(original, listeners):
 
 def _wrap_unscale(original, listeners):
     def unscale_(self, optimizer):
-        result = original(self, optimizer)
+        try:
+            result = original(self, optimizer)
+        except BaseException as exc:
+            _user_error(exc)
+            raise
         if listeners:
             for watch in _watches(listeners):
                 watch.on_unscale()
@@ -226,10 +241,11 @@ def _wrap_step(original, listeners):
         tokens = [w.before_scaler_step(optimizer) for w in watches]
         try:
             result = original(self, optimizer, *args, **kwargs)
-        except BaseException:
+        except BaseException as exc:
             for token in tokens:
                 if token is not None:
                     token[1].remove()
+            _user_error(exc)
             raise
         for watch, token in zip(watches, tokens):
             watch.after_scaler_step(optimizer, token)
@@ -240,14 +256,18 @@ def _wrap_step(original, listeners):
 
 def _wrap_accelerator_backward(original, listeners):
     def backward(self, loss, *args, **kwargs):
-        if not listeners or getattr(_local, "loss", None) is not None or not isinstance(loss, torch.Tensor) \
-                or loss.numel() != 1:
-            return original(self, loss, *args, **kwargs)
-        _local.loss = loss.detach()
+        outer = listeners and getattr(_local, "loss", None) is None and isinstance(loss, torch.Tensor) \
+            and loss.numel() == 1
+        if outer:
+            _local.loss = loss.detach()
         try:
             return original(self, loss, *args, **kwargs)
+        except BaseException as exc:
+            _user_error(exc)
+            raise
         finally:
-            _local.loss = None
+            if outer:
+                _local.loss = None
 
     backward._modeldebug_wrapped = True
     return backward
