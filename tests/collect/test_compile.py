@@ -258,3 +258,20 @@ def test_an_internal_error_on_a_sampled_step_gives_the_compiled_graph_back(store
         _train(model, run, opt, steps=2)
         assert dbg.guard.broken
         assert torch._dynamo.eval_frame._stance.stance == "default"  # the rest of the run is compiled
+
+
+def test_a_part_compiled_on_its_own_gets_its_layer_statistics(store_path):
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = Net()
+    model.hidden = torch.compile(model.hidden, backend="eager")  # only one block compiled
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    config = md.DebuggingConfig(every=EVERY, warmup_steps=0, store_path=store_path)
+    with torch._dynamo.config.patch(error_on_recompile=True), md.watch(model, opt, config=config) as dbg:
+        _train(model, model, opt)
+    assert sum(counters["graph_break"].values()) == 0 and counters["stats"]["unique_graphs"] == 1
+    ev = dbg.evidence()
+    sampled = set(ev.steps.step[ev.steps.sampled].tolist())
+    inside = [name for name in ev.layers if name.startswith("hidden.")]  # the compiled block's own layer
+    assert inside and set(ev.layer(inside[0]).step.tolist()) == sampled

@@ -20,7 +20,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 from modeldebug.collect import patches
 from modeldebug.collect.amp import AmpWatch
-from modeldebug.collect.compiled import EagerWindow, compiled_in_place, compiling, is_compiled
+from modeldebug.collect.compiled import EagerWindow, compiled_in_place, compiling
 from modeldebug.collect.entries import Entries
 from modeldebug.collect.flow import OutputFlow
 from modeldebug.collect.fingerprints import TRAIN_STEPS, Fingerprints, dataset_size, source_of
@@ -147,7 +147,7 @@ class Hooks:
 
     def install_layers(self) -> None:
         if self.monitoring.layer_outputs:
-            if any(is_compiled(m.module) for m in self.watched.models):
+            if any(m.compiled or compiled_in_place(m.module) for m in self.watched.models):
                 self.eager.enter()  # the compiled graph ignores or would trace hooks added now
             for layer in self.watched.layers:
                 self.layer_handles.append(layer.module.register_forward_pre_hook(partial(self._layer_pre, layer.name)))

@@ -74,8 +74,9 @@ class Watched:
         written already under the watched models' names) only the new model's names are qualified."""
         if any(m.module is module for m in self.models):
             return None
-        compiled = is_compiled(module)
         inner = module._orig_mod if wrapper_of(module) else module
+        # (a part compiled on its own, model.encoder = torch.compile(model.encoder), counts too)
+        compiled = is_compiled(module) or any(wrapper_of(m) for m in inner.modules())
         name = name or type(inner).__name__
         taken_names = {m.name for m in self.models}
         unique, n = name, 1
