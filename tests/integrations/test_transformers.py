@@ -226,3 +226,13 @@ def test_training_that_raises_is_closed_as_crashed_at_exit(tmp_path, store_path)
     _close_unfinished(weakref.ref(cb.debugger))  # what atexit runs
     run = cb.debugger.store.list_runs(1)[0]
     assert run.status == "crashed" and run.steps == 3
+
+
+def test_a_trainer_that_cannot_be_adopted_leaves_the_monitor_on(monkeypatch):
+    from modeldebug.integrations import transformers as integration
+
+    class Odd:
+        callback_handler = None  # no callback list to join
+
+    monkeypatch.setattr(integration, "trainer_on_stack", lambda: Odd())
+    assert integration.adopt_trainer(object()) is False

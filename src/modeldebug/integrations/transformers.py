@@ -186,20 +186,25 @@ def summary(report: Any, skipped_steps: int = 0) -> dict[str, float]:
 def adopt_trainer(debugger: Any) -> bool:
     """Called by ``modeldebug run``'s debugger when it finds the model: if a Trainer is training it,
     give it the callback (first, so the findings it logs reach the Trainer's reporters before they
-    close), or bind the user's own callback. True when a Trainer was adopted."""
-    trainer = trainer_on_stack()
-    if trainer is None:
+    close), or bind the user's own callback. True when a Trainer was adopted. A Trainer it cannot
+    adopt is watched as a plain loop (the monitor stays on)."""
+    try:
+        trainer = trainer_on_stack()
+        if trainer is None:
+            return False
+        callbacks = trainer.callback_handler.callbacks
+        for cb in callbacks:
+            if isinstance(cb, ModelDebugCallback):
+                if cb.debugger is not debugger:
+                    cb.bind(debugger, trainer)
+                return True
+        cb = ModelDebugCallback()
+        cb.bind(debugger, trainer)
+        callbacks.insert(0, cb)
+        return True
+    except Exception:
+        log.exception("modeldebug could not adopt the Trainer; its loop is watched without its own numbers")
         return False
-    callbacks = trainer.callback_handler.callbacks
-    for cb in callbacks:
-        if isinstance(cb, ModelDebugCallback):
-            if cb.debugger is not debugger:
-                cb.bind(debugger, trainer)
-            return True
-    cb = ModelDebugCallback()
-    cb.bind(debugger, trainer)
-    callbacks.insert(0, cb)
-    return True
 
 
 def trainer_on_stack() -> Trainer | None:
