@@ -172,6 +172,12 @@ class ParamInfo:
     lr: float | None = None
     model: str = ""
     weight_decay: float | None = None  # its param group's, when in an optimizer
+    shard_numel: int | None = None  # values this rank holds of a sharded (FSDP2 DTensor) parameter
+
+    @property
+    def measured_numel(self) -> int:
+        """The values its per-parameter statistics (norms, gradient moments) are taken over."""
+        return self.numel if self.shard_numel is None else self.shard_numel
 
 
 @dataclass

@@ -45,14 +45,19 @@ def _serious(rep):
     return [f"{f.kind}: {f.message}" for f in rep.findings if f.severity in ("high", "medium")]
 
 
-def _unsharded_norms(steps, lr=0.1):
-    """The same training on one unsharded copy: the mean of the two ranks' losses (what FSDP's
-    averaged gradients are the gradient of), and the norm of its full gradient at every step."""
+def _script():
     sys.path.insert(0, str(SCRIPTS))
     try:
         import fsdp_train
     finally:
         sys.path.remove(str(SCRIPTS))
+    return fsdp_train
+
+
+def _unsharded_norms(steps, lr=0.1):
+    """The same training on one unsharded copy: the mean of the two ranks' losses (what FSDP's
+    averaged gradients are the gradient of), and the norm of its full gradient at every step."""
+    fsdp_train = _script()
     torch.manual_seed(0)
     net = fsdp_train.Net()
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
@@ -95,6 +100,14 @@ def test_healthy_fsdp_no_alarm_and_global_grad_norm(tmp_path, wrap):
     step = int(sampled.step.min())
     shard_norm = math.sqrt(float(np.nansum(sampled[sampled.step == step].grad_norm.astype(float) ** 2)))
     assert 0 < shard_norm < 0.99 * float(ev0.steps[ev0.steps.step == step].grad_norm[0])
+    if wrap == "fsdp2":  # a parameter is described whole; its statistics count the values measured
+        info = ev0.params["fc1.weight"]
+        assert (info.shape, info.numel, info.shard_numel, info.measured_numel) == ([32, 16], 512, 256, 256)
+        assert step == 0  # before the first update: rank 0's shard is rows 0-15 of the initial weight
+        torch.manual_seed(0)
+        initial = _script().Net().fc1.weight.detach()
+        [norm] = sampled[(sampled.step == 0) & (sampled.param == "fc1.weight")].norm
+        assert norm == pytest.approx(float(initial[:16].norm()), rel=1e-6)
 
 
 def test_fsdp2_high_learning_rate_found(tmp_path):

@@ -13,6 +13,7 @@ from torch import nn
 
 from modeldebug.collect.compiled import is_compiled, wrapper_of
 from modeldebug.collect.params import FLATTEN_BELOW
+from modeldebug.collect.sharding import local
 from modeldebug.collect.stats import family, saturation_bounds
 from modeldebug.events import NewParameters
 from modeldebug.findings import jsonable
@@ -245,6 +246,7 @@ class Watched:
                 lr=in_opt.get(id(p)),
                 weight_decay=decay.get(id(p)),
                 model=next((m.name for m in self.models if name.startswith(m.prefix)), ""),
+                shard_numel=local(p).numel() if local(p) is not p else None,
             )
             for name, p in self.params
         }

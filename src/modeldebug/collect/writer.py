@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from modeldebug.collect.loss_calls import PER_ITEM, LossCalls, per_item, reduction_of
+from modeldebug.collect.sharding import local
 from modeldebug.collect.stats import summarize_many
 from modeldebug.events import Event
 from modeldebug.records import LayerRecord, ParamRecord, StepRecord, ValidationRecord
@@ -118,7 +119,7 @@ class Writer:
             rec = ParamRecord(step=step, param=pname, norm=float(norms[i]))
             j = grad_at.get(i)
             if j is not None:
-                n = p.numel()
+                n = local(p).numel()  # (a DTensor's statistics are its local shard's)
                 rec.has_grad = True
                 rec.grad_norm = float(grad_norms[j])
                 rec.grad_mean = float(grad_sums[j]) / n

@@ -392,5 +392,5 @@ def init_scales(ev: Evidence, first_steps: int = 10) -> dict[str, float]:
         info = ev.params.get(str(p))
         if info is None or len(info.shape) < 2 or info.numel == 0 or not np.isfinite(n):
             continue
-        out[str(p)] = float(n / np.sqrt(info.numel) * np.sqrt(info.numel // info.shape[0]))
+        out[str(p)] = float(n / np.sqrt(info.measured_numel) * np.sqrt(info.numel // info.shape[0]))
     return out

@@ -71,7 +71,7 @@ class PoorWeightInit(Rule):
         if not shape_ok.any():
             return []
         names, norms = names[shape_ok], norms[shape_ok]
-        numel = np.array([i.numel for i, ok in zip(info, shape_ok) if ok], dtype=float)
+        numel = np.array([i.measured_numel for i, ok in zip(info, shape_ok) if ok], dtype=float)
         fan_in = np.array([i.numel // i.shape[0] for i, ok in zip(info, shape_ok) if ok], dtype=float)
         var = norms ** 2 / numel  # second moment: the variance for zero-mean weights
         scale = np.sqrt(var * fan_in)

@@ -134,4 +134,4 @@ class VanishingGradient(Rule):
     @staticmethod
     def _numel(ev: Evidence, p: str) -> int:
         info = ev.params.get(p)
-        return info.numel if info else 1
+        return info.measured_numel if info else 1
