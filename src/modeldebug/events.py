@@ -234,6 +234,21 @@ class ReturnedOutputs(Event):
 
 
 @dataclass
+class BatchIdentity(Event):
+    """The batch of a step whose loss jumped far above its running level (collect/spikes.py): where it
+    sits in its epoch and a hash of its content, so the user can find it and skip it."""
+
+    tag: ClassVar[str] = "batch_identity"
+    step: int = 0
+    loss: float | None = None
+    level: float | None = None  # the running level the loss jumped above (an EMA)
+    epoch: int | None = None  # 0-based: which pass over the DataLoader (None: batches not from one)
+    position: int | None = None  # 0-based index of the batch in its epoch
+    content_hash: str | None = None  # blake2b of the first input tensor's bytes (None: not on the host)
+    shape: list[int] | None = None
+
+
+@dataclass
 class MonitorError(Event):
     """The monitor switched itself off after an error in one of its own hooks (the script went on)."""
 

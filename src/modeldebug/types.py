@@ -31,6 +31,7 @@ FindingKind = Literal[
     "unchanged_weights",
     "loss_not_decreasing",
     "oscillating_loss",
+    "loss_spike",
     "gradient_accumulation",
     "overfitting",
     "data_issue",

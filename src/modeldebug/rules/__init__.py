@@ -200,6 +200,7 @@ def _load_builtin() -> None:
         loss_not_decreasing,
         loss_scale,
         loss_shape_broadcast,
+        loss_spike,
         lr_schedule_misuse,
         memory_growth,
         memory_pressure,

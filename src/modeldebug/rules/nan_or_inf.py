@@ -48,7 +48,7 @@ class NanOrInf(Rule):
 
     id = "nan_or_inf"
     kind = "nan_or_inf"
-    reads = ("steps.loss_nonfinite", "steps.grad_nonfinite", "steps.grad_norm", "layer_stats.nonfinite",
+    reads = ("steps.loss_nonfinite", "steps.grad_nonfinite", "steps.grad_norm", "layer_stats.nonfinite", "layer_stats.grad_nonfinite",
              "param_stats.norm", "events.nonfinite_origin", "layers", "optimizers", "param_stats.changed",
              "steps.input_nonfinite", "steps.loss", "steps.optimizer_stepped", "steps.scaler_skipped")
     growth: float = 100.0  # grad norm rise before the NaN that points at the learning rate (fault suite)
