@@ -11,6 +11,7 @@ import math
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,13 +142,17 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-@pytest.mark.parametrize("watch", [False, True], ids=["plain", "with_watch_accelerator"])
-def test_zero_code_run_of_an_accelerate_script(tmp_path, watch):
+@pytest.mark.parametrize("how", ["plain", "with_watch_accelerator", "accelerate_launch"])
+def test_zero_code_run_of_an_accelerate_script(tmp_path, how):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
+    # `accelerate launch` trains nothing itself: the script it starts is the one watched
+    command = {"plain": [sys.executable, str(script)],
+               "with_watch_accelerator": [sys.executable, str(script), "--watch"],
+               "accelerate_launch": [str(Path(sys.executable).parent / "accelerate"), "launch", "--cpu",
+                                     "--num_processes", "1", str(script)]}[how]
     out = subprocess.run([sys.executable, "-m", "modeldebug", "run", "--json", str(tmp_path / "r.json"), "--",
-                          sys.executable, str(script)] + (["--watch"] if watch else []),
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                          *command], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     losses = [float(v) for v in out.stdout.split("LOSSES ")[1].split()[0].split(",")]
     report = json.loads((tmp_path / "r.json").read_text())

@@ -52,11 +52,22 @@ def install_from_env() -> None:
 
 def _is_launcher() -> bool:
     argv = getattr(sys, "orig_argv", sys.argv)
+    if _launches_accelerate(argv):
+        return True  # `accelerate launch` trains nothing itself: the script it starts is watched
     if not any("torchrun" in a or "torch.distributed" in a for a in argv):
         return False  # the common case, decided without importing collect.distributed
     from modeldebug.collect.distributed import is_launcher
 
     return is_launcher()
+
+
+def _launches_accelerate(argv: list[str]) -> bool:
+    """``accelerate launch ...`` (or ``python -m accelerate.commands.launch``): it starts the training
+    script as a child process (or, with several processes, as torchrun does)."""
+    head = argv[:4]
+    if any(os.path.basename(a) == "accelerate" for a in head[:3]) and "launch" in head:
+        return True
+    return any(a in ("accelerate.commands.launch", "accelerate.commands.accelerate_cli") for a in head)
 
 
 def _is_helper_process() -> bool:
