@@ -26,6 +26,7 @@ from modeldebug.collect.flow import OutputFlow
 from modeldebug.collect.fingerprints import TRAIN_STEPS, Fingerprints, dataset_size, source_of
 from modeldebug.collect.params import grad_norm, same_device, total_norm
 from modeldebug.collect.stats import first_float_tensor, reduce
+from modeldebug.collect.spikes import BatchCounter
 from modeldebug.collect.steps import MonitorCost, Step, Steps, now
 from modeldebug.collect.writer import Validation, class_counts
 from modeldebug.events import GradientClip, LrScheduler
@@ -106,6 +107,8 @@ class Hooks:
         self.fingerprints = Fingerprints()  # training and evaluation samples: validation_overlap
         self.amp = AmpWatch(self)  # GradScaler and accelerate: losses in the user's units, skipped steps
         self._loader_dataset: Any = None  # the dataset of the DataLoader batch fetched since the last forward
+        self.batches = BatchCounter()
+        self.batch: tuple[int, int] | None = None  # (epoch, position) of that batch
         self._root_handles: list[Any] = []
         self.layer_handles: list[Any] = []  # per-layer hooks of a sampled (or prepared) step
         self.eager = EagerWindow()  # compiled models run eagerly while the layer hooks are in
@@ -277,6 +280,8 @@ class Hooks:
 
     def _input_stats(self, st: Step, x: torch.Tensor) -> None:
         x = x.detach()
+        if st.batch is None:
+            st.batch, self.batch = self.batch, None
         if st.sampled:
             st.input_vec = reduce(x)
         elif x.is_cuda:
@@ -470,6 +475,7 @@ class Hooks:
     @guarded
     def on_batch(self, elapsed_s: float, iterator=None) -> None:
         self._loader_dataset = getattr(iterator, "_dataset", None)  # where the next forward's batch comes from
+        self.batch = self.batches.seen(iterator)
         steps = self.steps
         st = steps.state
         # A batch fetched after the previous step closed belongs to the next step.

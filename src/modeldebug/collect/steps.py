@@ -89,6 +89,7 @@ class Step:
     input_range: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, metadata=FIRST)  # CUDA: batch min, max
     input_vec: Reduced | None = field(default=None, metadata=FIRST)  # the batch, on sampled steps
     input_ref: torch.Tensor | None = None  # CPU batch, checked only if the loss turns non-finite
+    batch: tuple[int, int] | None = field(default=None, metadata=FIRST)  # (epoch, position) in a DataLoader
     replay: tuple | None = field(default=None, metadata=FIRST)  # (root, args, kwargs, rng state): NaN origin (CPU)
     layer_start: dict[str, float] = field(default_factory=dict)
     layer_vecs: dict[str, tuple[Reduced, float]] = field(default_factory=dict, metadata=FIRST)  # output, fwd time

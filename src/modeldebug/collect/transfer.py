@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from modeldebug.collect.spikes import SpikeWatch
 from modeldebug.collect.stats import Transfer
 from modeldebug.records import StepRecord
 
@@ -64,6 +65,7 @@ class HostQueue:
         self._nan: torch.Tensor | None = None  # CUDA: stands for a step's missing scalars
         self._last_end_event: Any = None  # CUDA: the previous step's end on the device
         self._device_plain: deque[float] = deque(maxlen=50)  # CUDA: device seconds of unsampled steps
+        self.spikes = SpikeWatch()  # the batch of a loss far above its running level (rules/loss_spike.py)
 
     def set_device(self, device: torch.device) -> None:
         self.on_device = device.type == "cuda"
@@ -160,6 +162,10 @@ class HostQueue:
         rec.input_nonfinite = st.input_range is not None and not (math.isfinite(lo) and math.isfinite(hi))
         if (rec.loss_nonfinite or rec.grad_nonfinite) and st.input_ref is not None:
             rec.input_nonfinite = not bool(torch.isfinite(st.input_ref).all())
+        spikes = self.spikes
+        level = spikes.level
+        if spikes.flags(loss):
+            self.writer.event(spikes.identity(rec.step, loss, level, st.batch, st.input_ref))
         st.input_ref = None
         self.steps.arrived(rec)
         written = _now()
