@@ -102,3 +102,19 @@ def test_unwatched_backward_calls_and_a_crash_before_any(tmp_path):
     assert report.run.unwatched.reason == "No training was seen: no backward() was seen in the watched process."
     shown = _shown(report)
     assert "runtime_error" in shown and report.run.unwatched.reason in shown  # under the crash's finding
+
+
+def _rank_worker(rank):
+    pass
+
+
+def test_torch_multiprocessing_spawn_names_the_users_function(tmp_path):
+    import torch.multiprocessing as tmp
+
+    dbg = _auto(tmp_path)
+    try:
+        tmp.spawn(_rank_worker, nprocs=1, start_method="fork")
+    finally:
+        dbg.stop()
+    (activity,) = dbg.evidence().events_of(ProcessActivity)
+    assert activity.children == [{"kind": "multiprocessing", "target": f"{__name__}._rank_worker", "count": 1}]

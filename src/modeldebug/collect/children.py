@@ -70,6 +70,9 @@ class Children:
 
     def started(self, process: BaseProcess) -> None:
         target = getattr(process, "_target", None)
+        args = getattr(process, "_args", ())
+        if getattr(target, "__module__", "") == "torch.multiprocessing.spawn" and args and callable(args[0]):
+            target = args[0]  # torch.multiprocessing.spawn(fn, ...) runs fn through its own wrapper
         if target is None:  # a Process subclass with its own run()
             name = f"{type(process).__module__}.{type(process).__qualname__}.run"
         else:
