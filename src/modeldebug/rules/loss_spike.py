@@ -24,7 +24,7 @@ class Spike:
     peak: int  # index of its highest loss
     level: float
     scale: float
-    recovered: bool
+    recovered: bool | None  # None: the run ended before it could tell
     diverged: bool  # the loss turned non-finite after it, before it recovered
 
 
@@ -57,7 +57,7 @@ class LossSpike(Rule):
     are one spike. Not a spike: the grace steps and the first ``window`` losses (warm-up), a step
     within 3 steps of the learning rate rising 1.5x or more (a schedule's restart, a warm-up).
     A spike recovered when a loss within ``recover_steps`` = 50 steps of its end is back within
-    3 spreads (or 25%) of its level. Fault suite: healthy runs (small-batch noise, epoch
+    3 spreads (or 25%) of its level (undecided when the run ends sooner). Fault suite: healthy runs (small-batch noise, epoch
     boundaries, warm-up, cosine restarts) stay under z 6 or under 2x their level.
     Severity: high when the loss turns non-finite after a spike it had not recovered from, or
     the last spike never recovers (the run diverged from it); medium for ``many`` = 3 or more
@@ -115,8 +115,9 @@ class LossSpike(Rule):
             back = after[v[after] <= lv + max(3 * sc, 0.25 * abs(lv))]
             recovered_at = s[back[0]] if len(back) else np.inf
             diverged = bool(np.any((bad_steps > s[last]) & (bad_steps < recovered_at)))
-            out.append(Spike(first, last, first + int(np.argmax(v[first:last + 1])), lv, sc, bool(len(back)),
-                             diverged))
+            ended = np.nanmax(steps) < s[last] + self.recover_steps
+            recovered = True if len(back) else None if ended and not diverged else False
+            out.append(Spike(first, last, first + int(np.argmax(v[first:last + 1])), lv, sc, recovered, diverged))
         return out
 
     def _after_lr_rise(self, s, steps, lr) -> np.ndarray:
@@ -136,8 +137,8 @@ class LossSpike(Rule):
         batches = {e.step: e for e in ev.events_of(BatchIdentity)}
         listed = sorted(spikes, key=lambda p: -(v[p.peak] - p.level) / max(p.scale, 1e-30))[:MAX_LISTED]
         rows = [self._row(s, v, p, batches) for p in sorted(listed, key=lambda p: p.start)]
-        doomed = [p for p in spikes if p.diverged] + ([spikes[-1]] if not spikes[-1].recovered else [])
-        recovered = sum(p.recovered for p in spikes)
+        doomed = [p for p in spikes if p.diverged] + ([spikes[-1]] if spikes[-1].recovered is False else [])
+        recovered = sum(p.recovered is True for p in spikes)
         severity = "high" if doomed else "medium" if recovered >= self.many else "low"
         top = max(rows, key=lambda r: r["z"])
         first = doomed[0] if doomed else spikes[0]
