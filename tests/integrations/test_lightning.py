@@ -341,3 +341,22 @@ def test_manual_optimization_is_one_step_per_batch(tmp_path):
     ev = _evidence(cb, tmp_path)
     assert len(ev.steps) == 10 and (ev.steps.backward_calls == 2).all() and np.isfinite(ev.steps.loss).all()
     assert _serious(cb.report) == [], [(f.kind, f.severity) for f in cb.report.findings]
+
+
+def test_findings_reach_mlflow_as_an_artifact_and_metrics(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from lightning.pytorch.loggers import MLFlowLogger
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the local file store, as a user opts in
+    uri = f"file:{tmp_path / 'mlruns'}"
+    torch.manual_seed(0)
+    module = Classifier()
+    module.backbone[0].requires_grad_(False)
+    logger = MLFlowLogger(experiment_name="exp", tracking_uri=uri)
+    cb, _ = _fit(module, tmp_path, max_steps=30, logger=logger)
+    client = MlflowClient(tracking_uri=uri)
+    total = client.get_metric_history(logger.run_id, "modeldebug/findings/total")
+    assert [m.value for m in total] == [len(cb.report.findings)]
+    text = open(client.download_artifacts(logger.run_id, "modeldebug/findings.md", str(tmp_path / "dl"))).read()
+    assert "unchanged_weights" in text
