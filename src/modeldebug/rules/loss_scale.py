@@ -37,7 +37,8 @@ class LossScaleCollapse(Rule):
     Severity: high when at least half the steps of the run's last quarter (``halvings`` steps at
     least) were skipped (the weights all but stopped changing), else medium.
     Causes: numerically_unstable_op (float16 overflow: the forward pass when the loss itself turned
-    inf/NaN on skipped steps, else the backward), then learning_rate_too_high.
+    inf/NaN on skipped steps, else the backward), then learning_rate_too_high; unnormalized_inputs
+    first when the input batches themselves go beyond float16's range (sampled steps' min and max).
     Recommends: bfloat16 autocast (float32's range, no scaler needed), values in a range float16
     holds (scaled targets and inputs), the overflowing layer in float32, a lower lr.
     """
@@ -45,7 +46,8 @@ class LossScaleCollapse(Rule):
     id = "loss_scale_collapse"
     kind = "nan_or_inf"
     reads = ("steps.loss_scale", "steps.scaler_skipped", "steps.loss_nonfinite", "steps.loss", "steps.grad_norm",
-             "steps.step", "layer_stats.nonfinite", "layer_stats.grad_nonfinite", "layers", "optimizers", "steps.lr")
+             "steps.step", "layer_stats.nonfinite", "layer_stats.grad_nonfinite", "layers", "optimizers", "steps.lr",
+             "steps.input_min", "steps.input_max")
     halvings: int = 8
 
     def check(self, ev: Evidence) -> list[Finding]:
@@ -96,6 +98,11 @@ class LossScaleCollapse(Rule):
             msg += f", first in {location} ({origin[0]})." if location and origin[1] == "outputs" else "."
         elif location:
             msg += f" The first layer with non-finite {origin[1]} is {location} ({origin[0]})."
+        causes = ["numerically_unstable_op", "learning_rate_too_high"]
+        reach = np.nanmax(np.abs(np.concatenate([col(s, "input_min"), col(s, "input_max")])), initial=0.0)
+        if reach > FP16_MAX:
+            msg += f" The inputs themselves reach {g(reach)}: beyond float16 before the first layer."
+            causes = ["unnormalized_inputs", "numerically_unstable_op"]
         return [self.finding(
             severity="high" if stopped else "medium",
             confidence=0.85 if stopped else 0.6,
@@ -104,7 +111,7 @@ class LossScaleCollapse(Rule):
                       "late_skipped_fraction": float(late.mean()), "min_loss_scale": low,
                       "settled_loss_scale": float(settled) if len(applied) else None,
                       "loss_nonfinite_steps": int(bad_loss.sum())},
-            causes=["numerically_unstable_op", "learning_rate_too_high"],
+            causes=causes,
             recommendations=self._fixes(ev, location),
         )]
 
