@@ -164,3 +164,15 @@ def test_zero_code_run_of_an_accelerate_script(tmp_path, how):
     runs = RunStore(tmp_path / ".modeldebug" / "runs.db").list_runs()
     assert len(runs) == 1  # watched once: watch_accelerator used the run's own debugger
     assert not math.isnan(recorded[0])
+
+
+def test_nothing_stays_patched_after_the_watch(tmp_path):
+    from torch.amp.grad_scaler import GradScaler
+
+    from modeldebug.collect import amp
+
+    originals = (Accelerator.backward, GradScaler.scale, GradScaler.step, GradScaler.unscale_)
+    watch, _, _ = _run(tmp_path, epochs=1)
+    assert watch.report is not None
+    assert (Accelerator.backward, GradScaler.scale, GradScaler.step, GradScaler.unscale_) == originals
+    assert not [f for f in sys.meta_path if isinstance(f, amp._WhenDefined)]
