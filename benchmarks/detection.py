@@ -165,8 +165,9 @@ class Runner:
     retried once when it runs out; `result(case)` waits for that case alone, moving it to the front if it
     has not started. Leaving the `with` block stops what is queued and kills what runs."""
 
-    def __init__(self, selected: list[Case], jobs: int = 2, workdir: Path | None = None):
+    def __init__(self, selected: list[Case], jobs: int = 2, workdir: Path | None = None, run_args=None):
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="modeldebug-detection-"))
+        self.run_args = run_args  # case -> more `modeldebug run` options (benchmarks/live.py: --alerts, --stop-on)
         self.cases = [c for c in selected if available(c)]
         self.factor = slowdown()
         self._queue = list(self.cases)
@@ -240,7 +241,7 @@ class Runner:
         out = self.workdir / f"{case.key}.json"
         out.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "modeldebug", "run", "--store", str(self.workdir / f"{case.key}.db"),
-               "--json", str(out), "--", *launcher(case), str(case.path)]
+               "--json", str(out), *(self.run_args(case) if self.run_args else []), "--", *launcher(case), str(case.path)]
         started = time.perf_counter()
         # A session of its own, so a timeout kills the training script with `modeldebug run`.
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
