@@ -5,8 +5,10 @@ raises into training."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -85,6 +87,9 @@ class Recorder(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.losses.append(float(outputs["loss"]) * trainer.accumulate_grad_batches)
+        if batch_idx == 1:  # the Trainer's callbacks pickle (ddp_spawn does) and copy while watched
+            for cb in trainer.callbacks:
+                assert pickle.loads(pickle.dumps(cb)) is not None and copy.deepcopy(cb) is not None
 
 
 def _fit(module, tmp_path, max_steps=60, val=False, callbacks=(), logger=False, **trainer_kwargs):
@@ -224,7 +229,7 @@ def test_the_pytorch_lightning_package_gets_its_own_callback(tmp_path):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
     cb = PLCallback(md.DebuggingConfig(store_path=str(tmp_path / "runs.db")))
-    assert isinstance(cb, pl.Callback)
+    assert isinstance(cb, pl.Callback) and type(pickle.loads(pickle.dumps(cb))) is PLCallback
     trainer = pl.Trainer(max_steps=6, enable_checkpointing=False, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=[cb], accelerator="cpu")
     trainer.fit(Module(), _loader())

@@ -76,6 +76,10 @@ class Watching:
         self._global_step = 0
         self._validation_seen = self._epoch_seen = 0  # validation batches recorded when a batch / an epoch began
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled or copied with the Trainer (ddp_spawn, a deepcopy): the copy watches nothing.
+        return {**self.__dict__, "debugger": None, "_losses": []}
+
     # ------------------------------------------------------------------ start
 
     @_safe
@@ -282,7 +286,10 @@ def callback_class(base: type) -> type:
         the diagnosis when training ends (see :mod:`modeldebug.integrations.lightning`). ``config``
         and ``store`` are those of :func:`modeldebug.watch`; ``report`` holds the report afterwards."""
 
-    ModelDebugCallback.__module__ = __name__
+    # Importable by name (pickle, ddp_spawn): each package's class lives in its module's namespace.
+    package = "pytorch_lightning" if base.__module__.startswith("pytorch_lightning") else "lightning"
+    ModelDebugCallback.__module__ = f"modeldebug.integrations.{package}"
+    ModelDebugCallback.__qualname__ = "ModelDebugCallback"
     return ModelDebugCallback
 
 
