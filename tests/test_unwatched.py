@@ -118,3 +118,12 @@ def test_torch_multiprocessing_spawn_names_the_users_function(tmp_path):
         dbg.stop()
     (activity,) = dbg.evidence().events_of(ProcessActivity)
     assert activity.children == [{"kind": "multiprocessing", "target": f"{__name__}._rank_worker", "count": 1}]
+
+
+def test_an_odd_stored_activity_does_not_cost_the_report(tmp_path):
+    dbg = _auto(tmp_path)
+    dbg.stop()
+    dbg.store.add(dbg.run_id, ProcessActivity(children=["not a dict"], children_total=1).record(step=None))
+    dbg.store.flush()  # the last activity, as a damaged store could hold it
+    report = dbg.report()
+    assert report.run.steps == 0 and report.run.unwatched is None  # the report is still made

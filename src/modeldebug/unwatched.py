@@ -8,6 +8,7 @@ crash, or in a process that never imported torch. What the watched process saw o
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from modeldebug.events import ProcessActivity
@@ -15,6 +16,8 @@ from modeldebug.types import RunInfo, Unwatched
 
 if TYPE_CHECKING:
     from modeldebug.evidence import Evidence
+
+log = logging.getLogger(__name__)
 
 _KINDS = {"multiprocessing": ("multiprocessing worker", "running"), "fork": ("forked process", "from"),
           "subprocess": ("subprocess", ""), "system": ("shell command", ""), "spawn": ("spawned process", "")}
@@ -25,7 +28,11 @@ def run_with_unwatched(evidence: Evidence) -> RunInfo:
     run = evidence.run
     if len(evidence.steps) or run.steps or run.status == "running":
         return run
-    return run.model_copy(update={"unwatched": unwatched(evidence)})
+    try:
+        return run.model_copy(update={"unwatched": unwatched(evidence)})
+    except Exception:  # an odd stored event must not cost the user the report
+        log.exception("modeldebug could not say why run %s holds no training step", run.id)
+        return run
 
 
 def unwatched(evidence: Evidence) -> Unwatched:
