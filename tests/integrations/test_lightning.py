@@ -365,3 +365,12 @@ def test_findings_reach_mlflow_as_an_artifact_and_metrics(tmp_path, monkeypatch)
     assert [m.value for m in total] == [len(cb.report.findings)]
     text = open(client.download_artifacts(logger.run_id, "modeldebug/findings.md", str(tmp_path / "dl"))).read()
     assert "unchanged_weights" in text
+
+
+def test_gradient_norms_are_taken_before_lightnings_clipping(tmp_path):
+    torch.manual_seed(0)
+    rec = Recorder()
+    cb, _ = _fit(Classifier(lr=0.5), tmp_path, max_steps=12, callbacks=[rec], gradient_clip_val=0.05)
+    ev = _evidence(cb, tmp_path)
+    assert max(rec.norms) > 0.05  # the clipping changes them
+    np.testing.assert_allclose(ev.steps.grad_norm, rec.norms, rtol=1e-4)
