@@ -186,6 +186,7 @@ class Steps:
         self.scheduler_steps = 0
         self.clip_calls = 0
         self.clips_before_backward = 0
+        self.clips_scaled = 0  # clip calls on gradients a GradScaler has not unscaled yet
         self.replay_budget = REPLAYS
         self.last_end: float | None = None  # when the previous step closed
         self.pending_data_s = 0.0  # data wait seen before the step it belongs to began
@@ -245,9 +246,10 @@ class Steps:
             scheduler_steps=self.scheduler_steps,
             clip_calls=self.clip_calls,
             clips_before_backward=self.clips_before_backward,
+            clips_scaled=self.clips_scaled,
             scaler_skipped=st.scaler_skipped,
         )
-        self.scheduler_steps = self.clip_calls = self.clips_before_backward = 0
+        self.scheduler_steps = self.clip_calls = self.clips_before_backward = self.clips_scaled = 0
         self.last_end = end
         if self.monitoring.memory and (st.index < MEMORY_EVERY_STEP or st.index % MEMORY_EVERY == 0 or st.sampled):
             self._memory(rec)
