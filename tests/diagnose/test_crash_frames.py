@@ -179,6 +179,7 @@ def test_a_graphless_loss_says_why(tmp_path, case, first_step):
     f = _diagnosis(dbg)
     assert f.evidence["detail"] == "no_graph" and f.evidence.get("no_graph_reason") == reason, f.message
     assert words in f.message, f.message
+    assert f.step == (0 if first_step else 2)  # the step the crash ended, not the count after it
     assert "no specific advice" not in " ".join(r.description for r in f.recommendations)
 
 

@@ -232,6 +232,7 @@ class Debugger:
             self._wall_end = now()
             try:
                 steps, device = self.steps, self.watched.device
+                crashed_in = steps.state.index if steps.state is not None else steps.count  # the step an error ended
                 steps.close_open()
                 steps.flush_pending(as_steps=True)
                 self.queue.resolve(all_pending=True)
@@ -245,7 +246,7 @@ class Debugger:
                     self.event(MemoryAtStop(cuda_allocated=allocated, cuda_reserved=reserved, cuda_peak=peak))
                 if error is not None:
                     self.event(ScriptException(type=type(error).__name__, message=str(error)[:2000]))
-                    self._diagnose(error)
+                    self._diagnose(error, crashed_in)
                 if self.dist is not None:
                     self.dist.on_stop(status, error)
                 self.writer.meta(self.watched)
@@ -264,7 +265,7 @@ class Debugger:
             except Exception:  # never mask the user's exception, nor end their script with ours
                 log.exception("modeldebug could not finish writing run %s", self.run_id)
 
-    def _diagnose(self, error: BaseException) -> None:
+    def _diagnose(self, error: BaseException, step: int | None = None) -> None:
         """Explain the exception in this process, while its traceback's frames still exist."""
         if isinstance(error, KeyboardInterrupt):
             return
@@ -273,7 +274,8 @@ class Debugger:
 
             names = module_names_of(*self.watched.module_names())
             facts = run_facts(self.watched.module_names(), self.last_forward_grad())
-            finding = diagnose_exception(error, module_names=names, step=self.steps.count, facts=facts)
+            finding = diagnose_exception(error, module_names=names, step=self.steps.count if step is None else step,
+                                         facts=facts)
         except Exception:  # the rule falls back to the exception's text
             log.exception("modeldebug could not diagnose the exception")
             return
