@@ -374,3 +374,26 @@ def test_gradient_norms_are_taken_before_lightnings_clipping(tmp_path):
     ev = _evidence(cb, tmp_path)
     assert max(rec.norms) > 0.05  # the clipping changes them
     np.testing.assert_allclose(ev.steps.grad_norm, rec.norms, rtol=1e-4)
+
+
+def test_the_callback_takes_md_watch_options_such_as_your_own_rules(tmp_path):
+    from dataclasses import dataclass
+
+    from modeldebug.rules import Rule
+    from modeldebug.rules.base import col
+
+    @dataclass
+    class StepCount(Rule):
+        id = "step_count"
+        kind = "custom.step_count"
+        reads = ("steps.loss",)
+
+        def check(self, ev):
+            return [self.finding(severity="low", confidence=1.0, message=f"{len(col(ev.steps, 'loss'))} steps",
+                                 evidence={})]
+
+    cb = ModelDebugCallback(md.DebuggingConfig(store_path=str(tmp_path / "runs.db")), rules=[StepCount])
+    trainer = L.Trainer(max_steps=7, enable_checkpointing=False, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[cb], accelerator="cpu")
+    trainer.fit(Classifier(), _loader())
+    assert [f.message for f in cb.report.findings if f.kind == "custom.step_count"] == ["7 steps"]

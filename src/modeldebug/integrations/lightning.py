@@ -9,7 +9,9 @@ Steps are Lightning's own: a step closes at the end of the batch in which the op
 step's loss is what ``training_step`` returned, in its units (Lightning divides it by K before its
 backward; a GradScaler scales that). Validation losses are those of the torch loss functions
 ``validation_step`` calls, else the loss it returns, else the one it logs (``val_loss``,
-``val/loss`` ...). When training ends (also by an exception) the run is closed, the report is
+``val/loss`` ...). Options are :func:`modeldebug.watch`'s (``config``, ``store``, ``rules``,
+``on_finding``, ``stop_on``, ``alerts``, the project's configuration) and the report's (``json``,
+``html``, ``issue``, ``log_findings``). When training ends (also by an exception) the run is closed, the report is
 saved in the run store and written to ``json`` / ``html``, its findings and summary numbers go to
 the trainer's loggers (``log_metrics``; text on TensorBoard, MLflow and W&B), and ``report``
 holds it.
@@ -62,10 +64,14 @@ def _safe(hook):
 class Watching:
     """What the callback does; Lightning calls its hooks by name (see ``callback_class``)."""
 
-    def __init__(self, config: "DebuggingConfig | None" = None, *, store: Any = None, json: str | None = None,
+    def __init__(self, config: "DebuggingConfig | None" = None, *, store: Any = None, rules: Any = (),
+                 on_finding: Any = None, stop_on: Any = None, alerts: Any = None, json: str | None = None,
                  html: str | None = None, issue: str | None = None, log_findings: bool = True):
-        self.config = config
-        self.store = store
+        from modeldebug.project_config import resolve
+
+        resolve({})  # a bad project configuration is an error here, before training (as md.watch says)
+        self.watch_options = dict(config=config, store=store, rules=rules, on_finding=on_finding, stop_on=stop_on,
+                                  alerts=alerts)
         self.json, self.html, self.issue = json, html, issue
         self.log_findings = log_findings
         self.report: "Report | None" = None
@@ -92,10 +98,11 @@ class Watching:
             discovery = getattr(dbg, "discovery", None)
             if discovery is not None:
                 discovery.remove()  # the models are known: no global module hooks to find them
-        else:
-            from modeldebug.collect.session import Debugger
+        else:  # md.watch's own settings: the project's configuration, rules, findings while it trains
+            from modeldebug.collect.session import watch
 
-            dbg, self._own = Debugger(self.config, store=self.store, command=list(sys.argv)), True
+            dbg, self._own = watch(pl_module, trainer.optimizers, **self.watch_options), True
+            dbg.command = list(sys.argv)
         self.bind(dbg, trainer, pl_module)
         if self._own:
             dbg.start()
@@ -184,27 +191,26 @@ class Watching:
 
     @_safe
     def on_train_end(self, trainer, pl_module) -> None:
-        self._finish(trainer, "completed")
+        self._finish(trainer)
 
     @_safe
     def on_exception(self, trainer, pl_module, exception) -> None:
-        status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "crashed"
-        self._finish(trainer, status, exception)
+        self._finish(trainer, exception)
 
-    def _finish(self, trainer, status: str, error: BaseException | None = None) -> None:
+    def _finish(self, trainer, error: BaseException | None = None) -> None:
         dbg, self.debugger = self.debugger, None
         if dbg is None:
             return
         from modeldebug.pipeline import diagnose
 
+        settings = dict(issue=self.issue, json_out=self.json, html_out=self.html, **dbg.diagnose_with)
         if self._own:
-            dbg.stop(status, error=error)
-            diagnosis = diagnose(dbg.store, dbg.run_id, issue=self.issue, json_out=self.json, html_out=self.html)
+            dbg.__exit__(type(error) if error is not None else None, error, None)  # its status, as md.watch's
+            diagnosis = diagnose(dbg.store, dbg.run_id, **settings)
         else:  # `modeldebug run` closes the run and writes its report: this is the run so far
             dbg.steps.manual = False
             dbg.store.update_run(dbg.run_id, steps=dbg.step_count)
-            diagnosis = diagnose(dbg.store, dbg.run_id, evidence=dbg.evidence(), issue=self.issue, save=False,
-                                 json_out=self.json, html_out=self.html)
+            diagnosis = diagnose(dbg.store, dbg.run_id, evidence=dbg.evidence(), save=False, **settings)
         self.report = diagnosis.report
         if self.log_findings and trainer.is_global_zero:
             log_report(trainer.loggers, self.report, trainer.global_step)
@@ -283,8 +289,8 @@ def callback_class(base: type) -> type:
 
     class ModelDebugCallback(Watching, base):
         """``Trainer(callbacks=[ModelDebugCallback(json="report.json")])``: watches the run and writes
-        the diagnosis when training ends (see :mod:`modeldebug.integrations.lightning`). ``config``
-        and ``store`` are those of :func:`modeldebug.watch`; ``report`` holds the report afterwards."""
+        the diagnosis when training ends (see :mod:`modeldebug.integrations.lightning`). Options are
+        those of :func:`modeldebug.watch` and the report's; ``report`` holds the report afterwards."""
 
     # Importable by name (pickle, ddp_spawn): each package's class lives in its module's namespace.
     package = "pytorch_lightning" if base.__module__.startswith("pytorch_lightning") else "lightning"
