@@ -29,6 +29,17 @@ from modeldebug.rules.base import (
 from modeldebug.types import Finding
 
 
+def climbing(v: np.ndarray, k: int) -> float | None:
+    """The growth per step of the last ``k`` values when they climb by an order of magnitude or more
+    (the last vs the least of the first four), up on 2 steps of 3, to about the highest value so
+    far (half of it: noise): a blow-up still under way (else None)."""
+    tail = v[-k:]
+    low = float(np.min(tail[:4])) if len(tail) >= k else 0.0
+    if not low > 0 or tail[-1] < 10 * low or tail[-1] < 0.5 * np.max(v) or (np.diff(tail) > 0).mean() < 2 / 3:
+        return None
+    return float((tail[-1] / low) ** (1 / (k - 1)))
+
+
 @register
 @dataclass
 class ExplodingGradient(Rule):
@@ -46,7 +57,10 @@ class ExplodingGradient(Rule):
     with lr 0.01 moves every weight by ~0.1), which no growth test sees when step 0 is already
     blown up by the init.
     Severity: high when the loss diverges or stalls, low when the loss still improves
-    (AUTOTRAINER: a symptom that does not hurt is a hint); medium for a user alert alone.
+    (AUTOTRAINER: a symptom that does not hurt is a hint); medium for a user alert alone. Early
+    warning: (a) is at least medium while the norm still climbs 10x or more over the last
+    ``climb_steps`` = 16 finite norms (rising on 2 of 3 steps, to about the peak so far): the live
+    diagnosis says where the run is going before its loss shows it.
     Causes: lr above its optimizer's usual range -> learning_rate_too_high first; inputs far from
     normalized -> unnormalized_inputs; initial weights above ``init_scale`` x 1/sqrt(fan_in) ->
     bad_weight_init; otherwise lr, then bad_weight_init, missing normalization.
@@ -63,6 +77,7 @@ class ExplodingGradient(Rule):
     grace_steps: int = GRACE_STEPS
     init_scale: float = 3.0  # weight RMS x sqrt(fan_in) above ~2x Kaiming's 1.4 points at the init
     rms_limit: float = 10.0
+    climb_steps: int = 16
 
     def check(self, ev: Evidence) -> list[Finding]:
         steps, gn = col(ev.steps, "step"), col(ev.steps, "grad_norm")
@@ -83,15 +98,24 @@ class ExplodingGradient(Rule):
                 first, peak, base = int(s[i]), float(v[i:].max()), float(runmin[i - 1])
                 loc, pname = self._loudest_param(ev, first)
                 causes = self._causes(ev)
+                severity = impact_severity(trend)
+                climb = climbing(v, self.climb_steps)
+                if climb is not None and severity == "low":
+                    # Early warning: still rising by orders of magnitude at the last step seen, the
+                    # run is heading for overflow though its loss has not shown it yet.
+                    severity = "medium"
                 findings.append(self.finding(
-                    severity=impact_severity(trend), confidence=0.9 if not (trend and trend.improving) else 0.5,
+                    severity=severity, confidence=0.9 if not (trend and trend.improving) else 0.5,
                     location=loc, step=first,
                     message=(f"The gradient norm rose to {g(v[i])} at step {first} (peak {g(peak)}), "
                              f"{g(v[i] / base)}x its earlier minimum {g(base)}"
                              + (f"; the largest gradient is in {pname}." if pname else ".")
-                             + self._loss_note(trend)),
+                             + (f" It is still climbing, {g(climb)}x a step over its last {self.climb_steps} "
+                                f"steps (step {int(s[-1])}): at this rate the run overflows to inf/NaN."
+                                if climb is not None else self._loss_note(trend))),
                     evidence={"grad_norm": float(v[i]), "peak_grad_norm": peak, "baseline": base,
-                              "param": pname, "loss_start": trend and trend.start, "loss_end": trend and trend.end},
+                              "param": pname, "loss_start": trend and trend.start, "loss_end": trend and trend.end,
+                              "climbing_per_step": climb},
                     causes=causes, recommendations=self._recs(ev, causes),
                 ))
 
