@@ -127,3 +127,26 @@ def test_a_summed_loss_is_recorded_per_item_in_training_and_validation(store_pat
     np.testing.assert_allclose(ev.steps.loss_fn_value, [v / items for v, _ in seen], rtol=1e-6)
     assert list(ev.validation.loss_fn) == [name]
     assert 0 < ev.validation.loss[0] < 3 * seen[-1][0] / items
+
+
+def test_with_gradient_accumulation_the_sampled_value_is_the_mean_over_the_micro_batches(store_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    batches = [(torch.randn(16, 4), torch.randint(0, 3, (16,))) for _ in range(8)]
+    means = []
+    with watch(model, opt, config=md.DebuggingConfig(every=1, store_path=store_path)) as dbg:
+        for i in range(0, 8, 2):
+            opt.zero_grad()
+            values = []
+            for x, y in batches[i:i + 2]:
+                loss = F.cross_entropy(model(x), y)
+                values.append(loss.item())
+                (loss / 2).backward()
+            opt.step()
+            means.append(np.mean(values) if means else values[0])
+    ev = dbg.evidence()
+    assert list(ev.steps.loss_calls) == [2] * 4
+    # (the first step's micro-batches are held apart until an optimizer step shows what a step is:
+    # its value is the first call's)
+    np.testing.assert_allclose(ev.steps.loss_fn_value, means, rtol=1e-6)

@@ -1,5 +1,6 @@
 """What the loss function sees in training: its name, options and shapes (host-side, once per new
-signature), and on sampled steps its output, the range of its input and a few rows of its targets.
+signature), and on sampled steps its output (the mean over the step's calls of that loss: gradient
+accumulation's micro-batches), the range of its first input and a few rows of its targets.
 
 Per step this costs a shape tuple and a set lookup (the signature) and an integer increment (the
 call count); the device work (an ``aminmax``, a row sum, a copy of at most ``TARGET_ROWS`` x
@@ -95,6 +96,7 @@ class LossCalls:
         self._target_options: dict[str, Any] = {}
         self._targets: list[np.ndarray] = []
         self._rows = 0
+        self._probed: tuple[int, str] | None = None  # (id of the step, loss) whose value is being sampled
 
     def training_call(self, st: "Step | None", name: str, input: Any, target: Any, output: torch.Tensor,
                       options: dict[str, Any] | None) -> None:
@@ -105,8 +107,16 @@ class LossCalls:
         if st is None:
             return
         st.loss_calls += 1
-        if st.sampled and st.loss_probe is None:
+        if not st.sampled:
+            return
+        if st.loss_probe is None:
             self._probe(st, name, input, target, output, options)
+            self._probed = (id(st), name)
+        elif self._probed == (id(st), name) and output.numel() == 1:
+            # Gradient accumulation: the step's value is the mean over its micro-batches' calls.
+            value = per_item(name, input, target, output, options).to(st.loss_probe.device)
+            zero, one = value.new_zeros(()), value.new_ones(())
+            st.loss_probe = st.loss_probe + torch.stack([value, zero, zero, zero, one])
 
     def _new_signature(self, name: str, input: Any, target: Any, options: dict[str, Any] | None) -> None:
         wide = broadcast_shape(name, input, target)
@@ -133,7 +143,8 @@ class LossCalls:
             lo, hi = torch.aminmax(x.reshape(-1))
             if name in CLASS_LOSSES and x.dim() >= 2:
                 err = (x.sum(1) - 1).abs().amax()
-        st.loss_probe = torch.stack([t.to(nan.device) for t in (value, lo, hi, err)])
+        one = torch.ones((), device=nan.device)  # calls counted: later ones of the same loss add their value
+        st.loss_probe = torch.stack([t.to(nan.device) for t in (value, lo, hi, err, one)])
         if (name in REGRESSION and isinstance(target, torch.Tensor) and target.is_floating_point()
                 and target.dim() >= 1 and target.numel() and self._rows < MAX_TARGET_ROWS):
             if self._target_name is None:
@@ -148,6 +159,8 @@ class LossCalls:
     def arrived(self, st: "Step", extra_host: list) -> np.ndarray | None:
         """A sampled step's probe on the host (popped from its extra parts, in ``sampled_parts`` order)."""
         rec_values = extra_host.pop(0) if st.loss_probe is not None else None
+        if rec_values is not None:  # (value sum, input min, max, sum error, calls)
+            rec_values = np.array([rec_values[0] / rec_values[4], *rec_values[1:4]])
         if st.loss_targets is not None:
             rows = extra_host.pop(0).reshape(st.loss_targets.shape)
             if not self._targets or self._targets[0].shape[1] == rows.shape[1]:
