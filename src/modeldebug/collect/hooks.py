@@ -544,6 +544,8 @@ class Hooks:
             else:
                 watched = self.watched
                 st.grad_norm = grad_norm(watched.tensors(), watched.small_tensors)
+            if steps.dist is not None:  # sharded parameters (FSDP): the norm of the whole gradient
+                st.grad_norm = steps.dist.global_grad_norm(st.grad_norm)
             steps.check_nonfinite(st)
 
     @guarded
