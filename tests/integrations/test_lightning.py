@@ -92,8 +92,9 @@ class Recorder(L.Callback):
                 assert pickle.loads(pickle.dumps(cb)) is not None and copy.deepcopy(cb) is not None
 
 
-def _fit(module, tmp_path, max_steps=60, val=False, callbacks=(), logger=False, **trainer_kwargs):
-    cb = ModelDebugCallback(md.DebuggingConfig(store_path=str(tmp_path / "runs.db")), json=str(tmp_path / "r.json"))
+def _fit(module, tmp_path, max_steps=60, val=False, callbacks=(), logger=False, html=None, **trainer_kwargs):
+    cb = ModelDebugCallback(md.DebuggingConfig(store_path=str(tmp_path / "runs.db")), json=str(tmp_path / "r.json"),
+                            html=html)
     trainer = L.Trainer(max_steps=max_steps, enable_checkpointing=False, logger=logger, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[cb, *callbacks], num_sanity_val_steps=0,
                         accelerator="cpu", devices=1, **trainer_kwargs)
@@ -188,7 +189,9 @@ def test_findings_and_summary_reach_the_trainers_logger(tmp_path):
     module = Classifier()
     module.backbone[0].requires_grad_(False)
     logger = CSVLogger(str(tmp_path / "logs"), name="exp")
-    cb, _ = _fit(module, tmp_path, max_steps=30, logger=logger)
+    cb, _ = _fit(module, tmp_path, max_steps=30, logger=logger, html=str(tmp_path / "r.html"))
+    assert "unchanged_weights" in (tmp_path / "r.html").read_text()
+    assert md.Report.from_json((tmp_path / "r.json").read_text()).findings == cb.report.findings
     with open(os.path.join(logger.log_dir, "metrics.csv")) as fh:
         rows = list(csv.DictReader(fh))
     total = [float(r["modeldebug/findings/total"]) for r in rows if r.get("modeldebug/findings/total")]
