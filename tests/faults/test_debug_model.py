@@ -92,6 +92,11 @@ NOT_CAPTURED = {
                      "unchanged_weights__lightning_encoder_left_frozen"],
                     "Lightning: the LightningModule is made in the trainer.fit call and its optimizer by "
                     "configure_optimizers inside the Trainer: 0 optimizers in the globals"),
+    **dict.fromkeys(["healthy__hf_trainer_gpt_noisy_sequences", "healthy__hf_trainer_gpt_warmup_accumulation",
+                     "loss_not_decreasing__hf_trainer_gpt_lr_far_too_high", "overfitting__hf_trainer_gpt_few_sequences",
+                     "poor_weight_init__hf_trainer_gpt_initializer_range"],
+                    "HF Trainer: its optimizer and scheduler are made inside trainer.train(): 0 optimizers in "
+                    "the globals"),
     "lr_schedule_misuse__conv_autoencoder_exponential_lr":
         "model, optimizer and scheduler live in a Trainer instance: 0 optimizers in the globals",
     "untracked_parameters__gru_trainer_ema_copy":
