@@ -11,10 +11,10 @@ backward; a GradScaler scales that). Validation losses are those of the torch lo
 ``validation_step`` calls, else the loss it returns, else the one it logs (``val_loss``,
 ``val/loss`` ...). Options are :func:`modeldebug.watch`'s (``config``, ``store``, ``rules``,
 ``on_finding``, ``stop_on``, ``alerts``, the project's configuration) and the report's (``json``,
-``html``, ``issue``, ``log_findings``). When training ends (also by an exception) the run is closed, the report is
-saved in the run store and written to ``json`` / ``html``, its findings and summary numbers go to
-the trainer's loggers (``log_metrics``; text on TensorBoard, MLflow and W&B), and ``report``
-holds it.
+``html``, ``issue``, ``log_findings``). When training ends (also by an exception) the run is
+closed, the report is saved in the run store and written to ``json`` / ``html``, its findings and
+summary numbers go to the trainer's loggers (``log_metrics``; text on TensorBoard, MLflow and
+W&B), and ``report`` holds it.
 
 Under ``modeldebug run`` the callback adds Lightning's steps and losses to the run that command
 watches (one run, not two) and logs the findings so far; that command writes the final report.
@@ -216,7 +216,6 @@ class Watching:
             log_report(trainer.loggers, self.report, trainer.global_step)
         for path in diagnosis.written:
             log.info("modeldebug report written to %s", path)
-
 
 
 def adopt_trainer(debugger: "Debugger") -> bool:
