@@ -105,3 +105,16 @@ def test_a_small_bump_is_not_a_spike():
     cols = _cols()
     cols["steps"]["loss"][1200] = np.median(cols["steps"]["loss"][1170:1200]) * 1.8
     assert LossSpike().check(build(cols)) == []
+
+
+def test_a_jump_among_others_nearly_as_large_is_noise():
+    """Momentum overshoots of a healthy SGD run: jumps of about 2x the level, the largest not standing
+    out from the others (z 12 next to z 9)."""
+    cols = _cols()
+    for step, factor in ((700, 1.9), (1100, 2.2), (1500, 1.9)):
+        cols["steps"]["loss"][step] = np.median(cols["steps"]["loss"][step - 50:step]) * factor
+    assert LossSpike().check(build(cols)) == []
+    assert LossSpike(apart=0).check(build(cols))  # (the z-score alone would call the largest a spike)
+    _spike(cols, 1800, factor=40.0)  # one far beyond them is a spike
+    [f] = LossSpike().check(build(cols))
+    assert [r["step"] for r in f.evidence["spikes"]] == [1800]

@@ -53,7 +53,9 @@ class LossSpike(Rule):
     level) above its level AND at least ``ratio`` = 2x the level (spread floored at ``floor`` =
     5% of the level, so a converged loss's tiny jitter is no yardstick) AND ``tail`` = 3x the
     99th percentile of the run's other z-scores (heavy-tailed noise: with batches of 1-4 samples,
-    a hard sample reaches z 15-20, 1.4-2.4x that percentile). Consecutive flagged steps
+    a hard sample reaches z 15-20, 1.4-2.4x that percentile) AND ``apart`` = 1.5x the largest of
+    them (the suite's healthy SGD-momentum regression jumps to z 10.1 with another at 7.3; planted
+    bad batches reach z 300+ over noise of z 5). Consecutive flagged steps
     are one spike. Not a spike: the grace steps and the first ``window`` losses (warm-up), a step
     within 3 steps of the learning rate rising 1.5x or more (a schedule's restart, a warm-up).
     A spike recovered when a loss within ``recover_steps`` = 50 steps of its end is back within
@@ -72,6 +74,7 @@ class LossSpike(Rule):
     z: float = 10.0
     ratio: float = 2.0
     tail: float = 3.0
+    apart: float = 1.5
     floor: float = 0.05
     window: int = 50
     recover_steps: int = 50
@@ -101,6 +104,9 @@ class LossSpike(Rule):
         rest = zs[~hit & (zs > 0)]
         if len(rest) >= 100:
             hit &= zs >= self.tail * float(np.percentile(rest, 99))
+        # ... and from its largest other excursion: one jump among several nearly as large is noise.
+        if len(rest):
+            hit &= zs >= self.apart * float(np.max(rest))
         idx = np.flatnonzero(hit)
         if not len(idx):
             return []
