@@ -236,3 +236,20 @@ def test_a_trainer_that_cannot_be_adopted_leaves_the_monitor_on(monkeypatch):
 
     monkeypatch.setattr(integration, "trainer_on_stack", lambda: Odd())
     assert integration.adopt_trainer(object()) is False
+
+
+def test_findings_reach_the_trainers_tensorboard_logs(tmp_path, store_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cb = ModelDebugCallback(store=store_path, json=False)
+    train(tmp_path, cb, learning_rate=3.0, max_steps=40, report_to=["tensorboard"])
+    runs = {p.parent for p in (tmp_path / "out").rglob("events.out.tfevents*")}
+    scalars = {}
+    for run in runs:
+        acc = EventAccumulator(str(run))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars[tag] = acc.Scalars(tag)[-1].value
+    assert scalars["train/modeldebug/findings"] == len(cb.report.findings) >= 1
+    assert scalars["train/modeldebug/loss_not_decreasing"] >= 2  # medium or high
