@@ -42,6 +42,7 @@ class Row:
     starts: int | None = None
     first_alert: int | None = None  # steps the store held when the planted kind first alerted
     finding_step: int | None = None  # the step that alert's finding names
+    first_any: str | None = None  # the first medium/high alert of any kind: "kind@steps seen"
     final_step: int | None = None  # the final report's finding of the planted kind: its step
     end: int | None = None  # the run's steps
     status: str = ""
@@ -110,7 +111,11 @@ class Bench:
             run = report.get("run") or {}
             row.starts, row.end, row.status, row.seconds = fault_start(case), run.get("steps"), run.get("status", ""), r.seconds
             row.error = r.error[-300:]
-            alert = first_alert(alerts_of(self.alerts(self.full_dir, case)), case.kind)
+            lines = alerts_of(self.alerts(self.full_dir, case))
+            alert = first_alert(lines, case.kind)
+            serious = next((a for a in lines if a["finding"]["severity"] in SERIOUS), None)
+            if serious is not None:
+                row.first_any = f"{serious['finding']['kind']}@{serious['steps_seen']}"
             if alert is not None:
                 row.first_alert, row.finding_step = alert["steps_seen"], alert["finding"].get("step")
             final = r.matching()
@@ -138,10 +143,11 @@ def _n(x) -> str:
 
 def table(rows: list[Row]) -> str:
     broken = [r for r in rows if r.kind != "none"]
-    lines = ["| script | kind | fault starts | first live report (steps seen) | finding's step | end of run |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| script | kind | fault starts | first live report (steps seen) | finding's step | end of run | first alert of any kind |",
+             "|---|---|---|---|---|---|---|"]
     for r in broken:
-        lines.append(f"| {r.name} | {r.kind} | {_n(r.starts)} | {_n(r.first_alert)} | {_n(r.finding_step)} | {_n(r.end)} |")
+        lines.append(f"| {r.name} | {r.kind} | {_n(r.starts)} | {_n(r.first_alert)} | {_n(r.finding_step)} | {_n(r.end)} "
+                     f"| {_n(r.first_any)} |")
     reported = [r for r in broken if r.first_alert is not None and r.end]
     if reported:
         early = sorted(r.end - r.first_alert for r in reported)
