@@ -6,7 +6,8 @@
 For each broken script of the fault suite, under `modeldebug run --alerts FILE`: the step its fault
 starts (0, or its docstring's `starts: N`), the step count when the live diagnosis first reported
 the planted kind (`steps_seen` of the first alert line of that kind at medium or high), the step
-the finding names, and the end of the run. The nan_or_inf scripts run again under `--stop-on high`:
+the finding names, the end of the run, and the first alert of any kind at medium or high (where an
+early warning shows: kind@steps seen). The nan_or_inf scripts run again under `--stop-on high`:
 the step count when it stopped vs the first non-finite step, and the wall time saved against the
 full run. Healthy scripts run under `--stop-on high` and must never stop (nor alert at medium or
 high). Scripts run through benchmarks/detection.py's Runner (same limits, retries and launchers).
