@@ -504,7 +504,9 @@ class RunStore:
 
     def _write_pending(self, conn: sqlite3.Connection) -> None:
         for table, rows in self._pending.items():
-            conn.executemany(SPEC_BY_TABLE[table].insert, plain_rows(rows))
+            spec = SPEC_BY_TABLE[table]
+            rows = plain_rows(rows)
+            conn.executemany(spec.insert, rows if spec.bind is None else map(spec.bind, rows))
 
     def _flushed(self) -> None:
         # Called only after COMMIT: a failed write keeps its rows for the next try.
