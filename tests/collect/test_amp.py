@@ -185,3 +185,39 @@ def test_a_scaler_that_skips_every_step_is_not_a_missing_optimizer_step(store_pa
     assert collapse and "skipped every step" in collapse[0].message and collapse[0].severity == "high"
     assert collapse[0].causes[0] == "unnormalized_inputs"  # the batches are beyond float16 already
     assert not [f for f in findings if "missing_optimizer_step" in f.causes]
+
+
+def test_fsdp_sharded_grad_scaler_losses_are_unscaled_too(store_path, tmp_path):
+    import torch.distributed as dist
+
+    # (imported after the debugger starts, as a script does: the wrappers go in when it is imported)
+    torch.manual_seed(0)
+    x, y = _data()
+    model = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        with watch(model, opt, config=md.DebuggingConfig(store_path=store_path)) as dbg:
+            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+            assert hasattr(ShardedGradScaler.scale, "__wrapped__")  # (its own scale and unscale_ are wrapped)
+            scaler = ShardedGradScaler("cpu", init_scale=2.0 ** 12)
+            losses = []
+            for step in range(6):
+                opt.zero_grad()
+                with torch.autocast("cpu", dtype=torch.float16):
+                    loss = nn.functional.mse_loss(model(x[:32]), y[:32])
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+                scaler.step(opt)
+                scaler.update()
+                losses.append(loss.item())
+        s = dbg.evidence().steps
+    finally:
+        dist.destroy_process_group()
+    np.testing.assert_allclose(s.loss, losses, rtol=1e-6)
+    assert (s.loss_scale == 2.0 ** 12).all() and (s.clips_scaled == 0).all()  # unscale_ seen: no misplaced clip
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    assert not hasattr(ShardedGradScaler.scale, "__wrapped__")  # the original again

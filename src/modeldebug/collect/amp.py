@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from modeldebug.collect.steps import Step
 
 ACCELERATOR_MODULE = "accelerate.accelerator"
+# FSDP's ShardedGradScaler overrides scale and unscale_ (without calling GradScaler's): wrapped too,
+# when its module is imported (only ever explicitly, by the script).
+SHARDED_SCALER_MODULE = "torch.distributed.fsdp.sharded_grad_scaler"
 
 
 class _Local(threading.local):
@@ -148,12 +151,31 @@ def install(replace: Callable[[Any, str, Callable], None], listeners: list) -> N
     accelerate has defined it), with ``replace`` (patches' reference-counted replacement)."""
     from torch.amp.grad_scaler import GradScaler
 
-    replace(GradScaler, "scale", lambda original: _wrap_scale(original, listeners))
+    _wrap_scaler(GradScaler, replace, listeners)
     replace(GradScaler, "step", lambda original: _wrap_step(original, listeners))
-    replace(GradScaler, "unscale_", lambda original: _wrap_unscale(original, listeners))
     if not _patch_accelerator(replace, listeners):
         _waiting.append(_WhenDefined(replace, listeners))
         sys.meta_path.insert(0, _waiting[-1])
+    def sharded() -> None:
+        try:
+            _wrap_scaler(getattr(sys.modules.get(SHARDED_SCALER_MODULE), "ShardedGradScaler", None), replace, listeners)
+        except Exception:  # (runs at the end of the script's own import: it must not fail there)
+            pass
+
+    if SHARDED_SCALER_MODULE in sys.modules:
+        sharded()
+    else:
+        from modeldebug.collect.autopatch import _AfterImport
+
+        _waiting.append(_AfterImport(SHARDED_SCALER_MODULE, sharded))
+        sys.meta_path.insert(0, _waiting[-1])
+
+
+def _wrap_scaler(cls, replace, listeners) -> None:
+    """``scale`` and ``unscale_`` of a scaler class that defines them itself."""
+    for name, wrap in (("scale", _wrap_scale), ("unscale_", _wrap_unscale)):
+        if cls is not None and name in vars(cls):
+            replace(cls, name, lambda original, wrap=wrap: wrap(original, listeners))
 
 
 def uninstall() -> None:
@@ -173,7 +195,7 @@ def _patch_accelerator(replace, listeners) -> bool:
     return True
 
 
-_waiting: list["_WhenDefined"] = []
+_waiting: list[Any] = []  # import finders of ours still waiting for their module
 
 
 class _WhenDefined:
