@@ -13,8 +13,8 @@ do to the numbers the monitor records, undone.
   (scaled, under fp16): the step's loss is the ``loss`` it was given.
 
 The wrappers are installed with the other patches (``collect/patches.py``: while a Debugger
-watches) and call each listener's ``amp`` (an :class:`AmpWatch`). Gradient norms need no
-correction: ``scaler.step`` unscales the gradients before ``optimizer.step()``, where they are read.
+watches) and call each listener's ``amp`` (an :class:`AmpWatch`). Gradient norms read at
+``optimizer.step()`` need no correction: ``scaler.step`` unscales the gradients before it.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ class AmpWatch:
         self.guard = hooks.guard
         # (weakref to the scaled loss, the loss, the scale): until the backward of the scaled loss
         self._scaled: tuple[Any, torch.Tensor, Any] | None = None
-        self.skipped = 0  # steps the scalers skipped
         self._grads_scale: Any = None  # the scale the gradients carry until unscale_ (or step)
 
     # ------------------------------------------------------------------ the loss in the user's units
@@ -137,7 +136,6 @@ class AmpWatch:
         st.scaler_skipped = True
         st.stepped.add(id(optimizer))
         hooks.backward_seen = False
-        self.skipped += 1
         st.monitor_s += now() - t
         if not steps.manual and step_closes(hooks.watched, optimizer, st.stepped):
             steps.close()
