@@ -76,3 +76,24 @@ def test_climbing_needs_an_order_of_magnitude_rising_on_most_steps_to_the_peak()
     zigzag = 1.4 ** np.arange(16.0) * np.tile([1.0, 3.0], 8)
     assert climbing(zigzag, 16) is None  # up on half the steps only
     assert climbing(rising[:10], 16) is None  # too few values to tell
+
+
+def _dying_layer(values):
+    """A healthy run whose ReLU net.1 has ``values`` as its dead fraction at its last samples."""
+    cols = healthy_columns(n_steps=600, every=10)
+    lt = cols["layer_stats"]
+    rows = np.flatnonzero(lt["layer"] == "net.1")[-len(values):]
+    lt["dead_frac"][rows] = values
+    return build(cols)
+
+
+def test_units_dying_at_every_sample_are_reported_before_most_are_dead():
+    from modeldebug.rules.dead_relu import DeadReLU
+
+    [f] = DeadReLU().check(_dying_layer([0.1, 0.25, 0.4, 0.55, 0.7]))
+    assert f.location == "net.1" and f.severity == "medium"
+    assert f.evidence["dead_frac"] < 0.5 and f.evidence["dying"] == [0.25, 0.7]
+    assert "More die at every sample" in f.message
+    assert DeadReLU().check(_dying_layer([0.1, 0.25, 0.2, 0.55, 0.7])) == []  # not at every sample
+    assert DeadReLU().check(_dying_layer([0.1, 0.15, 0.2, 0.3, 0.4])) == []  # not half dead yet
+    assert DeadReLU().check(build(healthy_columns(n_steps=600, every=10))) == []

@@ -31,6 +31,15 @@ from modeldebug.types import Finding
 _RELUS = {"ReLU", "ReLU6", "RReLU", "Threshold"}
 
 
+def dying(dead: np.ndarray, samples: int, rise: float, reach: float) -> tuple[float, float] | None:
+    """(first, last) dead fraction of the last ``samples`` samples when it grew at every one of them,
+    by ``rise`` or more, to ``reach`` or more: units still dying (else None)."""
+    d = dead[np.isfinite(dead)][-samples:]
+    if len(d) < samples or np.any(np.diff(d) <= 0) or d[-1] - d[0] < rise or d[-1] < reach:
+        return None
+    return float(d[0]), float(d[-1])
+
+
 @register
 @dataclass
 class DeadReLU(Rule):
@@ -45,6 +54,9 @@ class DeadReLU(Rule):
     Severity: high when >= 90% are dead and the loss stalls, medium when the loss stalls, low
     when the loss still improves (AUTOTRAINER), except that >= 90% dead stays medium (a layer that
     lost nine tenths of its units costs accuracy; fault suite: 97% dead with the loss falling).
+    Early warning: a layer whose dead fraction grew at each of its last ``dying_samples`` = 4
+    samples, by ``dying_rise`` = 0.3 or more, to 0.5 or more fires though its median is lower, at
+    least medium (``evidence.dying``: first and last of them): the units are still dying.
     Causes: dead from the first sample -> bad_weight_init first; died during training (or lr
     above the usual range) -> learning_rate_too_high first.
     Recommends: LeakyReLU for that layer, Kaiming init with zero bias for the layer before, lower lr.
@@ -58,6 +70,8 @@ class DeadReLU(Rule):
     dead_frac: float = 0.5
     grad_zero_frac: float = 0.7
     grace_steps: int = GRACE_STEPS
+    dying_samples: int = 4
+    dying_rise: float = 0.3
 
     def check(self, ev: Evidence) -> list[Finding]:
         t = ev.layer_stats
@@ -77,18 +91,18 @@ class DeadReLU(Rule):
         for name in sorted(set(med_dead) | set(med_gz), key=lambda n: layer_order(ev, n)):
             frac = med_dead.get(name, np.nan)
             by_grad = not np.isfinite(frac)
+            rows = names == name
+            growing = None if by_grad else dying(dead[rows], self.dying_samples, self.dying_rise, self.dead_frac)
             if by_grad:
                 frac = med_gz.get(name, np.nan)
                 if not frac >= self.grad_zero_frac:
                     continue
-            elif frac < self.dead_frac:
+            elif frac < self.dead_frac and growing is None:
                 continue
-            findings.append(self._finding(ev, name, float(frac), by_grad, trend, steps, names, dead))
+            findings.append(self._finding(ev, name, float(frac), by_grad, trend, steps[rows], dead[rows], growing))
         return findings
 
-    def _finding(self, ev, name, frac, by_grad, trend, steps, names, dead) -> Finding:
-        rows = names == name
-        s, d = steps[rows], dead[rows]
+    def _finding(self, ev, name, frac, by_grad, trend, s, d, growing) -> Finding:
         over = np.flatnonzero(np.isfinite(d) & (d >= self.dead_frac))
         first = int(s[over[0]]) if len(over) else int(s[0])
         dead_at_start = len(d) and np.isfinite(d[0]) and d[0] >= self.dead_frac
@@ -108,15 +122,20 @@ class DeadReLU(Rule):
                             f"nn.init.zeros_({attr_path(prev)}.bias)"))
         what = "of its output gradients are zero" if by_grad else "of its units never fire (output <= 0 on every sample)"
         msg = f"{g(100 * frac)}% {what} in {name} (median over sampled steps, first at step {first})."
+        if growing is not None:
+            msg += (f" More die at every sample: {g(100 * growing[0])}% -> {g(100 * growing[1])}% over the last "
+                    f"{self.dying_samples} samples (to step {int(s[np.isfinite(d)][-1])}).")
         if trend is not None:
             msg += f" The loss went {g(trend.start)} -> {g(trend.end)}."
         severity = impact_severity(trend, hurt=hurt)
-        if severity == "low" and frac >= 0.9:
-            severity = "medium"  # 90% of a layer gone costs capacity even while the loss still falls
+        if severity == "low" and (frac >= 0.9 or growing is not None):
+            # 90% of a layer gone costs capacity even while the loss still falls; units still dying
+            # at every sample are where the run is going (early warning).
+            severity = "medium"
         return self.finding(
             severity=severity, confidence=0.85 if not by_grad else 0.6,
             location=name, step=first, message=msg,
             evidence={"dead_frac" if not by_grad else "grad_zero_frac": frac, "dead_at_start": bool(dead_at_start),
-                      "previous_layer": prev},
+                      "previous_layer": prev, "dying": list(growing) if growing is not None else None},
             causes=causes, recommendations=recs,
         )
