@@ -45,15 +45,18 @@ def _loader(n=1024, classes=16, seed=0, batch=32):
     return DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True, generator=g)
 
 
-def _run(tmp_path, lr=1e-3, epochs=2, accumulate=1, clip=None, mixed_precision="no", **watch_kwargs):
+def _run(tmp_path, lr=1e-3, epochs=2, accumulate=1, clip=None, mixed_precision="no", log_with=None, **watch_kwargs):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 16))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     loader = _loader()
     total = epochs * len(loader) // accumulate
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 10) * max(0.0, 1 - s / total))
-    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=accumulate, mixed_precision=mixed_precision)
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=accumulate, mixed_precision=mixed_precision,
+                              log_with=log_with, project_dir=str(tmp_path / "logs") if log_with else None)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if log_with:
+        accelerator.init_trackers("train")
     seen = {"losses": [], "norms": []}
     config = md.DebuggingConfig(store_path=str(tmp_path / "runs.db"))
     with watch_accelerator(accelerator, config=config, **watch_kwargs) as watch:
@@ -69,6 +72,8 @@ def _run(tmp_path, lr=1e-3, epochs=2, accumulate=1, clip=None, mixed_precision="
                     scheduler.step()
                     optimizer.zero_grad()
         steps = watch.debugger.evidence().steps
+    if log_with:
+        accelerator.end_training()
     return watch, steps, seen
 
 
@@ -176,3 +181,17 @@ def test_nothing_stays_patched_after_the_watch(tmp_path):
     assert watch.report is not None
     assert (Accelerator.backward, GradScaler.scale, GradScaler.step, GradScaler.unscale_) == originals
     assert not [f for f in sys.meta_path if isinstance(f, amp._WhenDefined)]
+
+
+def test_findings_reach_the_accelerators_trackers(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    watch, _, _ = _run(tmp_path, lr=1.0, epochs=2, log_with="tensorboard")
+    assert watch.report.findings
+    (events,) = {p.parent for p in (tmp_path / "logs").rglob("events.out.tfevents.*")}
+    acc = EventAccumulator(str(events), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("modeldebug/findings/total")] == [len(watch.report.findings)]
+    (text,) = acc.Tensors("modeldebug/findings/text_summary")
+    assert watch.report.findings[0].kind in text.tensor_proto.string_val[0].decode()
