@@ -34,7 +34,7 @@ TOPICS: tuple[IssueTopic, ...] = (
     IssueTopic("convergence",
                r"not? (converg|learn|train|improv|decreas|go(ing)? down)|converg|stuck|plateau|flat|"
                r"loss (is |stays |goes )?(high|constant|same)|doesn'?t learn|won'?t learn|no progress|unstable|oscillat|jump",
-               ("loss_not_decreasing", "oscillating_loss", "unchanged_weights", "vanishing_gradient",
+               ("loss_not_decreasing", "oscillating_loss", "loss_spike", "unchanged_weights", "vanishing_gradient",
                 "exploding_gradient", "dead_relu", "saturated_activation", "poor_weight_init", "data_issue",
                 "gradient_accumulation", "nan_or_inf"),
                (), ("GradientDebugger", "LayerAnalyzer")),

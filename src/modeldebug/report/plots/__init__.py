@@ -32,6 +32,7 @@ FINDING_PLOTS: dict[str, Plot] = {
     "unchanged_weights": plot_updates,
     "loss_not_decreasing": plot_loss,
     "oscillating_loss": plot_loss,
+    "loss_spike": plot_loss,
     "overfitting": plot_loss,
     "gradient_accumulation": plot_grad_norm,
     "data_issue": plot_classes,
