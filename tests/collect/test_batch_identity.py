@@ -6,6 +6,7 @@ import gc
 import weakref
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -28,24 +29,25 @@ def _data(bad: bool, n=640, seed=0):
     return x, y.unsqueeze(1)
 
 
-def _train(store_path, bad: bool, epochs=5):
+def _train(store_path, bad: bool, epochs=5, device="cpu"):
     torch.manual_seed(0)
     x, y = _data(bad)
     loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=False)
     vx, vy = _data(False, n=64, seed=1)
     val = DataLoader(TensorDataset(vx, vy), batch_size=BATCH)
-    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1)).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.02)
     with watch(model, opt, config=md.DebuggingConfig(store_path=store_path)) as dbg:
         for _ in range(epochs):
             for xb, yb in loader:
+                xb, yb = xb.to(device), yb.to(device)
                 loss = nn.functional.mse_loss(model(xb), yb)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
             with torch.no_grad():  # an evaluation loader between the epochs counts its own
                 for xb, _ in val:
-                    model(xb)
+                    model(xb.to(device))
     return dbg, x
 
 
@@ -71,6 +73,16 @@ def test_the_healthy_twin_has_no_spike_and_few_flags(store_path):
     ev = dbg.evidence()
     assert not [f for f in dbg.report().findings if f.kind == "loss_spike"]
     assert len(ev.events_of(BatchIdentity)) <= 0.02 * len(ev.steps)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_bad_batch_is_named_by_position(store_path):
+    """On CUDA the batch is not held on the host: the position names it, no content hash."""
+    dbg, _ = _train(store_path, bad=True, device="cuda")
+    batches = [b for b in dbg.evidence().events_of(BatchIdentity) if b.position == BAD]
+    assert [b.epoch for b in batches] == [0, 1, 2, 3, 4] and all(b.content_hash is None for b in batches)
+    [f] = [f for f in dbg.report().findings if f.kind == "loss_spike"]
+    assert {(r["epoch"], r["position"]) for r in f.evidence["spikes"]} == {(e, BAD) for e in (2, 3, 4)}
 
 
 class _Loader:
