@@ -11,6 +11,7 @@ from modeldebug.evidence import Evidence
 from modeldebug.rules import register
 from modeldebug.rules.base import Rule, best_practice, col, fix, flag, g, per_group_median
 from modeldebug.rules.data_issue import DataIssue
+from modeldebug.rules.dead_relu import DeadReLU
 from modeldebug.rules.loss_shape_broadcast import broadcasting_calls
 from modeldebug.rules.reference import READS as REFERENCE_READS
 from modeldebug.rules.reference import Reference, reference
@@ -33,7 +34,9 @@ class LabelsUnrelated(Rule):
     (validation, when measured with the same loss, too), while the updates are healthy: the
     optimizer steps, gradients are zeroed, every parameter with a gradient is in the optimizer,
     the median per-parameter update ratio of the second half of the run lies in DeepDiagnosis'
-    [1e-5, 0.1], the lr ends at least a tenth of its peak, and lr x weight_decay < 1e-3 per step.
+    [1e-5, 0.1], no layer's units are all dead over the second half (an lr far too high kills
+    ReLUs, and a dead network sits at the trivial loss whatever its labels), the lr ends at least a
+    tenth of its peak, and lr x weight_decay < 1e-3 per step.
     A healthy model falls well below the trivial loss within its first epoch; one whose labels
     are unrelated to its inputs can only memorise (Zhang et al. 2017: far slower than learning).
     Severity: high (medium below ``short_run`` judged losses).
@@ -46,7 +49,8 @@ class LabelsUnrelated(Rule):
     kind = "labels_unrelated"
     reads = REFERENCE_READS + ("param_stats.update_ratio", "steps.optimizer_stepped", "steps.stale_grad_norm",
                                "steps.grad_norm", "steps.lr", "params", "optimizers", "steps.loss_input_min",
-                               "steps.loss_input_max", "steps.loss_input_sum_err", "layers") + DataIssue.reads
+                               "steps.loss_input_max", "steps.loss_input_sum_err", "layers"
+                               ) + DataIssue.reads + DeadReLU.reads
     low: float = 0.95
     high: float = 1.25
     best: float = 0.9
@@ -55,6 +59,7 @@ class LabelsUnrelated(Rule):
     min_update_ratio: float = 1e-5
     max_update_ratio: float = 0.1
     max_decay_per_step: float = 1e-3
+    dead_layer: float = 0.9
 
     def check(self, ev: Evidence) -> list[Finding]:
         ref = reference(ev)
@@ -120,10 +125,16 @@ class LabelsUnrelated(Rule):
         t = ev.param_stats
         if len(t) == 0:
             return None
-        steps = col(t, "step")
+        steps, ratios = col(t, "step"), col(t, "update_ratio")
         late = steps >= np.median(steps)
-        med = np.array(list(per_group_median(t["param"][late], col(t, "update_ratio")[late]).values()))
+        if self._dead_layer(ev):
+            return None  # units that never fire learn nothing, whatever the labels
+        med = np.array(list(per_group_median(t["param"][late], ratios[late]).values()))
         if len(med) == 0:
             return None
         ratio = float(np.median(med))
         return ratio if self.min_update_ratio <= ratio <= self.max_update_ratio else None
+
+    def _dead_layer(self, ev: Evidence) -> bool:
+        """A layer whose units are nearly all dead (dead_relu's finding): nothing can be learnt through it."""
+        return any(float(f.evidence.get("dead_frac") or 0) >= self.dead_layer for f in DeadReLU().check(ev))
