@@ -27,15 +27,24 @@ class BatchCounter:
     (an evaluation loader in between counts its own). The iterator is not kept (that would keep its
     workers alive): a new epoch is a new iterator's id or a count that restarted."""
 
-    __slots__ = ("_passes",)
+    __slots__ = ("_passes", "_last")
 
     def __init__(self) -> None:
         self._passes: dict[int, list] = {}  # id(dataset) -> [epoch, id(iterator), last count]
+        self._last: list | None = None  # the pass of the latest iterator (the usual case: the same one)
 
     def seen(self, iterator: Any) -> tuple[int, int] | None:
         count = getattr(iterator, "_num_yielded", None)
-        if type(count) is not int:
+        if count.__class__ is not int:
             return None
+        p = self._last
+        if p is None or p[1] != id(iterator) or count <= p[2]:
+            p = self._last = self._switch(iterator, count)
+        p[2] = count
+        return p[0], count - 1
+
+    def _switch(self, iterator: Any, count: int) -> list:
+        """Another iterator, or the same one restarted: its dataset's pass, a new epoch of it if need be."""
         key = id(getattr(iterator, "_dataset", None))
         p = self._passes.get(key)
         if p is None:
@@ -43,8 +52,7 @@ class BatchCounter:
         if id(iterator) != p[1] or count <= p[2]:
             p[0] += 1
             p[1] = id(iterator)
-        p[2] = count
-        return p[0], count - 1
+        return p
 
 
 class SpikeWatch:
@@ -57,18 +65,19 @@ class SpikeWatch:
 
     def flags(self, loss: float) -> bool:
         """Take a step's loss into the running level; True when it jumps far above it."""
-        if not math.isfinite(loss):
+        if loss - loss != 0.0:  # NaN or inf (math.isfinite without the call)
             return False
         n = self.n = self.n + 1
+        level, dev = self.level, self.dev
         if n == 1:
             self.level = loss
             return False
-        d = loss - self.level
-        jump = n > WARMUP and d > JUMP * self.dev and d > RISE * abs(self.level)
+        d = loss - level
+        jump = n > WARMUP and d > JUMP * dev and d > RISE * abs(level)
         # A jump moves the level by a bounded amount (one outlier is not the new level); the
         # deviation takes it whole, so a loss that stays up stops being flagged within a few steps.
-        self.level += ALPHA * (min(d, JUMP * self.dev) if jump else d)
-        self.dev += ALPHA * (abs(d) - self.dev)
+        self.level = level + ALPHA * (min(d, JUMP * dev) if jump else d)
+        self.dev = dev + ALPHA * (abs(d) - dev)
         return jump and self.events < MAX_EVENTS
 
     def identity(self, step: int, loss: float, level: float, batch: tuple[int, int] | None,
