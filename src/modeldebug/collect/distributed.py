@@ -19,14 +19,14 @@ on to its workers, which know their rank from torchrun's ``RANK``/``WORLD_SIZE``
 * The gather runs on a gloo group of its own (``new_group(backend="gloo")``, made once, by all
   ranks, at the first gather), so it never interleaves with DDP's collectives on the default
   group and works the same whatever the script's backend (gloo or nccl: the vectors are copied to
-  the CPU, one copy every ``every`` steps). Its timeout is the default group's: it never waits
-  on a rank longer than DDP itself would. Nothing is gathered at stop (ranks may legitimately
+  the CPU, one copy every ``every`` steps). Its timeout is COLLECTIVE_TIMEOUT_S: a rank whose
+  monitor stopped does not stall the others' training for longer. Nothing is gathered at stop (ranks may legitimately
   stop at different points): each rank writes a ``rank_exit`` event to its own run instead, and
   the ``modeldebug run`` parent reads every rank's run when the job ends (which rank failed first).
 * Sharded parameters (FSDP1, FSDP2; ``collect/sharding.py``): each rank's shard differs by design,
   so the checksum covers only what every rank holds whole; the step's gradient norm is the whole
-  gradient's, from one small all-reduce per step on the monitor's own group (gloo for CPU tensors,
-  the default backend for device tensors) at the optimizer step, where ``clip_grad_norm_`` does its own.
+  gradient's, from one small all-reduce per step on the monitor's own gloo group at the optimizer
+  step, where ``clip_grad_norm_`` does its own.
 * On several machines each node's ranks write to that node's store; rank 0's gathered summaries
   alone make the cross-rank findings, and the other ranks' runs stay on their nodes.
 """
@@ -62,6 +62,11 @@ MIN_EVERY, MAX_EVERY, GAP_FRACTION = 10, 1000, 0.25
 # above float rounding on different hardware is a real difference.
 DESYNC_RTOL = 1e-6
 MAX_PARAM_GATHERS = 3  # per-parameter gathers (to name the parameter) per run
+# The monitor's collectives run right after every rank's optimizer step (ranks have just met in
+# the backward's gradient reduction), so a rank is late by no more than its step's skew. A rank
+# whose monitor stopped (an internal error on one rank: shards differ, so can failures) never
+# comes: the others give up after this long and gather no more, instead of stalling the training.
+COLLECTIVE_TIMEOUT_S = float(os.environ.get("MODELDEBUG_DIST_TIMEOUT", "120") or 120)
 _COMM_ERRORS = ("gloo", "nccl", "connection", "processgroup", "timed out", "broken pipe", "peer", "socket",
                 "distbackenderror", "collective", "rendezvous")
 
@@ -147,7 +152,6 @@ class RankWatch:
         self._shards: Shards | None = None
         self._shards_of: list | None = None  # the watched ``params`` list ``_shards`` was found in
         self._norm_off = False  # the global gradient norm failed once: local norms from then on
-        self._device_group = None  # the norm's all-reduce of device tensors (the default backend)
 
     @classmethod
     def for_process(cls, debugger) -> "RankWatch | None":
@@ -189,8 +193,8 @@ class RankWatch:
             norm = shards.grad_norm(self.dbg.watched.tensors(), self._sum_over_ranks)
             self.setup_s = 0.0  # (a group made here is paid in this step's monitor time)
             return norm
-        except Exception as exc:  # the collective failed: it failed on every rank
-            self._norm_off = True
+        except Exception as exc:  # the collective failed or timed out: no more collectives from this rank
+            self._norm_off = self._off = True
             log.warning("modeldebug: the global gradient norm over the shards failed (%s); norms are this rank's", exc)
             self.dbg.event(RankGatherError(type=type(exc).__name__, message=str(exc)[:500]))
             return local_norm
@@ -208,8 +212,8 @@ class RankWatch:
         t = time.perf_counter()
         try:
             self._gather(rec.step)
-        except Exception as exc:  # a collective failed: it failed on every rank; stop gathering
-            self._off = True
+        except Exception as exc:  # a collective failed or timed out: no more collectives from this rank
+            self._off = self._norm_off = True
             log.warning("modeldebug: cross-rank gather failed at step %d (%s); per-rank collection goes on",
                         rec.step, exc)
             self.dbg.event(RankGatherError(type=type(exc).__name__, message=str(exc)[:500]))
@@ -265,12 +269,14 @@ class RankWatch:
 
     def _gloo_group(self):
         """The monitor's own gloo group over every rank, made by every rank at the same (first) gather
-        or sharded gradient norm; the default group's timeout."""
+        or sharded gradient norm (see COLLECTIVE_TIMEOUT_S)."""
         if self._group is None:
+            import datetime
+
             import torch.distributed as dist
 
             t = time.perf_counter()
-            self._group = dist.new_group(backend="gloo")
+            self._group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
             self.setup_s = time.perf_counter() - t
         return self._group
 
@@ -283,17 +289,14 @@ class RankWatch:
         return torch.stack(out)
 
     def _sum_over_ranks(self, t: "torch.Tensor") -> None:
-        """All-reduce (sum) on a group of the monitor's own: gloo for CPU tensors; device tensors on a
-        group of the default backend (nccl: no wait for the device on the host)."""
+        """All-reduce (sum) on the monitor's gloo group, whose timeout ends a wait for a rank that
+        never comes (an NCCL group's watchdog would abort the training instead): on CUDA that is one
+        copy of a few floats to the host per step, which waits for the device."""
         import torch.distributed as dist
 
-        if t.device.type == "cpu":
-            group = self._gloo_group()
-        else:
-            if self._device_group is None:
-                self._device_group = dist.new_group()
-            group = self._device_group
-        dist.all_reduce(t, group=group)
+        host = t.cpu()
+        dist.all_reduce(host, group=self._gloo_group())
+        t.copy_(host)
 
     def _gather(self, step: int) -> None:
         import torch
@@ -371,17 +374,17 @@ class RankWatch:
     def _release_group(self) -> None:
         """Free the gather's group now, not in interpreter teardown (where freeing a gloo group
         whose threads still run aborts the process: "terminate called without an active exception")."""
-        groups = [g for g in (self._group, self._device_group) if g is not None]
-        self._group = self._device_group = None
-        for group in groups:
-            try:
-                import torch.distributed as dist
+        group, self._group = self._group, None
+        if group is None:
+            return
+        try:
+            import torch.distributed as dist
 
-                if dist.is_initialized():
-                    dist.destroy_process_group(group)  # local: no collective
-            except Exception:  # already destroyed with the script's destroy_process_group()
-                pass
-        del groups
+            if dist.is_initialized():
+                dist.destroy_process_group(group)  # local: no collective
+        except Exception:  # already destroyed with the script's destroy_process_group()
+            pass
+        del group
 
     def _catch_sigterm(self) -> None:
         """torchrun ends the other workers with SIGTERM when one fails: record it before dying."""

@@ -129,3 +129,44 @@ class Shards:
         if replicated:
             total = total + total_norm(replicated).to(device) ** 2
         return total.sqrt()
+
+
+def _fsdp2_sharded(root: "nn.Module") -> dict[tuple[int, str], torch.Tensor]:
+    """(id(module), parameter name) -> the sharded parameter FSDP2 keeps for it, for the modules
+    under ``root`` that ``fully_shard`` manages."""
+    loaded = sys.modules.get("torch.distributed.fsdp._fully_shard._fully_shard")
+    cls = getattr(loaded, "FSDPModule", None)
+    if cls is None:
+        return {}
+    out: dict[tuple[int, str], torch.Tensor] = {}
+    for module in root.modules():
+        if not isinstance(module, cls):
+            continue
+        try:
+            groups = module._get_fsdp_state()._fsdp_param_groups
+        except Exception:  # another version's internals: the registered parameters are used as they are
+            continue
+        for group in groups:
+            for param in group.fsdp_params:
+                info = param._module_info
+                for owner, name in [(info.module, info.param_name), *zip(info.shared_modules, info.shared_param_names)]:
+                    out[(id(owner), name)] = param.sharded_param
+    return out
+
+
+def named_parameters(root: "nn.Module") -> list[tuple[str, torch.Tensor]]:
+    """``root.named_parameters()``, with FSDP2's sharded parameter in place of a full one it has
+    registered for the moment (between the all-gather and the reshard of a forward or backward:
+    its storage is freed afterwards, and reading it then would read freed memory)."""
+    sharded = _fsdp2_sharded(root)
+    if not sharded:
+        return list(root.named_parameters())
+    out, seen = [], set()
+    for prefix, module in root.named_modules():
+        for name, p in module._parameters.items():
+            p = sharded.get((id(module), name), p)
+            if p is None or id(p) in seen:
+                continue
+            seen.add(id(p))
+            out.append((f"{prefix}.{name}" if prefix else name, p))
+    return out

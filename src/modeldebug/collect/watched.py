@@ -13,7 +13,7 @@ from torch import nn
 
 from modeldebug.collect.compiled import is_compiled, wrapper_of
 from modeldebug.collect.params import FLATTEN_BELOW
-from modeldebug.collect.sharding import local
+from modeldebug.collect.sharding import local, named_parameters
 from modeldebug.collect.stats import family, saturation_bounds
 from modeldebug.events import NewParameters
 from modeldebug.findings import jsonable
@@ -107,7 +107,7 @@ class Watched:
         return model
 
     def _register(self, model: Model) -> None:
-        for pname, p in model.inner.named_parameters():
+        for pname, p in named_parameters(model.inner):  # (FSDP2's sharded ones, never its transient full ones)
             if id(p) not in self.param_ids:
                 self.param_ids.add(id(p))
                 self.params.append((model.prefix + pname, p))
@@ -142,7 +142,7 @@ class Watched:
         looks = self.new_parameter_looks
         if self.new_parameter_reports >= NEW_PARAMETER_REPORTS or (looks > 16 and looks % 16):
             return None
-        new = [(m.prefix + name, p) for m in self.models for name, p in m.inner.named_parameters()
+        new = [(m.prefix + name, p) for m in self.models for name, p in named_parameters(m.inner)
                if id(p) not in self.param_ids]
         if not new:
             return None

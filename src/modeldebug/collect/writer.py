@@ -116,10 +116,12 @@ class Writer:
                 grad_at[i] = len(grad_at)
         records = []
         for i, (pname, p) in enumerate(params):
+            n = local(p).numel()  # (a DTensor's statistics are its local shard's)
+            if not n:
+                continue  # an empty shard (FSDP): nothing measured on this rank
             rec = ParamRecord(step=step, param=pname, norm=float(norms[i]))
             j = grad_at.get(i)
             if j is not None:
-                n = local(p).numel()  # (a DTensor's statistics are its local shard's)
                 rec.has_grad = True
                 rec.grad_norm = float(grad_norms[j])
                 rec.grad_mean = float(grad_sums[j]) / n

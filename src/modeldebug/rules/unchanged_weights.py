@@ -99,7 +99,7 @@ class UnchangedWeights(Rule):
         returned = {m for e in ev.events_of(ReturnedOutputs) for m in e.modules}
         explained = untracked_parameters.claimed(ev)  # renewed every step, or an optimizer on a copy
         for p, info in ev.params.items():
-            if changed.get(p) or p in explained or not info.numel:  # (an empty shard of FSDP1 holds nothing)
+            if changed.get(p) or p in explained or not info.measured_numel:  # (an empty shard holds nothing)
                 continue
             seen = p in changed  # we have samples of it, so "never changed" is observed
             if not info.requires_grad:

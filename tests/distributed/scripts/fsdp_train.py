@@ -5,7 +5,8 @@ WRAP     fsdp2 (fully_shard on every layer and the root), fsdp1 (FullyShardedDat
          out of FSDP: whole on every rank, its gradients never averaged), hsdp_replicas (FSDP2 on a
          mesh of 2 replicas, each holding whole parameters)
 FAULT    healthy (SGD lr 0.1, momentum 0.9), high_lr (lr 30), desync (rank 1 adds 0.01 to its
-         fc3.weight after step DESYNC_AT)
+         fc3.weight after step DESYNC_AT), monitor_breaks (the monitor of rank 1 alone stops with an
+         internal error at step 5: the other rank must not wait for it)
 NORMS    a path: rank 0 writes there, per step, the gradient norm clip_grad_norm_ returns (FSDP1's
          own method, torch.nn.utils' for FSDP2 DTensors) and the norm of the full gradients
          gathered from the shards, as JSON
@@ -22,7 +23,7 @@ from torch import nn
 WRAP = os.environ.get("WRAP", "fsdp2")
 FAULT = os.environ.get("FAULT", "healthy")
 STEPS = int(os.environ.get("STEPS", "40"))
-LR = {"healthy": 0.1, "high_lr": 30.0, "desync": 0.1}[FAULT]
+LR = {"high_lr": 30.0}.get(FAULT, 0.1)
 
 
 class Net(nn.Module):
@@ -81,6 +82,16 @@ def clipped_norm(model):
     return float(model.clip_grad_norm_(1e9))
 
 
+def _break_the_monitor():
+    """An internal error in the monitor of this rank alone, from the next optimizer step on."""
+    from modeldebug.collect import hooks
+
+    def fail(self, st):
+        raise RuntimeError("planted internal error")
+
+    hooks.Hooks._read_gradients = fail
+
+
 def main():
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -90,6 +101,8 @@ def main():
     norms = []
     for step in range(STEPS):
         x, y = batch(step, rank)
+        if FAULT == "monitor_breaks" and rank == 1 and step == 5:
+            _break_the_monitor()
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
