@@ -121,8 +121,9 @@ LINKS: tuple[Link, ...] = (
     Link("exploding_gradient", "dead_relu", "oversized updates push units dead",
          evidence_is("dead_at_start", False)),
     Link("exploding_gradient", "loss_spike", "oversized updates throw the loss far up", both_name("learning_rate_too_high")),
+    # (not when the NaN's own rule blames an op: a log of 0 after a spike is the op's doing)
     Link("loss_spike", "nan_or_inf", "the loss spiked and never recovered before it overflowed",
-         lambda root, cons, ev: root.evidence.get("diverged") is True),
+         lambda root, cons, ev: root.evidence.get("diverged") is True and cons.causes[:1] == ["learning_rate_too_high"]),
     Link("loss_spike", "loss_not_decreasing", "training never recovered from the loss spike", loss_rose),
     Link("nan_or_inf", "loss_not_decreasing", "a non-finite loss cannot decrease"),
     Link("nan_or_inf", "runtime_error", "the non-finite values raised", evidence_is("cause", "nan_detected")),
