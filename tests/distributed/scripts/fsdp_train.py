@@ -1,6 +1,6 @@
 """A small FSDP training (gloo, CPU), picked by WRAP and FAULT:
 
-WRAP     fsdp2 (fully_shard on every layer and the root), fsdp1 (FullyShardedDataParallel, flat
+WRAP     fsdp2 (fully_shard on fc1, fc2 and the root), fsdp1 (FullyShardedDataParallel, flat
          parameters), fsdp1_orig (the same with use_orig_params=True), fsdp1_ignored (fc3 left
          out of FSDP: whole on every rank, its gradients never averaged), hsdp_replicas (FSDP2 on a
          mesh of 2 replicas, each holding whole parameters)
@@ -52,7 +52,7 @@ def wrap(net):
 
         # hsdp_replicas: a 2-D mesh of 2 replicas x shards of 1 rank (placements Replicate, Shard(0))
         mesh = init_device_mesh("cpu", (2, 1), mesh_dim_names=("replicate", "shard")) if WRAP != "fsdp2" else None
-        for layer in (net.fc1, net.fc2, net.fc3):
+        for layer in (net.fc1, net.fc2):  # fc3 is the root unit's (its full parameters live until the reshard)
             fully_shard(layer, mesh=mesh)
         return fully_shard(net, mesh=mesh)
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
