@@ -133,3 +133,24 @@ def test_a_nan_its_rule_blames_on_an_op_is_not_the_spikes_consequence():
     assert link.check(spike, by_lr, ev) and not link.check(spike, by_op, ev)
     recovered = spike.model_copy(update={"evidence": {"diverged": False}})
     assert not link.check(recovered, by_lr, ev)
+
+
+def _batch_events(steps_positions):
+    return [{"step": st, "type": BatchIdentity.tag,
+             "data": BatchIdentity(step=st, loss=1.0, level=0.1, epoch=e, position=p).to_data()}
+            for st, e, p in steps_positions]
+
+
+def test_a_jump_at_every_epoch_boundary_is_not_a_spike():
+    """Unshuffled data whose first batch is the hardest: the loss jumps at each epoch's start."""
+    cols = _cols()
+    starts = list(range(400, 2000, 400))
+    for step in starts:
+        _spike(cols, step, factor=8.0)
+    assert LossSpike().check(build(cols))  # (without the batch positions: spikes)
+    events = _batch_events([(st, st // 400, 0) for st in starts])
+    assert LossSpike().check(build(cols, events=events)) == []
+    # a bad batch elsewhere in the epoch is still one
+    _spike(cols, 1250, factor=8.0)
+    [f] = LossSpike().check(build(cols, events=events + _batch_events([(1250, 3, 50)])))
+    assert [r["step"] for r in f.evidence["spikes"]] == [1250]

@@ -57,7 +57,8 @@ class LossSpike(Rule):
     them (the suite's healthy SGD-momentum regression jumps to z 10.1 with another at 7.3; planted
     bad batches reach z 300+ over noise of z 5). Consecutive flagged steps
     are one spike. Not a spike: the grace steps and the first ``window`` losses (warm-up), a step
-    within 3 steps of the learning rate rising 1.5x or more (a schedule's restart, a warm-up).
+    within 3 steps of the learning rate rising 1.5x or more (a schedule's restart, a warm-up), the
+    first batch of an epoch when spikes there recur over two epochs or more (an epoch boundary).
     A spike recovered when a loss within ``recover_steps`` = 50 steps of its end is back within
     3 spreads (or 25%) of its level (undecided when the run ends sooner). Fault suite: healthy runs (small-batch noise, epoch
     boundaries, warm-up, cosine restarts) stay under z 6 or under 2x their level.
@@ -88,9 +89,11 @@ class LossSpike(Rule):
         finite = np.isfinite(loss) & (steps >= np.nanmin(steps) + self.grace_steps)
         s, v = steps[finite], loss[finite]
         spikes = self._spikes(s, v, steps, loss, col(ev.steps, "lr"), flag(ev.steps, "loss_nonfinite"))
+        batches = {e.step: e for e in ev.events_of(BatchIdentity)}
+        spikes = _past_epoch_starts(spikes, s, batches)
         if not spikes:
             return []
-        return [self._finding(ev, s, v, spikes)]
+        return [self._finding(ev, s, v, spikes, batches)]
 
     def _spikes(self, s, v, steps, loss, lr, nonfinite) -> list[Spike]:
         level, spread = robust_level(v, self.window)
@@ -139,8 +142,7 @@ class LossSpike(Rule):
         pos = np.searchsorted(rises, s, side="right") - 1
         return (pos >= 0) & (s - rises[np.maximum(pos, 0)] <= 3)
 
-    def _finding(self, ev: Evidence, s, v, spikes: list[Spike]) -> Finding:
-        batches = {e.step: e for e in ev.events_of(BatchIdentity)}
+    def _finding(self, ev: Evidence, s, v, spikes: list[Spike], batches: dict) -> Finding:
         listed = sorted(spikes, key=lambda p: -(v[p.peak] - p.level) / max(p.scale, 1e-30))[:MAX_LISTED]
         rows = [self._row(s, v, p, batches) for p in sorted(listed, key=lambda p: p.start)]
         doomed = [p for p in spikes if p.diverged] + ([spikes[-1]] if spikes[-1].recovered is False else [])
@@ -182,6 +184,17 @@ class LossSpike(Rule):
         if b is not None:
             row.update(epoch=b.epoch, position=b.position, content_hash=b.content_hash)
         return row
+
+
+def _past_epoch_starts(spikes: list[Spike], s, batches: dict) -> list[Spike]:
+    """The spikes less those on the first batch of an epoch when that recurs (two epochs or more): a
+    jump at every epoch boundary (a reshuffle, a running average or state reset) is not a bad batch."""
+    def epoch_start(p: Spike):
+        b = batches.get(int(s[p.start]))
+        return b.epoch if b is not None and b.position == 0 and b.epoch else None
+
+    starts = {epoch_start(p) for p in spikes} - {None}
+    return spikes if len(starts) < 2 else [p for p in spikes if epoch_start(p) is None]
 
 
 def _batch_words(row: dict) -> str:
