@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time every name is loade
     from modeldebug.config import AlertThresholds, DebuggingConfig, MonitoringConfig
     from modeldebug.diagnose import explain
     from modeldebug.errors import DebuggingError, MissingExtraError
+    from modeldebug.fixes.verify import fix
     from modeldebug.evidence import Evidence
     from modeldebug.live_diagnosis import StopTraining
     from modeldebug.project_config import ConfigError
@@ -62,6 +63,7 @@ _LAZY = {
     "MemoryTracker": "modeldebug.tools",
     "ErrorDiagnoser": "modeldebug.tools",
     "explain": "modeldebug.diagnose",
+    "fix": "modeldebug.fixes.verify",
 }
 
 
@@ -69,6 +71,7 @@ __getattr__, __dir__ = lazy_exports("modeldebug", _LAZY, globals())
 
 
 __all__ = [
+    "fix",
     "AlertThresholds",
     "ConfigError",
     "Debugger",

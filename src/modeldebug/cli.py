@@ -104,6 +104,54 @@ def run(
          rules=rules or None, baseline=baseline, export=export, alerts=alerts, stop_on=stop_on)
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    no_args_is_help=True,
+)
+def fix(
+    ctx: typer.Context,
+    steps: int = typer.Option(300, "--steps", min=2, help="Optimizer steps per window: the probe and every re-run stop there."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the probe's JSON report, with its `fixes`, here (- for stdout)."),
+    max_candidates: int = typer.Option(4, "--max-candidates", min=1, help="Try at most this many candidate fixes."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Keep every window's run in this store (default: a temporary one)."),
+) -> None:
+    """Try the fixes for what a short run of the script finds, and say which one works.
+
+    modeldebug fix [OPTIONS] -- python train.py [ARGS...]
+
+    Runs the script watched for --steps optimizer steps, then once unfixed again (the noise) and
+    once per candidate fix for its root findings, each applied without editing the script, from
+    the same seeds. A fix is verified when its finding is gone, no new medium or high finding
+    appears and the training loss at the end of the window is lower by more than noise. Exits 0
+    unless the command or an option is wrong.
+    """
+    from modeldebug.cli_run import check_command
+
+    command = list(ctx.args)
+    if command and command[0] == "--":
+        command = command[1:]
+    _check_outputs(json_out=json_out)
+    check_command(command)
+    from modeldebug.fixes.show import print_session, progress
+    from modeldebug.fixes.verify import run_fix
+
+    out = _console(stderr=True)
+    try:
+        session = run_fix(command, steps=steps, max_candidates=max_candidates, store_path=store, on_window=progress(out))
+    except ValueError as exc:
+        from rich.markup import escape
+
+        _fail(escape(str(exc)))
+    print_session(session, out)
+    if json_out is not None and session.report is not None:
+        text = session.report.to_json()
+        if str(json_out) == STDOUT:
+            sys.stdout.write(text + "\n")
+        else:
+            json_out.write_text(text + "\n")
+            out.print(f"report written to {json_out}")
+
+
 @app.command()
 def runs(
     store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),

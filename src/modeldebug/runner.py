@@ -110,6 +110,8 @@ def run_script(
     diagnose_with: Mapping[str, Any] | None = None,
     alerts: str | os.PathLike | None = None,
     stop_on: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    output: Any = None,
 ) -> RunResult:
     """Run ``command`` watched and diagnose it; ``lm`` (LMSettings or a dspy LM) adds the LM's explanation.
 
@@ -123,6 +125,9 @@ def run_script(
     the script is interrupted as by Ctrl-C when such a finding appears, and the run's status is
     ``stopped`` (see :mod:`modeldebug.live_diagnosis`). ``diagnose_with``: the project's settings for the diagnosis at the end, passed on to
     :func:`modeldebug.pipeline.diagnose` (``options``, ``suppressions``, ``baseline``).
+
+    ``extra_env``: more variables for the script (`modeldebug fix`'s candidate and window);
+    ``output``: a file the script's stdout and stderr go to instead of the terminal.
 
     An LM failure never changes the result: its notice is kept in ``report.metrics.llm``.
     """
@@ -149,6 +154,7 @@ def run_script(
         {"run_id": run_id, "store": str(Path(store_path).resolve()), "config": settings, "command": command}
     )
     env["MODELDEBUG_PYTHON"] = sys.executable
+    env.update(extra_env or {})
 
     started = time.time()
     signals = _Signals()  # before the script starts: a SIGTERM from now on is the script's too
@@ -164,7 +170,7 @@ def run_script(
         if status is not None:
             proc, master = live.spawn(command, env)
         else:
-            proc = subprocess.Popen(command, env=env)
+            proc = subprocess.Popen(command, env=env, stdout=output, stderr=output)
     except OSError as exc:  # not executable, a bad #! line: nothing ran, and the run must not stay "running"
         if status is not None:
             status.stop()

@@ -143,6 +143,22 @@ class Finding(_Model):
                                            description="Why it is suppressed: the configuration's reason, or the baseline run.")
 
 
+class Fix(_Model):
+    """One candidate fix `modeldebug fix` tried on a short re-run of the script (see docs/report-contract.md)."""
+
+    addresses: list[str] = Field(description="The kinds of the root findings this candidate addresses.")
+    change: str = Field(description="What the candidate changed, in words (applied without editing the script).")
+    verified: bool = Field(description="The addressed finding is gone, no new medium/high finding, and the loss improved by more than noise.")
+    reason: str = Field(description="Why it was verified or rejected.")
+    loss_before: float | None = Field(None, description="Training loss at the end of the window, unfixed (null when not measured).")
+    loss_after: float | None = Field(None, description="The same with the candidate applied.")
+    val_loss_before: float | None = None
+    val_loss_after: float | None = None
+    findings_after: list[str] = Field(default_factory=list, description="Medium/high finding kinds of the re-run with the candidate.")
+    patch: str | None = Field(None, description="A unified diff for the script; not made yet (always null).")
+    seconds: float = Field(0.0, description="Wall time of the candidate's re-run.")
+
+
 class RuleError(_Model):
     """A rule that could not run: its findings are missing from the report, and the report says so."""
 
@@ -226,6 +242,9 @@ class Report(_Model):
     run: RunInfo
     findings: list[Finding] = Field(default_factory=list)
     metrics: Metrics = Field(default_factory=TrainingMetrics, description="Typed by kind of report (modeldebug.metrics).")
+    fixes: list[Fix] = Field(
+        default_factory=list, exclude_if=lambda v: not v,
+        description="Candidate fixes tried by `modeldebug fix`, the best verified first; written only when there are some.")
     rule_errors: list[RuleError] = Field(
         default_factory=list, exclude_if=lambda v: not v,
         description="Rules that raised (or could not be loaded) while this report was made; written only when there are some.")

@@ -111,6 +111,9 @@ def _start(settings: dict[str, Any]) -> None:
     global _active
     from modeldebug.config import DebuggingConfig
 
+    fixing = _fix_run()
+    if fixing is not None:
+        fixing.before_collector()
     try:
         from modeldebug.collect.auto import AutoDebugger
         from modeldebug.collect.distributed import prepare_rank_run, process_rank
@@ -125,6 +128,8 @@ def _start(settings: dict[str, Any]) -> None:
             existing_run=True,
         )
         _active.start()
+        if fixing is not None:
+            fixing.after_collector(_active)
     except Exception:  # the user's script must run even when the monitor cannot
         import logging
 
@@ -145,6 +150,18 @@ def _start(settings: dict[str, Any]) -> None:
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_forked_child)
     _end_on_termination()
+
+
+def _fix_run():
+    """``modeldebug fix``'s re-runs: its module (the candidate, the window's end), else None."""
+    if not any(k in os.environ for k in ("MODELDEBUG_FIX", "MODELDEBUG_STOP_AFTER", "MODELDEBUG_SEED")):
+        return None
+    try:
+        from modeldebug.fixes import child
+
+        return child
+    except Exception:  # the script runs as it is
+        return None
 
 
 def _forked_child() -> None:

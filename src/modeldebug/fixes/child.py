@@ -1,0 +1,187 @@
+"""In the watched script of a `modeldebug fix` re-run: the candidate fix, the window's end, the seeds.
+
+``collect/autopatch`` calls :func:`before_collector` once torch is imported and before the
+collector starts, and :func:`after_collector` once it runs, so that a candidate's optimizer
+hooks sit on the right side of the collector's: a clip happens before the collector reads the
+gradients (as a user's own clip would), and a scaled learning rate is restored only after the
+collector has recorded it (the run shows the rate that was used). Nothing here edits the user's
+code; every hook is guarded and switches itself off on an internal failure.
+
+Imports only the standard library at module level (it is imported at every watched start).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from typing import Any, Callable
+
+ENV_FIX = "MODELDEBUG_FIX"  # JSON: the candidate to apply ({"kind": ..., its parameters})
+ENV_STOP = "MODELDEBUG_STOP_AFTER"  # end the script cleanly once this many optimizer steps have closed
+ENV_SEED = "MODELDEBUG_SEED"  # seed torch and random at import: every re-run starts alike
+
+_off = False  # an internal failure switched every hook of this module off
+
+
+def _guarded(hook: Callable) -> Callable:
+    def run(*args, **kwargs):
+        global _off
+        if _off:
+            return None
+        try:
+            return hook(*args, **kwargs)
+        except Exception as exc:  # never into the user's code: the candidate stops applying
+            _off = True
+            sys.stderr.write(f"modeldebug fix: the candidate stopped applying ({type(exc).__name__}: {exc})\n")
+            return None
+
+    return run
+
+
+def _spec() -> dict[str, Any] | None:
+    text = os.environ.pop(ENV_FIX, None)
+    try:
+        spec = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return spec if isinstance(spec, dict) else None
+
+
+_candidate: dict[str, Any] | None = None
+_stop_after = 0
+
+
+def before_collector() -> None:
+    """Seeds, and the hooks that must run before the collector's."""
+    _guarded(_before_collector)()
+
+
+def after_collector(debugger: Any) -> None:
+    """The hooks that must run after the collector's (it closes the step in its post hook)."""
+    _guarded(_after_collector)(debugger)
+
+
+def _before_collector() -> None:
+    global _candidate, _stop_after
+    import torch
+
+    seed = os.environ.pop(ENV_SEED, None)
+    if seed is not None and seed.isdigit():
+        import random
+
+        random.seed(int(seed))
+        torch.manual_seed(int(seed))
+        if "numpy" in sys.modules:
+            sys.modules["numpy"].random.seed(int(seed))
+    stop = os.environ.pop(ENV_STOP, "")
+    _stop_after = int(stop) if stop.isdigit() else 0
+    _candidate = _spec()
+    kind = (_candidate or {}).get("kind")
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    if kind == "lr_scale":
+        register_optimizer_step_pre_hook(_guarded(_scale_lr))
+    elif kind == "clip_grad_norm":
+        register_optimizer_step_pre_hook(_guarded(_clip))
+
+
+def _after_collector(debugger: Any) -> None:
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    if (_candidate or {}).get("kind") == "lr_scale":
+        register_optimizer_step_post_hook(_guarded(_restore_lr))
+    if (_candidate or {}).get("kind") == "zero_grad":
+        register_optimizer_step_post_hook(_guarded(_stepped))
+        _zero_before_backward()
+    if _stop_after > 0:
+        register_optimizer_step_post_hook(_window_end(debugger))
+
+
+# ---------------------------------------------------------------- the window's end
+
+
+def _window_end(debugger: Any) -> Callable:
+    """A post-step hook that ends the script (SystemExit(0): its finally blocks and the collector's
+    exit run, so the run is closed and written) once ``_stop_after`` steps have closed. Counts the
+    collector's steps; its own optimizer steps when the collector watches nothing."""
+    seen = [0]
+
+    def hook(optimizer, args, kwargs):
+        seen[0] += 1
+        try:
+            closed = debugger.step_count if debugger is not None and debugger.watched.models else seen[0]
+        except Exception:
+            closed = seen[0]
+        if closed >= _stop_after:
+            raise SystemExit(0)
+
+    return hook
+
+
+# ---------------------------------------------------------------- the candidates
+
+
+_saved_lrs: dict[int, list[Any]] = {}
+
+
+def _scale_lr(optimizer, args, kwargs) -> None:
+    """Every group steps at ``factor`` times the rate its schedule gives it; the rate is put back
+    after the step, so schedulers (absolute or chained) keep computing from the script's values."""
+    factor = float(_candidate["factor"])
+    _saved_lrs[id(optimizer)] = [g.get("lr") for g in optimizer.param_groups]
+    for g in optimizer.param_groups:
+        if g.get("lr") is not None:
+            g["lr"] = g["lr"] * factor
+
+
+def _restore_lr(optimizer, args, kwargs) -> None:
+    saved = _saved_lrs.pop(id(optimizer), None)
+    if saved is not None and len(saved) == len(optimizer.param_groups):
+        for g, lr in zip(optimizer.param_groups, saved):
+            if lr is not None:
+                g["lr"] = lr
+
+
+def _clip(optimizer, args, kwargs) -> None:
+    """Clip the gradient norm of the parameters the optimizer steps, once the backward calls of
+    the step are done (its pre-step hook), through the same function a script would call."""
+    import torch
+
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if params:
+        torch.nn.utils.clip_grad_norm_(params, float(_candidate.get("max_norm", 1.0)))
+
+
+_to_zero: dict[int, Any] = {}  # optimizers that stepped since the last backward
+
+
+def _stepped(optimizer, args, kwargs) -> None:
+    _to_zero[id(optimizer)] = optimizer
+
+
+def _zero_before_backward() -> None:
+    """``optimizer.zero_grad()`` before the first backward after each step (backward calls of one
+    step still accumulate, as a script that accumulates on purpose needs). Wraps the backward
+    functions the collector has wrapped, so that it sees the zeroing before the backward, as a
+    script's own; the collector's stop puts the originals back."""
+    import torch
+
+    def zero() -> None:
+        while _to_zero:
+            _, optimizer = _to_zero.popitem()
+            optimizer.zero_grad()
+
+    guarded_zero = _guarded(zero)
+
+    def wrap(original):
+        @functools.wraps(original)
+        def backward(*args, **kwargs):
+            guarded_zero()
+            return original(*args, **kwargs)
+
+        return backward
+
+    torch.Tensor.backward = wrap(torch.Tensor.backward)
+    torch.autograd.backward = wrap(torch.autograd.backward)

@@ -1,0 +1,247 @@
+"""`modeldebug fix`: probe the script, re-run it once per candidate fix and once unfixed, compare.
+
+Every run is the same command watched as `modeldebug run` watches it, from the same seeds, ended
+cleanly once ``steps`` optimizer steps have closed (``fixes/child.py``). The probe's root findings
+(``Report.stories()``: roots, not their consequences) give the candidates (``fixes/candidates.py``).
+A candidate is verified when, in its re-run, the findings it addresses are gone, no new medium or
+high finding appears, and the training loss at the end of the window is lower than the unfixed
+runs' by more than noise (the two unfixed runs' difference, or the end segments' standard error
+when the runs repeat exactly); a validation loss, when the script evaluates, must not get worse.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from modeldebug.fixes import DEFAULT_CANDIDATES, DEFAULT_STEPS
+from modeldebug.fixes.candidates import Candidate, build
+from modeldebug.fixes.child import ENV_FIX, ENV_SEED, ENV_STOP
+from modeldebug.types import Fix, Report
+
+END_FRACTION = 0.2  # the end of the window: its last fifth of the loss points
+MIN_END_POINTS = 3
+SHOWN = ("medium", "high")
+
+
+@dataclass
+class Window:
+    """One run of the window: its report, its end losses, how it ended."""
+
+    report: Report | None
+    exit_code: int
+    seconds: float
+    log: str = ""
+
+    @property
+    def loss(self) -> tuple[float, float] | None:
+        """The training loss at the end of the window (median, standard error), None when not seen."""
+        training = self.report.training if self.report is not None else None
+        series = training.series if training is not None else None
+        return _end(series.loss if series is not None else [])
+
+    @property
+    def val_loss(self) -> float | None:
+        training = self.report.training if self.report is not None else None
+        validation = training.validation if training is not None else None
+        values = [v for v in (validation.loss if validation is not None else []) if v is not None]
+        return values[-1] if values else None
+
+    def kinds(self) -> list[str]:
+        if self.report is None:
+            return []
+        found = [f.kind for f in self.report.shown_findings() if f.source == "rules" and f.severity in SHOWN]
+        return sorted(set(found))
+
+    def crash_line(self) -> str:
+        lines = [ln.strip() for ln in self.log.splitlines() if ln.strip()]
+        return lines[-1][:200] if lines else f"exit code {self.exit_code}"
+
+
+@dataclass
+class FixSession:
+    """What `modeldebug fix` found: the probe, the fixes tried, and the verdict in one sentence."""
+
+    probe: Window | None
+    fixes: list[Fix] = field(default_factory=list)
+    verdict: str = ""
+    seconds: float = 0.0
+
+    @property
+    def report(self) -> Report | None:
+        return self.probe.report if self.probe is not None else None
+
+
+def _end(values: Sequence[float | None]) -> tuple[float, float] | None:
+    """Median and its standard error (from the median absolute deviation: a spike or two in the
+    segment moves neither) of the last fifth of the loss points; NaN when any is non-finite there
+    (the run diverged), None when no loss was recorded."""
+    points = [math.nan if v is None else float(v) for v in values]
+    if not points:
+        return None
+    n = max(MIN_END_POINTS, math.ceil(len(points) * END_FRACTION))
+    tail = points[-n:]
+    if not all(math.isfinite(v) for v in tail):
+        return (math.nan, 0.0)
+    middle = statistics.median(tail)
+    mad = statistics.median(abs(v - middle) for v in tail)
+    # 1.4826 MAD estimates a normal sigma; the median's standard error is 1.2533 sigma / sqrt(n)
+    return (middle, 1.4826 * 1.2533 * mad / math.sqrt(len(tail)))
+
+
+def _window(command: Sequence[str], steps: int, spec: dict[str, Any] | None, store: Path, config) -> Window:
+    from modeldebug.runner import run_script
+
+    env = {ENV_STOP: str(steps), ENV_SEED: "0", ENV_FIX: json.dumps(spec or {"kind": "none"})}
+    started = time.time()
+    with tempfile.TemporaryFile("w+") as log:
+        try:
+            result = run_script(command, config=config, store_path=store, show_status=False,
+                                extra_env=env, output=log)
+        except ValueError as exc:  # the command could not start
+            return Window(None, 127, time.time() - started, str(exc))
+        log.seek(0)
+        text = log.read()[-20000:]
+    return Window(result.report, result.exit_code, time.time() - started, text)
+
+
+def run_fix(
+    command: Sequence[str],
+    *,
+    steps: int = DEFAULT_STEPS,
+    max_candidates: int = DEFAULT_CANDIDATES,
+    config=None,
+    store_path: str | os.PathLike | None = None,
+    on_window: Callable[[str], None] | None = None,
+) -> FixSession:
+    """Probe ``command`` for ``steps`` steps, then try the candidates for its root findings.
+
+    ``store_path``: keep every run in this run store (default: a temporary one, removed after);
+    ``on_window(text)``: told before each run starts (the CLI's progress line)."""
+    started = time.time()
+    tell = on_window or (lambda text: None)
+    with tempfile.TemporaryDirectory(prefix="modeldebug-fix-") as tmp:
+        store = Path(store_path) if store_path else Path(tmp) / "runs.db"
+        run = lambda spec: _window(command, steps, spec, store, config)  # noqa: E731
+        tell("probe: the script unfixed")
+        probe = run(None)
+        session = FixSession(probe)
+        unverifiable = _nothing_to_verify(probe)
+        if unverifiable:
+            session.verdict = f"nothing to verify: {unverifiable}"
+        else:
+            roots = [s.root for s in probe.report.stories() if s.root.source == "rules" and s.root.severity in SHOWN]
+            candidates = build(roots, max_candidates)
+            if not roots:
+                session.verdict = "no fix needed: the probe found no medium or high finding"
+            elif not candidates:
+                kinds = ", ".join(sorted({f.kind for f in roots}))
+                session.verdict = f"no candidate fix for the root findings ({kinds}) yet"
+            else:
+                tell("noise: the script unfixed, again")
+                again = run(None)
+                for candidate in candidates:
+                    tell(f"candidate: {candidate.change}")
+                    session.fixes.append(_judge(candidate, probe, again, run(candidate.spec)))
+                session.fixes.sort(key=_rank)
+                verified = sum(f.verified for f in session.fixes)
+                session.verdict = (f"{verified} of {len(session.fixes)} candidate fixes verified" if verified
+                                   else f"no candidate fix verified ({len(session.fixes)} tried)")
+    session.seconds = time.time() - started
+    if session.report is not None and session.fixes:
+        session.report.fixes = session.fixes
+    return session
+
+
+def fix(command: Sequence[str], *, steps: int = DEFAULT_STEPS, max_candidates: int = DEFAULT_CANDIDATES,
+        config=None, store_path: str | os.PathLike | None = None) -> list[Fix]:
+    """The Python API of `modeldebug fix`: the candidate fixes tried, the best verified first
+    (empty when nothing needed or could be verified; :func:`run_fix` says which)."""
+    return run_fix(command, steps=steps, max_candidates=max_candidates, config=config,
+                   store_path=store_path).fixes
+
+
+def _nothing_to_verify(probe: Window) -> str | None:
+    if probe.report is None:
+        return f"the command did not start ({probe.log})"
+    if probe.exit_code != 0:
+        return f"the script fails before the end of the window ({probe.crash_line()}); fix the crash first"
+    end = probe.loss
+    if end is None:
+        return "the collector saw no training loss in the window"
+    return None
+
+
+def _judge(candidate: Candidate, probe: Window, again: Window, after: Window) -> Fix:
+    before_kinds = set(probe.kinds()) | set(again.kinds())
+    loss_before = _mean_loss(probe, again)
+    end_after = after.loss
+    fix = Fix(addresses=candidate.addresses, change=candidate.change, verified=False, reason="",
+              loss_before=_finite(loss_before), loss_after=_finite(end_after[0]) if end_after else None,
+              val_loss_before=probe.val_loss, val_loss_after=after.val_loss,
+              findings_after=after.kinds(), seconds=round(after.seconds, 2))
+    if after.exit_code != 0 or after.report is None:
+        fix.reason = f"the script crashed with this change: {after.crash_line()}"
+        return fix
+    left = [k for k in candidate.addresses if k in fix.findings_after]
+    if left:
+        fix.reason = f"still found: {', '.join(left)}"
+        return fix
+    new = sorted(set(fix.findings_after) - before_kinds)
+    if new:
+        fix.reason = f"new finding with this change: {', '.join(new)}"
+        return fix
+    if end_after is None or not math.isfinite(end_after[0]):
+        fix.reason = "the training loss is not finite at the end of the window"
+        return fix
+    noise = _noise(probe, again, end_after)
+    if math.isfinite(loss_before) and end_after[0] >= loss_before - noise:
+        fix.reason = (f"the training loss is not lower by more than noise ({end_after[0]:.4g} vs {loss_before:.4g}, "
+                      f"noise {noise:.2g})")
+        return fix
+    if fix.val_loss_before is not None and fix.val_loss_after is not None and fix.val_loss_after > fix.val_loss_before + noise:
+        fix.reason = f"the validation loss got worse ({fix.val_loss_after:.4g} vs {fix.val_loss_before:.4g})"
+        return fix
+    fix.verified = True
+    gone = ", ".join(candidate.addresses)
+    fix.reason = (f"{gone} gone, no new finding, training loss {_text(loss_before)} -> {end_after[0]:.4g} "
+                  f"(noise {noise:.2g})")
+    return fix
+
+
+def _mean_loss(*windows: Window) -> float:
+    """The unfixed runs' end loss, averaged (NaN when either diverged)."""
+    ends = [w.loss for w in windows]
+    if any(e is None for e in ends):
+        ends = [e for e in ends if e is not None]
+    if not ends:
+        return math.nan
+    return sum(e[0] for e in ends) / len(ends)
+
+
+def _noise(probe: Window, again: Window, after: tuple[float, float]) -> float:
+    """Run-to-run difference of the unfixed end loss; at least twice the standard error of the
+    difference of the two end medians (a script that repeats exactly still has a noisy end)."""
+    a, b = probe.loss, again.loss
+    spread = abs(a[0] - b[0]) if a and b and math.isfinite(a[0]) and math.isfinite(b[0]) else 0.0
+    base_se = a[1] if a and math.isfinite(a[0]) else 0.0
+    return max(spread, 2.0 * math.hypot(base_se, after[1]))
+
+
+def _rank(fix: Fix) -> tuple:
+    return (not fix.verified, fix.loss_after if fix.loss_after is not None else math.inf)
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _text(value: float) -> str:
+    return f"{value:.4g}" if math.isfinite(value) else "non-finite"

@@ -1,0 +1,120 @@
+"""`modeldebug fix` end to end: real fault scripts re-run with candidate fixes (issue 18).
+
+Each window is the script watched as `modeldebug run` watches it, stopped after a few optimizer
+steps; the windows are kept short so that the file stays within about two minutes on a quiet core.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from modeldebug.fixes import candidates, verify
+from modeldebug.fixes.verify import Window, run_fix
+from modeldebug.types import Report, RunInfo
+
+FAULTS = Path(__file__).parents[1] / "faults"
+
+
+def _script(name: str) -> list[str]:
+    return [sys.executable, str(FAULTS / name)]
+
+
+def _by_kind(session, spec_kind: str, **params):
+    return [f for f in session.fixes
+            if f.change == _change(spec_kind, **params)]
+
+
+def _change(kind: str, **params) -> str:
+    maker = {"lr_scale": candidates.lr_scale, "zero_grad": candidates.zero_grad,
+             "clip_grad_norm": candidates.clip_grad_norm}[kind]
+    return maker(**params).change
+
+
+def test_lr_far_too_high_is_fixed_by_a_lower_rate_and_not_by_clipping(tmp_path):
+    session = run_fix(_script("loss_not_decreasing__mlp_adam_lr_far_too_high.py"), steps=150, max_candidates=3,
+                      store_path=tmp_path / "runs.db")
+    assert {f.kind for f in session.report.findings} >= {"loss_not_decreasing"}
+    best = session.fixes[0]
+    assert best.verified and best.change == _change("lr_scale", factor=0.01), session.fixes
+    assert "loss_not_decreasing" in best.addresses
+    assert best.loss_after < best.loss_before
+    assert best.findings_after == [] or "loss_not_decreasing" not in best.findings_after
+    clip = _by_kind(session, "clip_grad_norm")
+    assert clip and not clip[0].verified and clip[0].reason
+    # the report carries the fixes (the contract's `fixes` field), best verified first
+    data = json.loads(session.report.to_json())
+    assert data["fixes"][0]["verified"] is True and data["fixes"][0]["patch"] is None
+    assert [f["verified"] for f in data["fixes"]] == sorted((f["verified"] for f in data["fixes"]), reverse=True)
+
+
+def test_gradients_never_zeroed_are_fixed_by_zero_grad_and_not_by_a_lower_rate(tmp_path):
+    command = _script("gradient_accumulation__lstm_zero_grad_outside_loop.py")
+    session = run_fix(command, steps=120, store_path=tmp_path / "runs.db")
+    fixes = _by_kind(session, "zero_grad")
+    assert fixes and fixes[0].verified, session.fixes
+    assert fixes[0].addresses == ["gradient_accumulation"]
+    assert "gradient_accumulation" not in fixes[0].findings_after
+    # a wrong candidate for the same finding, re-run the same way, is rejected: the finding stays
+    wrong = candidates.lr_scale(0.1)
+    wrong.addresses = ["gradient_accumulation"]
+    after = verify._window(command, 120, wrong.spec, tmp_path / "runs.db", None)
+    judged = verify._judge(wrong, session.probe, session.probe, after)
+    assert not judged.verified and "gradient_accumulation" in judged.reason
+
+
+def test_a_healthy_script_needs_no_fix(tmp_path):
+    session = run_fix(_script("healthy__mlp_classifier_dataloader.py"), steps=80, store_path=tmp_path / "runs.db")
+    assert session.fixes == []
+    assert session.verdict.startswith("no fix needed"), session.verdict
+    assert session.report.run.steps == 80  # the window ended the script cleanly at its step
+    assert session.report.run.status == "completed" and session.probe.exit_code == 0
+
+
+CRASHES = """
+import torch
+from torch import nn
+
+model = nn.Linear(4, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for step in range(5):
+    loss = model(torch.randn(8, 4)).pow(2).mean()
+    loss.backward()
+    opt.step()
+raise RuntimeError("the data file is missing")
+"""
+
+
+def test_a_crashing_script_has_nothing_to_verify_and_the_command_exits_0(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(CRASHES))
+    out = tmp_path / "fix.json"
+    proc = subprocess.run([sys.executable, "-m", "modeldebug", "fix", "--steps", "50", "--json", str(out),
+                           "--", sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing to verify" in proc.stderr and "the data file is missing" in proc.stderr
+    data = json.loads(out.read_text())
+    assert "fixes" not in data  # written only when some were tried
+
+
+def test_a_candidate_that_crashes_the_script_is_rejected_with_the_reason():
+    unfixed = Window(Report(run=RunInfo(id="probe")), 0, 1.0)
+    crashed = Window(Report(run=RunInfo(id="after", status="crashed")), 1, 1.0,
+                     "Traceback (most recent call last):\nValueError: bad shape")
+    judged = verify._judge(candidates.clip_grad_norm(), unfixed, unfixed, crashed)
+    assert not judged.verified
+    assert judged.reason == "the script crashed with this change: ValueError: bad shape"
+
+
+def test_end_of_window_loss_is_the_median_of_the_last_fifth():
+    assert verify._end([]) is None
+    diverged = verify._end([1.0, 1.0, 1.0, 1.0, float("nan")])
+    assert diverged[0] != diverged[0]  # NaN: the window ended diverged
+    middle, error = verify._end([5.0] * 12 + [1.0, 1.0, 9.0])  # a spike in the end segment moves nothing
+    assert middle == 1.0 and error == 0.0
+    assert verify._end([float(v) for v in range(20)])[0] == 17.5
