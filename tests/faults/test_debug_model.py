@@ -44,6 +44,16 @@ PROFILE = {"profiling_config": {"warmup": 1, "iterations": 3}}  # the tools' tim
 
 # The probe trains a copy with its own loop: zero_grad, forward, loss, backward, step, every step, keeping nothing.
 LOOP = {
+    "nan_or_inf__mlp_regression_warmup_to_high_lr":
+        "the warm-up that passes the stable step size is the loop's scheduler; the probe steps at the optimizer's "
+        "current lr (the warm-up's first, small one)",
+    "clip_before_backward__amp_sgd_clip_scaled_gradients":
+        "the clip before scaler.unscale_ is in the loop; the probe steps the optimizer itself, with no GradScaler",
+    "nan_or_inf__amp_fp16_price_regression":
+        "the fp16 overflow needs the loop's autocast and GradScaler; the probe trains in float32",
+    "loss_not_decreasing__accelerate_intent_classifier_adamw_warmup":
+        "the warm-up schedule that reaches lr 1.0 is the loop's; the probe steps at the optimizer's current lr "
+        "(the warm-up's first, small one)",
     "gradient_accumulation__lstm_zero_grad_outside_loop":
         "zero_grad() runs once before the loop; the probe's loop zeroes the gradients every step",
     "gradient_accumulation__mlp_no_zero_grad": "the loop never calls zero_grad(); the probe's loop does",
@@ -106,6 +116,12 @@ NOT_CAPTURED = {
 }
 # Healthy through their own loop; the probe's copy without it is not asserted clean.
 NEEDS_LOOP = {
+    "healthy__mlp_regression_warmup_sgd":
+        "SGD at the warm-up's first lr with no schedule: the probe's short run hardly moves the loss and reports "
+        "loss_not_decreasing, high",
+    "healthy__accelerate_intent_classifier_adamw_warmup":
+        "AdamW from the warm-up's first lr with no schedule: the probe's short run does not move the loss and "
+        "reports labels_unrelated and loss_not_decreasing (as healthy__mlp_batchnorm_dropout_blocks in OPEN)",
     "healthy__lstm_forecaster_sgd_clipped":
         "SGD at a high lr is stable only with the loop's clip_grad_norm_(0.5); the probe's copy explodes (nan_or_inf)",
     "healthy__mlp_price_regression_clipped":

@@ -98,7 +98,12 @@ def _note_monitor_stop(ev, notices: list[str]) -> None:
 
 
 def clone_for_probe(model, optimizer=None):
-    """A deep copy of ``model`` and an equivalent optimizer over the copy's parameters (state included)."""
+    """A deep copy of ``model`` and an equivalent optimizer over the copy's parameters (state included).
+    A framework's wrapper (accelerate's AcceleratedOptimizer) is copied as the torch optimizer inside it."""
+    import torch
+
+    while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+        optimizer = optimizer.optimizer
     try:
         if optimizer is None:
             return copy.deepcopy(model), None
