@@ -68,6 +68,38 @@ def test_gradients_never_zeroed_are_fixed_by_zero_grad_and_not_by_a_lower_rate(t
     assert not judged.verified and "gradient_accumulation" in judged.reason
 
 
+FROZEN_FIRST_LAYER = """
+import torch
+from torch import nn
+
+torch.manual_seed(0)
+X = torch.randn(2048, 16)
+y = (X[:, :4].sum(1) > 0).long()
+
+model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 2))
+model[0].requires_grad_(False)  # warm up the head first
+optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+loss_fn = nn.CrossEntropyLoss()
+for step in range(200):
+    i = torch.randint(0, len(X), (64,))
+    optimizer.zero_grad()
+    loss = loss_fn(model(X[i]), y[i])
+    loss.backward()
+    optimizer.step()
+"""
+
+
+def test_parameters_frozen_by_mistake_are_trained_again(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(FROZEN_FIRST_LAYER)
+    session = run_fix([sys.executable, str(script)], steps=80, store_path=tmp_path / "runs.db")
+    assert [f.kind for f in session.report.findings if f.severity != "low"] == ["unchanged_weights"]
+    (fix,) = session.fixes
+    assert fix.verified and fix.addresses == ["unchanged_weights"], fix
+    assert fix.change.startswith("train 0.weight, 0.bias") and fix.findings_after == []
+    assert fix.loss_after < fix.loss_before
+
+
 def test_a_healthy_script_needs_no_fix(tmp_path):
     session = run_fix(_script("healthy__mlp_classifier_dataloader.py"), steps=80, store_path=tmp_path / "runs.db")
     assert session.fixes == []

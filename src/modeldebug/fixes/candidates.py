@@ -45,15 +45,30 @@ def clip_grad_norm(max_norm: float = CLIP_MAX_NORM) -> Candidate:
                      f"each optimizer.step()")
 
 
-# What the rules name as a finding's cause, and the kinds whose mechanism a candidate targets.
+def train_params(finding: Finding) -> Candidate | None:
+    """Train the parameters the finding names (its evidence's ``params``): frozen ones require
+    gradients again, and those the optimizer was not given are added to it."""
+    names = [n for n in finding.evidence.get("params") or [] if isinstance(n, str)]
+    if not names:
+        return None
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return Candidate({"kind": "train_params", "params": names},
+                     f"train {shown}: requires_grad_(True) on the frozen ones and add the ones the optimizer "
+                     f"lacks to it (optimizer.add_param_group), from the second step")
+
+
+# What the rules name as a finding's cause, and the kinds whose mechanism a candidate targets;
+# each maker is given the finding and may find nothing to change (None).
 BY_CAUSE = {
-    "learning_rate_too_high": (lambda: lr_scale(0.1), lambda: lr_scale(0.01)),
-    "missing_zero_grad": (zero_grad,),
+    "learning_rate_too_high": (lambda f: lr_scale(0.1), lambda f: lr_scale(0.01)),
+    "missing_zero_grad": (lambda f: zero_grad(),),
+    "frozen_parameters": (train_params,),
+    "parameters_not_in_optimizer": (train_params,),
 }
 BY_KIND = {
-    "gradient_accumulation": (zero_grad,),
-    "exploding_gradient": (clip_grad_norm,),
-    "loss_spike": (clip_grad_norm,),
+    "gradient_accumulation": (lambda f: zero_grad(),),
+    "exploding_gradient": (lambda f: clip_grad_norm(),),
+    "loss_spike": (lambda f: clip_grad_norm(),),
 }
 
 
@@ -65,7 +80,9 @@ def build(roots: list[Finding], limit: int) -> list[Candidate]:
         makers = [m for cause in finding.causes for m in BY_CAUSE.get(cause, ())]
         makers += BY_KIND.get(finding.kind, ())
         for make in makers:
-            candidate = make()
+            candidate = make(finding)
+            if candidate is None:
+                continue
             kept = found.setdefault(candidate.key, candidate)
             if finding.kind not in kept.addresses:
                 kept.addresses.append(finding.kind)

@@ -95,6 +95,10 @@ def _after_collector(debugger: Any) -> None:
     if (_candidate or {}).get("kind") == "zero_grad":
         register_optimizer_step_post_hook(_guarded(_stepped))
         _zero_before_backward()
+    if (_candidate or {}).get("kind") == "train_params" and debugger is not None:
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+        register_optimizer_step_pre_hook(_guarded(_train_params(debugger)))
     if _stop_after > 0:
         register_optimizer_step_post_hook(_window_end(debugger))
 
@@ -185,3 +189,30 @@ def _zero_before_backward() -> None:
 
     torch.Tensor.backward = wrap(torch.Tensor.backward)
     torch.autograd.backward = wrap(torch.autograd.backward)
+
+
+def _train_params(debugger: Any) -> Callable:
+    """At the first step of an optimizer that trains a watched model: the parameters the finding
+    named (by their qualified names in the run) require gradients again, and those the optimizer
+    does not hold are added to it as one more group (its defaults). They train from the next step."""
+    names = set(_candidate.get("params") or [])
+    done = [False]
+
+    def hook(optimizer, args, kwargs) -> None:
+        if done[0] or not debugger.watched.owns(optimizer):
+            return
+        done[0] = True
+        held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        missing = []
+        for name, p in list(debugger.watched.params):
+            if name not in names:
+                continue
+            if not p.requires_grad and p.is_floating_point():
+                p.requires_grad_(True)
+            if id(p) not in held:
+                missing.append(p)
+                held.add(id(p))
+        if missing:
+            optimizer.add_param_group({"params": missing})
+
+    return hook
