@@ -12,8 +12,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
+import jsonschema
 
+import modeldebug as md
 from modeldebug.fixes import candidates, verify
 from modeldebug.fixes.verify import Window, run_fix
 from modeldebug.types import Report, RunInfo
@@ -49,6 +50,7 @@ def test_lr_far_too_high_is_fixed_by_a_lower_rate_and_not_by_clipping(tmp_path):
     assert clip and not clip[0].verified and clip[0].reason
     # the report carries the fixes (the contract's `fixes` field), best verified first
     data = json.loads(session.report.to_json())
+    jsonschema.validate(data, Report.json_schema())  # the published contract
     assert data["fixes"][0]["verified"] is True and data["fixes"][0]["patch"] is None
     assert [f["verified"] for f in data["fixes"]] == sorted((f["verified"] for f in data["fixes"]), reverse=True)
 
@@ -132,6 +134,7 @@ def test_a_crashing_script_has_nothing_to_verify_and_the_command_exits_0(tmp_pat
     assert "nothing to verify" in proc.stderr and "the data file is missing" in proc.stderr
     data = json.loads(out.read_text())
     assert "fixes" not in data  # written only when some were tried
+    assert md.fix([sys.executable, str(script)], steps=50) == []  # the Python API says the same: nothing
 
 
 def test_a_candidate_that_crashes_the_script_is_rejected_with_the_reason():

@@ -134,14 +134,22 @@ def _scale_lr(optimizer, args, kwargs) -> None:
     """Every group steps at ``factor`` times the rate its schedule gives it; the rate is put back
     after the step, so schedulers (absolute or chained) keep computing from the script's values."""
     factor = float(_candidate["factor"])
-    _saved_lrs[id(optimizer)] = [g.get("lr") for g in optimizer.param_groups]
+    key = _groups_key(optimizer)
+    if key in _saved_lrs:  # a wrapper (accelerate's) stepping the optimizer whose groups it shares
+        return
+    _saved_lrs[key] = [g.get("lr") for g in optimizer.param_groups]
     for g in optimizer.param_groups:
         if g.get("lr") is not None:
             g["lr"] = g["lr"] * factor
 
 
+def _groups_key(optimizer) -> int:
+    groups = optimizer.param_groups
+    return id(groups[0]) if groups else id(optimizer)
+
+
 def _restore_lr(optimizer, args, kwargs) -> None:
-    saved = _saved_lrs.pop(id(optimizer), None)
+    saved = _saved_lrs.pop(_groups_key(optimizer), None)
     if saved is not None and len(saved) == len(optimizer.param_groups):
         for g, lr in zip(optimizer.param_groups, saved):
             if lr is not None:

@@ -140,7 +140,8 @@ def run_fix(
             roots = [s.root for s in probe.report.stories() if s.root.source == "rules" and s.root.severity in SHOWN]
             candidates = build(roots, max_candidates)
             if not roots:
-                session.verdict = "no fix needed: the probe found no medium or high finding"
+                session.verdict = (f"no fix needed: no medium or high finding in the first {steps} steps "
+                                   f"(a symptom that comes later needs a longer --steps)")
             elif not candidates:
                 kinds = ", ".join(sorted({f.kind for f in roots}))
                 session.verdict = f"no candidate fix for the root findings ({kinds}) yet"
