@@ -146,6 +146,55 @@ def test_a_candidate_that_crashes_the_script_is_rejected_with_the_reason():
     assert judged.reason == "the script crashed with this change: ValueError: bad shape"
 
 
+SMALL_LOOP = """
+import torch
+from torch import nn
+
+torch.manual_seed(0)
+model = nn.Linear(4, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for step in range(30):
+    opt.zero_grad()
+    loss = model(torch.randn(8, 4)).pow(2).mean()
+    loss.backward()
+    opt.step()
+print("lr", opt.param_groups[0]["lr"], "done")
+"""
+
+
+def test_a_candidate_that_fails_inside_switches_itself_off_and_the_script_runs_on(tmp_path):
+    from modeldebug.fixes.child import ENV_FIX, ENV_STOP
+    from modeldebug.runner import run_script
+
+    script = tmp_path / "train.py"
+    script.write_text(SMALL_LOOP)
+    log = tmp_path / "out.txt"
+    with open(log, "w") as out:
+        result = run_script([sys.executable, str(script)], store_path=tmp_path / "runs.db", show_status=False,
+                            extra_env={ENV_FIX: json.dumps({"kind": "lr_scale", "factor": "not a number"}), ENV_STOP: "0"},
+                            output=out)
+    text = log.read_text()
+    assert result.exit_code == 0 and "lr 0.1 done" in text, text
+    assert "the candidate stopped applying (ValueError" in text
+    assert result.report.run.steps == 30
+
+
+def test_the_window_ends_the_script_at_its_step_with_the_lr_scaled_only_inside_the_step(tmp_path):
+    from modeldebug.fixes.child import ENV_FIX, ENV_STOP
+    from modeldebug.runner import run_script
+
+    script = tmp_path / "train.py"
+    script.write_text(SMALL_LOOP.replace('print("lr"', 'print("never reached", opt.param_groups[0]["lr"]); print("lr"'))
+    log = tmp_path / "out.txt"
+    with open(log, "w") as out:
+        result = run_script([sys.executable, str(script)], store_path=tmp_path / "runs.db", show_status=False,
+                            extra_env={ENV_FIX: json.dumps({"kind": "lr_scale", "factor": 0.5}), ENV_STOP: "12"},
+                            output=out)
+    assert result.exit_code == 0 and "never reached" not in log.read_text()
+    assert result.report.run.steps == 12 and result.report.run.status == "completed"
+    assert result.report.training.series.lr[-1] == 0.05  # the rate the step used, as the run recorded it
+
+
 def test_end_of_window_loss_is_the_median_of_the_last_fifth():
     assert verify._end([]) is None
     diverged = verify._end([1.0, 1.0, 1.0, 1.0, float("nan")])
