@@ -184,37 +184,38 @@ def _judge(candidate: Candidate, probe: Window, again: Window, after: Window) ->
     before_kinds = set(probe.kinds()) | set(again.kinds())
     loss_before = _mean_loss(probe, again)
     end_after = after.loss
-    fix = Fix(addresses=candidate.addresses, change=candidate.change, verified=False, reason="",
-              loss_before=_finite(loss_before), loss_after=_finite(end_after[0]) if end_after else None,
-              val_loss_before=probe.val_loss, val_loss_after=after.val_loss,
-              findings_after=after.kinds(), seconds=round(after.seconds, 2))
+    tried = Fix(addresses=candidate.addresses, change=candidate.change, verified=False, reason="",
+                loss_before=_finite(loss_before), loss_after=_finite(end_after[0]) if end_after else None,
+                val_loss_before=probe.val_loss, val_loss_after=after.val_loss,
+                findings_after=after.kinds(), seconds=round(after.seconds, 2))
     if after.exit_code != 0 or after.report is None:
-        fix.reason = f"the script crashed with this change: {after.crash_line()}"
-        return fix
-    left = [k for k in candidate.addresses if k in fix.findings_after]
+        tried.reason = f"the script crashed with this change: {after.crash_line()}"
+        return tried
+    left = [k for k in candidate.addresses if k in tried.findings_after]
     if left:
-        fix.reason = f"still found: {', '.join(left)}"
-        return fix
-    new = sorted(set(fix.findings_after) - before_kinds)
+        tried.reason = f"still found: {', '.join(left)}"
+        return tried
+    new = sorted(set(tried.findings_after) - before_kinds)
     if new:
-        fix.reason = f"new finding with this change: {', '.join(new)}"
-        return fix
+        tried.reason = f"new finding with this change: {', '.join(new)}"
+        return tried
     if end_after is None or not math.isfinite(end_after[0]):
-        fix.reason = "the training loss is not finite at the end of the window"
-        return fix
+        tried.reason = "the training loss is not finite at the end of the window"
+        return tried
     noise = _noise(probe, again, end_after)
     if math.isfinite(loss_before) and end_after[0] >= loss_before - noise:
-        fix.reason = (f"the training loss is not lower by more than noise ({end_after[0]:.4g} vs {loss_before:.4g}, "
-                      f"noise {noise:.2g})")
-        return fix
-    if fix.val_loss_before is not None and fix.val_loss_after is not None and fix.val_loss_after > fix.val_loss_before + noise:
-        fix.reason = f"the validation loss got worse ({fix.val_loss_after:.4g} vs {fix.val_loss_before:.4g})"
-        return fix
-    fix.verified = True
+        tried.reason = (f"the training loss is not lower by more than noise ({end_after[0]:.4g} vs {loss_before:.4g}, "
+                        f"noise {noise:.2g})")
+        return tried
+    val_before, val_after = tried.val_loss_before, tried.val_loss_after
+    if val_before is not None and val_after is not None and val_after > val_before + noise:
+        tried.reason = f"the validation loss got worse ({val_after:.4g} vs {val_before:.4g})"
+        return tried
+    tried.verified = True
     gone = ", ".join(candidate.addresses)
-    fix.reason = (f"{gone} gone, no new finding, training loss {_text(loss_before)} -> {end_after[0]:.4g} "
-                  f"(noise {noise:.2g})")
-    return fix
+    tried.reason = (f"{gone} gone, no new finding, training loss {_text(loss_before)} -> {end_after[0]:.4g} "
+                    f"(noise {noise:.2g})")
+    return tried
 
 
 def _mean_loss(*windows: Window) -> float:
