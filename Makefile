@@ -21,8 +21,9 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/modeldebug run --json .modeldebug/demo-report.json -- $(PY) examples/forgot_zero_grad.py
 
+# Two workers (the machines have 2 cores), each test file kept on one worker (module fixtures).
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # The overhead benchmark of issue 4 (about 10 minutes; `$(PY) benchmarks/overhead.py --quick` for 2).
 bench: setup

@@ -198,10 +198,27 @@ def snapshot(model, opt):
             [m.training for m in model.modules()])
 
 
+@pytest.fixture(autouse=True)
+def _scripts_leave_nothing_behind():
+    """A script run in this process leaves its models to later tests (zero-code discovery scans the
+    live objects): drop dynamo's caches, which hold compiled scripts' globals, and collect."""
+    yield
+    import gc
+
+    while _CAPTURED:
+        _CAPTURED.pop().globals.clear()  # the script's module scope: its models, optimizers, functions
+    torch._dynamo.reset()
+    gc.collect()
+
+
+_CAPTURED: list = []
+
+
 @pytest.mark.parametrize("path,kind", [_case(p) for p in SCRIPTS])
 def test_debug_model_on_the_script(path, kind, monkeypatch):
     monkeypatch.delenv("MODELDEBUG_LM", raising=False)
     cap = capture(path)
+    _CAPTURED.append(cap)
     name = path.stem
     if name in NOT_CAPTURED:
         assert cap.problems, "the capture must say why it could not pick the script's objects"

@@ -91,7 +91,7 @@ def print_report(report: Report, console: Console | None = None, *, issue: str |
         console.print(Text(run.unwatched.reason, style="yellow"))
     _print_expected(report, console)
     for path in written:
-        console.print(f"report written to {escape(path)}", style="dim")
+        console.print(f"report written to {escape(path)}", style="dim", soft_wrap=True)  # a path is never folded
 
 
 def _print_expected(report: Report, console: Console) -> None:
