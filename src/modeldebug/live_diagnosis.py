@@ -139,13 +139,15 @@ class LiveDiagnosis:
         self._thread.start()
         return self
 
-    def stop(self, final_pass: bool = False) -> None:
-        """Stop polling (and, with ``final_pass``, diagnose once more what the run left)."""
+    def stop_polling(self) -> None:
+        """No pass after this one (the caller's diagnosis is the last word); returns at once."""
+        self._stop.set()
+
+    def stop(self) -> None:
+        """Stop polling, wait for a pass under way, and close the alerts file."""
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
-        if final_pass and self.error is None:
-            self.poll()
         if self._alerts is not None:
             self._alerts.close()
             self._alerts = None

@@ -160,11 +160,14 @@ def run_script(
     signals = _Signals()  # before the script starts: a SIGTERM from now on is the script's too
     show = show_status and live.wanted()
     watcher = None
+    warm_up = threading.Thread(target=_prepare, args=(DIAGNOSIS_MODULES + tuple(prepare),),
+                               name="modeldebug-prepare", daemon=True)
     if show or alerts or stop_on:
         from modeldebug.live_diagnosis import LiveDiagnosis
 
+        # its first pass imports what the warm-up imports, so it waits for it
         watcher = LiveDiagnosis(run_id, store_path, alerts_path=alerts, stop_on=stop_on, on_stop=signals.stop_for,
-                                diagnose_with=dict(diagnose_with or {}))
+                                diagnose_with=dict(diagnose_with or {}), after=warm_up)
     status = live.Status(run_id, store_path, diagnosis=watcher).start() if show else None
     try:
         if status is not None:
@@ -181,11 +184,8 @@ def run_script(
     except BaseException:
         signals.restore()
         raise
-    warm_up = threading.Thread(target=_prepare, args=(DIAGNOSIS_MODULES + tuple(prepare),),
-                               name="modeldebug-prepare", daemon=True)
     warm_up.start()
     if watcher is not None:
-        watcher._after = warm_up  # its first pass imports what the warm-up imports: after it
         watcher.start()
 
     signals.watch(proc)
@@ -204,7 +204,7 @@ def run_script(
 
     stopped_by = None
     if watcher is not None:
-        watcher._stop.set()  # no pass after the script: the diagnosis below is the last word
+        watcher.stop_polling()  # no pass after the script: the diagnosis below is the last word
         stopped_by = watcher.stopped_by
 
     def finish(path: Path):

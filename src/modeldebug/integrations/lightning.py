@@ -30,6 +30,8 @@ import sys
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from modeldebug.integrations import never_raises
+
 if TYPE_CHECKING:
     from modeldebug.collect.session import Debugger
     from modeldebug.config import DebuggingConfig
@@ -41,24 +43,14 @@ log = logging.getLogger(__name__)
 VALIDATION_LOSS_NAMES = ("val_loss", "valid_loss", "validation_loss", "val_loss_epoch", "loss_val")
 
 
-def _safe(hook):
-    """A Lightning hook of ours: skipped once switched off, and never raises into the Trainer."""
+def _warn_and_switch_off(callback, hook: str, exc: Exception) -> None:
+    warnings.warn(f"modeldebug stopped watching this Lightning run after an internal error in "
+                  f"{hook}: {type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=3)
+    log.debug("modeldebug Lightning callback failed", exc_info=True)
+    callback._switch_off(hook, exc)
 
-    @functools.wraps(hook)
-    def run(self, *args, **kwargs):
-        if self._off:
-            return None
-        try:
-            return hook(self, *args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - the user's training goes on without us
-            self._off = True
-            warnings.warn(f"modeldebug stopped watching this Lightning run after an internal error in "
-                          f"{hook.__name__}: {type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=2)
-            log.debug("modeldebug Lightning callback failed", exc_info=True)
-            self._switch_off(hook.__name__, exc)
-            return None
 
-    return run
+_safe = never_raises(_warn_and_switch_off)  # a hook of ours never raises into the Trainer
 
 
 class Watching:

@@ -25,7 +25,6 @@ Trainer: an internal error switches the callback off with one log line.
 from __future__ import annotations
 
 import atexit
-import functools
 import logging
 import os
 import sys
@@ -33,6 +32,7 @@ import weakref
 from typing import Any
 
 from modeldebug.errors import require
+from modeldebug.integrations import never_raises
 
 require("transformers", "transformers")
 from transformers import Trainer, TrainerCallback  # noqa: E402
@@ -44,21 +44,11 @@ SEVERITY_LEVEL = {"high": 3, "medium": 2, "low": 1}  # a finding's kind in the l
 _STACK_DEPTH = 64  # frames looked at for the Trainer that calls us
 
 
-def _safe(method):
-    """A callback method that never raises into the Trainer: an error switches the callback off."""
+def _log_and_switch_off(callback, method: str, exc: Exception) -> None:
+    log.error("modeldebug's Trainer callback stopped after an internal error in %s", method, exc_info=exc)
 
-    @functools.wraps(method)
-    def run(self, *args, **kwargs):
-        if self._off:
-            return None
-        try:
-            return method(self, *args, **kwargs)
-        except Exception:
-            self._off = True
-            log.exception("modeldebug's Trainer callback stopped after an internal error in %s", method.__name__)
-            return None
 
-    return run
+_safe = never_raises(_log_and_switch_off)  # a callback method that never raises into the Trainer
 
 
 class ModelDebugCallback(TrainerCallback):

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from modeldebug.rules.base import Rule
 from modeldebug.types import RuleError
@@ -227,7 +227,3 @@ def _source(cls: type) -> str:
 
 def source_of(rule: Any) -> str:
     return _source(rule if isinstance(rule, type) else type(rule))
-
-
-def rule_ids(rules: Iterable[Any]) -> list[str]:
-    return [getattr(r, "id", "") for r in rules]
