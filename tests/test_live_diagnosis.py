@@ -174,3 +174,39 @@ def test_a_live_diagnosis_needs_a_store_file():
 def test_a_pass_before_the_run_exists_finds_nothing(tmp_path):
     live = LiveDiagnosis("no-such-run", tmp_path / "missing.db")
     assert live.poll() == [] and live.passes == 0
+
+
+def finding(kind: str, severity: str = "medium", location: str | None = "fc") -> md.Finding:
+    return md.Finding(kind=kind, severity=severity, confidence=0.8, location=location, message=kind)
+
+
+def test_timing_findings_alert_only_once_a_second_pass_bears_them_out(tmp_path):
+    # A burst of load can make a wall-clock share hold for one pass: such kinds wait for the next.
+    live = LiveDiagnosis("r", tmp_path / "runs.db")
+    slow, nan = finding("slow_operation"), finding("nan_or_inf", "high")
+    assert [f.kind for _, f in live._raise([slow, nan])] == ["nan_or_inf"]  # a NaN is alerted at once
+    assert live._raise([nan]) == []  # the burst is over: nothing was alerted
+    assert live._raise([slow]) == []
+    assert [(e, f.kind) for e, f in live._raise([slow, nan])] == [("new", "slow_operation")]
+    high = finding("slow_operation", "high")
+    assert live._raise([high]) == [] and [e for e, _ in live._raise([high])] == ["changed"]
+    # the diagnosis at the end has seen the whole run: it needs no second pass
+    end = LiveDiagnosis("r", tmp_path / "runs.db")
+    end.finish([finding("input_bottleneck", location=None)])
+    assert end.newest is not None and end.newest.kind == "input_bottleneck"
+
+
+def test_the_live_budget_comes_from_the_option_or_the_project_file(tmp_path, monkeypatch):
+    (tmp_path / "train.py").write_text("raise SystemExit('must not run')\n")
+    proc = subprocess.run([sys.executable, "-m", "modeldebug", "run", "--store", str(tmp_path / "r.db"),
+                           "--live-budget", "0.9", "--", sys.executable, "train.py"], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2 and "--live-budget" in proc.stderr and "must not run" not in proc.stderr
+    (tmp_path / "modeldebug.toml").write_text("live-budget = 0.05\n")
+    monkeypatch.chdir(tmp_path)
+    model = nn.Linear(2, 1)
+    with md.watch(model, torch.optim.SGD(model.parameters(), lr=0.1), on_finding=lambda e, f: None) as dbg:
+        assert dbg.live.budget == 0.05
+    (tmp_path / "modeldebug.toml").write_text("live-budget = 0.9\n")
+    with pytest.raises(md.ConfigError, match="live-budget"):
+        md.watch(model)

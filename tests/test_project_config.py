@@ -132,7 +132,7 @@ def test_a_bad_file_is_refused_before_the_script_runs_and_names_the_key(tmp_path
     assert says in " ".join(proc.stderr.split()) and "must not run" not in proc.stderr
     assert report is None
     if "Unknown key" in says:
-        assert "valid keys: level, sampling-budget, every, fail-on, store, rules, disable, severity" in proc.stderr
+        assert "valid keys: level, sampling-budget, live-budget, every, fail-on, store, rules, disable, severity" in proc.stderr
     assert cli(tmp_path, "config").exit_code == 2
 
 

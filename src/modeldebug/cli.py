@@ -35,6 +35,8 @@ app = typer.Typer(
 STORE_HELP = "SQLite run store (default: the project's `store` setting, else .modeldebug/runs.db)."
 LEVEL_HELP = "How closely to watch (default: the project's `level` setting, else detailed)."
 RULES_HELP = "A Python file of your own rules (Rule subclasses, see docs/rules.md); repeat for several."
+LIVE_BUDGET_HELP = ("Fraction of the wall time the findings-while-it-runs passes may take (default 0.01: a pass "
+                    "of 0.2 s every 20 s); a NaN is acted on within a second whatever the budget.")
 ALERTS_HELP = "Append one JSON line to this file per finding as it appears while the script runs (and when its severity changes)."
 STOP_ON_HELP = ("Stop the script (as Ctrl-C does) when a finding of this severity, or of one of these kinds, appears "
                 "while it runs; the run's status is then `stopped` and modeldebug exits non-zero.")
@@ -88,6 +90,7 @@ def run(
     export: Optional[List[str]] = typer.Option(None, "--export", help=EXPORT_HELP),
     alerts: Optional[Path] = typer.Option(None, "--alerts", help=ALERTS_HELP),
     stop_on: Optional[str] = typer.Option(None, "--stop-on", metavar="high|medium|KIND[,KIND]", help=STOP_ON_HELP),
+    live_budget: Optional[float] = typer.Option(None, "--live-budget", help=LIVE_BUDGET_HELP),
 ) -> None:
     """Run a training script unmodified, watch it, and diagnose it.
 
@@ -101,7 +104,8 @@ def run(
         command = command[1:]
     _run(command, json_out=json_out, html_out=html_out, issue=issue, fail_on=fail_on.value if fail_on else None,
          every=every, level=level.value if level else None, store=store, lm=lm, lm_api_base=lm_api_base,
-         rules=rules or None, baseline=baseline, export=export, alerts=alerts, stop_on=stop_on)
+         rules=rules or None, baseline=baseline, export=export, alerts=alerts, stop_on=stop_on,
+         live_budget=live_budget)
 
 
 @app.command(

@@ -89,6 +89,7 @@ def run(
     export: Optional[List[str]] = None,
     alerts: Optional[Path] = None,
     stop_on: Optional[str] = None,
+    live_budget: Optional[float] = None,
 ) -> NoReturn:
     """`modeldebug run` once its options are read (by typer, or by :func:`run_args`); exits with the
     script's exit code (or 1 when ``fail_on`` is reached). Options left out (None) take the project's
@@ -108,8 +109,12 @@ def run(
             parse_stop_on(stop_on)
         except ValueError as exc:
             _refuse(str(exc))
+    if live_budget is not None and not 0 < live_budget <= 0.5:
+        _refuse(f"--live-budget takes a fraction of the wall time above 0 and at most 0.5 (0.01 is the default); "
+                f"got {live_budget:g}")
     project, diagnose_with = project_settings(
-        {"level": level, "every": every, "store": store, "fail-on": fail_on, "rules": [str(r) for r in rules or []]},
+        {"level": level, "every": every, "store": store, "fail-on": fail_on, "rules": [str(r) for r in rules or []],
+         "live-budget": live_budget},
         baseline)
     store, fail_on = Path(project["store"]), project["fail-on"]
     settings = lm_settings(lm, lm_api_base)
@@ -120,7 +125,8 @@ def run(
     try:
         result = run_script(command, config=config, store_path=store, json_out=json_out, html_out=html_out, issue=issue,
                             lm=settings, prepare=("rich.console", "modeldebug.report.terminal", *export_imports(targets)),
-                            diagnose_with=diagnose_with, alerts=alerts, stop_on=stop_on)
+                            diagnose_with=diagnose_with, alerts=alerts, stop_on=stop_on,
+                            live_budget=project["live-budget"])
     except (ValueError, MissingExtraError) as exc:  # MissingExtraError: --html without the report extra
         from rich.markup import escape
 
@@ -310,6 +316,7 @@ RUN_OPTIONS = {
     "--export": "export",
     "--alerts": "alerts",
     "--stop-on": "stop_on",
+    "--live-budget": "live_budget",
 }
 # Options that may be given more than once (a list of values).
 RUN_LISTS = {"rules": Path, "export": str}  # option -> how each value is read
@@ -329,6 +336,7 @@ RUN_DEFAULTS = {
     "export": None,
     "alerts": None,
     "stop_on": None,
+    "live_budget": None,
 }
 
 
@@ -367,6 +375,11 @@ def run_args(argv: List[str]) -> Optional[tuple]:
         if not (values["every"].isascii() and values["every"].isdigit() and int(values["every"]) >= 1):
             return None
         values["every"] = int(values["every"])
+    if values["live_budget"] is not None:
+        try:
+            values["live_budget"] = float(values["live_budget"])
+        except ValueError:
+            return None
     for key in ("json_out", "html_out", "store", "alerts"):
         if values[key] is not None:
             values[key] = Path(values[key])

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 BUDGET = 0.01  # fraction of wall time the live rules may take
 MIN_INTERVAL_S = 1.0  # the store is flushed about once a second: polling faster sees nothing new
 QUICK_S = 0.2  # how often a cheap query asks whether a non-finite step has appeared (written at once)
+# Kinds judged on wall-clock shares: a burst of load on the machine can make one hold for a pass
+# that the run as a whole does not bear out, so live they alert only after two passes in a row.
+TIMING_KINDS = frozenset({"input_bottleneck", "slow_operation", "straggler_rank"})
 SEVERITIES = ("high", "medium")
 
 
@@ -126,6 +129,7 @@ class LiveDiagnosis:
         self.error: str | None = None  # why it gave up, if it did
         self._after = after  # a thread importing what a pass needs: two importing threads can deadlock
         self._known: dict[tuple, str] = {}  # finding key -> severity last alerted
+        self._held: dict[tuple, str] = {}  # timing findings of the last pass -> severity
         self._alerts = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="modeldebug-live-diagnosis")
@@ -179,14 +183,17 @@ class LiveDiagnosis:
         self.seconds += time.monotonic() - started
         return self._raise(findings)
 
-    def _raise(self, findings: list["Finding"]) -> list[tuple[str, "Finding"]]:
+    def _raise(self, findings: list["Finding"], final: bool = False) -> list[tuple[str, "Finding"]]:
         raised = []
+        held, self._held = self._held, {key(f): f.severity for f in findings if f.kind in TIMING_KINDS}
         for f in findings:
             if f.suppressed:
                 continue
             before = self._known.get(key(f))
             if before == f.severity:
                 continue
+            if f.kind in TIMING_KINDS and not final and held.get(key(f)) != f.severity:
+                continue  # not yet borne out by a second pass
             event = "new" if before is None else "changed"
             self._known[key(f)] = f.severity
             raised.append((event, f))
@@ -220,7 +227,7 @@ class LiveDiagnosis:
             self._thread.join(timeout=30)
         self.findings = list(findings)
         self.stop_on = None  # the run is over: nothing left to stop
-        self._raise(self.findings)
+        self._raise(self.findings, final=True)
         if self._alerts is not None:
             self._alerts.close()
             self._alerts = None

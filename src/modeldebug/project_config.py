@@ -13,6 +13,7 @@ the key, the file and what is valid.
     [tool.modeldebug]
     level = "detailed"                 # basic | detailed | comprehensive
     sampling-budget = 0.01             # fraction of training time the per-layer statistics may take
+    live-budget = 0.01                 # fraction of wall time the findings-while-it-runs passes may take
     fail-on = "high"                   # exit 1 when a finding reaches this severity
     store = ".modeldebug/runs.db"
     rules = ["tools/our_rules.py"]     # extra rule files, relative to this file
@@ -88,6 +89,7 @@ class Settings:
 DEFAULTS: dict[str, Any] = {
     "level": "detailed",
     "sampling-budget": None,
+    "live-budget": None,
     "every": None,
     "fail-on": None,
     "store": DEFAULT_PATH,

@@ -32,6 +32,7 @@ class ProjectConfig(BaseModel):
 
     level: Literal["basic", "detailed", "comprehensive"] | None = Field(None, description="Analysis level.")
     sampling_budget: float | None = Field(None, gt=0, lt=1, description="Fraction of training time for sampled statistics.")
+    live_budget: float | None = Field(None, gt=0, le=0.5, description="Fraction of wall time the live diagnosis may take.")
     every: int | None = Field(None, ge=1, description="Per-layer statistics every N steps (instead of the budget).")
     fail_on: Severity | None = Field(None, description="Exit 1 when a finding reaches this severity.")
     store: str | None = Field(None, description="The SQLite run store (relative to the configuration file).")

@@ -110,6 +110,7 @@ def run_script(
     diagnose_with: Mapping[str, Any] | None = None,
     alerts: str | os.PathLike | None = None,
     stop_on: str | None = None,
+    live_budget: float | None = None,
     extra_env: Mapping[str, str] | None = None,
     output: Any = None,
 ) -> RunResult:
@@ -167,7 +168,8 @@ def run_script(
 
         # its first pass imports what the warm-up imports, so it waits for it
         watcher = LiveDiagnosis(run_id, store_path, alerts_path=alerts, stop_on=stop_on, on_stop=signals.stop_for,
-                                diagnose_with=dict(diagnose_with or {}), after=warm_up)
+                                diagnose_with=dict(diagnose_with or {}), after=warm_up,
+                                **({"budget": live_budget} if live_budget else {}))
     status = live.Status(run_id, store_path, diagnosis=watcher).start() if show else None
     try:
         if status is not None:

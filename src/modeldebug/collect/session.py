@@ -438,7 +438,8 @@ def watch(
     if on_finding is not None or stop_on is not None or alerts is not None:
         from modeldebug.live_diagnosis import attach
 
-        dbg.live = attach(dbg, on_finding=on_finding, stop_on=stop_on, alerts=alerts)
+        dbg.live = attach(dbg, on_finding=on_finding, stop_on=stop_on, alerts=alerts,
+                          **({"budget": project["live-budget"]} if project["live-budget"] else {}))
     models = [model] if isinstance(model, nn.Module) else list(model)
     if not models:
         raise ValueError("Expected at least one model to watch but got none")
