@@ -79,12 +79,45 @@ def _before_collector() -> None:
     _stop_after = int(stop) if stop.isdigit() else 0
     _candidate = _spec()
     kind = (_candidate or {}).get("kind")
+    from modeldebug.fixes import sites
+
+    sites.install()  # where the probe saw the lines its diffs change (fixes/patch.py)
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
     if kind == "lr_scale":
         register_optimizer_step_pre_hook(_guarded(_scale_lr))
     elif kind == "clip_grad_norm":
         register_optimizer_step_pre_hook(_guarded(_clip))
+    elif kind == "weight_decay_scale":
+        register_optimizer_step_pre_hook(_guarded(_scale_weight_decay))
+    elif kind in MODULE_KINDS:
+        _on_modules(kind, _candidate)
+
+
+# Candidates applied to the model, its inputs or its ops (fixes/modules.py), before the collector's
+# hooks so that it sees the fixed calls.
+MODULE_KINDS = ("standardize_inputs", "reinit", "loss_input", "leaky_relu", "module_mode", "stable_op")
+
+
+def _on_modules(kind: str, spec: dict[str, Any]) -> None:
+    from modeldebug.fixes import modules
+
+    if kind == "stable_op":
+        modules.stable_ops(str(spec["op"]), float(spec.get("eps", 1e-7)))
+        return
+    top = modules.TopLevel(_guarded)
+    if kind == "standardize_inputs":
+        top.pre_calls.append(modules.standardize_inputs())
+    elif kind == "reinit":
+        top.first_calls.append(modules.reinit(str(spec.get("scheme", "kaiming"))))
+    elif kind == "loss_input":
+        top.first_calls.append(modules.loss_input(str(spec["layer"]), str(spec.get("loss", ""))))
+    elif kind == "leaky_relu":
+        top.first_calls.append(modules.leaky_relu(float(spec.get("negative_slope", 0.01))))
+    elif kind == "module_mode":
+        pre, post = modules.module_mode(bool(spec.get("train", True)))
+        top.pre_calls.append(pre)
+        top.post_calls.append(post)
 
 
 def _after_collector(debugger: Any) -> None:
@@ -95,6 +128,10 @@ def _after_collector(debugger: Any) -> None:
     if (_candidate or {}).get("kind") == "zero_grad":
         register_optimizer_step_post_hook(_guarded(_stepped))
         _zero_before_backward()
+    if (_candidate or {}).get("kind") == "scheduler_per_epoch":
+        from modeldebug.fixes import modules
+
+        modules.scheduler_per_epoch()
     if (_candidate or {}).get("kind") == "train_params" and debugger is not None:
         from torch.optim.optimizer import register_optimizer_step_pre_hook
 
@@ -141,6 +178,19 @@ def _scale_lr(optimizer, args, kwargs) -> None:
     for g in optimizer.param_groups:
         if g.get("lr") is not None:
             g["lr"] = g["lr"] * factor
+
+
+_decay_scaled: set[int] = set()
+
+
+def _scale_weight_decay(optimizer, args, kwargs) -> None:
+    """Each param group's weight_decay scaled once, before its first step (groups added later too)."""
+    factor = float(_candidate["factor"])
+    for g in optimizer.param_groups:
+        if id(g) not in _decay_scaled:
+            _decay_scaled.add(id(g))
+            if isinstance(g.get("weight_decay"), (int, float)):
+                g["weight_decay"] = g["weight_decay"] * factor
 
 
 def _groups_key(optimizer) -> int:

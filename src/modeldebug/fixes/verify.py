@@ -24,6 +24,9 @@ from typing import Any, Callable, Sequence
 from modeldebug.fixes import DEFAULT_CANDIDATES, DEFAULT_STEPS
 from modeldebug.fixes.candidates import Candidate, build
 from modeldebug.fixes.child import ENV_FIX, ENV_SEED, ENV_STOP
+from modeldebug.fixes.patch import Sites
+from modeldebug.fixes.patch import make as make_patch
+from modeldebug.fixes.sites import ENV_SITES
 from modeldebug.types import Fix, Report
 
 END_FRACTION = 0.2  # the end of the window: its last fifth of the loss points
@@ -39,6 +42,7 @@ class Window:
     exit_code: int
     seconds: float
     log: str = ""
+    sites: Sites | None = None  # the probe's: where the script builds its optimizer, calls backward()
 
     @property
     def loss(self) -> tuple[float, float] | None:
@@ -96,10 +100,13 @@ def _end(values: Sequence[float | None]) -> tuple[float, float] | None:
     return (middle, 1.4826 * 1.2533 * mad / math.sqrt(len(tail)))
 
 
-def _window(command: Sequence[str], steps: int, spec: dict[str, Any] | None, store: Path, config) -> Window:
+def _window(command: Sequence[str], steps: int, spec: dict[str, Any] | None, store: Path, config,
+            sites: Path | None = None) -> Window:
     from modeldebug.runner import run_script
 
     env = {ENV_STOP: str(steps), ENV_SEED: "0", ENV_FIX: json.dumps(spec or {"kind": "none"})}
+    if sites is not None:  # where the script's lines are (fixes/sites.py), for the diffs
+        env[ENV_SITES] = str(sites)
     started = time.time()
     with tempfile.TemporaryFile("w+") as log:
         try:
@@ -131,14 +138,15 @@ def run_fix(
         store = Path(store_path) if store_path else Path(tmp) / "runs.db"
         run = lambda spec: _window(command, steps, spec, store, config)  # noqa: E731
         tell("probe: the script unfixed")
-        probe = run(None)
+        probe = _window(command, steps, None, store, config, sites=Path(tmp) / "sites.json")
+        probe.sites = Sites.load(Path(tmp) / "sites.json")
         session = FixSession(probe)
         unverifiable = _nothing_to_verify(probe)
         if unverifiable:
             session.verdict = f"nothing to verify: {unverifiable}"
         else:
             roots = [s.root for s in probe.report.stories() if s.root.source == "rules" and s.root.severity in SHOWN]
-            candidates = build(roots, max_candidates)
+            candidates = build(roots, max_candidates, _layer_types(store, probe.report))
             if not roots:
                 session.verdict = (f"no fix needed: no medium or high finding in the first {steps} steps "
                                    f"(a symptom that comes later needs a longer --steps)")
@@ -150,7 +158,10 @@ def run_fix(
                 again = run(None)
                 for candidate in candidates:
                     tell(f"candidate: {candidate.change}")
-                    session.fixes.append(_judge(candidate, probe, again, run(candidate.spec)))
+                    tried = _judge(candidate, probe, again, run(candidate.spec))
+                    tried.patch, no_patch = make_patch(candidate.spec, probe.sites)
+                    tried.reason += f"; no diff: {no_patch}" if no_patch else ""
+                    session.fixes.append(tried)
                 session.fixes.sort(key=_rank)
                 verified = sum(f.verified for f in session.fixes)
                 session.verdict = (f"{verified} of {len(session.fixes)} candidate fixes verified" if verified
@@ -167,6 +178,18 @@ def fix(command: Sequence[str], *, steps: int = DEFAULT_STEPS, max_candidates: i
     (empty when nothing needed or could be verified; :func:`run_fix` says which)."""
     return run_fix(command, steps=steps, max_candidates=max_candidates, config=config,
                    store_path=store_path).fixes
+
+
+def _layer_types(store: Path, report: Report) -> list[str]:
+    """The classes of the probe's layers (their built-in torch.nn class), from its run store."""
+    from modeldebug.store import RunStore
+
+    try:
+        with RunStore(store) as runs:
+            layers = runs.load_evidence(report.run.id).layers.values()
+        return sorted({layer.family or layer.type for layer in layers})
+    except Exception:  # (the scheme then defaults as for an unknown net)
+        return []
 
 
 def _nothing_to_verify(probe: Window) -> str | None:

@@ -1,0 +1,139 @@
+"""`modeldebug fix`'s diffs: made at the lines the probe saw, applied with `git apply`, and the fixed
+script then runs clean (issue 18). Each script is a copy of a fault script in a tmp git repository;
+its probe window records the sites, and the fixed copy runs one window under the monitor.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from modeldebug.fixes import candidates, patch, verify
+from modeldebug.fixes.patch import Sites
+
+FAULTS = Path(__file__).parents[1] / "faults"
+
+
+def _repo(tmp_path: Path, name: str) -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(FAULTS / name, repo / "train.py")
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    return repo
+
+
+def _probe(repo: Path, steps: int) -> verify.Window:
+    window = verify._window([sys.executable, str(repo / "train.py")], steps, None, repo / "runs.db", None,
+                            sites=repo / "sites.json")
+    window.sites = Sites.load(repo / "sites.json")
+    assert window.exit_code == 0 and window.sites is not None, window.log
+    return window
+
+
+def _apply(repo: Path, diff: str) -> None:
+    (repo / "fix.diff").write_text(diff)
+    done = subprocess.run(["git", "apply", "fix.diff"], cwd=repo, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr + diff
+
+
+@pytest.mark.parametrize("name, kind, planted, steps, expected", [
+    ("loss_not_decreasing__mlp_adam_lr_far_too_high.py", "lr_scale", "loss_not_decreasing", 80,
+     "-optimizer = torch.optim.Adam(model.parameters(), lr=1.0)\n+optimizer = torch.optim.Adam(model.parameters(), lr=0.01)\n"),
+    ("gradient_accumulation__mlp_no_zero_grad.py", "zero_grad", "gradient_accumulation", 60,
+     "+    optimizer.zero_grad()\n     loss.backward()"),
+    ("unchanged_weights__frozen_encoder_by_mistake.py", "train_params", "unchanged_weights", 60,
+     "-model.embed.requires_grad_(False)  # fault: frozen for a warm-up that never ends\n-model.encoder.requires_grad_(False)\n"),
+])
+def test_the_diff_applies_and_the_fixed_script_runs_clean(tmp_path, monkeypatch, name, kind, planted, steps, expected):
+    repo = _repo(tmp_path, name)
+    monkeypatch.chdir(repo)
+    probe = _probe(repo, steps)
+    assert planted in probe.kinds()
+    roots = [s.root for s in probe.report.stories() if s.root.source == "rules"]
+    tried = [c for c in candidates.build(roots, 8) if c.spec["kind"] == kind][-1]  # lr: the x0.01 one
+    diff, why = patch.make(tried.spec, probe.sites)
+    assert diff is not None, why
+    assert diff.startswith("--- a/train.py\n+++ b/train.py\n") and expected in diff, diff
+    _apply(repo, diff)
+    fixed = verify._window([sys.executable, str(repo / "train.py")], steps, None, repo / "runs.db", None)
+    assert fixed.exit_code == 0, fixed.log
+    assert planted not in fixed.kinds(), fixed.kinds()
+
+
+def _sites(tmp_path: Path, source: str, **data) -> Sites:
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(source))
+    file = str(script)
+    lines = script.read_text().splitlines()
+
+    def at(text: str) -> int:
+        return next(i for i, line in enumerate(lines, 1) if text in line)
+
+    optimizers = [{"file": file, "line": at(o[0]), "user": True, "class": o[1], "module": "torch.optim",
+                   "default_lr": o[2], "id": 1} for o in data.get("optimizers", [])]
+    schedulers = [{"file": file, "line": at(s[0]), "user": True, "class": s[1], "optimizer": 1}
+                  for s in data.get("schedulers", [])]
+    backward = [{"file": file, "line": at(b[0]), "user": True, "calls": b[1]} for b in data.get("backward", [])]
+    step = [{"file": file, "line": at(s), "user": True, "calls": 3} for s in data.get("step", [])]
+    return Sites({"optimizers": optimizers, "schedulers": schedulers, "backward": backward, "step": step,
+                  "steps": 3, "script": file})
+
+
+ONE_CYCLE = """
+import torch
+opt = torch.optim.SGD(
+    net.parameters(),
+    momentum=0.9,
+)
+sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=base * 2, total_steps=100)
+"""
+
+
+def test_an_optimizer_without_lr_gets_its_default_scaled_and_a_one_cycle_its_max_lr(tmp_path):
+    sites = _sites(tmp_path, ONE_CYCLE, optimizers=[("torch.optim.SGD(", "SGD", 0.001)],
+                   schedulers=[("OneCycleLR", "OneCycleLR")])
+    diff, why = patch.make({"kind": "lr_scale", "factor": 0.1}, sites, tmp_path)
+    assert why == "" and "+    momentum=0.9, lr=0.0001,\n" in diff and "max_lr=(base * 2) * 0.1" in diff, diff
+
+
+AMP_ACCUMULATING = """
+import torch
+from torch import nn
+for i, (x, y) in enumerate(loader):
+    with torch.autocast("cpu"):
+        loss = crit(model(x), y) / 4
+    scaler.scale(loss).backward()
+    if (i + 1) % 4 == 0:
+        scaler.step(opt)
+        scaler.update()
+"""
+
+
+def test_zero_grad_and_clipping_in_an_accumulating_amp_loop_go_by_the_step(tmp_path):
+    sites = _sites(tmp_path, AMP_ACCUMULATING, optimizers=[], backward=[("backward()", 12)],
+                   step=["scaler.step(opt)"])
+    diff, _ = patch.make({"kind": "zero_grad"}, sites, tmp_path)
+    assert "         scaler.step(opt)\n+        opt.zero_grad()\n" in diff, diff
+    diff, why = patch.make({"kind": "clip_grad_norm", "max_norm": 1.0}, sites, tmp_path)
+    assert diff is not None, why
+    assert ("+        scaler.unscale_(opt)\n+        torch.nn.utils.clip_grad_norm_("
+            '[p for group in opt.param_groups for p in group["params"]], 1.0)\n         scaler.step(opt)') in diff, diff
+
+
+def test_no_diff_when_the_line_is_in_a_library_or_shares_its_line(tmp_path):
+    sites = _sites(tmp_path, "import torch\nloss.backward(); opt.step()\n", backward=[("loss.backward", 3)],
+                   step=["opt.step()"])
+    assert patch.make({"kind": "zero_grad"}, sites, tmp_path) == (None, "train.py:2 holds more than one statement")
+    library = Sites({"optimizers": [{"file": "/venv/lib/python3.11/site-packages/transformers/trainer.py",
+                                     "line": 10, "user": False, "class": "AdamW", "module": "torch.optim"}],
+                     "backward": [{"file": "/venv/lib/site-packages/lightning/pytorch/loops/x.py", "line": 3,
+                                   "user": False, "calls": 3}]})
+    assert patch.make({"kind": "lr_scale", "factor": 0.1}, library) == (
+        None, "the optimizer is built inside a library (transformers)")
+    assert patch.make({"kind": "clip_grad_norm"}, library) == (None, "backward() is called inside a library (lightning)")
+    assert patch.make({"kind": "somebody_elses"}, library)[0] is None
