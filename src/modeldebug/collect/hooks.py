@@ -22,6 +22,7 @@ from modeldebug.collect import patches
 from modeldebug.collect.amp import AmpWatch
 from modeldebug.collect.compiled import EagerWindow, compiled_in_place, compiling
 from modeldebug.collect.entries import Entries
+from modeldebug.collect.eval_losses import EvalLosses
 from modeldebug.collect.flow import OutputFlow
 from modeldebug.collect.fingerprints import TRAIN_STEPS, Fingerprints, dataset_size, source_of
 from modeldebug.collect.params import grad_norm, same_device, total_norm
@@ -106,6 +107,7 @@ class Hooks:
         self.entries = Entries()  # a root never called: the children a step calls (NaN replay)
         self.fingerprints = Fingerprints()  # training and evaluation samples: validation_overlap
         self.amp = AmpWatch(self)  # GradScaler and accelerate: losses in the user's units, skipped steps
+        self.eval_losses = EvalLosses(validation, guard)  # validation losses computed by hand
         self._loader_dataset: Any = None  # the dataset of the DataLoader batch fetched since the last forward
         self.batches = BatchCounter()
         self.batch: tuple[int, int] | None = None  # (epoch, position) of that batch
@@ -176,6 +178,7 @@ class Hooks:
         self.layer_handles, self._root_handles, self._opt_handles = [], [], []
         self.eager.leave()
         self.steps.prepared = False
+        self.eval_losses.end()
         patches.remove_listener(self)
 
     def step_closed(self) -> None:
@@ -224,6 +227,7 @@ class Hooks:
             self.eval_in_train_mode = module.training
             self.maybe_training = grad
             self._fingerprint_eval(args, kwargs)
+            self.eval_losses.forward_begins()
             return None
         self.in_eval = self.maybe_training = False
         steps.root_seen = True
@@ -265,6 +269,8 @@ class Hooks:
             st.forward_s += t - st.fwd_start
             st.fwd_start = None
             st.monitor_s += now() - t
+        elif st is None and self.in_eval and not self.maybe_training:
+            self.eval_losses.forward_done(output, self.eval_in_train_mode)
         return None
 
     def _fingerprint_eval(self, args, kwargs) -> None:

@@ -289,12 +289,18 @@ def watch_closure(closure, enter, leave):
 
 def _wrap_loss(name, original):
     def loss_fn(*args, **kwargs):
+        # Under a torch function mode (``with torch.device(...)``, eval_losses.py) the original calls
+        # this wrapper again through the mode: only the outer call is the script's.
+        outer = not getattr(_local, "in_loss", False)
+        _local.in_loss = True
         try:
             output = original(*args, **kwargs)
         except BaseException as exc:
             hide_our_frames(exc)
             raise
-        if _listeners and not _busy():
+        finally:
+            _local.in_loss = not outer
+        if outer and _listeners and not _busy():
             input = args[0] if args else kwargs.get("input")
             target = args[1] if len(args) > 1 else kwargs.get("target")
             for listener in list(_listeners):

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from modeldebug.collect.watched import Watched
 
 _CLASS_TARGET_LOSSES = {"cross_entropy", "nll_loss", "multi_margin_loss"}
+COMPUTED = "computed"  # ValidationRecord.loss_fn of a loss the script computed from the output itself
 
 
 class Writer:
@@ -30,7 +31,7 @@ class Writer:
         self._steps_done = steps_done
         self.bins = bins
         self.class_counts: dict[int, int] = {}
-        self.recent: deque[StepRecord] = deque(maxlen=256)  # for metrics (bounded)
+        self._recent: deque[StepRecord | tuple] = deque(maxlen=256)  # records and rows, for metrics (bounded)
         self.latest_layers: dict[str, LayerRecord] = {}
         self._last_norms: dict[str, float] = {}
         self.loss_calls = LossCalls(self)
@@ -41,11 +42,25 @@ class Writer:
 
     def step(self, rec: StepRecord) -> None:
         self.store.add(self.run_id, rec)
-        self.recent.append(rec)
-        if (rec.loss_nonfinite or rec.grad_nonfinite) and not self._told_nonfinite:
+        self._recent.append(rec)
+        self._stepped(rec.loss_nonfinite or rec.grad_nonfinite)
+
+    def step_row(self, row: tuple, nonfinite: bool) -> None:
+        """A step as its row (``records.row_maker``): the hot path writes no StepRecord."""
+        self.store.add_row(StepRecord, row)
+        self._recent.append(row)
+        self._stepped(nonfinite)
+
+    def _stepped(self, nonfinite: bool) -> None:
+        if nonfinite and not self._told_nonfinite:
             # Written at once, not within the second: a live diagnosis (--stop-on) acts on it now.
             self._told_nonfinite = True
             self.store.flush()
+
+    @property
+    def recent(self) -> list[StepRecord]:
+        """The last 256 steps' records."""
+        return [r if r.__class__ is StepRecord else StepRecord(*r[1:]) for r in self._recent]
 
     def meta(self, watched: "Watched", final: bool = True) -> None:
         """The run's layers, parameters, optimizers and class counts (at stop; ``final=False``: so far,
@@ -171,6 +186,7 @@ class Validation:
         self._tentative = _Sums()
         self._fn: str | None = None  # the loss function of this evaluation ("" when several)
         self._given: float | None = None  # the framework's own loss for it (set_loss)
+        self.pending: Callable[[], None] | None = None  # gives this evaluation's computed losses (eval_losses.py)
 
     def set_loss(self, loss: float) -> None:
         """The training framework's own loss for the evaluation just run (the HF Trainer's eval_loss):
@@ -190,6 +206,11 @@ class Validation:
             hits, seen = (input.detach().argmax(1) == target).sum(), target.numel()
         (self._tentative if tentative else self._sums).add(value, hits, seen, train_mode)
 
+    def add_computed(self, value: torch.Tensor, train_mode: bool) -> None:
+        """A loss the script computed itself from the model's output (collect/eval_losses.py)."""
+        self._fn = COMPUTED if self._fn in (None, COMPUTED) else ""
+        self._sums.add(value.float().reshape(()), None, 0, train_mode)
+
     def discard_tentative(self) -> None:
         self._tentative = _Sums()
 
@@ -199,6 +220,8 @@ class Validation:
         return self._sums.count + self._tentative.count
 
     def flush(self, writer: Writer, step: int) -> None:
+        if self.pending is not None:
+            self.pending()
         given, self._given = self._given, None
         if not self._sums.count and not self._tentative.count and given is None:
             self._fn = None
