@@ -116,6 +116,7 @@ def fix(
     ctx: typer.Context,
     steps: int = typer.Option(300, "--steps", min=2, help="Optimizer steps per window: the probe and every re-run stop there."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the probe's JSON report, with its `fixes`, here (- for stdout)."),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Write the probe's HTML report here, each verified fix next to its finding with the loss before and after."),
     max_candidates: int = typer.Option(4, "--max-candidates", min=1, help="Try at most this many candidate fixes."),
     store: Optional[Path] = typer.Option(None, "--store", help="Keep every window's run in this store (default: a temporary one)."),
 ) -> None:
@@ -134,8 +135,18 @@ def fix(
     command = list(ctx.args)
     if command and command[0] == "--":
         command = command[1:]
-    _check_outputs(json_out=json_out)
+    _check_outputs(json_out=json_out, html_out=html_out)
     check_command(command)
+    if html_out is not None:
+        from modeldebug.errors import MissingExtraError
+        from modeldebug.report.html import require_extra
+
+        try:
+            require_extra()  # before the windows run
+        except MissingExtraError as exc:
+            from rich.markup import escape
+
+            _fail(escape(str(exc)))
     from modeldebug.fixes.show import print_session, progress
     from modeldebug.fixes.verify import run_fix
 
@@ -154,6 +165,11 @@ def fix(
         else:
             json_out.write_text(text + "\n")
             out.print(f"report written to {json_out}")
+    if html_out is not None and session.report is not None:
+        from modeldebug.report.html import write_html
+
+        write_html(session.report, html_out)
+        out.print(f"report written to {html_out}", soft_wrap=True)
 
 
 @app.command()

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from modeldebug.metrics import Metrics, TrainingMetrics
+from modeldebug.metrics import Metrics, Series, TrainingMetrics
 
 SCHEMA_ID = "modeldebug.report/1"
 
@@ -155,8 +155,9 @@ class Fix(_Model):
     val_loss_before: float | None = None
     val_loss_after: float | None = None
     findings_after: list[str] = Field(default_factory=list, description="Medium/high finding kinds of the re-run with the candidate.")
-    patch: str | None = Field(None, description="A unified diff for the script; not made yet (always null).")
+    patch: str | None = Field(None, description="A unified diff of the script for `git apply` (paths relative to the directory the fix ran in); null when the change's line is not in the script (the reason says why).")
     seconds: float = Field(0.0, description="Wall time of the candidate's re-run.")
+    loss_curve: Series | None = Field(None, description="The candidate's window: its training loss (step, loss), drawn with the probe's (the report's series).")
 
 
 class RuleError(_Model):

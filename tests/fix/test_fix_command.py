@@ -51,7 +51,8 @@ def test_lr_far_too_high_is_fixed_by_a_lower_rate_and_not_by_clipping(tmp_path):
     # the report carries the fixes (the contract's `fixes` field), best verified first
     data = json.loads(session.report.to_json())
     jsonschema.validate(data, Report.json_schema())  # the published contract
-    assert data["fixes"][0]["verified"] is True and data["fixes"][0]["patch"] is None
+    assert data["fixes"][0]["verified"] is True
+    assert "+optimizer = torch.optim.Adam(model.parameters(), lr=0.01)" in data["fixes"][0]["patch"]  # fixes/patch.py
     assert [f["verified"] for f in data["fixes"]] == sorted((f["verified"] for f in data["fixes"]), reverse=True)
 
 

@@ -158,7 +158,9 @@ def run_fix(
                 again = run(None)
                 for candidate in candidates:
                     tell(f"candidate: {candidate.change}")
-                    tried = _judge(candidate, probe, again, run(candidate.spec))
+                    after = run(candidate.spec)
+                    tried = _judge(candidate, probe, again, after)
+                    tried.loss_curve = _loss_curve(after)
                     tried.patch, no_patch = make_patch(candidate.spec, probe.sites)
                     tried.reason += f"; no diff: {no_patch}" if no_patch else ""
                     session.fixes.append(tried)
@@ -239,6 +241,14 @@ def _judge(candidate: Candidate, probe: Window, again: Window, after: Window) ->
     tried.reason = (f"{gone} gone, no new finding, training loss {_text(loss_before)} -> {end_after[0]:.4g} "
                     f"(noise {noise:.2g})")
     return tried
+
+
+def _loss_curve(window: Window):
+    """The window's training loss (its report's downsampled series), for the before/after plot."""
+    from modeldebug.metrics import Series
+
+    series = window.report.training.series if window.report is not None and window.report.training else None
+    return Series(step=series.step, loss=series.loss) if series is not None and series.step else None
 
 
 def _mean_loss(*windows: Window) -> float:

@@ -43,6 +43,9 @@ def render_html(report: Report, *, issue: str | None = None) -> str:
     # Root causes first, each with the findings that follow from it folded under it.
     stories = [{"root": item(s.root), "consequences": [item(c.finding, c.depth) for c in s.consequences]}
                for s in report.stories()]
+    fixes = _fixes(canvas, report)
+    for story in stories:  # the best verified fix of a root next to it
+        story["fix"] = next((f for f in fixes if f["fix"].verified and story["root"]["f"].kind in f["fix"].addresses), None)
     findings = [i for s in stories for i in [s["root"], *s["consequences"]]]
     sections = [(title, canvas.draw(plot, metrics, None), plot in WIDE) for title, plot in OVERVIEW]
     sections = [s for s in sections if s[1]]
@@ -53,7 +56,7 @@ def render_html(report: Report, *, issue: str | None = None) -> str:
     return env.from_string(source).render(
         report=report, run=report.run, issue=issue, findings=findings, stories=stories, sections=sections, counts=counts,
         suppressed=suppressed, rule_errors=report.rule_errors,
-        tables=_tables(metrics), facts=_facts(report), fmt=_fmt, llm=llm,
+        tables=_tables(metrics), facts=_facts(report), fmt=_fmt, llm=llm, fixes=fixes,
     )
 
 
@@ -82,6 +85,14 @@ def _fmt(v: Any) -> str:
         text = json.dumps(v, default=str)
         return text if len(text) <= 200 else text[:199] + "…"
     return str(v)
+
+
+def _fixes(canvas: Canvas, report: Report) -> list[dict]:
+    """`modeldebug fix`'s candidates, each with its before/after loss plot (a training report's)."""
+    from modeldebug.report.plots.fixes import plot_fix
+
+    training = report.training
+    return [{"fix": f, "plot": plot_fix(canvas, training, f) if training is not None else None} for f in report.fixes]
 
 
 def _evidence_rows(evidence: dict) -> list[tuple[str, str]]:
