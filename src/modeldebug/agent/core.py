@@ -52,6 +52,8 @@ class ModelDebuggingAgent:
         else:
             raise DebuggingError("Expected `model` (with `data`) or `run` in the DebuggingRequest but got neither",
                                  "analysis")
+        if request.verify_fixes:
+            report.fixes = self._verified_fixes(request, report, notices)
         report, notice = conclude(report, issue=request.issue, context=request.context, lm=self.lm, adapter=self.adapter)
         if notice:
             notices.append(notice)
@@ -71,7 +73,7 @@ class ModelDebuggingAgent:
         return DebuggingResponse(
             issues=issues, recommendations=recs, report=report, visualizations=visuals, metrics=metrics,
             tools=tool_out, matched=list(range(len(matched))), focus=[t.name for t in topics_for(request.issue)],
-            notices=notices, summary=summary,
+            notices=notices, summary=summary, fixes=report.fixes,
         )
 
     def _ordered_tools(self, issue: str | None) -> list[Tool]:
@@ -127,6 +129,18 @@ class ModelDebuggingAgent:
             held += tensor_bytes(v for s in opt_c.state.values() for v in s.values() if isinstance(v, torch.Tensor))
         _check_context(req, notices)
         return report, tool_out, held
+
+    def _verified_fixes(self, req: DebuggingRequest, report: Report, notices: list[str]) -> list:
+        """`modeldebug fix`'s candidates, verified on the command or on re-probes (agent/fixes.py);
+        a failure costs the fixes only, with a notice."""
+        from modeldebug.agent.fixes import verify_fixes
+
+        try:
+            return verify_fixes(req, report, self.config, notices)
+        except Exception as exc:
+            log.debug("verify_fixes failed", exc_info=True)
+            notices.append(f"verify_fixes failed: {type(exc).__name__}: {exc}")
+            return []
 
     def _tool(self, kind: type[Tool]) -> Tool:
         return next(t for t in self.tools if isinstance(t, kind))

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from modeldebug.types import Finding, Report
+from modeldebug.types import Finding, Fix, Report
 
 
 class ProfilingConfig(BaseModel):
@@ -58,6 +58,10 @@ class DebuggingRequest(BaseModel):
     context: dict[str, Any] = Field(default_factory=dict)
     analysis_config: AnalysisConfig = Field(default_factory=AnalysisConfig)
     visualizations: Visualizations = Field(default_factory=Visualizations)
+    verify_fixes: bool = Field(False, description=(
+        "Try the candidate fixes for the root findings and verify them as `modeldebug fix` does: on the "
+        "command (`command`, or a stored run's) when there is one, else by re-probing fresh copies of the model."))
+    command: list[str] | None = Field(None, description="The training command `verify_fixes` re-runs (python train.py ...).")
 
 
 class DebuggerMetrics(BaseModel):
@@ -91,3 +95,4 @@ class DebuggingResponse(BaseModel):
     focus: list[str] = Field(default_factory=list, description="Topics read from the issue text.")
     notices: list[str] = Field(default_factory=list)
     summary: str | None = Field(None, description="The LM's plain-words summary, when an LM was used.")
+    fixes: list[Fix] = Field(default_factory=list, description="With verify_fixes: the fixes tried, the best verified first (also report.fixes).")
