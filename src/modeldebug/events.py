@@ -296,6 +296,7 @@ class RankExit(Event):
     error_type: str | None = field(default=None, metadata=OPTIONAL)
     message: str | None = field(default=None, metadata=OPTIONAL)
     comm_error: bool | None = field(default=None, metadata=OPTIONAL)
+    parallel: str | None = field(default=None, metadata=OPTIONAL)  # "DDP", "FSDP", "FSDP2"; "" for none
 
 
 @dataclass

@@ -123,6 +123,9 @@ def test_replicated_parameters_still_compared(tmp_path):
     rep = _run(tmp_path, "fsdp1_ignored")
     [f] = [f for f in rep.findings if f.kind == "distributed_desync"]
     assert f.severity == "high" and "fc3" in f.evidence["parameter"], f.evidence
+    # Named by the user's module path, and the message says what the run used.
+    assert f.evidence["parameter"] in ("fc3.weight", "fc3.bias") and f.evidence["parallel"] == "FSDP", f.evidence
+    assert "Under FSDP" in f.message and "DDP" not in f.message, f.message
 
 
 def test_detection_harness_launches_fault_scripts_with_torchrun():

@@ -362,6 +362,12 @@ class RankWatch:
         if error is not None:
             exit.error_type, exit.message = type(error).__name__, str(error)[:1000]
             exit.comm_error = is_comm_error(exit.error_type, exit.message)
+        try:
+            from modeldebug.collect.sharding import data_parallel
+
+            exit.parallel = data_parallel([m.module for m in self.dbg.watched.models])
+        except Exception:  # (the exit record matters more than this detail)
+            pass
         self.dbg.event(exit)
         self._release_group()
         if self._previous_term is not None:

@@ -154,19 +154,65 @@ def _fsdp2_sharded(root: "nn.Module") -> dict[tuple[int, str], torch.Tensor]:
     return out
 
 
-def named_parameters(root: "nn.Module") -> list[tuple[str, torch.Tensor]]:
-    """``root.named_parameters()``, with FSDP2's sharded parameter in place of a full one it has
-    registered for the moment (between the all-gather and the reshard of a forward or backward:
-    its storage is freed afterwards, and reading it then would read freed memory)."""
+def data_parallel(roots: list["nn.Module"]) -> str:
+    """What the watched models train under: "FSDP2" (``fully_shard``), "FSDP" (FSDP1), "DDP", or ""."""
+    fsdp2 = getattr(sys.modules.get("torch.distributed.fsdp._fully_shard._fully_shard"), "FSDPModule", None)
+    fsdp1 = getattr(sys.modules.get("torch.distributed.fsdp.fully_sharded_data_parallel"),
+                    "FullyShardedDataParallel", None)
+    ddp = getattr(sys.modules.get("torch.nn.parallel.distributed"), "DistributedDataParallel", None)
+    kinds = [(fsdp2, "FSDP2"), (fsdp1, "FSDP"), (ddp, "DDP")]
+    for root in roots:
+        for module in root.modules():
+            for cls, name in kinds:
+                if cls is not None and isinstance(module, cls):
+                    return name
+    return ""
+
+
+FSDP1_PREFIX = "_fsdp_wrapped_module"  # the module FSDP1 wraps, under its wrapper (left out of names)
+FLAT_NAMES_SHOWN = 3
+
+
+def clean_name(name: str) -> str:
+    """A module or parameter path without FSDP1's wrapper levels: the user's own path."""
+    if FSDP1_PREFIX not in name:
+        return name
+    return ".".join(part for part in name.split(".") if part != FSDP1_PREFIX)
+
+
+def _flat_name(prefix: str, p: torch.Tensor) -> str | None:
+    """An FSDP1 flat parameter named by the parameters it holds (``fc1.weight+fc1.bias+fc3.weight+…4``)."""
+    fqns = getattr(p, "_fqns", None)
+    if not fqns:
+        return None
+    names = [f"{prefix}.{q}" if prefix else q for q in fqns]
+    shown = "+".join(names[:FLAT_NAMES_SHOWN])
+    return shown if len(names) <= FLAT_NAMES_SHOWN else f"{shown}+…{len(names)}"
+
+
+def parameters_by_module(root: "nn.Module") -> list[tuple[str, torch.Tensor, str]]:
+    """(name, parameter, name of the module holding it) for each parameter of ``root`` once, named by
+    the user's module paths: FSDP1's wrapper levels left out, a flat parameter named by the
+    parameters it holds, and FSDP2's sharded parameter in place of a full one it has registered for
+    the moment (between the all-gather and the reshard of a forward or backward: its storage is
+    freed afterwards, and reading it then would read freed memory)."""
     sharded = _fsdp2_sharded(root)
-    if not sharded:
-        return list(root.named_parameters())
     out, seen = [], set()
     for prefix, module in root.named_modules():
+        owner = clean_name(prefix)
         for name, p in module._parameters.items():
             p = sharded.get((id(module), name), p)
             if p is None or id(p) in seen:
                 continue
             seen.add(id(p))
-            out.append((f"{prefix}.{name}" if prefix else name, p))
+            full = (name == "_flat_param" and _flat_name(owner, p)) or (f"{owner}.{name}" if owner else name)
+            out.append((full, p, owner))
     return out
+
+
+def named_parameters(root: "nn.Module") -> list[tuple[str, torch.Tensor]]:
+    """``root.named_parameters()`` as ``parameters_by_module`` names them (the same list, and the same
+    call, when no FSDP module is loaded)."""
+    if "torch.distributed.fsdp" not in sys.modules:
+        return list(root.named_parameters())
+    return [(name, p) for name, p, _ in parameters_by_module(root)]

@@ -13,7 +13,7 @@ from torch import nn
 
 from modeldebug.collect.compiled import is_compiled, wrapper_of
 from modeldebug.collect.params import FLATTEN_BELOW
-from modeldebug.collect.sharding import local, named_parameters
+from modeldebug.collect.sharding import clean_name, local, named_parameters, parameters_by_module
 from modeldebug.collect.stats import family, saturation_bounds
 from modeldebug.events import NewParameters
 from modeldebug.findings import jsonable
@@ -118,7 +118,8 @@ class Watched:
         for mname, module in model.inner.named_modules():
             # Leaf modules, and modules holding parameters of their own (nn.MultiheadAttention).
             has_children = next(iter(module.children()), None) is not None
-            if not mname or (has_children and not module._parameters):
+            mname = clean_name(mname)  # (the user's path under FSDP1's wrappers)
+            if not mname or (has_children and not module._parameters) or model.prefix + mname in self.layer_info:
                 continue
             qual = model.prefix + mname
             self.bounds[qual] = saturation_bounds(type(module))
@@ -232,9 +233,8 @@ class Watched:
             optimizers.append(OptimizerInfo(type=type(opt).__name__, param_groups=groups))
         owner = {}
         for m in self.models:
-            for mname, module in m.inner.named_modules():
-                for pname, _ in module.named_parameters(recurse=False):
-                    owner[m.prefix + (f"{mname}.{pname}" if mname else pname)] = (m.prefix + mname).rstrip(".")
+            for pname, _, mname in parameters_by_module(m.inner):
+                owner[m.prefix + pname] = (m.prefix + mname).rstrip(".")
         params = {
             name: ParamInfo(
                 name=name,

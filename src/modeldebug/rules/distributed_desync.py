@@ -9,6 +9,7 @@ import numpy as np
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
 from modeldebug.rules.base import Rule, best_practice, col, fix, flag, g
+from modeldebug.rules.ranks import DESYNC_REASONS, data_parallel
 from modeldebug.types import Finding
 
 
@@ -36,7 +37,7 @@ class DistributedDesync(Rule):
     id = "distributed_desync"
     kind = "distributed_desync"
     reads = ("ranks.desync", "ranks.checksum", "ranks.desync_param", "ranks.checksum_rel_diff",
-             "ranks.desync_param_diff")
+             "ranks.desync_param_diff", "events.rank_exit")
 
     def check(self, ev: Evidence) -> list[Finding]:
         t = ev.ranks
@@ -59,7 +60,8 @@ class DistributedDesync(Rule):
         msg = (f"The parameters of rank {rank} differ from the other ranks' {where} (checksum off by "
                f"{g(rel)} of the parameter norms")
         msg += f"; most in {param})." if param else ")."
-        msg += " DDP averages gradients, not parameters, so the replicas now train different models."
+        parallel = data_parallel(ev)
+        msg += DESYNC_REASONS.get(parallel, DESYNC_REASONS[""]).format(parallel)
         if len(out_ranks) > 1:
             msg += f" Ranks out of sync: {', '.join(map(str, out_ranks))}."
         return [self.finding(
@@ -67,7 +69,7 @@ class DistributedDesync(Rule):
             evidence={"rank": rank, "ranks": out_ranks, "first_step": first, "last_step_in_sync": in_sync,
                       "parameter": param or None, "checksum_rel_diff": rel,
                       "param_rel_diff": float(col(t, "desync_param_diff")[row]),
-                      "gathers_out_of_sync": int(len(set(steps[bad].tolist())))},
+                      "gathers_out_of_sync": int(len(set(steps[bad].tolist()))), "parallel": parallel or None},
             causes=["other"],
             recommendations=[
                 fix("Change parameters only through the optimizer (or identically on every rank): an in-place "

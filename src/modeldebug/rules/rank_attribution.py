@@ -13,6 +13,7 @@ import numpy as np
 
 from modeldebug.evidence import Evidence
 from modeldebug.rules.base import Rule, col, fix
+from modeldebug.rules.ranks import data_parallel, reduction_of
 from modeldebug.types import Finding
 
 
@@ -62,7 +63,7 @@ def attribute_ranks(findings: list[Finding], ev: Evidence) -> list[Finding]:
     rank, step, what = origin["rank"], origin["step"], origin["what"]
     symptom = {"input": "its input batch", "loss": "its loss", "grad": "its gradients"}[what]
     note = (f" It started on rank {rank}: {symptom} became non-finite at step {step} while the other ranks' "
-            f"stayed finite; DDP's gradient all-reduce then spread it to every rank.")
+            f"stayed finite; {reduction_of(data_parallel(ev))} then spread it to every rank.")
     out = []
     done = False
     for f in findings:
