@@ -94,6 +94,20 @@ def test_exploding_first_to_last_layer_ratio(ratio, fires):
         assert found[0].location == "net.0" and found[0].causes[0] == "bad_weight_init"
 
 
+def test_no_layer_ratio_when_the_head_shares_the_first_layers_weight():
+    """A language model's head tied to its token embedding: the embedding's gradient holds the head's,
+    and the head has no parameter of its own to compare with."""
+    from modeldebug.evidence import LayerInfo
+
+    cols = healthy_columns()
+    cols["param_stats"]["grad_norm"] = np.full(len(cols["param_stats"]["step"]), 0.01)
+    _param_rows(cols, "net.0.weight", 2.0)
+    cols["steps"]["loss"][:] = 2.3
+    assert ExplodingGradient().check(build(cols))  # untied: the ratio is judged
+    cols["layers"]["lm_head"] = LayerInfo("lm_head", "Linear", 99, 1280, "Linear(in_features=128, out_features=10)")
+    assert ExplodingGradient().check(build(cols)) == []
+
+
 # --- vanishing_gradient ------------------------------------------------------------------------
 
 

@@ -156,6 +156,23 @@ def test_data_with_a_handful_of_distinct_inputs_is_not_judged():
     assert ValidationOverlap().check(build(healthy_columns())) == []
 
 
+def _repeating(source):
+    """Contents that repeat by nature (binary shapes from a small generator): 6464 rows of a
+    2048-item training set fingerprinted, 1211 distinct contents among them."""
+    data = [{"source": "s0", "kind": "dataset", "samples": source[0] * 8, "distinct": source[0], "in_train": source[1]}]
+    return build(healthy_columns(), events=[_event("eval_overlap", 500, sources=data, train_samples=6464,
+                                                   train_distinct=1211, train_size=2048)])
+
+
+def test_contents_repeating_by_nature_are_shared_by_chance_not_leaked():
+    # A clean split of such data: 279 of 430 test contents also occur among the training ones,
+    # about the share of the contents the training items cover (~0.6).
+    assert ValidationOverlap().check(_repeating((430, 279))) == []
+    # The training set evaluated as validation: every content is found.
+    [f] = ValidationOverlap().check(_repeating((1150, 1150)))
+    assert f.severity == "high" and f.evidence["overlap"] > 0.9 and 0.5 < f.evidence["chance_overlap"] < 0.7
+
+
 def test_an_optimizer_on_a_copy_is_the_root_of_the_gradients_piling_up():
     """zero_grad() zeroes the copy's gradients: the trained model's grow step after step."""
     from modeldebug.findings import make_finding

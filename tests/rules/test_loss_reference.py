@@ -258,6 +258,36 @@ def test_labels_unrelated_leaves_other_explanations_alone(plant):
     assert LabelsUnrelated().check(ev) == []
 
 
+def test_a_model_that_never_learned_the_label_frequencies_was_not_moved():
+    """Skewed labels (entropy 1.2 of ln 5 = 1.61): a loss at the uniform guess is an lr far too low, not
+    unrelated labels, which would still teach the label frequencies."""
+    skewed = {0: 400, 1: 250, 2: 200, 3: 100, 4: 50}
+    call = LossCall(name="cross_entropy", input_shape=[64, 5], target_shape=[64])
+    ev = build(_at_chance_cols(classes=5), events=_events(call), class_counts=skewed)
+    ref = reference(ev)
+    assert ref.uniform == pytest.approx(math.log(5)) and ref.learned_nothing()
+    assert LabelsUnrelated().check(ev) == []
+    (stalled,) = LossNotDecreasing().check(ev)
+    assert stalled.causes[0] == "learning_rate_too_low" and "did not learn even those" in stalled.message
+    # At the label frequencies' loss instead: what unrelated labels give.
+    cols = _at_chance_cols(classes=5)
+    cols["steps"]["loss"] = cols["steps"]["loss"] / math.log(5) * ref.baseline
+    cols["steps"]["loss_fn_value"] = cols["steps"]["loss_fn_value"] / math.log(5) * ref.baseline
+    cols["validation"]["loss"][:] = ref.baseline
+    (f,) = LabelsUnrelated().check(build(cols, events=_events(call), class_counts=skewed))
+    assert f.causes == ["label_problem"]
+
+
+def test_wrong_loss_input_judges_the_first_of_summed_losses_when_it_is_cross_entropy():
+    probabilities = _cols(sampled_input=(0.0, 0.97, 1e-7))
+    mse = LossCall(name="mse_loss", input_shape=[64], target_shape=[64])
+    (f,) = WrongLossInput().check(build(probabilities, events=_events(CE, mse), class_counts=_balanced()))
+    assert f.causes == ["wrong_loss_function"] and "probabilities" in f.message
+    assert WrongLossInput().check(build(_cols(), events=_events(CE, mse), class_counts=_balanced())) == []
+    # The first loss another: its sampled input is not the cross-entropy's.
+    assert WrongLossInput().check(build(probabilities, events=_events(mse, CE), class_counts=_balanced())) == []
+
+
 def test_labels_unrelated_leaves_raw_inputs_to_data_issue():
     cols = _at_chance_cols(classes=2)
     cols["steps"]["input_mean"][:] = 128.0

@@ -190,6 +190,21 @@ def test_loss_not_decreasing_stays_quiet(drop):
     assert LossNotDecreasing().check(build(cols)) == []
 
 
+def test_a_loss_whose_level_measures_no_progress_is_not_judged():
+    rng = np.random.default_rng(0)
+    cols = healthy_columns()
+    # A policy-gradient surrogate on normalised returns: both signs around zero, start and end.
+    cols["steps"]["loss"] = rng.standard_normal(300) * np.linspace(2.0, 0.5, 300) + 0.05
+    assert LossNotDecreasing().check(build(cols)) == []
+    # The same surrogate once the policy is certain: negative, its terms shrinking to zero.
+    cols["steps"]["loss"] = -0.07 * np.exp(-np.arange(300) / 30)
+    assert LossNotDecreasing().check(build(cols)) == []
+    # A negative log-likelihood that climbs from -2 to -1 got worse: still found.
+    cols["steps"]["loss"] = np.linspace(-2.0, -1.0, 300) + 0.01 * rng.standard_normal(300)
+    (f,) = LossNotDecreasing().check(build(cols))
+    assert "rose" in f.message
+
+
 def test_loss_alert_threshold():
     cols = healthy_columns()  # ends near 0.1
     cfg = DebuggingConfig(alert_thresholds=AlertThresholds(loss=0.05))

@@ -168,6 +168,8 @@ class ExplodingGradient(Rule):
         ordered = [(o, p) for o, p in ordered if o >= 0]
         if len(ordered) < 2:
             return []
+        if _last_layer_shares_its_weight(ev):
+            return []
         first_p, last_p = ordered[0][1], ordered[-1][1]
         ratio = med[first_p] / max(med[last_p], 1e-30)
         if ratio <= self.layer_ratio:
@@ -231,3 +233,14 @@ class ExplodingGradient(Rule):
         if trend.improving:
             return f" The loss still improves ({g(trend.start)} -> {g(trend.end)}), so this is a warning."
         return f" The loss went {g(trend.start)} -> {g(trend.end)}."
+
+
+def _last_layer_shares_its_weight(ev: Evidence) -> bool:
+    """The last layer with parameters owns none of the watched ones: its weight is another layer's (a
+    language model's head tied to the token embedding), so the first layer's gradient holds the
+    head's and the last one is not measured."""
+    layers = [info for info in ev.layers_in_order() if info.parameters]
+    if not layers:
+        return False
+    last = layers[-1].name
+    return not any(param_module(ev, p) == last for p in ev.params)

@@ -39,6 +39,8 @@ class LabelsUnrelated(Rule):
     tenth of its peak, and lr x weight_decay < 1e-3 per step.
     A healthy model falls well below the trivial loss within its first epoch; one whose labels
     are unrelated to its inputs can only memorise (Zhang et al. 2017: far slower than learning).
+    Quiet when the loss never got nearer the label frequencies' loss than the uniform guess's
+    (``Reference.learned_nothing``): unrelated labels still teach the label frequencies.
     Severity: high (medium below ``short_run`` judged losses).
     Causes: label_problem.
     Recommends: checking that inputs and labels stay paired (one index for both), and a quick
@@ -63,8 +65,8 @@ class LabelsUnrelated(Rule):
 
     def check(self, ev: Evidence) -> list[Finding]:
         ref = reference(ev)
-        if ref is None or ref.n < self.min_steps or not self._at_reference(ref):
-            return []
+        if ref is None or ref.n < self.min_steps or not self._at_reference(ref) or ref.learned_nothing():
+            return []  # (a model that never learned the label frequencies was not moved: no labels' doing)
         if broadcasting_calls(ev) or misuse(ev) is not None or DataIssue().check(ev):
             return []  # what the loss call or the data show explains the loss better
         ratio = self._healthy_update_ratio(ev)

@@ -53,13 +53,17 @@ class LossNotDecreasing(Rule):
     1 of 5 100-step runs). Also when the loss ends above ``alert_thresholds.loss`` or the last
     accuracy is below ``alert_thresholds.accuracy``.
     Not for adversarial training (two models or more, an optimizer each, a median of two backward
-    calls or more per step: a GAN's losses trade off and need not fall).
+    calls or more per step: a GAN's losses trade off and need not fall), nor for a loss whose level
+    measures no progress: centred on zero (both signs in its first and last windows, each window's
+    median within its spread) or risen from below to zero (a REINFORCE surrogate on normalised
+    returns, whose terms vanish as the policy grows certain).
     Severity: high (medium for runs shorter than ``short_run`` steps).
     Causes, from the evidence: optimizer.step() never called -> missing_optimizer_step; stale
     gradients -> missing_zero_grad; no gradient at all -> detached_graph; Softmax as last layer
     -> wrong_loss_function; one class -> label_problem; loss rising or update ratio > 0.1 ->
     learning_rate_too_high; initial weights off the 1/sqrt(fan_in) scale 20x -> bad_weight_init;
-    every parameter's update ratio < 1e-5 or lr below the usual range -> learning_rate_too_low
+    the best loss nearer the uniform guess (ln K) than the label frequencies' loss (not even those
+    learned), every parameter's update ratio < 1e-5 or lr below the usual range -> learning_rate_too_low
     (DeepDiagnosis' update-ratio bounds [1e-5, 0.1]).
     Recommends: the fix for the first two causes, concrete for this run (lr now and the lr to
     try, the Softmax layer to remove, the missing call).
@@ -84,7 +88,8 @@ class LossNotDecreasing(Rule):
         findings = []
         trend = loss_trend(ev, self.grace_steps, min_steps=self.min_steps)
         steps = col(ev.steps, "step")
-        if trend is not None and abs(trend.start) > 1e-6 and not adversarial(ev):  # players' summed losses trade off
+        if (trend is not None and abs(trend.start) > 1e-6 and not adversarial(ev)  # players' summed losses trade off
+                and not self._zero_centred(ev, trend)):
             rising = trend.end > trend.start + 0.1 * abs(trend.start)
             ref = reference(ev)
             if (rising or trend.end > trend.start - self.min_drop * abs(trend.start)
@@ -96,6 +101,24 @@ class LossNotDecreasing(Rule):
                 findings.append(self._stalled(ev, trend, rising, steps, ref, at_reference=True))
         findings += self._alerts(ev, steps)
         return findings
+
+    def _zero_centred(self, ev: Evidence, trend) -> bool:
+        """A loss whose level measures no progress: one that takes both signs, its first and last
+        windows each centred within their own spread of zero (a centred score), or one that rose from
+        below to zero (|end| under 1% of |start|: a REINFORCE surrogate, -sum(log_prob * advantage),
+        whose terms vanish as the policy grows certain)."""
+        if trend.start < 0 and trend.end <= 0 and abs(trend.end) < self.min_drop * abs(trend.start):
+            return True
+        loss = col(ev.steps, "loss")
+        finite = loss[np.isfinite(loss)]
+        k = int(np.clip(len(finite) // 10, 3, 50))
+        if len(finite) < max(self.min_steps, 2 * k):
+            return False
+        for w in (finite[:k], finite[-k:]):
+            spread = 1.4826 * float(np.median(np.abs(w - np.median(w))))
+            if not ((w < 0).any() and (w > 0).any() and abs(float(np.median(w))) < spread):
+                return False
+        return True
 
     def _drop_is_noise_of_still_weights(self, ev: Evidence, trend) -> bool:
         ur_max, _ = self._update_ratios(ev)
@@ -175,6 +198,12 @@ class LossNotDecreasing(Rule):
             p, v = max(scales.items(), key=lambda kv: abs(np.log(max(kv[1], 1e-12))))
             return (["bad_weight_init", "learning_rate_too_low"],
                     f"{p} starts at {g(v)}x the 1/sqrt(fan_in) scale.")
+        ref = reference(ev)
+        if ref is not None and ref.learned_nothing():
+            return (["learning_rate_too_low", "bad_weight_init", "wrong_loss_function"],
+                    f"Its best {g(ref.best)} is nearer the uniform guess's {g(ref.uniform)} than the label "
+                    f"frequencies' {g(ref.baseline)}: the model did not learn even those, so its updates "
+                    "hardly moved it.")
         if (ur_max is not None and ur_max < self.min_update_ratio) or lr_is_low(ev):
             note = (f"The largest update ratio |dW|/|W| of any parameter is {g(ur_max)}, below "
                     f"{g(self.min_update_ratio)}: the weights barely move." if ur_max is not None

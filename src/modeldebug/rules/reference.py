@@ -46,6 +46,15 @@ class Reference:
     n: int  # training losses judged
     val_end: float | None = None  # the last validation loss, when the same loss function gave it
     val_best: float | None = None
+    uniform: float | None = None  # cross-entropy of a uniform guess over the classes (ln K), for CE / NLL
+
+    def learned_nothing(self) -> bool:
+        """The run never got nearer the label frequencies' loss than a uniform guess's: a model learns
+        the label frequencies (its output bias) within its first steps whatever its labels, so one that
+        stays this high was not moved by its updates (an lr far too low), not misled by its labels."""
+        if self.uniform is None or self.uniform - self.baseline < 0.05 * self.baseline:
+            return False  # balanced classes: the two guesses coincide and say nothing here
+        return self.best > (self.baseline + self.uniform) / 2
 
     @property
     def ratio(self) -> float:
@@ -104,8 +113,9 @@ def reference(ev: Evidence) -> Reference | None:
         if same.any():
             losses = np.asarray(v["loss"], dtype=float)[same]
             val_end, val_best = float(losses[-1]), float(losses.min())
+    classes = _classes(ev, call)
     return Reference(loss=call.name, baseline=baseline, predictor=predictor, end=end, best=best, n=len(series),
-                     val_end=val_end, val_best=val_best)
+                     val_end=val_end, val_best=val_best, uniform=float(np.log(classes)) if classes else None)
 
 
 def harm(ev: Evidence, ref: Reference | None = None) -> str:
@@ -152,12 +162,22 @@ def _rolling_median(x: np.ndarray, k: int) -> np.ndarray:
     return np.median(windows, axis=1)
 
 
+def _classes(ev: Evidence, call: LossCall) -> int | None:
+    """The classes a cross-entropy / NLL input scores (its dim 1), else the classes seen."""
+    if call.name not in ("cross_entropy", "nll_loss"):
+        return None
+    seen = sum(1 for v in ev.class_counts.values() if v > 0)
+    shape = call.input_shape or []
+    classes = int(shape[1]) if len(shape) >= 2 else seen
+    return classes if classes >= max(seen, 2) else None
+
+
 def _baseline(ev: Evidence, call: LossCall) -> tuple[float, str] | None:
     if call.name in ("cross_entropy", "nll_loss"):
         counts = np.array([v for v in ev.class_counts.values() if v > 0], dtype=float)
         if len(counts) < 2:
             return None
-        classes = (call.input_shape or [0, 0])[1] if len(call.input_shape or []) >= 2 else len(counts)
+        classes = _classes(ev, call) or len(counts)
         p = counts / counts.sum()
         eps = float(call.options.get("label_smoothing") or 0.0)
         if eps > 0 and call.name == "cross_entropy" and classes >= len(counts):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from modeldebug.events import EvalOverlap
 from modeldebug.evidence import Evidence
@@ -26,7 +29,11 @@ class ValidationOverlap(Rule):
     on the training set next to a clean validation set is a choice, not a leak), and the sources'
     overlap is at least ``min_overlap`` with ``min_matches`` samples or more; high from
     ``high_overlap``. Quiet when fewer than ``min_distinct_train`` distinct training samples were
-    seen (data with a handful of distinct inputs repeats by nature).
+    seen (data with a handful of distinct inputs repeats by nature). Data whose contents repeat by
+    nature (binary shapes, categorical rows: fewer than ``NATURAL_REPEAT`` of the training items
+    fingerprinted have a content of their own) shares contents between two clean splits by chance:
+    the overlap counted is the share beyond that chance (``_natural_repeats``), and it must reach
+    ``high_overlap``.
     Cause: data_leakage. Thresholds: exact duplicates between a split's two sides are rare in real
     datasets (a few per thousand in CIFAR-10's test set), so 10% overlap is a split gone wrong.
     Recommends splitting once and building the validation loader from the held-out part only.
@@ -49,13 +56,26 @@ class ValidationOverlap(Rule):
         if e.train_distinct < self.min_distinct_train or not e.sources:
             return []
         coverage = min(1.0, e.train_distinct / e.train_size) if e.train_size else 1.0
-        overlaps = [min(1.0, s["in_train"] / s["distinct"] / coverage) if s["distinct"] else 0.0 for s in e.sources]
+        chance = 0.0  # share of a held-out sample's contents expected among the training ones
+        repeats = _natural_repeats(e)
+        if repeats is not None:
+            coverage, chance = repeats
+
+        def beyond_chance(matches: int, distinct: int) -> float:
+            if not distinct:
+                return 0.0
+            return float(np.clip((matches / distinct - chance) / max(coverage - chance, 1e-9), 0.0, 1.0))
+
+        overlaps = [beyond_chance(s["in_train"], s["distinct"]) for s in e.sources]
         if min(overlaps) < self.clean:
             return []  # some evaluation data is held out
         distinct = sum(s["distinct"] for s in e.sources)
         matches = sum(s["in_train"] for s in e.sources)
-        overlap = min(1.0, matches / distinct / coverage) if distinct else 0.0
-        if overlap < self.min_overlap or matches < self.min_matches:
+        overlap = beyond_chance(matches, distinct)
+        # Where the data repeats by nature the chance share is a model's estimate: only a split shared
+        # for the most part is told apart from it.
+        least = self.high_overlap if chance else self.min_overlap
+        if overlap < least or matches < self.min_matches:
             return []
         severity = "high" if overlap >= self.high_overlap else "medium"
         whole = overlap >= 0.99
@@ -67,7 +87,7 @@ class ValidationOverlap(Rule):
                      f"samples have the content of a training sample). The validation loss measures memorised "
                      f"samples, so it is optimistic, and early stopping, checkpoint choice or lr reduction on "
                      f"it select on training data."),
-            evidence={"overlap": overlap, "matches": matches, "eval_distinct": distinct,
+            evidence={"overlap": overlap, "chance_overlap": chance, "matches": matches, "eval_distinct": distinct,
                       "train_fingerprinted": e.train_distinct, "train_size": e.train_size,
                       "train_coverage": coverage, "sources": e.sources},
             causes=["data_leakage"],
@@ -80,6 +100,31 @@ class ValidationOverlap(Rule):
                     "val_loader = DataLoader(val_set, batch_size=bs)"),
             ],
         )]
+
+
+# Training items fingerprinted whose contents are this share distinct or less: the data repeats by nature.
+NATURAL_REPEAT = 0.9
+
+
+def _natural_repeats(e: EvalOverlap) -> tuple[float, float] | None:
+    """(share of the training set fingerprinted, share of a fresh sample's contents expected among the
+    fingerprinted ones) when the training contents repeat by nature, else None.
+
+    The fingerprinted rows are taken as random draws of the N training items (epochs repeat them), so
+    about N(1 - exp(-rows/N)) items were fingerprinted; if their distinct contents D fall well short,
+    the items are draws from M contents, with D = M(1 - exp(-items/M)), and a fresh sample's content is
+    among the D with chance D/M (a split that shares nothing still matches that often)."""
+    size, rows, distinct = e.train_size, e.train_samples, e.train_distinct
+    if not size or not rows:
+        return None
+    items = size * (1 - math.exp(-rows / size))
+    if distinct >= NATURAL_REPEAT * items:
+        return None
+    lo, hi = float(distinct), float(distinct) * 1e6  # M(1 - exp(-items/M)) grows with M
+    for _ in range(100):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if mid * (1 - math.exp(-items / mid)) < distinct else (lo, mid)
+    return min(1.0, items / size), min(1.0, distinct / hi)
 
 
 __all__ = ["ValidationOverlap"]

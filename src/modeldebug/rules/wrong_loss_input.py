@@ -37,10 +37,19 @@ def misuse(ev: Evidence) -> Misuse | None:
     probabilities (in [0, 1], rows summing to 1) into ``cross_entropy``; non-negative values
     (probabilities, not log-probabilities, which are <= 0) or positive scores into ``nll_loss``;
     values all within [0, 1] (sigmoid outputs, not logits) into ``binary_cross_entropy_with_logits``."""
-    names = {c.name for c in loss_calls(ev)}
-    if len(names) != 1:
+    calls = loss_calls(ev)
+    names = {c.name for c in calls}
+    if not names:
         return None
-    (name,) = names
+    if len(names) == 1:
+        (name,) = names
+    elif calls[0].name == "cross_entropy":
+        # Several losses summed (multi-task heads): a sampled step's input is its first call's, the
+        # first loss seen. Judged for cross_entropy alone: rows of probabilities summing to 1 are
+        # measured for class losses only, so no other loss's input can show them.
+        name = "cross_entropy"
+    else:
+        return None
     lo, hi = col(ev.steps, "loss_input_min"), col(ev.steps, "loss_input_max")
     ok = np.isfinite(lo) & np.isfinite(hi)
     n = int(ok.sum())
@@ -87,6 +96,8 @@ class WrongLossInput(Rule):
     - sigmoid outputs (all in [0, 1]) into ``BCEWithLogitsLoss``: logits that never leave [0, 1]
       confine the prediction to [0.5, 0.73].
     Raw logits cannot satisfy these by chance: their rows do not sum to 1 and they take both signs.
+    With several loss functions (summed heads) the sampled input is the step's first call's: judged
+    when that is ``CrossEntropyLoss``, the only pattern no other loss's input can show.
     Severity: high (the loss has a floor the model cannot go below; training "works" but worse).
     Causes: wrong_loss_function.
     Recommends: removing the final Softmax/Sigmoid (named when it is a module), log_softmax for
