@@ -137,3 +137,50 @@ def test_no_diff_when_the_line_is_in_a_library_or_shares_its_line(tmp_path):
         None, "the optimizer is built inside a library (transformers)")
     assert patch.make({"kind": "clip_grad_norm"}, library) == (None, "backward() is called inside a library (lightning)")
     assert patch.make({"kind": "somebody_elses"}, library)[0] is None
+
+
+LAYERS = """
+import torch
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, 16), nn.ReLU(inplace=True), nn.Linear(16, 3))
+        self.probs = nn.Softmax(dim=1)
+
+    def forward(self, x):
+        return self.probs(self.body(x))
+
+model = Net()
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+"""
+
+
+def test_the_layer_candidates_are_diffs_at_the_lines_that_build_the_layers(tmp_path):
+    sites = _sites(tmp_path, LAYERS, optimizers=[("optimizer = ", "AdamW", 1e-3)])
+    sites.data["optimizers"][0]["default_weight_decay"] = 0.01
+    diff, _ = patch.make({"kind": "leaky_relu", "negative_slope": 0.01}, sites, tmp_path)
+    assert "nn.LeakyReLU(0.01, inplace=True)" in diff, diff
+    diff, _ = patch.make({"kind": "loss_input", "layer": "probs", "loss": "cross_entropy"}, sites, tmp_path)
+    assert "-        self.probs = nn.Softmax(dim=1)\n+        self.probs = nn.Identity()\n" in diff, diff
+    diff, _ = patch.make({"kind": "loss_input", "layer": "probs", "loss": "nll_loss"}, sites, tmp_path)
+    assert "+        self.probs = nn.LogSoftmax(dim=1)\n" in diff, diff
+    diff, _ = patch.make({"kind": "weight_decay_scale", "factor": 0.1}, sites, tmp_path)
+    assert "+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.001)\n" in diff, diff
+    diff, why = patch.make({"kind": "reinit", "scheme": "kaiming"}, sites, tmp_path)
+    assert diff is not None, why
+    assert "+for layer in model.modules():  # re-initialised before training\n" in diff
+    assert '+        torch.nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")\n' in diff
+    assert diff.index("+for layer in model.modules()") < diff.index(" optimizer = torch.optim.AdamW(")
+    namespace = {}
+    exec(compile(_applied(tmp_path, diff), "train.py", "exec"), namespace)  # the re-initialising code runs
+    diff, why = patch.make({"kind": "standardize_inputs"}, sites, tmp_path)
+    assert diff is None and "where it is loaded" in why
+
+
+def _applied(tmp_path: Path, diff: str) -> str:
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "fix.diff").write_text(diff)
+    subprocess.run(["git", "apply", "fix.diff"], cwd=tmp_path, check=True)
+    return (tmp_path / "train.py").read_text()

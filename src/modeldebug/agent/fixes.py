@@ -96,6 +96,12 @@ def _lr_scale(spec: dict[str, Any], model, opt) -> None:
         group["lr"] = group["lr"] * float(spec["factor"])
 
 
+def _weight_decay_scale(spec: dict[str, Any], model, opt) -> None:
+    for group in opt.param_groups:
+        if isinstance(group.get("weight_decay"), (int, float)):
+            group["weight_decay"] = group["weight_decay"] * float(spec["factor"])
+
+
 def _clip(spec: dict[str, Any], model, opt) -> None:
     import torch
 
@@ -148,6 +154,7 @@ def _module(name: str) -> Callable:
 
 _APPLY: dict[str, Callable[[dict[str, Any], Any, Any], None]] = {
     "lr_scale": _lr_scale,
+    "weight_decay_scale": _weight_decay_scale,
     "clip_grad_norm": _clip,
     "train_params": _train_params,
     "standardize_inputs": _standardize,
@@ -155,4 +162,4 @@ _APPLY: dict[str, Callable[[dict[str, Any], Any, Any], None]] = {
     "leaky_relu": _on_model(_module("leaky_relu")),
     "loss_input": _on_model(_module("loss_input")),
 }
-_NEEDS_OPTIMIZER = ("lr_scale", "clip_grad_norm", "train_params")
+_NEEDS_OPTIMIZER = ("lr_scale", "weight_decay_scale", "clip_grad_norm", "train_params")

@@ -10,202 +10,13 @@ from __future__ import annotations
 
 import ast
 import difflib
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from modeldebug.fixes.sites import STEPS_SEEN
+from modeldebug.fixes.source import Edit, NoPatch, Sites, Source, apply_edits, last_name, number
 
-
-class NoPatch(Exception):
-    """Why no diff can be made for a candidate (its message, a few words)."""
-
-
-@dataclass
-class Edit:
-    file: str
-    start: tuple[int, int]  # (line, column in characters), 1-based lines
-    end: tuple[int, int]
-    text: str
-
-
-class Source:
-    """One file of the script: its text and syntax tree, and what the edits need from them."""
-
-    def __init__(self, file: str):
-        self.file = file
-        self.text = Path(file).read_text()
-        self.lines = self.text.splitlines(keepends=True)
-        self.tree = ast.parse(self.text, file)
-        self.parents = {id(c): n for n in ast.walk(self.tree) for c in ast.iter_child_nodes(n)}
-
-    def segment(self, node: ast.AST) -> str:
-        return ast.get_source_segment(self.text, node) or ""
-
-    def col(self, line: int, byte_col: int) -> int:
-        """A column of the AST (UTF-8 bytes) in characters."""
-        return len(self.lines[line - 1].encode()[:byte_col].decode(errors="ignore"))
-
-    def span(self, node: ast.AST) -> tuple[tuple[int, int], tuple[int, int]]:
-        return ((node.lineno, self.col(node.lineno, node.col_offset)),
-                (node.end_lineno, self.col(node.end_lineno, node.end_col_offset)))
-
-    def indent(self, line: int) -> str:
-        text = self.lines[line - 1]
-        return text[:len(text) - len(text.lstrip())]
-
-    def statement(self, line: int) -> ast.stmt:
-        """The simple statement running at ``line``, alone on its lines (so a line can go before or after it)."""
-        found = [n for n in ast.walk(self.tree) if isinstance(n, ast.stmt) and not hasattr(n, "body")
-                 and n.lineno <= line <= n.end_lineno]
-        if not found:
-            raise NoPatch(f"no statement found at {Path(self.file).name}:{line}")
-        stmt = found[-1]
-        if not self.alone(stmt):
-            raise NoPatch(f"{Path(self.file).name}:{stmt.lineno} holds more than one statement")
-        return stmt
-
-    def alone(self, stmt: ast.stmt) -> bool:
-        parent = self.parents.get(id(stmt))
-        siblings = [s for field in ("body", "orelse", "finalbody") for s in getattr(parent, field, []) or []]
-        shares = any(s is not stmt and (stmt.lineno <= s.lineno <= stmt.end_lineno
-                                        or s.lineno <= stmt.lineno <= s.end_lineno) for s in siblings)
-        return not shares and self.col(stmt.lineno, stmt.col_offset) == len(self.indent(stmt.lineno))
-
-    def before(self, stmt: ast.stmt, *code: str) -> Edit:
-        return Edit(self.file, (stmt.lineno, 0), (stmt.lineno, 0), self._lines(stmt, code))
-
-    def after(self, stmt: ast.stmt, *code: str) -> Edit:
-        at = (stmt.end_lineno + 1, 0)
-        return Edit(self.file, at, at, self._lines(stmt, code))
-
-    def _lines(self, stmt: ast.stmt, code: tuple[str, ...]) -> str:
-        """New lines at the statement's indentation."""
-        return "".join(f"{self.indent(stmt.lineno)}{line}\n" for line in code)
-
-    def calls_at(self, line: int, names: tuple[str, ...]) -> list[ast.Call]:
-        """Calls spanning ``line`` whose function's last name is one of ``names``, innermost first."""
-        calls = [n for n in ast.walk(self.tree) if isinstance(n, ast.Call) and n.lineno <= line <= n.end_lineno
-                 and _last_name(n.func) in names]
-        return sorted(calls, key=lambda c: (c.end_lineno - c.lineno, c.end_col_offset - c.col_offset))
-
-    def torch_name(self, member: str) -> str:
-        """How the script spells ``torch.<member>`` with its module-level imports."""
-        for node in self.tree.body:
-            if isinstance(node, ast.Import):
-                for alias in node.names:
-                    if alias.name == "torch":
-                        return f"{alias.asname or 'torch'}.{member}"
-            if isinstance(node, ast.ImportFrom) and node.module == "torch" and member.split(".")[0] in {
-                    a.name for a in node.names if a.asname is None}:
-                return member
-        raise NoPatch(f"{Path(self.file).name} does not import torch by name")
-
-
-def _last_name(node: ast.AST) -> str | None:
-    if isinstance(node, ast.Attribute):
-        return node.attr
-    return node.id if isinstance(node, ast.Name) else None
-
-
-def _number(value: float) -> str:
-    text = f"{value:.6g}"
-    return text if any(c in text for c in ".en") else text + ".0"
-
-
-# ---------------------------------------------------------------- the probe's sites
-
-
-@dataclass
-class Sites:
-    data: dict[str, Any]
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Sites | None:
-        try:
-            return cls(json.loads(Path(path).read_text()))
-        except (OSError, ValueError):
-            return None
-
-    def sources(self) -> dict[str, Source]:
-        if not hasattr(self, "_sources"):
-            self._sources: dict[str, Source] = {}
-        return self._sources
-
-    def source(self, file: str) -> Source:
-        cached = self.sources()
-        if file not in cached:
-            try:
-                cached[file] = Source(file)
-            except (OSError, SyntaxError, ValueError) as exc:
-                raise NoPatch(f"{Path(file).name} cannot be read ({type(exc).__name__})") from None
-        return cached[file]
-
-    def optimizers(self) -> list[dict[str, Any]]:
-        """The optimizers built in the user's code, once per line; NoPatch naming the library otherwise."""
-        seen, mine = set(), []
-        for o in self.data.get("optimizers") or []:
-            if o.get("module", "").startswith("accelerate"):  # a wrapper of an optimizer built elsewhere
-                continue
-            if (o["file"], o["line"]) not in seen:
-                seen.add((o["file"], o["line"]))
-                mine.append(o)
-        if not mine:
-            raise NoPatch("the run saw no optimizer being built")
-        outside = [o for o in mine if not o["user"]]
-        if outside:
-            raise NoPatch(f"the optimizer is built inside a library ({_library(outside[0]['file'])})")
-        return mine
-
-    def loop(self) -> tuple[dict[str, Any], dict[str, Any] | None, bool]:
-        """The training loop's backward() site, its optimizer.step() site (None when not in the user's
-        code), and whether several backward calls run per step."""
-        backward = self.data.get("backward") or []
-        mine = [b for b in backward if b["user"]]
-        if not mine:
-            raise NoPatch(f"backward() is called inside a library ({_library(backward[0]['file'])})" if backward
-                          else "the run saw no backward() call")
-        main = max(mine, key=lambda b: b["calls"])
-        steps = [s for s in self.data.get("step") or [] if s["user"] and s["file"] == main["file"]]
-        step = max(steps, key=lambda s: s["calls"]) if steps else None
-        seen = max(1, min(self.data.get("steps") or 0, STEPS_SEEN))
-        return main, step, main["calls"] > seen
-
-    def optimizer_expr(self, step: dict[str, Any] | None) -> str:
-        """The optimizer as the loop names it: ``opt`` in ``opt.step()`` (``scaler.step(opt)``: its
-        argument), else the name the optimizer was assigned to where it was built."""
-        if step is not None:
-            src = self.source(step["file"])
-            for call in src.calls_at(step["line"], ("step",)):
-                if isinstance(call.func, ast.Attribute):
-                    return src.segment(call.args[0] if call.args else call.func.value)
-        names = {self._assigned(o) for o in self.optimizers()}
-        if len(names) == 1 and None not in names:
-            return names.pop()
-        raise NoPatch("it is not clear which variable holds the optimizer")
-
-    def _assigned(self, optimizer: dict[str, Any]) -> str | None:
-        src = self.source(optimizer["file"])
-        stmt = src.statement(optimizer["line"])
-        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
-            return stmt.targets[0].id
-        return None
-
-    def files(self) -> list[str]:
-        found = [o["file"] for o in self.data.get("optimizers") or [] if o["user"]]
-        found += [b["file"] for b in self.data.get("backward") or [] if b["user"]]
-        script = self.data.get("script")
-        return list(dict.fromkeys(found + ([script] if script and os.path.isfile(script) else [])))
-
-
-def _library(file: str) -> str:
-    parts = Path(file).parts
-    for marker in ("site-packages", "dist-packages"):
-        if marker in parts and parts.index(marker) + 1 < len(parts):
-            return parts[parts.index(marker) + 1]
-    return Path(file).name
+__all__ = ["PATCHERS", "NoPatch", "Sites", "make"]
 
 
 # ---------------------------------------------------------------- one patcher per candidate kind
@@ -216,38 +27,49 @@ def _lr_scale(spec: dict[str, Any], sites: Sites) -> list[Edit]:
     edits: list[Edit] = []
     for optimizer in sites.optimizers():
         src = sites.source(optimizer["file"])
-        calls = src.calls_at(optimizer["line"], (optimizer["class"],))
-        if not calls:
-            raise NoPatch(f"the call building {optimizer['class']} is not at {Path(src.file).name}:{optimizer['line']}")
-        call = calls[0]
-        edits += _scale_lr_argument(src, call, factor, optimizer.get("default_lr"))
-        edits += _scale_groups(src, call, factor)
+        call = sites.constructor(optimizer)
+        edits += _scale_argument(src, call, "lr", 1, factor, optimizer.get("default_lr"))
+        edits += _scale_groups(src, call, "lr", factor)
         edits += _scale_schedulers(sites, optimizer, factor)
     return edits
 
 
-def _scale_lr_argument(src: Source, call: ast.Call, factor: float, default: float | None) -> list[Edit]:
-    given = next((k.value for k in call.keywords if k.arg == "lr"), None)
-    if given is None and len(call.args) >= 2 and not isinstance(call.args[1], ast.Starred):
-        given = call.args[1]
+def _weight_decay_scale(spec: dict[str, Any], sites: Sites) -> list[Edit]:
+    factor = float(spec["factor"])
+    edits: list[Edit] = []
+    for optimizer in sites.optimizers():
+        call = sites.constructor(optimizer)
+        src = sites.source(optimizer["file"])
+        edits += _scale_argument(src, call, "weight_decay", None, factor, optimizer.get("default_weight_decay"))
+        edits += _scale_groups(src, call, "weight_decay", factor)
+    return edits
+
+
+def _scale_argument(src: Source, call: ast.Call, name: str, position: int | None, factor: float,
+                    default: float | None) -> list[Edit]:
+    """The argument ``name`` (or at ``position``) scaled; the optimizer's default given scaled when absent."""
+    given = next((k.value for k in call.keywords if k.arg == name), None)
+    if given is None and position is not None and len(call.args) > position \
+            and not any(isinstance(a, ast.Starred) for a in call.args[:position + 1]):
+        given = call.args[position]
     if given is not None:
         return [_scaled(src, given, factor)]
     if any(k.arg is None for k in call.keywords) or any(isinstance(a, ast.Starred) for a in call.args):
-        raise NoPatch("the learning rate is passed through *args/**kwargs")
-    if not isinstance(default, (int, float)):
-        raise NoPatch("the optimizer's default learning rate is not known")
+        raise NoPatch(f"the {name} is passed through *args/**kwargs")
+    if not isinstance(default, (int, float)) or isinstance(default, bool):
+        raise NoPatch(f"the optimizer's default {name} is not known")
     last = max([*call.args, *(k.value for k in call.keywords)], key=lambda n: (n.end_lineno, n.end_col_offset))
     at = src.span(last)[1]  # right after the last argument (before a trailing comma)
-    return [Edit(src.file, at, at, f", lr={_number(default * factor)}")]
+    return [Edit(src.file, at, at, f", {name}={number(default * factor)}")]
 
 
-def _scale_groups(src: Source, call: ast.Call, factor: float) -> list[Edit]:
-    """Per-group rates in a literal list of groups (``[{"params": ..., "lr": 1e-3}, ...]``)."""
+def _scale_groups(src: Source, call: ast.Call, name: str, factor: float) -> list[Edit]:
+    """Per-group values in a literal list of groups (``[{"params": ..., "lr": 1e-3}, ...]``)."""
     groups = call.args[0] if call.args else None
     if not isinstance(groups, (ast.List, ast.Tuple)):
         return []
     return [_scaled(src, value, factor) for d in groups.elts if isinstance(d, ast.Dict)
-            for key, value in zip(d.keys, d.values) if isinstance(key, ast.Constant) and key.value == "lr"]
+            for key, value in zip(d.keys, d.values) if isinstance(key, ast.Constant) and key.value == name]
 
 
 # schedulers that set the rate themselves (the optimizer's lr is overwritten): their arguments scale
@@ -278,7 +100,7 @@ def _scale_schedulers(sites: Sites, optimizer: dict[str, Any], factor: float) ->
 
 def _scaled(src: Source, node: ast.expr, factor: float) -> Edit:
     if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
-        text = _number(node.value * factor)
+        text = number(node.value * factor)
     elif isinstance(node, (ast.Name, ast.Attribute, ast.Subscript, ast.Call)):
         text = f"{src.segment(node)} * {factor:g}"
     else:
@@ -303,7 +125,7 @@ def _clip_grad_norm(spec: dict[str, Any], sites: Sites) -> list[Edit]:
     backward, step, several = sites.loop()
     src = sites.source(backward["file"])
     optimizer = sites.optimizer_expr(step)
-    clip = f"{src.torch_name('nn.utils.clip_grad_norm_')}({_params_expr(sites, optimizer)}, {_number(float(spec.get('max_norm', 1.0)))})"
+    clip = f"{src.torch_name('nn.utils.clip_grad_norm_')}({_params_expr(sites, optimizer)}, {number(float(spec.get('max_norm', 1.0)))})"
     lines = [clip]
     scaler = _scaler(src, backward["line"])
     if scaler is not None:
@@ -335,7 +157,7 @@ def _params_expr(sites: Sites, optimizer: str) -> str:
         src = sites.source(built[0]["file"])
         calls = src.calls_at(built[0]["line"], (built[0]["class"],))
         first = calls[0].args[0] if calls and calls[0].args else None
-        if isinstance(first, ast.Call) and _last_name(first.func) == "parameters" and not first.args:
+        if isinstance(first, ast.Call) and last_name(first.func) == "parameters" and not first.args:
             return src.segment(first)
     return f'[p for group in {optimizer}.param_groups for p in group["params"]]'
 
@@ -427,11 +249,112 @@ def _rejoin(sites: Sites, src: Source, names: list[str]) -> list[Edit]:
     return edits
 
 
+def _leaky_relu(spec: dict[str, Any], sites: Sites) -> list[Edit]:
+    """Every ``nn.ReLU(...)`` the script's files build becomes ``nn.LeakyReLU(slope, ...)``."""
+    slope = number(float(spec.get("negative_slope", 0.01)))
+    edits = []
+    for file in sites.files():
+        src = sites.source(file)
+        for call in ast.walk(src.tree):
+            if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "ReLU":
+                func = src.segment(call.func)
+                inner = src.segment(call)[len(func):].strip()[1:-1].strip()
+                start, end = src.span(call)
+                edits.append(Edit(file, start, end, f"{func[:-4]}LeakyReLU({slope}{', ' + inner if inner else ''})"))
+    if not edits:
+        raise NoPatch("no nn.ReLU(...) is built in the script's files")
+    return edits
+
+
+REINIT = """for layer in {model}.modules():  # re-initialised before training
+    if isinstance(layer, ({nn}.Linear, {nn}.Bilinear, {nn}.modules.conv._ConvNd)):
+        {nn}.init.{weights}(layer.weight{how})
+        if layer.bias is not None:
+            {nn}.init.zeros_(layer.bias)
+    elif isinstance(layer, {nn}.RNNBase):
+        for name, p in layer.named_parameters(recurse=False):
+            if name.startswith("weight_hh"):
+                {nn}.init.orthogonal_(p)
+            elif name.startswith("weight"):
+                {nn}.init.xavier_uniform_(p)
+            elif name.startswith("bias"):
+                {nn}.init.zeros_(p)
+    elif isinstance(layer, ({nn}.modules.batchnorm._NormBase, {nn}.LayerNorm, {nn}.GroupNorm)) and layer.weight is not None:
+        {nn}.init.ones_(layer.weight)
+        {nn}.init.zeros_(layer.bias)"""
+
+
+def _reinit(spec: dict[str, Any], sites: Sites) -> list[Edit]:
+    """The model's layers re-initialised just before the optimizer is built (as fixes/modules.reinit does)."""
+    built = sites.optimizers()
+    if len(built) != 1:
+        raise NoPatch("the script builds several optimizers: it is not clear where its model is complete")
+    optimizer = built[0]
+    src = sites.source(optimizer["file"])
+    kaiming = spec.get("scheme", "kaiming") == "kaiming"
+    code = REINIT.format(model=sites.model_expr(), nn=src.torch_name("nn"),
+                         weights="kaiming_normal_" if kaiming else "xavier_uniform_",
+                         how=', nonlinearity="relu"' if kaiming else "")
+    return [src.before(src.statement(optimizer["line"]), *code.splitlines())]
+
+
+PROBABILITY_LAYERS = ("Softmax", "Sigmoid", "LogSoftmax")
+
+
+def _loss_input(spec: dict[str, Any], sites: Sites) -> list[Edit]:
+    """The probability layer that feeds the loss becomes ``nn.Identity()`` (the loss takes the logits),
+    or ``nn.LogSoftmax`` for an NLL loss, where the script builds it."""
+    layer = str(spec.get("layer", ""))
+    last = layer.rsplit(".", 1)[-1]
+    found = []
+    for file in sites.files():
+        src = sites.source(file)
+        for call in ast.walk(src.tree):
+            if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr in PROBABILITY_LAYERS:
+                found.append((src, call, _named_as(src, call)))
+    if len(found) > 1:
+        found = [f for f in found if f[2] == last]
+    if len(found) != 1:
+        raise NoPatch(f"it is not clear which line builds {layer}")
+    src, call, _ = found[0]
+    func = src.segment(call.func)
+    prefix = func[:-len(call.func.attr)]
+    start, end = src.span(call)
+    if spec.get("loss") == "nll_loss" and call.func.attr == "Softmax":
+        return [Edit(src.file, start, end, src.segment(call).replace(func, prefix + "LogSoftmax", 1))]
+    return [Edit(src.file, start, end, f"{prefix}Identity()")]
+
+
+def _named_as(src: Source, call: ast.Call) -> str | None:
+    """The module name a layer gets where it is built: ``self.<name> = ...``, or its index in ``nn.Sequential(...)``."""
+    parent = src.parents.get(id(call))
+    if isinstance(parent, ast.Assign) and len(parent.targets) == 1 and isinstance(parent.targets[0], ast.Attribute):
+        return parent.targets[0].attr
+    if isinstance(parent, ast.Call) and last_name(parent.func) == "Sequential" and call in parent.args:
+        return str(parent.args.index(call))
+    return None
+
+
+def _not_at_a_line(why: str) -> Callable[[dict[str, Any], Sites], list[Edit]]:
+    def patcher(spec: dict[str, Any], sites: Sites) -> list[Edit]:
+        raise NoPatch(why)
+
+    return patcher
+
+
 PATCHERS: dict[str, Callable[[dict[str, Any], Sites], list[Edit]]] = {
     "lr_scale": _lr_scale,
     "zero_grad": _zero_grad,
     "clip_grad_norm": _clip_grad_norm,
     "train_params": _train_params,
+    "weight_decay_scale": _weight_decay_scale,
+    "leaky_relu": _leaky_relu,
+    "reinit": _reinit,
+    "loss_input": _loss_input,
+    "standardize_inputs": _not_at_a_line("the inputs' statistics come from the data: standardise them where it is loaded"),
+    "module_mode": _not_at_a_line("the lines that switch the model's mode are not recorded"),
+    "stable_op": _not_at_a_line("the unstable op's line in the script is not recorded"),
+    "scheduler_per_epoch": _not_at_a_line("the scheduler.step() line is not recorded"),
 }
 
 
@@ -459,7 +382,7 @@ def _diff(sites: Sites, edits: list[Edit], root: Path) -> str:
     out = []
     for file in dict.fromkeys(e.file for e in edits):
         src = sites.source(file)
-        text = _apply(src, [e for e in edits if e.file == file])
+        text = apply_edits(src, [e for e in edits if e.file == file])
         try:
             compile(text, file, "exec", dont_inherit=True)
         except SyntaxError:
@@ -467,17 +390,3 @@ def _diff(sites: Sites, edits: list[Edit], root: Path) -> str:
         rel = os.path.relpath(file, root).replace(os.sep, "/")
         out += difflib.unified_diff(src.lines, text.splitlines(keepends=True), f"a/{rel}", f"b/{rel}")
     return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in out)
-
-
-def _apply(src: Source, edits: list[Edit]) -> str:
-    starts = [0]
-    for line in src.lines:
-        starts.append(starts[-1] + len(line))
-
-    def offset(at: tuple[int, int]) -> int:
-        return starts[min(at[0] - 1, len(src.lines))] + at[1]
-
-    text = src.text if src.text.endswith("\n") or not src.text else src.text + "\n"
-    for edit in sorted(edits, key=lambda e: (offset(e.start), offset(e.end)), reverse=True):
-        text = text[:offset(edit.start)] + edit.text + text[offset(edit.end):]
-    return text

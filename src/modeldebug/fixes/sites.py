@@ -89,6 +89,7 @@ def _constructed(kind: str, obj: Any, frame) -> None:
              "user": is_user_file(name), "class": type(obj).__name__, "module": type(obj).__module__}
     if kind == "optimizers":
         entry["default_lr"] = getattr(obj, "defaults", {}).get("lr")
+        entry["default_weight_decay"] = getattr(obj, "defaults", {}).get("weight_decay")
         entry["id"] = id(obj)
     else:
         entry["optimizer"] = id(getattr(obj, "optimizer", None))
