@@ -1,5 +1,6 @@
 """`modeldebug fix` over the fault suite: for each script, was its planted kind found, was a
-candidate fix tried for it, was one verified, and was a wrong one verified.
+candidate fix that is right for its planted cause tried, was one verified, and was a wrong one
+verified (on a healthy script, any verified fix is wrong).
 
     OMP_NUM_THREADS=1 python benchmarks/fixes.py [--only REGEX] [--steps N]
 
@@ -21,24 +22,32 @@ from detection import available, cases, launcher  # noqa: E402
 from modeldebug.fixes import DEFAULT_STEPS  # noqa: E402
 from modeldebug.fixes.verify import run_fix  # noqa: E402
 
-# The candidate kinds (fixes/candidates.py) that act on a planted cause; clipping also answers the
-# symptom of an exploding gradient or a spike, whatever made it.
+# The candidate kinds (fixes/candidates.py; the learning rate split by direction) that act on a
+# planted cause; clipping also answers the symptom of an exploding gradient or a spike, and
+# LeakyReLU that of dead ReLUs, whatever made them.
 RIGHT = {
-    "learning_rate_too_high": {"lr_scale"},
+    "learning_rate_too_high": {"lr_lower"},
+    "learning_rate_too_low": {"lr_raise"},
     "missing_zero_grad": {"zero_grad"},
     "frozen_parameters": {"train_params"},
     "parameters_not_in_optimizer": {"train_params"},
+    "unnormalized_inputs": {"standardize_inputs"},
+    "bad_weight_init": {"reinit"},
+    "wrong_loss_function": {"loss_input"},
+    "numerically_unstable_op": {"stable_op"},
+    "wrong_module_mode": {"module_mode"},
+    "scheduler_misuse": {"scheduler_per_epoch"},
+    "weight_decay_too_high": {"weight_decay_scale"},
 }
-RIGHT_FOR_KIND = {"exploding_gradient": {"clip_grad_norm"}, "loss_spike": {"clip_grad_norm"}}
+RIGHT_FOR_KIND = {"exploding_gradient": {"clip_grad_norm"}, "loss_spike": {"clip_grad_norm"},
+                  "dead_relu": {"leaky_relu"}}
 
 
-def spec_kind(change: str) -> str:
-    """The candidate kind of a fix, from the start of its `change` text (candidates.py's wording)."""
-    for prefix, kind in (("learning rate x", "lr_scale"), ("optimizer.zero_grad()", "zero_grad"),
-                         ("torch.nn.utils.clip_grad_norm_", "clip_grad_norm"), ("train ", "train_params")):
-        if change.startswith(prefix):
-            return kind
-    return "other"
+def spec_kind(spec: dict) -> str:
+    kind = str(spec.get("kind", "other"))
+    if kind == "lr_scale":
+        return "lr_lower" if float(spec.get("factor", 1)) < 1 else "lr_raise"
+    return kind
 
 
 def main() -> int:
@@ -52,19 +61,21 @@ def main() -> int:
         t = time.time()
         session = run_fix([*launcher(case), str(case.path)], steps=args.steps)
         kinds = {f.kind for f in (session.report.findings if session.report else []) if f.severity in ("medium", "high")}
-        tried = [f for f in session.fixes if case.kind in f.addresses]
-        verified = [f for f in tried if f.verified]
         right = RIGHT.get(case.cause, set()) | RIGHT_FOR_KIND.get(case.kind, set())
-        wrong = [f for f in session.fixes if f.verified and (case.healthy or spec_kind(f.change) not in right)]
+        kind_of = {f.change: spec_kind(session.specs.get(f.change, {})) for f in session.fixes}
+        # right for the planted cause, whichever finding it addressed (a root before the planted symptom)
+        tried = [f for f in session.fixes if not case.healthy and kind_of[f.change] in right]
+        verified = [f for f in tried if f.verified]
+        wrong = [f for f in session.fixes if f.verified and (case.healthy or kind_of[f.change] not in right)]
         totals["scripts"] += 1
         totals["found"] += case.kind in kinds
         totals["fixable"] += bool(tried)
         totals["verified"] += bool(verified)
         totals["wrong"] += bool(wrong)
-        names = ", ".join(f"{spec_kind(f.change)}{'+' if f.verified else '-'}" for f in session.fixes) or "-"
+        names = ", ".join(f"{kind_of[f.change]}{'+' if f.verified else '-'}" for f in session.fixes) or "-"
         rows.append(f"{case.name:60} {time.time() - t:6.1f} s  {session.verdict}  [{names}]")
         print(rows[-1], flush=True)
-    print(f"\n{totals['scripts']} scripts: planted kind found {totals['found']}, a fix tried for it "
+    print(f"\n{totals['scripts']} scripts: planted kind found {totals['found']}, a right fix tried for its cause "
           f"{totals['fixable']}, verified {totals['verified']}, a wrong fix verified {totals['wrong']} "
           f"({time.time() - started:.0f} s, --steps {args.steps})")
     return 0

@@ -8,6 +8,7 @@ is tried for every root finding its mechanism can address, whatever the script.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,8 @@ class Candidate:
     spec: dict[str, Any]  # what fixes/child.py applies (its "kind" and parameters)
     change: str  # what it changes, in words
     addresses: list[str] = field(default_factory=list)  # the root finding kinds it is tried for
+    # Judged on the validation loss: the change alters what the training loss measures (dropout on)
+    by_validation: bool = False
 
     @property
     def key(self) -> str:
@@ -57,33 +60,158 @@ def train_params(finding: Finding) -> Candidate | None:
                      f"lacks to it (optimizer.add_param_group), from the second step")
 
 
+def lr_raise(finding: Finding, probe: dict[str, Any]) -> Candidate | None:
+    """Up to the typical rate of the optimizer's family (the rules' table), by a power of ten, x10
+    at least; only when the rules name a too-low rate first (they list it last as a fallback)."""
+    if finding.causes[:1] != ["learning_rate_too_low"]:
+        return None
+    lr, typical = probe.get("lr"), probe.get("typical_lr")
+    factor = 10.0
+    if isinstance(lr, float) and isinstance(typical, float) and 0 < lr < typical:
+        factor = max(10.0, 10.0 ** round(math.log10(typical / lr)))
+    return lr_scale(factor)
+
+
+WEIGHT_DECAY_SHRINK = 1e-3  # per step at most: the weights' half-life to decay alone ~700 steps
+
+
+def weight_decay_scale(finding: Finding) -> Candidate:
+    """Weight decay scaled by a power of ten that brings the shrink per step the rule measured to
+    WEIGHT_DECAY_SHRINK or below (x0.1 at least)."""
+    shrink = finding.evidence.get("shrink_per_step")
+    factor = 0.1
+    if isinstance(shrink, (int, float)) and shrink > 0:
+        factor = min(0.1, 10.0 ** math.floor(math.log10(WEIGHT_DECAY_SHRINK / shrink)))
+    return Candidate({"kind": "weight_decay_scale", "factor": factor},
+                     f"weight decay x{factor:g}: every optimizer param group's weight_decay scaled by {factor:g} "
+                     f"where the optimizer is built")
+
+
+def standardize_inputs(finding: Finding) -> Candidate:
+    return Candidate({"kind": "standardize_inputs"},
+                     "standardise the model's input: (x - mean) / std per feature (per channel for images), "
+                     "the statistics taken from the first batch and used for every batch after it")
+
+
+def reinit(finding: Finding, probe: dict[str, Any]) -> Candidate:
+    from modeldebug.fixes.modules import init_scheme
+
+    scheme = init_scheme(probe.get("layer_types") or [])
+    how = ("Kaiming-normal (fan_in, ReLU)" if scheme == "kaiming" else "Xavier-uniform")
+    return Candidate({"kind": "reinit", "scheme": scheme},
+                     f"re-initialise the model's Linear/Conv layers with {how} weights and zero biases "
+                     f"(recurrent weights orthogonal, norm layers reset) before its first training forward")
+
+
+def loss_input(finding: Finding) -> Candidate | None:
+    """The layer the rule names as the last to run, a softmax/sigmoid feeding a loss that expects
+    logits (dropped) or log-probabilities (made a log_softmax)."""
+    layer, loss = finding.location, finding.evidence.get("loss_function")
+    if not layer or not isinstance(loss, str):
+        return None
+    what = "replace it by log_softmax" if loss == "nll_loss" else "drop it (the loss takes the logits)"
+    return Candidate({"kind": "loss_input", "layer": layer, "loss": loss},
+                     f"the probability layer {layer} that feeds {loss}: {what}")
+
+
+def leaky_relu(finding: Finding, slope: float = 0.01) -> Candidate:
+    return Candidate({"kind": "leaky_relu", "negative_slope": slope},
+                     f"every nn.ReLU of the model computes LeakyReLU(negative_slope={slope:g})")
+
+
+def module_mode(finding: Finding) -> Candidate | None:
+    if "eval_mode_steps" in finding.evidence:
+        return Candidate({"kind": "module_mode", "train": True},
+                         "model.train() before every forward pass that runs with gradients on", by_validation=True)
+    if "train_mode_eval_batches" in finding.evidence:
+        return Candidate({"kind": "module_mode", "train": False},
+                         "model.eval() for every forward pass under torch.no_grad(), model.train() after it",
+                         by_validation=True)
+    return None
+
+
+STABLE_EPS = 1e-7
+_UNSTABLE = (("log", "log"), ("sqrt", "sqrt"), ("division", "div"), ("1/x", "div"))
+LOSS_OPS = ["log", "sqrt", "div"]  # the unstable ops a hand-written loss computes
+
+
+def stable_op(finding: Finding) -> Candidate | None:
+    """The op the NaN origin names (its cause, forward or backward: "log of 0", "the gradient of
+    sqrt at 0 is infinite", "division by 0"), computed with an eps at its singular point; when the
+    origin is the loss computation outside the model (no op named), its log, sqrt and division."""
+    origin = finding.evidence.get("origin") or {}
+    cause = str(origin.get("cause") or "")
+    ops = sorted({name for word, name in _UNSTABLE if word in cause})
+    if not ops and origin.get("phase") == "loss":
+        ops = LOSS_OPS
+    if not ops:
+        return None
+    shown = {"log": f"torch.log(x) as torch.log(x.clamp_min({STABLE_EPS:g}))",
+             "sqrt": f"torch.sqrt(x) as torch.sqrt(x.clamp_min({STABLE_EPS:g}))",
+             "div": f"a / b with |b| at least {STABLE_EPS:g} (b's sign kept)"}
+    return Candidate({"kind": "stable_op", "ops": ops, "eps": STABLE_EPS},
+                     "eps for the unstable ops: " + "; ".join(shown[op] for op in ops))
+
+
+def scheduler_per_epoch(finding: Finding) -> Candidate | None:
+    if finding.evidence.get("scheduler_calls_per_step", 0) < 0.5:
+        return None
+    return Candidate({"kind": "scheduler_per_epoch"},
+                     "the learning-rate scheduler stepped once per epoch (the script's scheduler.step() "
+                     "calls of one pass over the DataLoader count once)")
+
+
 # What the rules name as a finding's cause, and the kinds whose mechanism a candidate targets;
-# each maker is given the finding and may find nothing to change (None).
+# each maker is given the finding and what the probe saw (``probe_facts``) and may find nothing to
+# change (None).
 BY_CAUSE = {
-    "learning_rate_too_high": (lambda f: lr_scale(0.1), lambda f: lr_scale(0.01)),
-    "missing_zero_grad": (lambda f: zero_grad(),),
-    "frozen_parameters": (train_params,),
-    "parameters_not_in_optimizer": (train_params,),
+    "learning_rate_too_high": (lambda f, t: lr_scale(0.1), lambda f, t: lr_scale(0.01)),
+    "learning_rate_too_low": (lr_raise,),
+    "missing_zero_grad": (lambda f, t: zero_grad(),),
+    "frozen_parameters": (lambda f, t: train_params(f),),
+    "parameters_not_in_optimizer": (lambda f, t: train_params(f),),
+    "unnormalized_inputs": (lambda f, t: standardize_inputs(f),),
+    "bad_weight_init": (reinit,),
+    "wrong_module_mode": (lambda f, t: module_mode(f),),
+    "scheduler_misuse": (lambda f, t: scheduler_per_epoch(f),),
+    "weight_decay_too_high": (lambda f, t: weight_decay_scale(f),),
+    "numerically_unstable_op": (lambda f, t: stable_op(f),),
 }
 BY_KIND = {
-    "gradient_accumulation": (lambda f: zero_grad(),),
-    "exploding_gradient": (lambda f: clip_grad_norm(),),
-    "loss_spike": (lambda f: clip_grad_norm(),),
+    "gradient_accumulation": (lambda f, t: zero_grad(),),
+    "exploding_gradient": (lambda f, t: clip_grad_norm(),),
+    "loss_spike": (lambda f, t: clip_grad_norm(),),
+    "wrong_loss_input": (lambda f, t: loss_input(f),),
+    "dead_relu": (lambda f, t: leaky_relu(f) if "ReLU" in (t.get("layer_types") or []) else None,),
 }
 
 
-def build(roots: list[Finding], limit: int) -> list[Candidate]:
+def build(roots: list[Finding], limit: int, probe: dict[str, Any] | None = None) -> list[Candidate]:
     """The candidates for ``roots`` (most severe first, as the stories are), each once, with the
-    kinds of every root it addresses; at most ``limit``, the first roots' first."""
+    kinds of every root it addresses; at most ``limit``, the first roots' first. ``probe``: what
+    the probe run saw (:func:`probe_facts`): its layer classes (the init scheme, ReLUs to make
+    leaky), its learning rate and the typical one of its optimizer."""
+    facts = probe or {}
     found: dict[str, Candidate] = {}
     for finding in roots:
         makers = [m for cause in finding.causes for m in BY_CAUSE.get(cause, ())]
         makers += BY_KIND.get(finding.kind, ())
         for make in makers:
-            candidate = make(finding)
+            candidate = make(finding, facts)
             if candidate is None:
                 continue
             kept = found.setdefault(candidate.key, candidate)
             if finding.kind not in kept.addresses:
                 kept.addresses.append(finding.kind)
     return list(found.values())[:max(0, limit)]
+
+
+def probe_facts(evidence: Any) -> dict[str, Any]:
+    """From the probe's evidence: ``layer_types`` (built-in torch.nn classes), ``lr`` (the rate it
+    trained with) and ``typical_lr`` (the rules' usual rate for its optimizer family)."""
+    from modeldebug.rules.base import current_lr, lr_bounds, optimizer_type
+
+    lr = current_lr(evidence)
+    return {"layer_types": sorted({layer.family or layer.type for layer in evidence.layers.values()}),
+            "lr": float(lr) if lr is not None else None,
+            "typical_lr": float(lr_bounds(optimizer_type(evidence))[1])}

@@ -89,7 +89,7 @@ def _before_collector() -> None:
     elif kind == "clip_grad_norm":
         register_optimizer_step_pre_hook(_guarded(_clip))
     elif kind == "weight_decay_scale":
-        register_optimizer_step_pre_hook(_guarded(_scale_weight_decay))
+        _scale_weight_decay(float(_candidate["factor"]))
     elif kind in MODULE_KINDS:
         _on_modules(kind, _candidate)
 
@@ -103,7 +103,7 @@ def _on_modules(kind: str, spec: dict[str, Any]) -> None:
     from modeldebug.fixes import modules
 
     if kind == "stable_op":
-        modules.stable_ops(str(spec["op"]), float(spec.get("eps", 1e-7)))
+        modules.stable_ops([str(op) for op in spec.get("ops") or []], float(spec.get("eps", 1e-7)))
         return
     top = modules.TopLevel(_guarded)
     if kind == "standardize_inputs":
@@ -180,17 +180,27 @@ def _scale_lr(optimizer, args, kwargs) -> None:
             g["lr"] = g["lr"] * factor
 
 
-_decay_scaled: set[int] = set()
+def _scale_weight_decay(factor: float) -> None:
+    """Each param group's weight_decay scaled as it joins its optimizer (its constructor calls
+    ``add_param_group``), so the run records the rate used from the start."""
+    import torch
 
+    add = torch.optim.Optimizer.add_param_group
 
-def _scale_weight_decay(optimizer, args, kwargs) -> None:
-    """Each param group's weight_decay scaled once, before its first step (groups added later too)."""
-    factor = float(_candidate["factor"])
-    for g in optimizer.param_groups:
-        if id(g) not in _decay_scaled:
-            _decay_scaled.add(id(g))
-            if isinstance(g.get("weight_decay"), (int, float)):
-                g["weight_decay"] = g["weight_decay"] * factor
+    def scaled(group: dict) -> None:
+        if isinstance(group.get("weight_decay"), (int, float)):
+            group["weight_decay"] = group["weight_decay"] * factor
+
+    guarded = _guarded(scaled)
+
+    @functools.wraps(add)
+    def add_param_group(self, param_group):
+        result = add(self, param_group)
+        if self.param_groups:
+            guarded(self.param_groups[-1])
+        return result
+
+    torch.optim.Optimizer.add_param_group = add_param_group
 
 
 def _groups_key(optimizer) -> int:

@@ -31,6 +31,8 @@ from modeldebug.types import Fix, Report
 
 END_FRACTION = 0.2  # the end of the window: its last fifth of the loss points
 MIN_END_POINTS = 3
+VAL_FLOOR = 0.01
+LONGER_WINDOW = 4  # a probe that finds nothing in its window looks again in one this many times longer
 SHOWN = ("medium", "high")
 
 
@@ -77,6 +79,7 @@ class FixSession:
     fixes: list[Fix] = field(default_factory=list)
     verdict: str = ""
     seconds: float = 0.0
+    specs: dict[str, dict[str, Any]] = field(default_factory=dict)  # each fix's candidate spec, by its change
 
     @property
     def report(self) -> Report | None:
@@ -139,14 +142,20 @@ def run_fix(
         run = lambda spec: _window(command, steps, spec, store, config)  # noqa: E731
         tell("probe: the script unfixed")
         probe = _window(command, steps, None, store, config, sites=Path(tmp) / "sites.json")
+        if not _nothing_to_verify(probe) and not _roots(probe) and _cut_by_window(probe, steps):
+            # Nothing yet, and the script had more to run: a symptom that comes later (a warm-up
+            # past the stable rate) is looked for in a longer window, used for every run after.
+            steps *= LONGER_WINDOW
+            tell(f"probe: nothing found; the script unfixed for {steps} steps")
+            probe = _window(command, steps, None, store, config, sites=Path(tmp) / "sites.json")
         probe.sites = Sites.load(Path(tmp) / "sites.json")
         session = FixSession(probe)
         unverifiable = _nothing_to_verify(probe)
         if unverifiable:
             session.verdict = f"nothing to verify: {unverifiable}"
         else:
-            roots = [s.root for s in probe.report.stories() if s.root.source == "rules" and s.root.severity in SHOWN]
-            candidates = build(roots, max_candidates, _layer_types(store, probe.report))
+            roots = _roots(probe)
+            candidates = build(roots, max_candidates, _probe_facts(store, probe.report))
             if not roots:
                 session.verdict = (f"no fix needed: no medium or high finding in the first {steps} steps "
                                    f"(a symptom that comes later needs a longer --steps)")
@@ -156,10 +165,22 @@ def run_fix(
             else:
                 tell("noise: the script unfixed, again")
                 again = run(None)
+                longer: list[Window] = []  # the unfixed run of a longer window, made once if needed
                 for candidate in candidates:
                     tell(f"candidate: {candidate.change}")
-                    after = run(candidate.spec)
-                    tried = _judge(candidate, probe, again, after)
+                    unfixed = (probe, again)
+                    if candidate.by_validation and _cut_by_window(probe, steps):
+                        # judged on the validation loss, where a wrong mode's harm (overfitting
+                        # without dropout, stale batch statistics) shows over more epochs
+                        if not longer:
+                            tell(f"noise: the script unfixed for {steps * LONGER_WINDOW} steps")
+                            longer.append(_window(command, steps * LONGER_WINDOW, None, store, config))
+                        unfixed = (longer[0], longer[0])
+                        after = _window(command, steps * LONGER_WINDOW, candidate.spec, store, config)
+                    else:
+                        after = run(candidate.spec)
+                    session.specs[candidate.change] = candidate.spec
+                    tried = _judge(candidate, *unfixed, after)
                     tried.loss_curve = _loss_curve(after)
                     tried.patch, no_patch = make_patch(candidate.spec, probe.sites)
                     tried.reason += f"; no diff: {no_patch}" if no_patch else ""
@@ -182,16 +203,28 @@ def fix(command: Sequence[str], *, steps: int = DEFAULT_STEPS, max_candidates: i
                    store_path=store_path).fixes
 
 
-def _layer_types(store: Path, report: Report) -> list[str]:
-    """The classes of the probe's layers (their built-in torch.nn class), from its run store."""
+def _roots(probe: Window) -> list:
+    """The probe's root findings (not their consequences) of medium or high severity."""
+    if probe.report is None:
+        return []
+    return [s.root for s in probe.report.stories() if s.root.source == "rules" and s.root.severity in SHOWN]
+
+
+def _cut_by_window(probe: Window, steps: int) -> bool:
+    """The window, not the script, ended the probe (it had more steps to run)."""
+    return probe.report is not None and probe.report.run.steps >= steps
+
+
+def _probe_facts(store: Path, report: Report) -> dict[str, Any]:
+    """What the candidates need to know of the probe run (its layers, its lr), from its run store."""
+    from modeldebug.fixes.candidates import probe_facts
     from modeldebug.store import RunStore
 
     try:
         with RunStore(store) as runs:
-            layers = runs.load_evidence(report.run.id).layers.values()
-        return sorted({layer.family or layer.type for layer in layers})
-    except Exception:  # (the scheme then defaults as for an unknown net)
-        return []
+            return probe_facts(runs.load_evidence(report.run.id))
+    except Exception:  # (the candidates then take their defaults)
+        return {}
 
 
 def _nothing_to_verify(probe: Window) -> str | None:
@@ -227,6 +260,8 @@ def _judge(candidate: Candidate, probe: Window, again: Window, after: Window) ->
     if end_after is None or not math.isfinite(end_after[0]):
         tried.reason = "the training loss is not finite at the end of the window"
         return tried
+    if candidate.by_validation:
+        return _judge_on_validation(candidate, tried, probe, again)
     noise = _noise(probe, again, end_after)
     if math.isfinite(loss_before) and end_after[0] >= loss_before - noise:
         tried.reason = (f"the training loss is not lower by more than noise ({end_after[0]:.4g} vs {loss_before:.4g}, "
@@ -249,6 +284,25 @@ def _loss_curve(window: Window):
 
     series = window.report.training.series if window.report is not None and window.report.training else None
     return Series(step=series.step, loss=series.loss) if series is not None and series.step else None
+
+
+def _judge_on_validation(candidate: Candidate, tried: Fix, probe: Window, again: Window) -> Fix:
+    """A change to what the training loss measures (dropout and batch statistics on or off) is
+    judged on the validation loss: lower than the unfixed runs' by more than their difference, and
+    by at least VAL_FLOOR of it (one evaluation's loss: no spread of its own to measure)."""
+    before, after = tried.val_loss_before, tried.val_loss_after
+    if before is None or after is None or not (math.isfinite(before) and math.isfinite(after)):
+        tried.reason = "this change alters what the training loss measures, and no validation loss was seen to judge it by"
+        return tried
+    spread = abs(before - again.val_loss) if again.val_loss is not None and math.isfinite(again.val_loss) else 0.0
+    noise = max(spread, VAL_FLOOR * abs(before))
+    if after >= before - noise:
+        tried.reason = f"the validation loss is not lower by more than noise ({after:.4g} vs {before:.4g}, noise {noise:.2g})"
+        return tried
+    tried.verified = True
+    tried.reason = (f"{', '.join(candidate.addresses)} gone, no new finding, validation loss {before:.4g} -> "
+                    f"{after:.4g} (noise {noise:.2g}; the training loss is measured differently with this change)")
+    return tried
 
 
 def _mean_loss(*windows: Window) -> float:
