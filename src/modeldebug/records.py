@@ -8,8 +8,8 @@ run store's column names and the Evidence table's column names: one vocabulary e
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Callable, Sequence
 
 NAN = math.nan
 
@@ -188,3 +188,20 @@ class OptimizerInfo:
 
 def column_names(record_type) -> list[str]:
     return [f.name for f in fields(record_type)]
+
+
+def row_maker(record_type, names: Sequence[str]) -> Callable[..., tuple]:
+    """``make(run_id, *values)`` (the values of ``names``, in that order) -> the record's row as the
+    store writes it: run_id, then every field in order, those not named at their defaults;
+    ``record_type(*row[1:])`` is the record. A row without the record object: an unsampled step's."""
+    all_fields = fields(record_type)
+    unknown = set(names) - {f.name for f in all_fields}
+    if unknown:
+        raise ValueError(f"{record_type.__name__} has no fields {sorted(unknown)}")
+    defaults = {f"_{f.name}": f.default for f in all_fields if f.name not in names}
+    if MISSING in defaults.values():
+        raise ValueError(f"every field of {record_type.__name__} that is not named needs a plain default")
+    values = ", ".join(f.name if f.name in names else f"_{f.name}" for f in all_fields)
+    # (callgrind: ~6 K instructions a step row; the record and its row from it ~20 K)
+    source = f"lambda run_id, {', '.join(names)}: (run_id, {values})"
+    return eval(compile(source, __file__, "eval"), defaults)  # noqa: S307  (made of field names only)

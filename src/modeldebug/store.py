@@ -450,6 +450,13 @@ class RunStore:
             self._buffer(run_id, record)
             self._maybe_flush()
 
+    def add_row(self, record_type: type, row: tuple) -> None:
+        """``add`` of a row made without the record object (``records.row_maker``: an unsampled step's)."""
+        with self._lock:
+            self._pending.setdefault(SPEC_BY_TYPE[record_type].table, []).append(row)
+            self._pending_count += 1
+            self._maybe_flush()
+
     def add_many(self, run_id: str, records: Iterable[Any]) -> None:
         with self._lock:
             for record in records:

@@ -9,6 +9,7 @@ unsampled steps of a 3-module and a 30-module model.
 from __future__ import annotations
 
 import collections
+import math
 import sys
 from pathlib import Path
 
@@ -110,3 +111,80 @@ def test_bytecodes_of_an_unsampled_step_do_not_depend_on_the_number_of_modules(t
     assert not grown, f"our functions whose bytecodes grow with the model (3 modules, 30 modules): {grown}"
     assert sum(many.values()) == sum(few.values())
     assert sum(few.values()) > 0  # (the counter sees our frames)
+
+
+def _steps_table(tmp_path, name: str, monkeypatch, at_once: bool) -> dict:
+    """A short run with every per-step field in use (a scheduler, clipping, dropout, a non-finite
+    loss at the end, sampled steps between unsampled ones); its step table."""
+    import numpy as np
+
+    from modeldebug.collect.transfer import HostQueue
+    from modeldebug.evidence import STEP_COLUMNS
+
+    with monkeypatch.context() as patched:
+        if not at_once:  # every step through a StepRecord and the queue, as sampled and CUDA steps go
+            patched.setattr(HostQueue, "writes_at_once", lambda self, st: False)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 4))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=7, gamma=0.5)
+        x, y = torch.randn(64, 8), torch.randint(0, 4, (64,))
+        store = RunStore(tmp_path / f"{name}.db")
+        with md.watch(model, opt, config=md.DebuggingConfig(every=5, warmup_steps=2), store=store) as dbg:
+            for i in range(40):
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(model(x[i % 4 * 16:][:16]), y[i % 4 * 16:][:16])
+                (loss * (math.inf if i == 36 else 1.0)).backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+            recent = dbg.metrics
+        steps = store.load_evidence(dbg.run_id).steps
+        store.close()
+    timed = {"data_s", "forward_s", "backward_s", "optimizer_s", "step_s", "rss_bytes"}
+    table = {k: (np.isnan(steps[k]) if k in timed else steps[k]).tolist() for k in STEP_COLUMNS}
+    table["metrics"] = (recent.steps, recent.loss, recent.grad_norm)
+    return table
+
+
+def test_a_step_written_at_once_as_a_row_is_the_record_the_queue_writes(tmp_path, monkeypatch):
+    rows = _steps_table(tmp_path, "rows", monkeypatch, at_once=True)
+    records = _steps_table(tmp_path, "records", monkeypatch, at_once=False)
+    assert len(rows["step"]) == 40 and any(rows["loss_nonfinite"]) and any(rows["sampled"])
+    # Each field in its column (the row is positional): what the loop did, step by step.
+    assert rows["step"] == list(range(40))
+    assert rows["clip_calls"] == [1] * 40 and rows["clips_before_backward"] == [0] * 40
+    assert rows["scheduler_steps"] == [0] + [1] * 39  # (a call counts at the next step's close)
+    assert rows["lr"][:7] == [0.1] * 7 and rows["lr"][7] == 0.05
+    assert rows["forward_calls"] == rows["backward_calls"] == rows["loss_calls"] == [1] * 40
+    assert all(rows["optimizer_stepped"]) and not any(rows["eval_mode"]) and not any(rows["scaler_skipped"])
+    assert rows["loss_nonfinite"].index(True) == 36 and not any(rows["forward_s"] + rows["step_s"])
+    assert rows.keys() == records.keys()
+    for column in rows:
+        assert str(rows[column]) == str(records[column]), column  # (str: NaN equals NaN)
+
+
+def test_an_unsampled_step_makes_no_step_record(tmp_path, monkeypatch):
+    from modeldebug.collect import steps as steps_module
+
+    made = []
+    real = steps_module.StepRecord
+
+    def counted(*args):
+        made.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(steps_module, "StepRecord", counted)
+    torch.manual_seed(0)
+    model = _stack(3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    store = RunStore(tmp_path / "r.db")
+    with md.watch(model, opt, config=md.DebuggingConfig(every=10, warmup_steps=0), store=store) as dbg:
+        for _ in range(30):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(torch.randn(4, 8)), torch.randint(0, 8, (4,))).backward()
+            opt.step()
+        assert dbg.monitor_overhead().sampled_steps == 3
+    assert len(made) == 3  # the sampled steps' records only
+    assert len(store.load_evidence(dbg.run_id).steps["step"]) == 30
+    store.close()

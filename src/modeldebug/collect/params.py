@@ -13,6 +13,9 @@ from torch._utils import _flatten_dense_tensors
 
 from modeldebug.collect.sharding import local, local_all
 
+# torch._utils' function is a Python frame around this one (the hot path calls it every step).
+_flatten = getattr(getattr(torch._C, "_nn", None), "flatten_dense_tensors", _flatten_dense_tensors)
+
 # Parameters larger than this are compared on a subset for |Δw|/|w| (bounded memory and time):
 # UPDATE_CHUNKS contiguous runs of UPDATE_SAMPLE / UPDATE_CHUNKS values spread over the tensor.
 UPDATE_SAMPLE = 65536
@@ -86,7 +89,7 @@ def total_norm(tensors: list[torch.Tensor], flatten: bool = False) -> torch.Tens
     try:
         if flatten:
             try:
-                return torch.linalg.vector_norm(_flatten_dense_tensors(tensors), dtype=torch.float32)
+                return torch.linalg.vector_norm(_flatten(tensors), dtype=torch.float32)
             except RuntimeError:  # several devices: one fused norm per device
                 pass
         norms = torch._foreach_norm(tensors)

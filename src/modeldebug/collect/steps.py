@@ -14,7 +14,7 @@ from modeldebug.collect import params as param_stats
 from modeldebug.collect.memory import cuda_memory
 from modeldebug.collect.stats import Reduced
 from modeldebug.events import NonfiniteOrigin
-from modeldebug.records import StepRecord
+from modeldebug.records import StepRecord, row_maker
 
 if TYPE_CHECKING:
     from modeldebug.collect.hooks import Guard, Hooks
@@ -39,6 +39,19 @@ MEMORY_EVERY = 4
 # "earliest": the first held iteration's.
 SUM, ANY, FIRST, EARLIEST = ({"merge": k} for k in ("sum", "any", "first", "earliest"))
 
+
+NAN = math.nan
+NO_MEMORY = (NAN, NAN, NAN, NAN)  # (rss, CUDA allocated, reserved, peak) on a step that does not read them
+NO_SCALARS = (NAN,) * 6  # a step whose numbers are on their way to the host (transfer._parts)
+NO_FLAGS = (False, False, False)
+# An unsampled step's row, made without a StepRecord; the fields in the order close() gives them.
+STEP_ROW = row_maker(StepRecord, (
+    "step", "loss", "grad_norm", "lr", "data_s", "forward_s", "backward_s", "optimizer_s", "step_s",
+    "rss_bytes", "cuda_allocated", "cuda_reserved", "cuda_peak", "loss_nonfinite", "grad_nonfinite",
+    "input_nonfinite", "stale_grad_norm", "optimizer_stepped", "backward_calls", "forward_calls", "sampled",
+    "eval_mode", "scheduler_steps", "clip_calls", "clips_before_backward", "loss_calls", "loss_scale",
+    "scaler_skipped", "clips_scaled",
+))
 
 # The clock itself, not a function around it: read ~15 times a step, a Python frame each would cost more.
 now = time.perf_counter
@@ -229,37 +242,37 @@ class Steps:
         if st.sampled and st.param_pre is None and st.backward_calls and self.monitoring.gradients:
             st.param_pre = self.snapshot(subsets=False)  # a step without optimizer.step()
         end = now()
-        rec = StepRecord(
-            step=st.index,
-            data_s=st.data_s if st.data_seen else math.nan,
-            forward_s=st.forward_s if st.forward_calls else math.nan,
-            backward_s=st.backward_s if st.backward_calls else math.nan,
-            optimizer_s=st.optimizer_s if st.optimizer_stepped else math.nan,
-            step_s=end - (self.last_end if self.last_end is not None else st.start),
-            optimizer_stepped=st.optimizer_stepped,
-            backward_calls=st.backward_calls,
-            forward_calls=st.forward_calls,
-            sampled=st.sampled,
-            loss_calls=st.loss_calls,
-            lr=self.watched.lr(),
-            eval_mode=st.eval_mode,
-            scheduler_steps=self.scheduler_steps,
-            clip_calls=self.clip_calls,
-            clips_before_backward=self.clips_before_backward,
-            clips_scaled=self.clips_scaled,
-            scaler_skipped=st.scaler_skipped,
-        )
-        self.scheduler_steps = self.clip_calls = self.clips_before_backward = self.clips_scaled = 0
+        step_s = end - (self.last_end if self.last_end is not None else st.start)
         self.last_end = end
-        if self.monitoring.memory and (st.index < MEMORY_EVERY_STEP or st.index % MEMORY_EVERY == 0 or st.sampled):
-            self._memory(rec)
+        memory = (self._memory() if self.monitoring.memory and (
+            st.index < MEMORY_EVERY_STEP or st.index % MEMORY_EVERY == 0 or st.sampled) else NO_MEMORY)
         self.count += 1
         if self.losses_add_up and st.loss_count > 1:
             st.loss_count = 1  # (mean_loss then is their sum)
-        self.queue.add(rec, st)
+        queue = self.queue
+        # The hot path (CPU, unsampled, nothing waiting): the numbers are read now and the step is
+        # written as a row; otherwise a StepRecord travels with the step until they arrive.
+        at_once = self.dist is None and queue.writes_at_once(st)
+        scalars = queue.host_scalars(st) if at_once else NO_SCALARS
+        flags = queue.judge(st.index, st, scalars) if at_once else NO_FLAGS
+        row = STEP_ROW(
+            self.writer.run_id, st.index, scalars[0], scalars[1], self.watched.lr(),
+            st.data_s if st.data_seen else NAN, st.forward_s if st.forward_calls else NAN,
+            st.backward_s if st.backward_calls else NAN, st.optimizer_s if st.optimizer_stepped else NAN, step_s,
+            *memory, *flags, scalars[2], st.optimizer_stepped, st.backward_calls, st.forward_calls, st.sampled,
+            st.eval_mode, self.scheduler_steps, self.clip_calls, self.clips_before_backward, st.loss_calls,
+            scalars[5], st.scaler_skipped, self.clips_scaled,
+        )
+        self.scheduler_steps = self.clip_calls = self.clips_before_backward = self.clips_scaled = 0
+        if at_once:
+            self.writer.step_row(row, flags[0] or flags[1])
+            queue.observe(st, st.index, step_s, st.monitor_s)
+        else:
+            rec = StepRecord(*row[1:])
+            queue.add(rec, st)
         st.monitor_s += now() - t
         self.cost.seconds += st.monitor_s
-        self.queue.closed(st.sampled)
+        queue.closed(st.sampled)
         if not self.root_seen:
             self.hooks.step_closed()
         if self.entry_missing and not self.root_seen and not self.stopped:
@@ -272,11 +285,12 @@ class Steps:
         if self.state is not None and (self.state.backward_calls or self.state.optimizer_stepped):
             self.close()
 
-    def _memory(self, rec: StepRecord) -> None:
-        rec.rss_bytes = float(self.rss())
+    def _memory(self) -> tuple[float, float, float, float]:
+        """RSS, and on CUDA the allocator's allocated, reserved and peak bytes."""
         device = self.watched.device
         if device is not None and device.type == "cuda":
-            rec.cuda_allocated, rec.cuda_reserved, rec.cuda_peak = map(float, cuda_memory(device))
+            return (float(self.rss()), *map(float, cuda_memory(device)))
+        return float(self.rss()), NAN, NAN, NAN
 
     def snapshot(self, subsets: bool = True) -> param_stats.Snapshot:
         snap = param_stats.snapshot([p for _, p in self.watched.params], subsets)
@@ -289,9 +303,9 @@ class Steps:
         st.param_post = param_stats.update_stats(params, st.param_pre)
         self.cost.held_bytes -= st.param_pre.held
 
-    def arrived(self, rec: StepRecord) -> None:
+    def arrived(self, loss_nonfinite: bool, grad_nonfinite: bool) -> None:
         """A step's numbers reached the host: look closer at the next steps after a non-finite one."""
-        if (rec.loss_nonfinite or rec.grad_nonfinite) and self._nonfinite_looks < NONFINITE_LOOKS:
+        if (loss_nonfinite or grad_nonfinite) and self._nonfinite_looks < NONFINITE_LOOKS:
             self.force_sample = True
             self._nonfinite_looks += 1
 

@@ -38,6 +38,11 @@ class Closed:
     step: "Step"
 
 
+def _parts(st: "Step") -> tuple:
+    """The numbers a step sends to the host: loss, gradient norm, stale norm, batch min and max, loss scale."""
+    return st.mean_loss(), st.grad_norm, st.stale_grad_norm, *(st.input_range or (None, None)), st.loss_scale
+
+
 @dataclass
 class InFlight:
     """Steps sent to the host in one transfer (None: CPU scalars already there, nothing to copy)."""
@@ -71,15 +76,24 @@ class HostQueue:
         self.on_device = device.type == "cuda"
         self._batch = CUDA_BATCH if self.on_device else 1
 
+    def writes_at_once(self, st: "Step") -> bool:
+        """CPU, an unsampled step, nothing sent before it waiting: its numbers are written as it closes."""
+        return not self.on_device and not st.sampled and not self._closed and not self._inflight
+
+    @staticmethod
+    def host_scalars(st: "Step") -> list[float]:
+        """CPU: the step's numbers as floats (reading a scalar costs no sync, and six reads are
+        cheaper than building a tensor)."""
+        return [math.nan if x is None else float(x) for x in _parts(st)]
+
     def add(self, rec: StepRecord, st: "Step") -> None:
-        parts = (st.mean_loss(), st.grad_norm, st.stale_grad_norm, *(st.input_range or (None, None)), st.loss_scale)
         if not self.on_device:
-            # CPU: reading a scalar costs no sync, and four reads are cheaper than building a tensor.
-            scalars = [math.nan if x is None else float(x) for x in parts]
-            if not st.sampled and not self._closed and not self._inflight:
-                self._write(rec, st, scalars, None, (), (), 0.0)  # nothing to send or wait for: the hot path
+            scalars = self.host_scalars(st)
+            if self.writes_at_once(st):
+                self._write(rec, st, scalars, None, (), (), 0.0)  # nothing to send or wait for
                 return
         else:
+            parts = _parts(st)
             # The step's end on the device's clock: what a sampled step costs the device (its
             # reductions run there, invisible to host timers) is read from these when they arrive.
             st.end_event = torch.cuda.Event(enable_timing=True)
@@ -154,20 +168,8 @@ class HostQueue:
     def _write(self, rec: StepRecord, st: "Step", scalars: list[float], sampled: "Step | None", host, extra_host,
                copy_s: float) -> None:
         """One step's record, its numbers on the host (and ``sampled``'s statistics, if it is that step)."""
-        loss, grad_norm, stale, lo, hi, loss_scale = scalars
-        rec.loss, rec.grad_norm, rec.stale_grad_norm, rec.loss_scale = loss, grad_norm, stale, loss_scale
-        rec.loss_nonfinite = st.loss_count > 0 and not math.isfinite(rec.loss)
-        rec.grad_nonfinite = st.grad_norm is not None and not math.isfinite(rec.grad_norm)
-        # Checked on CUDA only (min and max of the batch; both NaN where not checked).
-        rec.input_nonfinite = st.input_range is not None and not (math.isfinite(lo) and math.isfinite(hi))
-        if (rec.loss_nonfinite or rec.grad_nonfinite) and st.input_ref is not None:
-            rec.input_nonfinite = not bool(torch.isfinite(st.input_ref).all())
-        spikes = self.spikes
-        level = spikes.level
-        if spikes.flags(loss):
-            self.writer.event(spikes.identity(rec.step, loss, level, st.batch, st.input_ref))
-        st.input_ref = None
-        self.steps.arrived(rec)
+        rec.loss, rec.grad_norm, rec.stale_grad_norm, _, _, rec.loss_scale = scalars
+        rec.loss_nonfinite, rec.grad_nonfinite, rec.input_nonfinite = self.judge(rec.step, st, scalars)
         written = _now()
         if st is sampled:
             self.cost.samples += 1
@@ -175,8 +177,29 @@ class HostQueue:
             written -= copy_s
         self.writer.step(rec)
         # The schedule sees everything a step cost the monitor, its host-side summaries included.
-        cost, step_s = st.monitor_s + _now() - written, rec.step_s
-        device = self._device_step_s(st)
+        self.observe(st, rec.step, rec.step_s, st.monitor_s + _now() - written)
+
+    def judge(self, step: int, st: "Step", scalars: list[float]) -> tuple[bool, bool, bool]:
+        """A step's numbers on the host: whether its loss, gradients and batch are non-finite; the batch
+        of a loss far above its running level recorded; the step machine told."""
+        loss, grad_norm, _, lo, hi, _ = scalars
+        loss_nonfinite = st.loss_count > 0 and not math.isfinite(loss)
+        grad_nonfinite = st.grad_norm is not None and not math.isfinite(grad_norm)
+        # Checked on CUDA only (min and max of the batch; both NaN where not checked).
+        input_nonfinite = st.input_range is not None and not (math.isfinite(lo) and math.isfinite(hi))
+        if (loss_nonfinite or grad_nonfinite) and st.input_ref is not None:
+            input_nonfinite = not bool(torch.isfinite(st.input_ref).all())
+        spikes = self.spikes
+        level = spikes.level
+        if spikes.flags(loss):
+            self.writer.event(spikes.identity(step, loss, level, st.batch, st.input_ref))
+        st.input_ref = None
+        self.steps.arrived(loss_nonfinite, grad_nonfinite)
+        return loss_nonfinite, grad_nonfinite, input_nonfinite
+
+    def observe(self, st: "Step", step: int, step_s: float, cost: float) -> None:
+        """The schedule learns what the step took and what it cost the monitor."""
+        device = self._device_step_s(st) if self.on_device else None
         if device is not None:
             # On CUDA the host's clocks see launches, not the reductions: a sampled step's
             # cost is its device time beyond an ordinary step's (also counted as the
@@ -188,7 +211,7 @@ class HostQueue:
                 self.cost.seconds += extra
             elif not st.sampled:
                 self._device_plain.append(device)
-        self.schedule.observe(rec.step, step_s, st.sampled, cost)
+        self.schedule.observe(step, step_s, st.sampled, cost)
 
     def _device_step_s(self, st: "Step") -> float | None:
         """Seconds between this step's end and the previous step's on the device (both done:
