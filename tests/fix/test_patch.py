@@ -184,3 +184,32 @@ def _applied(tmp_path: Path, diff: str) -> str:
     (tmp_path / "fix.diff").write_text(diff)
     subprocess.run(["git", "apply", "fix.diff"], cwd=tmp_path, check=True)
     return (tmp_path / "train.py").read_text()
+
+
+def test_lightning_and_the_hf_trainer_get_their_own_arguments_changed(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("import lightning as L\ntrainer = L.Trainer(max_epochs=3)\ntrainer.fit(model, loader)\n")
+    inside = {"file": "/venv/lib/python3.11/site-packages/lightning/pytorch/core/module.py", "line": 1,
+              "user": False, "calls": 3}
+    sites = Sites({"optimizers": [], "backward": [inside], "step": [], "steps": 3, "script": str(script)})
+    diff, why = patch.make({"kind": "clip_grad_norm", "max_norm": 1.0}, sites, tmp_path)
+    assert "+trainer = L.Trainer(max_epochs=3, gradient_clip_val=1.0)\n" in diff, why
+    script.write_text("from transformers import Trainer, TrainingArguments\n"
+                      "args = TrainingArguments(output_dir='out', learning_rate=3.0, max_grad_norm=10)\n")
+    built = {"file": "/venv/lib/python3.11/site-packages/transformers/trainer.py", "line": 1, "user": False,
+             "class": "AdamW", "module": "torch.optim.adamw", "default_lr": 3.0}
+    sites = Sites({"optimizers": [built], "backward": [{**inside, "file": built["file"]}], "step": [], "steps": 3,
+                   "script": str(script)})
+    diff, why = patch.make({"kind": "lr_scale", "factor": 0.1}, sites, tmp_path)
+    assert "learning_rate=0.3, max_grad_norm=10)" in diff, why
+    diff, why = patch.make({"kind": "clip_grad_norm", "max_norm": 1.0}, sites, tmp_path)
+    assert "learning_rate=3.0, max_grad_norm=1.0)" in diff, why
+    assert patch.make({"kind": "zero_grad"}, sites, tmp_path) == (None, "backward() is called inside a library (transformers)")
+
+
+def test_accelerate_clips_through_the_accelerator(tmp_path):
+    source = "import torch\nfor x, y in loader:\n    loss = crit(net(x), y)\n    accelerator.backward(loss)\n    opt.step()\n"
+    sites = _sites(tmp_path, source, optimizers=[], backward=[("accelerator.backward", 3)], step=["opt.step()"])
+    diff, why = patch.make({"kind": "clip_grad_norm", "max_norm": 1.0}, sites, tmp_path)
+    assert ('+    accelerator.clip_grad_norm_([p for group in opt.param_groups for p in group["params"]], 1.0)\n'
+            "     opt.step()") in diff, why

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import ast
 import difflib
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable
 
+from modeldebug.fixes.patch_layers import leaky_relu, loss_input, reinit
 from modeldebug.fixes.source import Edit, NoPatch, Sites, Source, apply_edits, last_name, number
 
 __all__ = ["PATCHERS", "NoPatch", "Sites", "make"]
@@ -25,7 +27,15 @@ __all__ = ["PATCHERS", "NoPatch", "Sites", "make"]
 def _lr_scale(spec: dict[str, Any], sites: Sites) -> list[Edit]:
     factor = float(spec["factor"])
     edits: list[Edit] = []
-    for optimizer in sites.optimizers():
+    try:
+        built = sites.optimizers()
+    except NoPatch as exc:  # the Hugging Face Trainer builds it from its arguments
+        built = [o for o in sites.data.get("optimizers") or [] if "transformers" in o["file"]]
+        if not built:
+            raise
+        return _framework_argument(sites, ("TrainingArguments",), "learning_rate", factor=factor,
+                                   default=built[0].get("default_lr"), why=str(exc))
+    for optimizer in built:
         src = sites.source(optimizer["file"])
         call = sites.constructor(optimizer)
         edits += _scale_argument(src, call, "lr", 1, factor, optimizer.get("default_lr"))
@@ -122,10 +132,18 @@ def _zero_grad(spec: dict[str, Any], sites: Sites) -> list[Edit]:
 
 
 def _clip_grad_norm(spec: dict[str, Any], sites: Sites) -> list[Edit]:
-    backward, step, several = sites.loop()
+    max_norm = float(spec.get("max_norm", 1.0))
+    try:
+        backward, step, several = sites.loop()
+    except NoPatch as exc:  # Lightning's and the Hugging Face Trainer's own clipping, where the script sets it up
+        if "(lightning)" in str(exc):
+            return _framework_argument(sites, ("Trainer",), "gradient_clip_val", value=max_norm, why=str(exc))
+        if "transformers" in json.dumps(sites.data.get("optimizers")):
+            return _framework_argument(sites, ("TrainingArguments",), "max_grad_norm", value=max_norm, why=str(exc))
+        raise
     src = sites.source(backward["file"])
     optimizer = sites.optimizer_expr(step)
-    clip = f"{src.torch_name('nn.utils.clip_grad_norm_')}({_params_expr(sites, optimizer)}, {number(float(spec.get('max_norm', 1.0)))})"
+    clip = f"{_clip_function(src, backward['line'])}({_params_expr(sites, optimizer)}, {number(max_norm)})"
     lines = [clip]
     scaler = _scaler(src, backward["line"])
     if scaler is not None:
@@ -137,6 +155,40 @@ def _clip_grad_norm(spec: dict[str, Any], sites: Sites) -> list[Edit]:
             raise NoPatch("the optimizer's step is not called in the script")
         return [src.before(src.statement(step["line"]), *lines)]
     return [src.after(src.statement(backward["line"]), *lines)]
+
+
+def _clip_function(src: Source, line: int) -> str:
+    """``accelerator.clip_grad_norm_`` after ``accelerator.backward(loss)`` (it unscales under mixed
+    precision), torch's otherwise."""
+    for call in src.calls_at(line, ("backward",)):
+        if isinstance(call.func, ast.Attribute) and call.args:
+            return f"{src.segment(call.func.value)}.clip_grad_norm_"
+    return src.torch_name("nn.utils.clip_grad_norm_")
+
+
+def _framework_argument(sites: Sites, callees: tuple[str, ...], name: str, *, value: float | None = None,
+                        factor: float | None = None, default: float | None = None, why: str) -> list[Edit]:
+    """``name=`` of the one framework call the script makes (``L.Trainer(...)``, ``TrainingArguments(...)``):
+    set to ``value``, or scaled by ``factor`` (``default`` given scaled when absent)."""
+    found = [(sites.source(f), c) for f in sites.files() for c in ast.walk(sites.source(f).tree)
+             if isinstance(c, ast.Call) and last_name(c.func) in callees]
+    if len(found) != 1:
+        raise NoPatch(why)
+    src, call = found[0]
+    if factor is not None:
+        return _scale_argument(src, call, name, None, factor, default)
+    given = next((k.value for k in call.keywords if k.arg == name), None)
+    if given is not None:
+        start, end = src.span(given)
+        return [Edit(src.file, start, end, number(value))]
+    if any(k.arg is None for k in call.keywords):
+        raise NoPatch(f"{why}; its {callees[0]} takes **kwargs")
+    given = [*call.args, *(k.value for k in call.keywords)]
+    if not given:
+        end = src.span(call)[1]
+        return [Edit(src.file, (end[0], end[1] - 1), (end[0], end[1] - 1), f"{name}={number(value)}")]
+    at = src.span(max(given, key=lambda n: (n.end_lineno, n.end_col_offset)))[1]
+    return [Edit(src.file, at, at, f", {name}={number(value)}")]
 
 
 def _scaler(src: Source, line: int) -> str | None:
@@ -249,92 +301,6 @@ def _rejoin(sites: Sites, src: Source, names: list[str]) -> list[Edit]:
     return edits
 
 
-def _leaky_relu(spec: dict[str, Any], sites: Sites) -> list[Edit]:
-    """Every ``nn.ReLU(...)`` the script's files build becomes ``nn.LeakyReLU(slope, ...)``."""
-    slope = number(float(spec.get("negative_slope", 0.01)))
-    edits = []
-    for file in sites.files():
-        src = sites.source(file)
-        for call in ast.walk(src.tree):
-            if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "ReLU":
-                func = src.segment(call.func)
-                inner = src.segment(call)[len(func):].strip()[1:-1].strip()
-                start, end = src.span(call)
-                edits.append(Edit(file, start, end, f"{func[:-4]}LeakyReLU({slope}{', ' + inner if inner else ''})"))
-    if not edits:
-        raise NoPatch("no nn.ReLU(...) is built in the script's files")
-    return edits
-
-
-REINIT = """for layer in {model}.modules():  # re-initialised before training
-    if isinstance(layer, ({nn}.Linear, {nn}.Bilinear, {nn}.modules.conv._ConvNd)):
-        {nn}.init.{weights}(layer.weight{how})
-        if layer.bias is not None:
-            {nn}.init.zeros_(layer.bias)
-    elif isinstance(layer, {nn}.RNNBase):
-        for name, p in layer.named_parameters(recurse=False):
-            if name.startswith("weight_hh"):
-                {nn}.init.orthogonal_(p)
-            elif name.startswith("weight"):
-                {nn}.init.xavier_uniform_(p)
-            elif name.startswith("bias"):
-                {nn}.init.zeros_(p)
-    elif isinstance(layer, ({nn}.modules.batchnorm._NormBase, {nn}.LayerNorm, {nn}.GroupNorm)) and layer.weight is not None:
-        {nn}.init.ones_(layer.weight)
-        {nn}.init.zeros_(layer.bias)"""
-
-
-def _reinit(spec: dict[str, Any], sites: Sites) -> list[Edit]:
-    """The model's layers re-initialised just before the optimizer is built (as fixes/modules.reinit does)."""
-    built = sites.optimizers()
-    if len(built) != 1:
-        raise NoPatch("the script builds several optimizers: it is not clear where its model is complete")
-    optimizer = built[0]
-    src = sites.source(optimizer["file"])
-    kaiming = spec.get("scheme", "kaiming") == "kaiming"
-    code = REINIT.format(model=sites.model_expr(), nn=src.torch_name("nn"),
-                         weights="kaiming_normal_" if kaiming else "xavier_uniform_",
-                         how=', nonlinearity="relu"' if kaiming else "")
-    return [src.before(src.statement(optimizer["line"]), *code.splitlines())]
-
-
-PROBABILITY_LAYERS = ("Softmax", "Sigmoid", "LogSoftmax")
-
-
-def _loss_input(spec: dict[str, Any], sites: Sites) -> list[Edit]:
-    """The probability layer that feeds the loss becomes ``nn.Identity()`` (the loss takes the logits),
-    or ``nn.LogSoftmax`` for an NLL loss, where the script builds it."""
-    layer = str(spec.get("layer", ""))
-    last = layer.rsplit(".", 1)[-1]
-    found = []
-    for file in sites.files():
-        src = sites.source(file)
-        for call in ast.walk(src.tree):
-            if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr in PROBABILITY_LAYERS:
-                found.append((src, call, _named_as(src, call)))
-    if len(found) > 1:
-        found = [f for f in found if f[2] == last]
-    if len(found) != 1:
-        raise NoPatch(f"it is not clear which line builds {layer}")
-    src, call, _ = found[0]
-    func = src.segment(call.func)
-    prefix = func[:-len(call.func.attr)]
-    start, end = src.span(call)
-    if spec.get("loss") == "nll_loss" and call.func.attr == "Softmax":
-        return [Edit(src.file, start, end, src.segment(call).replace(func, prefix + "LogSoftmax", 1))]
-    return [Edit(src.file, start, end, f"{prefix}Identity()")]
-
-
-def _named_as(src: Source, call: ast.Call) -> str | None:
-    """The module name a layer gets where it is built: ``self.<name> = ...``, or its index in ``nn.Sequential(...)``."""
-    parent = src.parents.get(id(call))
-    if isinstance(parent, ast.Assign) and len(parent.targets) == 1 and isinstance(parent.targets[0], ast.Attribute):
-        return parent.targets[0].attr
-    if isinstance(parent, ast.Call) and last_name(parent.func) == "Sequential" and call in parent.args:
-        return str(parent.args.index(call))
-    return None
-
-
 def _not_at_a_line(why: str) -> Callable[[dict[str, Any], Sites], list[Edit]]:
     def patcher(spec: dict[str, Any], sites: Sites) -> list[Edit]:
         raise NoPatch(why)
@@ -348,9 +314,9 @@ PATCHERS: dict[str, Callable[[dict[str, Any], Sites], list[Edit]]] = {
     "clip_grad_norm": _clip_grad_norm,
     "train_params": _train_params,
     "weight_decay_scale": _weight_decay_scale,
-    "leaky_relu": _leaky_relu,
-    "reinit": _reinit,
-    "loss_input": _loss_input,
+    "leaky_relu": leaky_relu,
+    "reinit": reinit,
+    "loss_input": loss_input,
     "standardize_inputs": _not_at_a_line("the inputs' statistics come from the data: standardise them where it is loaded"),
     "module_mode": _not_at_a_line("the lines that switch the model's mode are not recorded"),
     "stable_op": _not_at_a_line("the unstable op's line in the script is not recorded"),
