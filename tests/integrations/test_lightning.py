@@ -400,3 +400,37 @@ def test_the_callback_takes_md_watch_options_such_as_your_own_rules(tmp_path):
                         enable_model_summary=False, callbacks=[cb], accelerator="cpu")
     trainer.fit(Classifier(), _loader())
     assert [f.message for f in cb.report.findings if f.kind == "custom.step_count"] == ["7 steps"]
+
+
+class _Slow(Classifier):
+    """A step of about 5 ms, so that a live diagnosis pass comes while it trains."""
+
+    def training_step(self, batch, batch_idx):
+        import time
+
+        time.sleep(0.005)
+        return super().training_step(batch, batch_idx)
+
+
+def test_stop_on_stops_the_trainer_as_early_stopping_does(tmp_path):
+    """`stop_on`: the Trainer stops (should_stop), fit returns, the report says stopped and by what."""
+    from modeldebug.rules import Rule
+    from modeldebug.rules.base import col
+
+    class TenSteps(Rule):
+        id = "ten_steps"
+        kind = "custom.ten_steps"
+        reads = ("steps.loss",)
+
+        def check(self, ev):
+            n = len(col(ev.steps, "loss"))
+            return [self.finding(severity="high", confidence=1.0, message=f"{n} steps", evidence={})] if n >= 10 else []
+
+    cb = ModelDebugCallback(md.DebuggingConfig(store_path=str(tmp_path / "runs.db")), rules=[TenSteps],
+                            stop_on="high", json=str(tmp_path / "r.json"))
+    trainer = L.Trainer(max_steps=3000, max_epochs=1000, enable_checkpointing=False, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[cb], accelerator="cpu")
+    trainer.fit(_Slow(), _loader())  # returns: no StopTraining out of fit
+    assert trainer.should_stop and 10 <= trainer.global_step < 3000
+    assert cb.report.run.status == "stopped" and cb.report.run.steps == trainer.global_step
+    assert "custom.ten_steps" in (cb.report.run.stopped_by or "")

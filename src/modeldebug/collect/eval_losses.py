@@ -15,7 +15,7 @@ followed; rounding ops end the chain too. Derived values stand for the number th
 through copies and views, and weighted by a whole count (``err * len(x)`` records ``err``); any
 other function of it is the number kept (``-mean``, ``mse.sqrt()``), so a loss written the same way in training and
 validation has the same units. A batch whose loss a torch loss function (or a framework's callback)
-recorded is left to it. A value may still be a metric that is not a loss (a mean confidence, a
+recorded in the same evaluation pass is left to it. A value may still be a metric that is not a loss (a mean confidence, a
 norm of the outputs): the rules read it as the validation loss (``loss_fn`` "computed").
 """
 
@@ -48,13 +48,11 @@ MAX_BATCHES = 100_000  # evaluation batches kept per evaluation pass
 
 
 class _Batch:
-    __slots__ = ("seen_before", "train_mode", "value", "dropped")
+    __slots__ = ("train_mode", "value")
 
-    def __init__(self, seen_before: int, train_mode: bool):
-        self.seen_before = seen_before  # validation losses recorded before its forward
+    def __init__(self, train_mode: bool):
         self.train_mode = train_mode
         self.value: torch.Tensor | None = None
-        self.dropped = False
 
 
 class _Follow(TorchFunctionMode):
@@ -86,6 +84,7 @@ class EvalLosses:
         self._thread: int | None = None
         self._pending = False  # batches not yet given to validation
         self._seen_at_forward = 0  # validation losses recorded when the last forward began
+        self._seen_before = 0  # ... when the pass's first forward began
         self.off = False
 
     # ------------------------------------------------------------------ the hooks' calls
@@ -94,8 +93,7 @@ class EvalLosses:
         """A watched model's forward (any): its ops run without the mode; the followed batch ends."""
         if self._mode is not None:
             self._pop()
-        if self.batch is not None:
-            self._end_batch()
+        self.batch = None
         self._seen_at_forward = self.validation.batches
 
     def forward_done(self, output: Any, train_mode: bool) -> None:
@@ -105,7 +103,9 @@ class EvalLosses:
         seeds = [t for t in _tensors(output) if t.is_floating_point()]
         if not seeds:
             return
-        self.batch = _Batch(self._seen_at_forward, train_mode)
+        if not self.batches:
+            self._seen_before = self._seen_at_forward
+        self.batch = _Batch(train_mode)
         self.batches.append(self.batch)
         for t in seeds:
             self._followed[t] = (self.batch, None)
@@ -119,8 +119,11 @@ class EvalLosses:
         """The evaluation pass is over (training resumes, the run stops): its losses go to validation."""
         try:
             self.forward_begins()
-            for b in self.batches:
-                if b.value is not None and not b.dropped:
+            # A torch loss function or the framework (Lightning's logged val_loss, the HF Trainer's
+            # eval_loss) recorded this pass's loss: theirs is the one.
+            theirs = self.validation.batches != self._seen_before
+            for b in self.batches if not theirs else ():
+                if b.value is not None:
                     self.validation.add_computed(b.value, b.train_mode)
         except Exception as exc:
             self.fail(exc)
@@ -195,11 +198,6 @@ class EvalLosses:
             above.append(top)
         for m in reversed(above):
             torch._C._push_on_torch_function_stack(m)
-
-    def _end_batch(self) -> None:
-        b, self.batch = self.batch, None
-        if self.validation.batches != b.seen_before:
-            b.dropped = True  # a torch loss function (or the framework) recorded this batch's loss
 
 
 def _keep(batch: _Batch, origin: torch.Tensor) -> None:

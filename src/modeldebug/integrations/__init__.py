@@ -8,7 +8,10 @@
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any, Callable
+
+log = logging.getLogger(__name__)
 
 
 def never_raises(switch_off: Callable[[Any, str, Exception], Any]):
@@ -30,3 +33,25 @@ def never_raises(switch_off: Callable[[Any, str, Exception], Any]):
         return run
 
     return wrap
+
+
+def stop_softly(dbg: Any, stop: Callable[[Any], Any]) -> None:
+    """``stop_on`` under a framework: at the optimizer step after a finding matched, ``stop(finding)``
+    tells the framework's loop to end (Lightning's ``should_stop``, the HF Trainer's control) in place
+    of the StopTraining that ``md.watch`` raises, which would escape ``fit``/``train``."""
+    live = getattr(dbg, "live", None)
+    if live is None or getattr(live, "handle", None) is None:
+        return
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    def stop_here(optimizer, args, kwargs):
+        found = live.stopped_by
+        if found is not None and not live.raised:
+            live.raised = True
+            try:
+                stop(found)
+            except Exception:  # noqa: BLE001 - the user's training goes on without us
+                log.debug("modeldebug could not stop the training loop", exc_info=True)
+
+    live.handle.remove()
+    live.handle = register_optimizer_step_pre_hook(stop_here)  # (detach removes it)

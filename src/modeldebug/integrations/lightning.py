@@ -28,9 +28,10 @@ import logging
 import math
 import sys
 import warnings
+import weakref
 from typing import TYPE_CHECKING, Any
 
-from modeldebug.integrations import never_raises
+from modeldebug.integrations import never_raises, stop_softly
 
 if TYPE_CHECKING:
     from modeldebug.collect.session import Debugger
@@ -73,10 +74,11 @@ class Watching:
         self._losses: list[Any] = []  # training_step's losses since the last step closed
         self._global_step = 0
         self._validation_seen = self._epoch_seen = 0  # validation batches recorded when a batch / an epoch began
+        self._stopped_by: Any = None  # the finding stop_on stopped the Trainer for
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled or copied with the Trainer (ddp_spawn, a deepcopy): the copy watches nothing.
-        return {**self.__dict__, "debugger": None, "_losses": []}
+        return {**self.__dict__, "debugger": None, "_losses": [], "_stopped_by": None}
 
     # ------------------------------------------------------------------ start
 
@@ -97,7 +99,15 @@ class Watching:
             dbg.command = list(sys.argv)
         self.bind(dbg, trainer, pl_module)
         if self._own:
+            stop_softly(dbg, functools.partial(self._stop_trainer, weakref.ref(trainer)))  # as EarlyStopping does
             dbg.start()
+
+    def _stop_trainer(self, trainer_ref, finding) -> None:
+        trainer = trainer_ref()
+        if trainer is not None:
+            trainer.should_stop = True  # (the step under way completes; fit returns after it)
+            self._stopped_by = finding
+            log.warning("modeldebug stops the training: %s %s", finding.kind, finding.message)
 
     def bind(self, dbg: "Debugger", trainer, pl_module) -> None:
         """Give ``dbg`` Lightning's steps and losses from now on (also mid-run: ``adopt_trainer``)."""
@@ -196,6 +206,10 @@ class Watching:
         from modeldebug.pipeline import diagnose
 
         settings = dict(issue=self.issue, json_out=self.json, html_out=self.html, **dbg.diagnose_with)
+        if error is None and self._stopped_by is not None:
+            from modeldebug.live_diagnosis import StopTraining
+
+            error = StopTraining(self._stopped_by)  # fit returned because stop_on stopped it: status "stopped"
         if self._own:
             dbg.__exit__(type(error) if error is not None else None, error, None)  # its status, as md.watch's
             diagnosis = diagnose(dbg.store, dbg.run_id, **settings)

@@ -32,7 +32,7 @@ import weakref
 from typing import Any
 
 from modeldebug.errors import require
-from modeldebug.integrations import never_raises
+from modeldebug.integrations import never_raises, stop_softly
 
 require("transformers", "transformers")
 from transformers import Trainer, TrainerCallback  # noqa: E402
@@ -56,14 +56,19 @@ class ModelDebugCallback(TrainerCallback):
 
     ``config``: a ``DebuggingConfig`` (the project's configuration file applies as with ``md.watch``);
     ``store``: the run store (path or RunStore); ``json``/``html``: where to write the report at the
-    end (``json`` defaults to ``<output_dir>/modeldebug-report.json``; False writes none). After
-    training, ``callback.report`` is the Report and ``callback.debugger`` the Debugger.
+    end (``json`` defaults to ``<output_dir>/modeldebug-report.json``; False writes none); ``rules``,
+    ``on_finding``, ``stop_on``, ``alerts`` as ``md.watch`` takes them (``stop_on`` ends training as
+    ``control.should_training_stop`` does, after the step under way). After training,
+    ``callback.report`` is the Report and ``callback.debugger`` the Debugger.
     """
 
     def __init__(self, config: Any = None, *, store: Any = None, json: str | os.PathLike | bool | None = None,
-                 html: str | os.PathLike | None = None):
+                 html: str | os.PathLike | None = None, rules: Any = (), on_finding: Any = None,
+                 stop_on: Any = None, alerts: Any = None):
         self.config = config
         self.store = store
+        self.watch_options = dict(rules=rules, on_finding=on_finding, stop_on=stop_on, alerts=alerts)
+        self.stopped_by: Any = None  # the finding stop_on stopped the training for
         self.json = json
         self.html = html
         self.debugger: Any = None
@@ -85,7 +90,7 @@ class ModelDebugCallback(TrainerCallback):
     @_safe
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self._trainer = self._trainer or trainer_on_stack()
-        self._ended = False
+        self._ended, self.stopped_by = False, None
         if self.debugger is not None and not self._own:
             return  # bound to the zero-code debugger
         active = _zero_code_debugger()
@@ -95,11 +100,23 @@ class ModelDebugCallback(TrainerCallback):
         from modeldebug.collect.session import watch
 
         inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
-        dbg = watch(model, inner if _is_torch_optimizer(inner) else None, config=self.config, store=self.store)
+        dbg = watch(model, inner if _is_torch_optimizer(inner) else None, config=self.config, store=self.store,
+                    **self.watch_options)
+        stop_softly(dbg, self._stop_training)
         dbg.start()
         self.debugger, self._own = dbg, True
         dbg.steps.losses_add_up = True
         atexit.register(_close_unfinished, weakref.ref(dbg))  # training that raised never reaches on_train_end
+
+    def _stop_training(self, finding: Any) -> None:
+        self.stopped_by = finding  # (on_step_end tells the Trainer: its loop reads control there)
+        log.warning("modeldebug stops the training: %s %s", finding.kind, finding.message)
+
+    @_safe
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stopped_by is not None:
+            control.should_training_stop = True
+        return control
 
     @_safe
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
@@ -120,7 +137,12 @@ class ModelDebugCallback(TrainerCallback):
             return
         self._ended = True
         if self._own:
-            dbg.stop("completed")
+            if self.stopped_by is not None:
+                from modeldebug.live_diagnosis import StopTraining
+
+                dbg.__exit__(StopTraining, StopTraining(self.stopped_by), None)  # status "stopped", and by what
+            else:
+                dbg.stop("completed")
             self.report = dbg.report()
             self._write(args)
         else:  # `modeldebug run` writes the report when the script ends: the findings so far
