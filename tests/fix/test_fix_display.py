@@ -89,3 +89,12 @@ def test_the_html_puts_the_verified_fix_next_to_its_finding_with_both_curves_and
     section = page[page.index('<section id="fixes">'):]
     assert section.count('<div class="fix') == 3 and "no diff: backward() is called inside a library" in section
     assert "<img src=x" not in page and html.escape(EVIL, quote=False) in page
+
+
+def test_the_terminal_never_folds_the_diff():
+    report = _report()
+    long = DIFF.replace("lr=0.01)", "lr=0.01)" + "  # " + "x" * 150)
+    report.fixes[0].patch = long
+    out = Console(record=True, width=60, color_system=None)
+    print_session(FixSession(Window(report, 0, 1.0), fixes=report.fixes, verdict="v", seconds=1.0), out)
+    assert long.splitlines()[5] in out.export_text().splitlines()

@@ -50,7 +50,9 @@ def print_session(session: FixSession, out: Console) -> None:
         best = session.fixes[0]
         if best.verified and best.patch:
             out.print("[bold]the best verified fix as a diff[/bold] (git apply):")
-            out.print(Syntax(best.patch, "diff", theme="ansi_dark", background_color="default", word_wrap=True))
+            # never folded: a copied diff must still apply
+            out.print(Syntax(best.patch.rstrip("\n"), "diff", theme="ansi_dark", background_color="default"),
+                      soft_wrap=True)
         elif best.verified:
             out.print(f"[dim]no diff for the best verified fix: {escape(_no_diff(best))}[/dim]")
     out.print(f"[bold]modeldebug fix[/bold]: {escape(session.verdict)}  (in {session.seconds:.1f} s, "
