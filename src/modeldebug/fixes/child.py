@@ -81,7 +81,10 @@ def _before_collector() -> None:
     kind = (_candidate or {}).get("kind")
     from modeldebug.fixes import sites
 
-    sites.install()  # where the probe saw the lines its diffs change (fixes/patch.py)
+    try:
+        sites.install()  # where the probe saw the lines its diffs change (fixes/patch.py)
+    except Exception:  # no sites, no diffs: the window and the candidate still apply
+        pass
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
     if kind == "lr_scale":
