@@ -171,6 +171,20 @@ class GradientClip(Event):
 
 
 @dataclass
+class ScaledOptimizerSteps(Event):
+    """Optimizer steps taken on gradients a GradScaler had scaled and nobody unscaled (``optimizer.step()``
+    called directly after ``scaler.scale(loss).backward()``, not through ``scaler.step``): written at stop."""
+
+    tag: ClassVar[str] = "scaled_optimizer_steps"
+    steps: int = 0  # optimizer steps taken so
+    optimizer_steps: int = 0  # optimizer steps of the watched optimizers in all
+    first_step: int = 0
+    scale: float | None = None  # the scale the gradients carried at the first one
+    optimizer: str = ""  # its class
+    grad_norm: float | None = None  # the first one's gradient norm, unscaled (the applied one is x scale)
+
+
+@dataclass
 class LossCall(Event):
     """A training call of a torch loss function with shapes not seen before (host-side, once each;
     collect/loss_calls.py): what the loss compares, and how it reduces."""

@@ -45,6 +45,7 @@ FindingKind = Literal[
     "weight_decay_too_high",
     "validation_overlap",
     "clip_before_backward",
+    "grad_scaler_misuse",
     # resources
     "memory_growth",
     "input_bottleneck",
@@ -90,6 +91,7 @@ Cause = Literal[
     "weight_decay_too_high",
     "data_leakage",
     "clipping_misplaced",
+    "scaler_step_bypassed",
     "export_problem",
     "other",
 ]

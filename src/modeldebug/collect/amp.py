@@ -54,6 +54,8 @@ class AmpWatch:
         # (weakref to the scaled loss, the loss, the scale): until the backward of the scaled loss
         self._scaled: tuple[Any, torch.Tensor, Any] | None = None
         self._grads_scale: Any = None  # the scale the gradients carry until unscale_ (or step)
+        self.scaled_steps = 0  # optimizer steps on gradients still scaled (scaler.step bypassed)
+        self._first_scaled: tuple | None = None  # (step, scale, optimizer class, its unscaled gradient norm)
 
     # ------------------------------------------------------------------ the loss in the user's units
 
@@ -94,6 +96,33 @@ class AmpWatch:
 
     def on_unscale(self) -> None:
         self._grads_scale = None
+
+    def stepping_scaled(self, optimizer, st: "Step") -> None:
+        """``optimizer.step()`` on gradients still multiplied by the loss scale (no ``unscale_``, not
+        through ``scaler.step``): counted, and the step's gradient norm recorded in the gradients'
+        own units (the update applied is the scale times larger, for SGD)."""
+        scale, self._grads_scale = self._grads_scale, None
+        self.scaled_steps += 1
+        if st.grad_norm is not None and scale is not None:
+            st.grad_norm = st.grad_norm / scale
+        if self._first_scaled is None:
+            self._first_scaled = (st.index, scale, type(optimizer).__name__, st.grad_norm)
+
+    def finish(self) -> None:
+        """At stop: the steps taken on scaled gradients, if any (event ``scaled_optimizer_steps``)."""
+        if self._first_scaled is None:
+            return
+        from modeldebug.events import ScaledOptimizerSteps
+
+        (step, scale, optimizer, norm), self._first_scaled = self._first_scaled, None
+        count, self.scaled_steps = self.scaled_steps, 0
+        try:
+            steps = self.hooks.steps
+            steps.writer.event(ScaledOptimizerSteps(
+                steps=count, optimizer_steps=steps.count, first_step=step, optimizer=optimizer,
+                scale=float(scale) if scale is not None else None, grad_norm=float(norm) if norm is not None else None))
+        except Exception as exc:  # (at stop: the rest of the run is still written)
+            self.guard.fail("scaled_optimizer_steps", exc)
 
     # ------------------------------------------------------------------ skipped steps
 

@@ -179,6 +179,7 @@ class Hooks:
         self.eager.leave()
         self.steps.prepared = False
         self.eval_losses.end()
+        self.amp.finish()
         patches.remove_listener(self)
 
     def step_closed(self) -> None:
@@ -502,6 +503,8 @@ class Hooks:
         closure = patches.closure_of(args, kwargs)
         if closure is None:
             self._read_gradients(st)
+            if self.amp.gradient_scale() is not None:  # stepped outside scaler.step, on scaled gradients
+                self.amp.stepping_scaled(optimizer, st)
         st.opt_start = now()
         st.monitor_s += st.opt_start - t
         if closure is None:

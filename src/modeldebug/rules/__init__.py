@@ -189,6 +189,7 @@ def apply_rules(
 def _load_builtin() -> None:
     # Importing each module registers its rule.
     from modeldebug.rules import (  # noqa: F401
+        amp_scaler_step,
         clip_before_backward,
         dead_relu,
         data_issue,

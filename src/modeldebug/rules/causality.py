@@ -187,6 +187,9 @@ LINKS: tuple[Link, ...] = (
     Link("clip_before_backward", "exploding_gradient", "the clipping runs before backward(), so it never clips"),
     Link("clip_before_backward", "nan_or_inf", "the clipping runs before backward(), so it never clips"),
     Link("validation_overlap", "overfitting", "validation scores on data the model trained on hide the gap"),
+    Link("grad_scaler_misuse", "exploding_gradient", "the optimizer applies gradients still multiplied by the loss scale"),
+    Link("grad_scaler_misuse", "nan_or_inf", "the optimizer applies gradients still multiplied by the loss scale"),
+    Link("grad_scaler_misuse", "loss_not_decreasing", "the optimizer applies gradients still multiplied by the loss scale"),
 )
 
 _BY_PAIR = {(link.root, link.consequence): link for link in LINKS}
@@ -195,7 +198,7 @@ _BY_PAIR = {(link.root, link.consequence): link for link in LINKS}
 # true from the first step, whichever step their finding first saw it at.
 SETUP = frozenset({"data_issue", "poor_weight_init", "wrong_loss_input", "loss_shape_broadcast", "train_eval_mode",
                    "labels_unrelated", "untracked_parameters", "weight_decay_too_high", "clip_before_backward",
-                   "validation_overlap"})
+                   "validation_overlap", "grad_scaler_misuse"})
 
 
 # Causes that say opposite things: one story keeps one of each pair.
