@@ -213,3 +213,25 @@ def test_accelerate_clips_through_the_accelerator(tmp_path):
     diff, why = patch.make({"kind": "clip_grad_norm", "max_norm": 1.0}, sites, tmp_path)
     assert ('+    accelerator.clip_grad_norm_([p for group in opt.param_groups for p in group["params"]], 1.0)\n'
             "     opt.step()") in diff, why
+
+
+CLIPS_TOO_EARLY = """
+import torch
+from torch import nn
+for x, y in loader:
+    optimizer.zero_grad()
+    loss = crit(model(x), y)
+    nn.utils.clip_grad_norm_(model.parameters(),
+                             max_norm)
+    loss.backward()
+    optimizer.step()
+"""
+
+
+def test_a_clip_made_before_backward_moves_to_just_before_the_step(tmp_path):
+    sites = _sites(tmp_path, CLIPS_TOO_EARLY, optimizers=[], backward=[("loss.backward()", 3)], step=["optimizer.step()"])
+    diff, why = patch.make({"kind": "clip_after_backward", "function": "clip_grad_norm_"}, sites, tmp_path)
+    assert diff is not None, why
+    assert _applied(tmp_path, diff).endswith(
+        "    loss.backward()\n    nn.utils.clip_grad_norm_(model.parameters(),\n                             max_norm)\n"
+        "    optimizer.step()\n"), diff

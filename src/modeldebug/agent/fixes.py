@@ -44,8 +44,7 @@ def _on_probe(req: DebuggingRequest, report: Report, config: DebuggingConfig, no
     if not roots:
         notices.append("verify_fixes: no fix needed (no medium or high root finding in the probe)")
         return []
-    layer_types = sorted({layer.type for layer in (report.training.layers if report.training else [])})
-    candidates = build(roots, DEFAULT_CANDIDATES, layer_types)
+    candidates = build(roots, DEFAULT_CANDIDATES, _facts(req, report))
     if not candidates:
         notices.append(f"verify_fixes: no candidate fix for {', '.join(sorted({f.kind for f in roots}))}")
         return []
@@ -69,6 +68,19 @@ def _on_probe(req: DebuggingRequest, report: Report, config: DebuggingConfig, no
     verified = sum(f.verified for f in fixes)
     notices.append(f"verify_fixes: {verified} of {len(fixes)} candidate fixes verified on the probe")
     return fixes
+
+
+def _facts(req: DebuggingRequest, report: Report) -> dict[str, Any]:
+    """What the candidates need to know of the probe (fixes/candidates.probe_facts), from its report
+    and the user's optimizer."""
+    from modeldebug.rules.base import lr_bounds
+
+    rates = [g["lr"] for g in req.optimizer.param_groups if isinstance(g.get("lr"), (int, float))] \
+        if req.optimizer is not None else []
+    layers = report.training.layers if report.training else []
+    return {"layer_types": sorted({layer.type for layer in layers}),
+            "lr": max(rates) if rates else None,
+            "typical_lr": lr_bounds(type(req.optimizer).__name__ if req.optimizer is not None else None)[1]}
 
 
 def _rerun(req: DebuggingRequest, config: DebuggingConfig, rng, apply: Callable | None) -> Window:

@@ -301,6 +301,27 @@ def _rejoin(sites: Sites, src: Source, names: list[str]) -> list[Edit]:
     return edits
 
 
+def _clip_after_backward(spec: dict[str, Any], sites: Sites) -> list[Edit]:
+    """The script's clipping calls before backward() in the loop's block move to just before the
+    step (after backward() when the step is not in the script)."""
+    backward, step, _ = sites.loop()
+    src = sites.source(backward["file"])
+    after = src.statement(backward["line"])
+    block = next((getattr(parent, f) for parent in [src.parents.get(id(after))]
+                  for f in ("body", "orelse", "finalbody") if after in (getattr(parent, f, None) or [])), [])
+    function = str(spec.get("function") or "clip_grad_norm_")
+    moved = [stmt for stmt in block[:block.index(after)] if isinstance(stmt, ast.Expr)
+             and isinstance(stmt.value, ast.Call) and last_name(stmt.value.func) == function and src.alone(stmt)]
+    if not moved:
+        raise NoPatch(f"no {function}() call before backward() in the loop's block")
+    target = src.statement(step["line"]) if step is not None and step["file"] == src.file else None
+    code = [src.segment(stmt) for stmt in moved]
+    edits = [Edit(src.file, (stmt.lineno, 0), (stmt.end_lineno + 1, 0), "") for stmt in moved]
+    if target is not None and target in block:
+        return edits + [src.before(target, *code)]
+    return edits + [src.after(after, *code)]
+
+
 def _not_at_a_line(why: str) -> Callable[[dict[str, Any], Sites], list[Edit]]:
     def patcher(spec: dict[str, Any], sites: Sites) -> list[Edit]:
         raise NoPatch(why)
@@ -314,6 +335,7 @@ PATCHERS: dict[str, Callable[[dict[str, Any], Sites], list[Edit]]] = {
     "clip_grad_norm": _clip_grad_norm,
     "train_params": _train_params,
     "weight_decay_scale": _weight_decay_scale,
+    "clip_after_backward": _clip_after_backward,
     "leaky_relu": leaky_relu,
     "reinit": reinit,
     "loss_input": loss_input,
