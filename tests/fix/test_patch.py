@@ -235,3 +235,23 @@ def test_a_clip_made_before_backward_moves_to_just_before_the_step(tmp_path):
     assert _applied(tmp_path, diff).endswith(
         "    loss.backward()\n    nn.utils.clip_grad_norm_(model.parameters(),\n                             max_norm)\n"
         "    optimizer.step()\n"), diff
+
+
+PER_BATCH_SCHEDULE = """
+import torch
+scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+for epoch in range(6):
+    for x, y in loader:
+        loss = crit(model(x), y)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    print(epoch)
+"""
+
+
+def test_a_per_epoch_scheduler_stepped_every_batch_moves_out_of_the_batch_loop(tmp_path):
+    sites = _sites(tmp_path, PER_BATCH_SCHEDULE, schedulers=[("StepLR", "StepLR")])
+    diff, why = patch.make({"kind": "scheduler_per_epoch"}, sites, tmp_path)
+    assert diff is not None, why
+    assert _applied(tmp_path, diff).endswith("        optimizer.step()\n    scheduler.step()\n    print(epoch)\n"), diff

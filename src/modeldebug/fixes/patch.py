@@ -322,6 +322,30 @@ def _clip_after_backward(spec: dict[str, Any], sites: Sites) -> list[Edit]:
     return edits + [src.after(after, *code)]
 
 
+def _scheduler_per_epoch(spec: dict[str, Any], sites: Sites) -> list[Edit]:
+    """``scheduler.step()`` in the loop over batches moves after it, into the loop over epochs."""
+    edits = []
+    for scheduler in sites.data.get("schedulers") or []:
+        if not scheduler["user"]:
+            continue
+        src = sites.source(scheduler["file"])
+        built = src.statement(scheduler["line"])
+        if not (isinstance(built, ast.Assign) and len(built.targets) == 1):
+            continue
+        name = src.segment(built.targets[0])
+        for stmt in ast.walk(src.tree):
+            inner = src.parents.get(id(stmt))
+            if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call) and last_name(stmt.value.func) == "step" \
+                    and isinstance(stmt.value.func, ast.Attribute) and src.segment(stmt.value.func.value) == name \
+                    and isinstance(inner, ast.For) and stmt in inner.body \
+                    and isinstance(src.parents.get(id(inner)), ast.For) and src.alone(stmt):
+                edits += [Edit(src.file, (stmt.lineno, 0), (stmt.end_lineno + 1, 0), ""),
+                          src.after(inner, src.segment(stmt))]
+    if not edits:
+        raise NoPatch("no scheduler.step() in a loop over batches inside a loop over epochs")
+    return edits
+
+
 def _not_at_a_line(why: str) -> Callable[[dict[str, Any], Sites], list[Edit]]:
     def patcher(spec: dict[str, Any], sites: Sites) -> list[Edit]:
         raise NoPatch(why)
@@ -342,7 +366,7 @@ PATCHERS: dict[str, Callable[[dict[str, Any], Sites], list[Edit]]] = {
     "standardize_inputs": _not_at_a_line("the inputs' statistics come from the data: standardise them where it is loaded"),
     "module_mode": _not_at_a_line("the lines that switch the model's mode are not recorded"),
     "stable_op": _not_at_a_line("the unstable op's line in the script is not recorded"),
-    "scheduler_per_epoch": _not_at_a_line("the scheduler.step() line is not recorded"),
+    "scheduler_per_epoch": _scheduler_per_epoch,
 }
 
 
