@@ -116,6 +116,7 @@ def test_watched_compiled_run_compiles_as_the_plain_one(style, backend, store_pa
     assert len(ev.steps) == STEPS and {0, 4, 8} <= sampled and len(sampled) < STEPS
     assert counted.calls == STEPS - len(sampled)  # the compiled graph ran every unsampled step
     assert np.isfinite(ev.steps.loss).all() and np.isfinite(ev.steps.grad_norm).all()
+    assert (ev.steps.forward_s > 0).all()  # timed around the compiled call (in place too), outside its graph
     assert {"embed", "hidden", "head"} <= set(ev.layers)  # the layers of the module behind the compiled one
     assert set(ev.layer_stats.step.tolist()) == sampled
     for layer in ("embed", "hidden", "head"):  # outputs and their gradients, on each sampled step
@@ -127,6 +128,8 @@ def test_watched_compiled_run_compiles_as_the_plain_one(style, backend, store_pa
         assert param.changed.all() and np.isfinite(param.update_ratio).all()
     # Nothing of ours is left on the user's modules, compiled or not.
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    if style == "in_place":  # its compiled call is its own again
+        assert "CompiledCall" not in model._compiled_call_impl.__qualname__
     assert torch.compiler.is_compiling() is False  # and the compiler's stance is back to default
     assert torch._dynamo.eval_frame._stance.stance == "default"
 
@@ -238,9 +241,6 @@ def test_a_nonfinite_step_of_a_compiled_model_is_replayed_to_its_op(style, store
     ev = dbg.evidence()
     assert ev.steps.loss_nonfinite.all()
     origins = ev.events_of(NonfiniteOrigin)
-    if style == "in_place":  # its call never leaves the graph: no batch to replay (README, torch.compile)
-        assert not origins
-        return
     assert origins and origins[0].phase == "forward" and "log" in (origins[0].op or "")
     assert not (origins[0].module or "").startswith("_orig_mod")  # named as the watched model names it
 

@@ -7,7 +7,7 @@ tests/collect/test_compile.py).
   are traced into it: our code would break the graph (``time.perf_counter``) and every value it
   reads would become a guard. So a compiled model gets no hook inside its graph: its root hooks sit
   on the ``OptimizedModule``, which runs them outside the graph; a model compiled in place gets
-  none (its steps begin at backward, as for a model whose root is never called).
+  them around its compiled call (``CompiledCall``), outside the graph too.
 - Sampled steps run eagerly (``torch.compiler.set_stance("force_eager")``) while their per-layer
   hooks are installed: the same weights and batch, per-layer statistics, and the compiled code
   untouched for every other step (measured: no recompile when the stance returns to default).
@@ -48,6 +48,39 @@ def compiled_in_place(module: nn.Module) -> bool:
 
 def is_compiled(module: nn.Module) -> bool:
     return wrapper_of(module) or compiled_in_place(module)
+
+
+class CompiledCall:
+    """The root callbacks of a model compiled in place, around its compiled call (outside the graph):
+    its ``_compiled_call_impl`` is wrapped while it is watched. ``nn.Module.__getstate__`` leaves that
+    attribute out, so the wrapper is never pickled nor deep-copied with the model."""
+
+    def __init__(self, module: nn.Module, pre: Any, post: Any):
+        from modeldebug.collect.patches import hide_our_frames
+
+        self.module, self.compiled = module, module._compiled_call_impl
+        compiled = self.compiled
+
+        def call(*args, **kwargs):
+            if compiling():  # (a compiled loop calling the model: dynamo traces the model's own call)
+                return compiled(*args, **kwargs)
+            pre(module, args, kwargs)
+            output = None
+            try:
+                output = compiled(*args, **kwargs)
+            except BaseException as exc:
+                hide_our_frames(exc, __file__)
+                raise
+            finally:
+                post(module, args, output)
+            return output
+
+        self.call = call
+        module._compiled_call_impl = call
+
+    def remove(self) -> None:
+        if self.module.__dict__.get("_compiled_call_impl") is self.call:
+            self.module._compiled_call_impl = self.compiled
 
 
 class EagerWindow:

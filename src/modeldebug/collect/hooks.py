@@ -20,7 +20,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 from modeldebug.collect import patches
 from modeldebug.collect.amp import AmpWatch
-from modeldebug.collect.compiled import EagerWindow, compiled_in_place, compiling
+from modeldebug.collect.compiled import CompiledCall, EagerWindow, compiled_in_place, compiling
 from modeldebug.collect.entries import Entries
 from modeldebug.collect.eval_losses import EvalLosses
 from modeldebug.collect.flow import OutputFlow
@@ -137,13 +137,8 @@ class Hooks:
 
     def hook_root(self, model: "Model") -> None:
         m = model.module
-        if compiled_in_place(m):
-            # Its hooks would run inside its graph: its steps begin at backward, and a sampled
-            # step's layer hooks go in when the step before it closes (now, for the first).
-            steps = self.steps
-            steps.entry_missing = True
-            if steps.state is None and not steps.count and not steps.prepared:
-                steps.prepare_next()
+        if compiled_in_place(m):  # its hooks would run inside its graph: ours go around its compiled call
+            self._root_handles.append(CompiledCall(m, self._root_pre, self._root_post))
             return
         self._root_handles += [
             m.register_forward_pre_hook(self._root_pre, with_kwargs=True),
