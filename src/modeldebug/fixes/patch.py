@@ -68,9 +68,7 @@ def _scale_argument(src: Source, call: ast.Call, name: str, position: int | None
         raise NoPatch(f"the {name} is passed through *args/**kwargs")
     if not isinstance(default, (int, float)) or isinstance(default, bool):
         raise NoPatch(f"the optimizer's default {name} is not known")
-    last = max([*call.args, *(k.value for k in call.keywords)], key=lambda n: (n.end_lineno, n.end_col_offset))
-    at = src.span(last)[1]  # right after the last argument (before a trailing comma)
-    return [Edit(src.file, at, at, f", {name}={number(default * factor)}")]
+    return [src.keyword(call, name, number(default * factor))]
 
 
 def _scale_groups(src: Source, call: ast.Call, name: str, factor: float) -> list[Edit]:
@@ -183,12 +181,7 @@ def _framework_argument(sites: Sites, callees: tuple[str, ...], name: str, *, va
         return [Edit(src.file, start, end, number(value))]
     if any(k.arg is None for k in call.keywords):
         raise NoPatch(f"{why}; its {callees[0]} takes **kwargs")
-    given = [*call.args, *(k.value for k in call.keywords)]
-    if not given:
-        end = src.span(call)[1]
-        return [Edit(src.file, (end[0], end[1] - 1), (end[0], end[1] - 1), f"{name}={number(value)}")]
-    at = src.span(max(given, key=lambda n: (n.end_lineno, n.end_col_offset)))[1]
-    return [Edit(src.file, at, at, f", {name}={number(value)}")]
+    return [src.keyword(call, name, number(value))]
 
 
 def _scaler(src: Source, line: int) -> str | None:

@@ -79,6 +79,15 @@ class Source:
         """New lines at the statement's indentation."""
         return "".join(f"{self.indent(stmt.lineno)}{line}\n" for line in code)
 
+    def keyword(self, call: ast.Call, name: str, value: str) -> Edit:
+        """``name=value`` added to ``call``, right after its last argument (before a trailing comma)."""
+        given = [*call.args, *(k.value for k in call.keywords)]
+        if not given:
+            end = self.span(call)[1]
+            return Edit(self.file, (end[0], end[1] - 1), (end[0], end[1] - 1), f"{name}={value}")
+        at = self.span(max(given, key=lambda n: (n.end_lineno, n.end_col_offset)))[1]
+        return Edit(self.file, at, at, f", {name}={value}")
+
     def calls_at(self, line: int, names: tuple[str, ...]) -> list[ast.Call]:
         """Calls spanning ``line`` whose function's last name is one of ``names``, innermost first."""
         calls = [n for n in ast.walk(self.tree) if isinstance(n, ast.Call) and n.lineno <= line <= n.end_lineno
