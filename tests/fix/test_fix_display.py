@@ -98,3 +98,12 @@ def test_the_terminal_never_folds_the_diff():
     out = Console(record=True, width=60, color_system=None)
     print_session(FixSession(Window(report, 0, 1.0), fixes=report.fixes, verdict="v", seconds=1.0), out)
     assert long.splitlines()[5] in out.export_text().splitlines()
+
+
+def test_a_fix_of_two_roots_sits_under_the_first_only():
+    report = _report()
+    report.fixes[0].addresses = ["loss_not_decreasing", "dead_relu"]
+    page = render_html(report)
+    findings = page[page.index('<section id="findings">'):page.index('<section id="fixes">')]
+    assert findings.count('<div class="fix verified"') == 1
+    assert findings.index('<div class="fix verified"') < findings.index('data-kind="dead_relu"')

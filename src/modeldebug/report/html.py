@@ -44,8 +44,11 @@ def render_html(report: Report, *, issue: str | None = None) -> str:
     stories = [{"root": item(s.root), "consequences": [item(c.finding, c.depth) for c in s.consequences]}
                for s in report.stories()]
     fixes = _fixes(canvas, report)
-    for story in stories:  # the best verified fix of a root next to it
-        story["fix"] = next((f for f in fixes if f["fix"].verified and story["root"]["f"].kind in f["fix"].addresses), None)
+    placed: set[int] = set()
+    for story in stories:  # the best verified fix of a root next to it (a fix of two roots: the first)
+        story["fix"] = next((f for f in fixes if f["fix"].verified and id(f) not in placed
+                             and story["root"]["f"].kind in f["fix"].addresses), None)
+        placed |= {id(story["fix"])} if story["fix"] else set()
     findings = [i for s in stories for i in [s["root"], *s["consequences"]]]
     sections = [(title, canvas.draw(plot, metrics, None), plot in WIDE) for title, plot in OVERVIEW]
     sections = [s for s in sections if s[1]]
