@@ -11,8 +11,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
-
 from modeldebug.fixes import candidates, verify
 from modeldebug.fixes.candidates import build
 from modeldebug.types import Finding
@@ -113,7 +111,7 @@ def test_reinit_fixes_weights_drawn_at_16x_the_he_scale_and_standardising_does_n
 
 
 def test_standardised_inputs_fix_raw_tabular_features(tmp_path):
-    found, probe = _judged(tmp_path, "data_issue__raw_tabular_features_regression", 120,
+    found, probe = _judged(tmp_path, "data_issue__raw_tabular_features_regression", 80,
                            _for("data_issue", candidates.standardize_inputs(None)))
     assert "data_issue" in probe.kinds()
     assert found.verified and found.loss_after < 0.01 * found.loss_before, found
@@ -130,15 +128,23 @@ def test_dropping_the_softmax_before_cross_entropy_fixes_it(tmp_path):
 
 def test_eps_in_a_hand_written_bce_fixes_its_log_of_0(tmp_path):
     finding = _finding("nan_or_inf", ["numerically_unstable_op"], evidence={"origin": {"phase": "loss"}})
-    found, probe = _judged(tmp_path, "nan_or_inf__manual_bce_log_of_zero", 200,
+    found, probe = _judged(tmp_path, "nan_or_inf__manual_bce_log_of_zero", 40,
                            _for("nan_or_inf", candidates.stable_op(finding)))
     assert "nan_or_inf" in probe.kinds()
     assert found.verified and found.findings_after == [], found
 
 
-@pytest.mark.parametrize("script", ["lr_schedule_misuse__transformer_steplr_every_batch"])
-def test_a_per_epoch_scheduler_stepped_every_batch_is_stepped_once_per_epoch(tmp_path, script):
+def test_a_per_epoch_scheduler_stepped_every_batch_is_stepped_once_per_epoch(tmp_path):
     finding = _finding("lr_schedule_misuse", ["scheduler_misuse"], evidence={"scheduler_calls_per_step": 1.0})
-    found, probe = _judged(tmp_path, script, 144, _for("lr_schedule_misuse", candidates.scheduler_per_epoch(finding)))
+    found, probe = _judged(tmp_path, "lr_schedule_misuse__transformer_steplr_every_batch", 48,
+                           _for("lr_schedule_misuse", candidates.scheduler_per_epoch(finding)))
     assert "lr_schedule_misuse" in probe.kinds()
     assert found.verified, found
+
+
+def test_a_clip_called_before_backward_is_made_after_it(tmp_path):
+    finding = _finding("clip_before_backward", ["clipping_misplaced"], evidence={"function": "clip_grad_norm_"})
+    (candidate,) = build([finding], 8)
+    found, probe = _judged(tmp_path, "clip_before_backward__mlp_price_regression", 100, candidate)
+    assert "clip_before_backward" in probe.kinds()
+    assert found.verified and found.findings_after == [], found

@@ -161,6 +161,13 @@ def scheduler_per_epoch(finding: Finding) -> Candidate | None:
                      "calls of one pass over the DataLoader count once)")
 
 
+def clip_after_backward(finding: Finding) -> Candidate:
+    function = str(finding.evidence.get("function") or "clip_grad_norm_")
+    return Candidate({"kind": "clip_after_backward", "function": function},
+                     f"the script's {function}() calls made before backward() are made after it instead, "
+                     f"just before optimizer.step() (same arguments)")
+
+
 # What the rules name as a finding's cause, and the kinds whose mechanism a candidate targets;
 # each maker is given the finding and what the probe saw (``probe_facts``) and may find nothing to
 # change (None).
@@ -176,6 +183,7 @@ BY_CAUSE = {
     "scheduler_misuse": (lambda f, t: scheduler_per_epoch(f),),
     "weight_decay_too_high": (lambda f, t: weight_decay_scale(f),),
     "numerically_unstable_op": (lambda f, t: stable_op(f),),
+    "clipping_misplaced": (lambda f, t: clip_after_backward(f),),
 }
 BY_KIND = {
     "gradient_accumulation": (lambda f, t: zero_grad(),),

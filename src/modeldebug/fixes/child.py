@@ -131,6 +131,10 @@ def _after_collector(debugger: Any) -> None:
     if (_candidate or {}).get("kind") == "zero_grad":
         register_optimizer_step_post_hook(_guarded(_stepped))
         _zero_before_backward()
+    if (_candidate or {}).get("kind") == "clip_after_backward":
+        from modeldebug.fixes import modules
+
+        modules.clip_after_backward(_guarded)
     if (_candidate or {}).get("kind") == "scheduler_per_epoch":
         from modeldebug.fixes import modules
 

@@ -294,3 +294,56 @@ def scheduler_per_epoch() -> None:
 
     lr_scheduler.LRScheduler.step = per_epoch
 
+
+
+# ---------------------------------------------------------------- clipping
+
+
+def clip_after_backward(guard: Callable[[Callable], Callable]) -> None:
+    """A clipping call with no backward since the last optimizer step (or zero_grad) is held and
+    made again, with the same arguments, before the step (after the step's backward): the
+    clipping the script meant. Installed after the collector's wrappers, so the run sees the call
+    where it is made. The held call returns the gradients' norm as it was, unclipped."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    utils = torch.nn.utils
+    backward_since = [False]
+    held: list[tuple[Callable, list, tuple, dict]] = []
+
+    def seen_backward(original):
+        @functools.wraps(original)
+        def backward(*args, **kwargs):
+            backward_since[0] = True
+            return original(*args, **kwargs)
+
+        return backward
+
+    torch.Tensor.backward = seen_backward(torch.Tensor.backward)
+    torch.autograd.backward = seen_backward(torch.autograd.backward)
+
+    def hold(original):
+        @functools.wraps(original)
+        def clip(parameters, *args, **kwargs):
+            if backward_since[0]:
+                return original(parameters, *args, **kwargs)
+            params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
+            held.append((original, params, args, kwargs))
+            grads = [p.grad.detach().flatten() for p in params if p.grad is not None]
+            return torch.cat(grads).norm() if grads else torch.zeros(())
+
+        return clip
+
+    for name in ("clip_grad_norm_", "clip_grad_value_"):
+        if hasattr(utils, name):
+            setattr(utils, name, hold(getattr(utils, name)))
+
+    def before_step(optimizer, args, kwargs) -> None:
+        while held:
+            original, params, a, k = held.pop(0)
+            original(params, *a, **k)
+
+    def after_step(optimizer, args, kwargs) -> None:
+        backward_since[0] = False
+
+    register_optimizer_step_pre_hook(guard(before_step))
+    register_optimizer_step_post_hook(guard(after_step))
