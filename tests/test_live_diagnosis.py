@@ -180,16 +180,24 @@ def finding(kind: str, severity: str = "medium", location: str | None = "fc") ->
     return md.Finding(kind=kind, severity=severity, confidence=0.8, location=location, message=kind)
 
 
-def test_timing_findings_alert_only_once_a_second_pass_bears_them_out(tmp_path):
-    # A burst of load can make a wall-clock share hold for one pass: such kinds wait for the next.
+def test_a_finding_alerts_once_a_later_pass_with_more_steps_bears_it_out(tmp_path):
+    # A pass judges an unfinished run (a trend in its first steps, a burst of load, an optimizer
+    # found later): a finding must hold until a pass has seen 1.5x the steps; a NaN alerts at once.
     live = LiveDiagnosis("r", tmp_path / "runs.db")
+
+    def look(steps, *found):
+        live.steps_seen = steps
+        return [(e, f.kind, f.severity) for e, f in live._raise(list(found))]
+
     slow, nan = finding("slow_operation"), finding("nan_or_inf", "high")
-    assert [f.kind for _, f in live._raise([slow, nan])] == ["nan_or_inf"]  # a NaN is alerted at once
-    assert live._raise([nan]) == []  # the burst is over: nothing was alerted
-    assert live._raise([slow]) == []
-    assert [(e, f.kind) for e, f in live._raise([slow, nan])] == [("new", "slow_operation")]
+    assert look(20, slow, nan) == [("new", "nan_or_inf", "high")]
+    assert look(40, nan) == []  # it did not hold: forgotten
+    assert look(60, slow) == []
+    assert look(80, slow) == []  # held, but 80 < 1.5 x 60 steps
+    assert look(90, slow) == [("new", "slow_operation", "medium")]
     high = finding("slow_operation", "high")
-    assert live._raise([high]) == [] and [e for e, _ in live._raise([high])] == ["changed"]
+    assert look(100, high) == [] and look(150, high) == [("changed", "slow_operation", "high")]
+    assert look(150, high) == []  # alerted once
     # the diagnosis at the end has seen the whole run: it needs no second pass
     end = LiveDiagnosis("r", tmp_path / "runs.db")
     end.finish([finding("input_bottleneck", location=None)])
@@ -210,3 +218,34 @@ def test_the_live_budget_comes_from_the_option_or_the_project_file(tmp_path, mon
     (tmp_path / "modeldebug.toml").write_text("live-budget = 0.9\n")
     with pytest.raises(md.ConfigError, match="live-budget"):
         md.watch(model)
+
+
+def test_the_run_store_has_the_models_and_optimizers_while_the_run_goes_on(tmp_path):
+    # Rules read the optimizers and parameters (a GAN's two players, lr advice): a live pass
+    # must not judge a run without them. A second optimizer found later is written when found.
+    torch.manual_seed(0)
+    gen, disc = nn.Linear(4, 4), nn.Linear(4, 1)
+    opt_d = torch.optim.SGD(disc.parameters(), lr=0.01)
+    opt_g = torch.optim.SGD(gen.parameters(), lr=0.01)
+    store = tmp_path / "runs.db"
+
+    def seen(run_id):
+        with RunStore(store, read_only=True) as s:
+            ev = s.load_evidence(run_id)
+        return sorted(o.type for o in ev.optimizers), sorted({p.model for p in ev.params.values() if p.in_optimizer})
+
+    with md.watch([disc, gen], opt_d, store=str(store)) as dbg:
+        for step in range(30):
+            if step == 5:
+                dbg.store.flush()
+                assert seen(dbg.run_id)[0] == ["SGD"]
+            opt_d.zero_grad()
+            disc(gen(torch.randn(8, 4)).detach()).mean().backward()
+            opt_d.step()
+            if step >= 10:  # the second optimizer steps from step 10 on: adopted then
+                opt_g.zero_grad()
+                (-disc(gen(torch.randn(8, 4))).mean()).backward()
+                opt_g.step()
+            if step == 25:
+                dbg.store.flush()
+                assert seen(dbg.run_id) == (["SGD", "SGD"], ["Linear", "Linear2"])

@@ -30,9 +30,12 @@ if TYPE_CHECKING:
 BUDGET = 0.01  # fraction of wall time the live rules may take
 MIN_INTERVAL_S = 1.0  # the store is flushed about once a second: polling faster sees nothing new
 QUICK_S = 0.2  # how often a cheap query asks whether a non-finite step has appeared (written at once)
-# Kinds judged on wall-clock shares: a burst of load on the machine can make one hold for a pass
-# that the run as a whole does not bear out, so live they alert only after two passes in a row.
-TIMING_KINDS = frozenset({"input_bottleneck", "slow_operation", "straggler_rank"})
+# A pass judges an unfinished run: a trend seen in its first steps, a burst of load on the machine,
+# or a model or optimizer found later can make a finding hold that the run does not bear out. So a
+# finding alerts only once it has held, at the same severity, from one pass to a later one that
+# has seen CONFIRM_GROWTH times the steps; acute kinds alert at once (a NaN stops a run now).
+ACUTE_KINDS = frozenset({"nan_or_inf", "runtime_error", "rank_failure", "memory_pressure"})
+CONFIRM_GROWTH = 1.5
 SEVERITIES = ("high", "medium")
 
 
@@ -129,7 +132,7 @@ class LiveDiagnosis:
         self.error: str | None = None  # why it gave up, if it did
         self._after = after  # a thread importing what a pass needs: two importing threads can deadlock
         self._known: dict[tuple, str] = {}  # finding key -> severity last alerted
-        self._held: dict[tuple, str] = {}  # timing findings of the last pass -> severity
+        self._held: dict[tuple, tuple[str, int]] = {}  # the last pass's findings -> (severity, steps first held)
         self._alerts = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="modeldebug-live-diagnosis")
@@ -185,15 +188,18 @@ class LiveDiagnosis:
 
     def _raise(self, findings: list["Finding"], final: bool = False) -> list[tuple[str, "Finding"]]:
         raised = []
-        held, self._held = self._held, {key(f): f.severity for f in findings if f.kind in TIMING_KINDS}
+        held, self._held = self._held, {}
+        for f in findings:
+            severity, since = held.get(key(f), (None, 0))
+            self._held[key(f)] = (f.severity, since if severity == f.severity else self.steps_seen)
         for f in findings:
             if f.suppressed:
                 continue
             before = self._known.get(key(f))
             if before == f.severity:
                 continue
-            if f.kind in TIMING_KINDS and not final and held.get(key(f)) != f.severity:
-                continue  # not yet borne out by a second pass
+            if not (final or f.kind in ACUTE_KINDS or self._confirmed(f)):
+                continue  # not yet borne out by a later pass
             event = "new" if before is None else "changed"
             self._known[key(f)] = f.severity
             raised.append((event, f))
@@ -210,6 +216,10 @@ class LiveDiagnosis:
                 if self.on_stop is not None:
                     self.on_stop(f)
         return raised
+
+    def _confirmed(self, f: "Finding") -> bool:
+        since = self._held[key(f)][1]
+        return self.steps_seen > since and self.steps_seen >= CONFIRM_GROWTH * since
 
     def _write(self, event: str, f: "Finding") -> None:
         if self._alerts is None:

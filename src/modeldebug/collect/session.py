@@ -102,6 +102,7 @@ class Debugger:
         self.hooks = Hooks(cfg, self.watched, self.steps, validation, self.guard, self.cost)
         self.steps.hooks, self.queue.steps = self.hooks, self.steps
         self.watched.on_device = self._found_device
+        self.watched.on_change = lambda: self.writer.meta_so_far(self.watched, changed=True)
         self.dist = None  # RankWatch when this process is one rank of several (collect/distributed.py)
         self._started = self._stopped = self._paused = False
         self._t0 = self._paused_at = self._paused_s = 0.0
@@ -184,6 +185,7 @@ class Debugger:
                 RunInfo(id=self.run_id, command=self.command, status="running", started_at=time.time()),
                 self.config,
             )
+        self.writer.meta_so_far(self.watched, changed=True)  # what was given to watch (read while it runs)
         try:
             self.hooks.install()
             self._device_event()

@@ -64,6 +64,7 @@ class Watched:
         self.bounds: dict[str, tuple[float, float] | None] = {}  # bounded activations' output ranges
         self.device: torch.device | None = None
         self.on_device: Callable[[torch.device], None] | None = None  # told when the device is found
+        self.on_change: Callable[[], None] | None = None  # told when a model or optimizer is added
         # Extension point: called before an unknown optimizer is judged (and at every backward while
         # no model is watched) to find the models by itself (zero-code runs: collect/autopatch.py).
         self.finder: Callable[[Any], None] | None = None
@@ -86,6 +87,7 @@ class Watched:
             unique = f"{name}{n}"
         model = Model(module, unique, "", compiled)
         self.models.append(model)
+        self._changed()
         if compiled:
             log.info("%s is torch.compile'd: its sampled steps run eagerly for per-layer statistics", model.name)
         if len(self.models) == 1:
@@ -183,6 +185,7 @@ class Watched:
     def add_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         if all(o is not optimizer for o in self.optimizers):
             self.optimizers.append(optimizer)
+            self._changed()
 
     def owns(self, optimizer) -> bool:
         """Optimizers not given to the debugger are watched when they update a watched model.
@@ -200,8 +203,13 @@ class Watched:
             if any(id(p) in self.param_ids for p in group["params"]):
                 self.optimizers.append(optimizer)
                 self.newest_adopted = optimizer
+                self._changed()
                 return True
         return False
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def lr(self) -> float:
         opt = self.primary or (self.optimizers[0] if self.optimizers else None)

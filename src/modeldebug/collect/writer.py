@@ -3,7 +3,9 @@ records from its summaries on the host, validation, events, and the run's meta."
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -22,6 +24,10 @@ if TYPE_CHECKING:
 
 _CLASS_TARGET_LOSSES = {"cross_entropy", "nll_loss", "multi_margin_loss"}
 COMPUTED = "computed"  # ValidationRecord.loss_fn of a loss the script computed from the output itself
+META_EVERY_S = 10.0  # while the run goes on, its meta is written again at most this often (on sampled steps)
+META_CHANGES = 8  # models and optimizers found that write it at once (a script making one a step: no more)
+
+log = logging.getLogger(__name__)
 
 
 class Writer:
@@ -36,6 +42,9 @@ class Writer:
         self._last_norms: dict[str, float] = {}
         self.loss_calls = LossCalls(self)
         self._told_nonfinite = False
+        self._meta_at = -math.inf  # when the meta was last written while the run went on
+        self._meta_seen: tuple = ()  # the models and optimizers it had then
+        self._meta_changes = 0  # writes made because one was found
 
     def event(self, event: Event) -> None:
         self.store.add(self.run_id, event.record(self._steps_done()))
@@ -113,6 +122,28 @@ class Writer:
             self.latest_layers[rec.layer] = rec
         if pre is not None:
             self._params(st.index, watched.params, pre, post is not None, extra_host)
+        self.meta_so_far(watched)
+
+    def meta_so_far(self, watched: "Watched", changed: bool = False) -> None:
+        """The meta so far, for those who read the run while it goes on (the live diagnosis: a
+        rule that reads the optimizers or the parameters must not judge a run without them; a run
+        killed before it stops): when a model or optimizer is found (the first META_CHANGES times;
+        later ones at the next sampled step), and on sampled steps at most every META_EVERY_S, so
+        its cost stays within the sampled steps' budget."""
+        seen = (len(watched.models), len(watched.optimizers))
+        now = time.monotonic()
+        if changed:
+            if self._meta_changes >= META_CHANGES:
+                return  # (a script that makes an optimizer a step: the sampled steps catch up)
+        elif seen == self._meta_seen and now - self._meta_at < META_EVERY_S:
+            return
+        try:
+            self.meta(watched, final=False)
+        except Exception:  # noqa: BLE001 - the meta at stop is the one that counts (and no run row yet: at start)
+            log.debug("modeldebug could not write the run's meta so far", exc_info=True)
+            return
+        self._meta_at, self._meta_seen = now, seen
+        self._meta_changes += changed
 
     def _params(self, step: int, params: list, pre, updated: bool, extra_host: list) -> None:
         params = params[: len(pre.has_grad)]  # a model found during the step is not in its snapshot
