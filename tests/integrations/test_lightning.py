@@ -412,21 +412,9 @@ class _Slow(Classifier):
         return super().training_step(batch, batch_idx)
 
 
-def test_stop_on_stops_the_trainer_as_early_stopping_does(tmp_path):
+def test_stop_on_stops_the_trainer_as_early_stopping_does(tmp_path, ten_steps_rule):
     """`stop_on`: the Trainer stops (should_stop), fit returns, the report says stopped and by what."""
-    from modeldebug.rules import Rule
-    from modeldebug.rules.base import col
-
-    class TenSteps(Rule):
-        id = "ten_steps"
-        kind = "custom.ten_steps"
-        reads = ("steps.loss",)
-
-        def check(self, ev):
-            n = len(col(ev.steps, "loss"))
-            return [self.finding(severity="high", confidence=1.0, message=f"{n} steps", evidence={})] if n >= 10 else []
-
-    cb = ModelDebugCallback(md.DebuggingConfig(store_path=str(tmp_path / "runs.db")), rules=[TenSteps],
+    cb = ModelDebugCallback(md.DebuggingConfig(store_path=str(tmp_path / "runs.db")), rules=[ten_steps_rule],
                             stop_on="high", json=str(tmp_path / "r.json"))
     trainer = L.Trainer(max_steps=3000, max_epochs=1000, enable_checkpointing=False, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[cb], accelerator="cpu")

@@ -255,29 +255,18 @@ def test_findings_reach_the_trainers_tensorboard_logs(tmp_path, store_path):
     assert scalars["train/modeldebug/loss_not_decreasing"] >= 2  # medium or high
 
 
-def test_stop_on_ends_training_through_the_trainers_control(tmp_path, store_path):
+def test_stop_on_ends_training_through_the_trainers_control(tmp_path, store_path, ten_steps_rule):
     """`stop_on`: control.should_training_stop ends train() normally; the report says stopped and by what."""
     import time
 
     import modeldebug as md
-    from modeldebug.rules import Rule
-    from modeldebug.rules.base import col
-
-    class TenSteps(Rule):
-        id = "ten_steps"
-        kind = "custom.ten_steps"
-        reads = ("steps.loss",)
-
-        def check(self, ev):
-            n = len(col(ev.steps, "loss"))
-            return [self.finding(severity="high", confidence=1.0, message=f"{n} steps", evidence={})] if n >= 10 else []
 
     class SlowTrainer(Trainer):  # a step of ~10 ms more, so that a live pass comes while it trains
         def training_step(self, *args, **kwargs):
             time.sleep(0.01)
             return super().training_step(*args, **kwargs)
 
-    cb = ModelDebugCallback(md.DebuggingConfig(store_path=store_path), rules=[TenSteps], stop_on="high")
+    cb = ModelDebugCallback(md.DebuggingConfig(store_path=store_path), rules=[ten_steps_rule], stop_on="high")
     trainer = train(tmp_path, cb, trainer_class=SlowTrainer, max_steps=2000)
     assert 10 <= trainer.state.global_step < 2000
     assert cb.report.run.status == "stopped" and "custom.ten_steps" in (cb.report.run.stopped_by or "")
