@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -51,33 +52,43 @@ def spec_kind(spec: dict) -> str:
     return kind
 
 
+def judge(case, steps: int) -> tuple[str, dict[str, int]]:
+    """One script fixed: its table row, and what it adds to the totals."""
+    t = time.time()
+    session = run_fix([*launcher(case), str(case.path)], steps=steps)
+    kinds = {f.kind for f in (session.report.findings if session.report else []) if f.severity in ("medium", "high")}
+    right = RIGHT.get(case.cause, set()) | RIGHT_FOR_KIND.get(case.kind, set())
+    kind_of = {f.change: spec_kind(session.specs.get(f.change, {})) for f in session.fixes}
+    # right for the planted cause, whichever finding it addressed (a root before the planted symptom)
+    tried = [f for f in session.fixes if not case.healthy and kind_of[f.change] in right]
+    wrong = [f for f in session.fixes if f.verified and (case.healthy or kind_of[f.change] not in right)]
+    counts = dict(scripts=1, found=int(case.kind in kinds), fixable=int(bool(tried)),
+                  verified=int(any(f.verified for f in tried)), wrong=int(bool(wrong)),
+                  best_wrong=int(bool(wrong) and session.fixes[0] in wrong),  # (the best verified is listed first)
+                  healthy=int(case.healthy), healthy_verified=int(case.healthy and bool(wrong)))
+    names = ", ".join(f"{kind_of[f.change]}{'+' if f.verified else '-'}" for f in session.fixes) or "-"
+    return f"{case.name:60} {time.time() - t:6.1f} s  {session.verdict}  [{names}]", counts
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="regex on the script name")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--jobs", type=int, default=1, help="scripts fixed at the same time (each runs its windows in turn)")
     args = parser.parse_args()
-    rows, totals = [], dict(scripts=0, found=0, fixable=0, verified=0, wrong=0)
+    totals = dict(scripts=0, found=0, fixable=0, verified=0, wrong=0)
     started = time.time()
-    for case in [c for c in cases(args.only) if available(c) and c.processes == 1]:
-        t = time.time()
-        session = run_fix([*launcher(case), str(case.path)], steps=args.steps)
-        kinds = {f.kind for f in (session.report.findings if session.report else []) if f.severity in ("medium", "high")}
-        right = RIGHT.get(case.cause, set()) | RIGHT_FOR_KIND.get(case.kind, set())
-        kind_of = {f.change: spec_kind(session.specs.get(f.change, {})) for f in session.fixes}
-        # right for the planted cause, whichever finding it addressed (a root before the planted symptom)
-        tried = [f for f in session.fixes if not case.healthy and kind_of[f.change] in right]
-        verified = [f for f in tried if f.verified]
-        wrong = [f for f in session.fixes if f.verified and (case.healthy or kind_of[f.change] not in right)]
-        totals["scripts"] += 1
-        totals["found"] += case.kind in kinds
-        totals["fixable"] += bool(tried)
-        totals["verified"] += bool(verified)
-        totals["wrong"] += bool(wrong)
-        names = ", ".join(f"{kind_of[f.change]}{'+' if f.verified else '-'}" for f in session.fixes) or "-"
-        rows.append(f"{case.name:60} {time.time() - t:6.1f} s  {session.verdict}  [{names}]")
-        print(rows[-1], flush=True)
+    chosen = [c for c in cases(args.only) if available(c) and c.processes == 1]
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # (run_fix's windows are subprocesses)
+        fixed = map if args.jobs <= 1 else pool.map  # one at a time in the main thread (its signals)
+        for row, counts in fixed(lambda case: judge(case, args.steps), chosen):
+            print(row, flush=True)
+            for key, value in counts.items():
+                totals[key] = totals.get(key, 0) + value
     print(f"\n{totals['scripts']} scripts: planted kind found {totals['found']}, a right fix tried for its cause "
-          f"{totals['fixable']}, verified {totals['verified']}, a wrong fix verified {totals['wrong']} "
+          f"{totals['fixable']}, verified {totals['verified']}, a wrong fix verified {totals['wrong']} (the best "
+          f"verified one wrong: {totals.get('best_wrong', 0)}; "
+          f"healthy scripts with a fix verified: {totals.get('healthy_verified', 0)} of {totals.get('healthy', 0)}) "
           f"({time.time() - started:.0f} s, --steps {args.steps})")
     return 0
 

@@ -101,11 +101,11 @@ def _for(finding_kind: str, candidate):
 
 
 def test_reinit_fixes_weights_drawn_at_16x_the_he_scale_and_standardising_does_not(tmp_path):
-    found, probe = _judged(tmp_path, "exploding_gradient__deep_mlp_large_init", 64,
+    found, probe = _judged(tmp_path, "exploding_gradient__deep_mlp_large_init", 32,
                            _for("poor_weight_init", candidates.reinit(None, {"layer_types": ["Linear", "ReLU"]})))
     assert found.verified and found.findings_after == [], found
     assert {"poor_weight_init", "nan_or_inf"} <= set(probe.kinds())
-    wrong, _ = _judged(tmp_path, "exploding_gradient__deep_mlp_large_init", 64,
+    wrong, _ = _judged(tmp_path, "exploding_gradient__deep_mlp_large_init", 32,
                        _for("poor_weight_init", candidates.standardize_inputs(None)), probe)
     assert not wrong.verified and "poor_weight_init" in wrong.reason
 
