@@ -159,3 +159,22 @@ def test_the_torch_loss_path_is_unchanged(store_path):
     v = dbg.evidence().validation
     np.testing.assert_allclose(v.loss, printed, rtol=1e-5)
     assert v.loss_fn.tolist() == ["cross_entropy"] * 3 and v.batches.tolist() == [4, 4, 4]
+
+
+def test_numbers_that_compare_the_output_with_nothing_or_are_negative_are_no_loss(store_path):
+    """A generator's sample statistics, a mean confidence: no target met, nothing recorded. A
+    log-likelihood read before Python negates it (`-logp.mean().item()`) is not in a loss's units."""
+    model, opt, (x, y), (xv, yv) = _regression(2)
+    labels = (yv[:, 0] > 0).long()
+    stacks = []
+    with watch(model, opt, config=_config(store_path)) as dbg:
+        for _ in range(3):
+            _train_epoch(model, opt, x, y, stacks)
+            with torch.no_grad():
+                sample = model(xv)
+                print(f"sample mean {sample.mean():.3f} std {sample.std():.3f}")
+                confidence = torch.sigmoid(model(xv)).max(1).values.mean().item()
+                logits = torch.cat([model(xv), -model(xv)], 1)
+                nll = -logits.log_softmax(-1).gather(1, labels[:, None]).mean().item()
+            assert confidence > 0 and nll > 0
+    assert len(dbg.evidence().validation.loss) == 0

@@ -8,15 +8,19 @@ once training resumes. Training steps never run under it; their only cost is the
 not pushed.
 
 What is recorded, per evaluation batch: the first value that (1) is one number, (2) comes from the
-output through floating-point ops only, and (3) the script keeps: reads it (``.item()``, ``float()``,
+output through floating-point ops only, (3) met a tensor that is not the output's on the way (the
+labels or targets it is compared with: a sample's mean, a mean confidence, an output norm never
+do), and (4) the script keeps: reads it (``.item()``, ``float()``,
 ``tolist()``, ``numpy()``, printing) or adds it to a value of another batch (``total += err``).
 Accuracy and counts go through a comparison or ``argmax`` (boolean or integer tensors) and are never
 followed; rounding ops end the chain too. Derived values stand for the number they come from
 through copies and views, and weighted by a whole count (``err * len(x)`` records ``err``); any
 other function of it is the number kept (``-mean``, ``mse.sqrt()``), so a loss written the same way in training and
 validation has the same units. A batch whose loss a torch loss function (or a framework's callback)
-recorded in the same evaluation pass is left to it. A value may still be a metric that is not a loss (a mean confidence, a
-norm of the outputs): the rules read it as the validation loss (``loss_fn`` "computed").
+recorded in the same evaluation pass is left to it. A pass with a negative value records none (a
+loss is not below zero: that is a log-likelihood the script negates in Python, after reading it).
+A value may still be a metric that is not a loss (a mean absolute error beside an MSE training
+loss): the rules read it as the validation loss (``loss_fn`` "computed").
 """
 
 from __future__ import annotations
@@ -108,7 +112,7 @@ class EvalLosses:
         self.batch = _Batch(train_mode)
         self.batches.append(self.batch)
         for t in seeds:
-            self._followed[t] = (self.batch, None)
+            self._followed[t] = (self.batch, None, False)
         if not self._pending:
             self._pending = True
             self.validation.pending = self.end
@@ -122,8 +126,11 @@ class EvalLosses:
             # A torch loss function or the framework (Lightning's logged val_loss, the HF Trainer's
             # eval_loss) recorded this pass's loss: theirs is the one.
             theirs = self.validation.batches != self._seen_before
-            for b in self.batches if not theirs else ():
-                if b.value is not None:
+            kept = [b for b in self.batches if b.value is not None] if not theirs else []
+            # A loss is not below zero: a negative number is the script's log-likelihood, negated
+            # in Python after it was read (``-logp.mean().item()``), so not in the loss's units.
+            if kept and torch.stack([b.value.float().reshape(()) for b in kept]).min().item() >= 0:
+                for b in kept:
                     self.validation.add_computed(b.value, b.train_mode)
         except Exception as exc:
             self.fail(exc)
@@ -146,11 +153,12 @@ class EvalLosses:
             if info is not None and info[1] is not None:
                 _keep(*info)
             return
-        current, earlier, loose = [], [], False
+        current, earlier, loose, target = [], [], False, False
         for t in _inputs(args, kwargs):
             info = followed.get(t)
             if info is None:
                 loose = loose or t.numel() == 1  # an accumulator of the script's own
+                target = target or t.numel() > 1  # what the output is compared with (labels, targets)
             elif info[0] is self.batch:
                 current.append(info)
             else:
@@ -164,8 +172,9 @@ class EvalLosses:
         name = getattr(func, "__name__", "")
         if earlier or name in STOPS:
             return
-        origins = {id(o): o for _, o in current if o is not None}
+        origins = {id(o): o for _, o, _ in current if o is not None}
         one = next(iter(origins.values())) if len(origins) == 1 else None
+        target = target or any(met for _, _, met in current)
         for r in _tensors(out):
             if not r.is_floating_point() or name.endswith("_") and r is args[0] and r in followed:
                 continue  # (an in-place op on a followed tensor keeps what it stood for)
@@ -175,7 +184,7 @@ class EvalLosses:
                 origin = one  # the same number (a copy, a view), or weighted by a count (a batch size)
             else:
                 origin = r  # a reduction of the output, a function of one number, or a sum of several
-            followed[r] = (self.batch, origin)
+            followed[r] = (self.batch, origin, target)
 
     # ------------------------------------------------------------------ the mode on torch's stack
 
@@ -200,8 +209,10 @@ class EvalLosses:
             torch._C._push_on_torch_function_stack(m)
 
 
-def _keep(batch: _Batch, origin: torch.Tensor) -> None:
-    if batch.value is None:
+def _keep(batch: _Batch, origin: torch.Tensor, target: bool) -> None:
+    # Only a number that compared the output with something else (the labels, the targets) is a
+    # loss: a generator's sample statistics, a mean confidence or an output norm are not.
+    if batch.value is None and target:
         batch.value = origin.detach()
 
 
