@@ -158,7 +158,10 @@ def run_fix(
             candidates = build(roots, max_candidates, _probe_facts(store, probe.report))
             if not roots:
                 session.verdict = (f"no fix needed: no medium or high finding in the first {steps} steps "
-                                   f"(a symptom that comes later needs a longer --steps)")
+                                   f"(a symptom that comes later needs a longer --steps)"
+                                   if _cut_by_window(probe, steps) else
+                                   f"no fix needed: no medium or high finding in the whole run "
+                                   f"({probe.report.run.steps} steps)")
             elif not candidates:
                 kinds = ", ".join(sorted({f.kind for f in roots}))
                 session.verdict = f"no candidate fix for the root findings ({kinds}) yet"
