@@ -44,6 +44,9 @@ PROFILE = {"profiling_config": {"warmup": 1, "iterations": 3}}  # the tools' tim
 
 # The probe trains a copy with its own loop: zero_grad, forward, loss, backward, step, every step, keeping nothing.
 LOOP = {
+    "lr_schedule_misuse__token_tagger_linear_decay":
+        "the loop steps the linear-decay scheduler every batch (and calls the loss on logits.view(-1, 12)); the "
+        "probe has no scheduler",
     "nan_or_inf__mlp_regression_warmup_to_high_lr":
         "the warm-up that passes the stable step size is the loop's scheduler; the probe steps at the optimizer's "
         "current lr (the warm-up's first, small one)",
@@ -98,6 +101,7 @@ NOT_CAPTURED = {
     "healthy__gru_trainer_ema": "model and optimizer live in a Trainer instance: 0 optimizers in the globals",
     "healthy__mlp_sigmoid_bce": "model, optimizer and loss live in a Trainer instance: 0 optimizers in the globals",
     **dict.fromkeys(["healthy__lightning_bce_with_logits", "healthy__lightning_tabular_classifier",
+                     "healthy__lightning_ddpm_points_cosine",
                      "loss_not_decreasing__lightning_adam_lr_far_too_high", "nan_or_inf__lightning_hand_written_bce",
                      "unchanged_weights__lightning_encoder_left_frozen"],
                     "Lightning: the LightningModule is made in the trainer.fit call and its optimizer by "
@@ -130,6 +134,13 @@ NEEDS_LOOP = {
         "the loop calls the loss on logits.view(-1, 3); the probe's loss(out [32, 24, 3], target [32, 24]) raises",
     "healthy__word_lstm_language_model":
         "forward(x, hidden) needs the hidden state the loop carries; the probe calls model(x), TypeError",
+    "healthy__house_prices_log_target":
+        "the loop calls the loss on model(x).squeeze(-1); the probe's MSELoss of [64, 1] against [64] broadcasts "
+        "(loss_shape_broadcast, loss_not_decreasing)",
+    "healthy__multitask_shared_trunk":
+        "the model returns two heads' outputs the loop scores with two losses; the probe's call raises (runtime_error)",
+    "healthy__token_tagger_padding_ignore_index":
+        "the loop calls the loss on logits.view(-1, 12); the probe's loss(out [32, T, 12], target [32, T]) raises",
 }
 # Open gaps, not asserted until fixed: what was measured.
 OPEN = {
@@ -138,6 +149,15 @@ OPEN = {
     "untracked_parameters__cnn_lazy_head_in_forward":
         "the head is rebuilt in every forward, so the capture cannot tie the loss to the model's output: no loss, "
         "the probe calls model(x, y) and reports runtime_error (TypeError)",
+    "loss_not_decreasing__char_gpt_adamw_tiny_lr":
+        "the GPT computes its loss inside forward(idx, targets) and the loop sets the lr every step: the probe "
+        "calls model(x), gets no loss and finds nothing",
+    "unchanged_weights__gru_seq2seq_encoder_state_detached":
+        "encoder and decoder are two top-level modules joined by the loop's decoding: the probe gets one, no "
+        "loss, and finds nothing",
+    "wrong_loss_input__multitask_probabilities_into_cross_entropy":
+        "the model returns two heads' outputs the loop scores with two losses; the probe's call raises "
+        "(runtime_error)",
     "healthy__mlp_batchnorm_dropout_blocks":
         "six Linear-BatchNorm-ReLU-Dropout(0.5) blocks: the probe's short run does not move the loss and reports "
         "labels_unrelated and loss_not_decreasing, high (false positive)",
