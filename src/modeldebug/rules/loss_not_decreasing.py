@@ -13,6 +13,7 @@ from modeldebug.rules.base import (
     Rule,
     adversarial,
     col,
+    current_lr,
     family,
     fix,
     flag,
@@ -24,6 +25,7 @@ from modeldebug.rules.base import (
     lower_lr,
     lr_is_high,
     lr_is_low,
+    optimizer_type,
     per_group_median,
     raise_lr,
 )
@@ -205,9 +207,12 @@ class LossNotDecreasing(Rule):
                     f"frequencies' {g(ref.baseline)}: the model did not learn even those, so its updates "
                     "hardly moved it.")
         if (ur_max is not None and ur_max < self.min_update_ratio) or lr_is_low(ev):
+            lr = current_lr(ev)
             note = (f"The largest update ratio |dW|/|W| of any parameter is {g(ur_max)}, below "
-                    f"{g(self.min_update_ratio)}: the weights barely move." if ur_max is not None
-                    else "The learning rate is very small.")
+                    f"{g(self.min_update_ratio)}: the weights barely move."
+                    if ur_max is not None and ur_max < self.min_update_ratio
+                    else f"The learning rate ({g(lr)}) is below the usual range for {optimizer_type(ev) or 'its optimizer'}."
+                    if lr is not None else "The learning rate is very small.")
             return ["learning_rate_too_low", "bad_weight_init", "wrong_loss_function"], note
         scale = np.nanmax(np.abs(np.concatenate([col(s, "input_mean"), col(s, "input_std")])), initial=0.0)
         if scale > 10:
