@@ -196,22 +196,27 @@ BY_KIND = {
 
 def build(roots: list[Finding], limit: int, probe: dict[str, Any] | None = None) -> list[Candidate]:
     """The candidates for ``roots`` (most severe first, as the stories are), each once, with the
-    kinds of every root it addresses; at most ``limit``, the first roots' first. ``probe``: what
-    the probe run saw (:func:`probe_facts`): its layer classes (the init scheme, ReLUs to make
-    leaky), its learning rate and the typical one of its optimizer."""
+    kinds of every root it addresses; at most ``limit``: those of every root's first cause and its
+    kind first, then those of the causes the rules list after (less likely), the first roots'
+    first. ``probe``: what the probe run saw (:func:`probe_facts`): its layer classes (the init
+    scheme, ReLUs to make leaky), its learning rate and the typical one of its optimizer."""
     facts = probe or {}
     found: dict[str, Candidate] = {}
-    for finding in roots:
-        makers = [m for cause in finding.causes for m in BY_CAUSE.get(cause, ())]
-        makers += BY_KIND.get(finding.kind, ())
-        for make in makers:
+    rank: dict[str, tuple[int, int]] = {}
+    for order, finding in enumerate(roots):
+        makers = [(0 if i == 0 else i + 1, m) for i, cause in enumerate(finding.causes)
+                  for m in BY_CAUSE.get(cause, ())]
+        makers += [(1, m) for m in BY_KIND.get(finding.kind, ())]
+        for priority, make in makers:
             candidate = make(finding, facts)
             if candidate is None:
                 continue
             kept = found.setdefault(candidate.key, candidate)
+            rank[candidate.key] = min(rank.get(candidate.key, (priority, order)), (priority, order))
             if finding.kind not in kept.addresses:
                 kept.addresses.append(finding.kind)
-    return list(found.values())[:max(0, limit)]
+    ordered = sorted(found, key=lambda key: rank[key])  # (stable: a maker's order kept within a rank)
+    return [found[key] for key in ordered][:max(0, limit)]
 
 
 def probe_facts(evidence: Any) -> dict[str, Any]:
