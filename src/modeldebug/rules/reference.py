@@ -2,8 +2,8 @@
 reference, not against the run's own (possibly blown-up) start.
 
 The trivial predictor ignores the input: for cross-entropy / NLL it predicts the label frequencies
-(its loss is the entropy of the label histogram, ``class_counts``; with label smoothing the
-smoothed one), for the regression losses and binary cross-entropy one constant per output, from
+(its loss is the entropy of the label histogram, ``class_counts``, with the Miller-Madow
+correction for the classes seen; with label smoothing the smoothed one), for the regression losses and binary cross-entropy one constant per output, from
 the targets sampled at the loss call (``events.loss_targets``, collect/loss_calls.py).
 
 The reference applies only when the run's training loss *is* one loss function's output: one loss
@@ -183,7 +183,10 @@ def _baseline(ev: Evidence, call: LossCall) -> tuple[float, str] | None:
         if eps > 0 and call.name == "cross_entropy" and classes >= len(counts):
             q = np.concatenate([p, np.zeros(classes - len(counts))]) * (1 - eps) + eps / classes
             return float(-(q * np.log(q)).sum()), "predicting the (smoothed) label frequencies"
-        return float(-(p * np.log(p)).sum()), "predicting the label frequencies"
+        # Miller-Madow: the histogram's entropy falls short of the labels' by about (K - 1) / 2N, which
+        # matters with many classes (a vocabulary) seen over few sampled targets.
+        bias = (len(counts) - 1) / (2 * counts.sum())
+        return float(-(p * np.log(p)).sum() + bias), "predicting the label frequencies"
     targets = [t for t in ev.events_of(LossTargets) if t.name == call.name and t.baseline is not None]
     if not targets:
         return None
