@@ -82,6 +82,8 @@ def test_mode_scheduler_leaky_and_a_higher_rate_need_their_evidence():
     assert build([too_low], 8)[0].spec == {"kind": "lr_scale", "factor": 10.0}
     assert build([too_low], 8, {"lr": 1e-7, "typical_lr": 1e-3})[0].spec["factor"] == 10000.0  # back to the usual
     assert build([_finding("loss_not_decreasing", ["wrong_loss_function", "learning_rate_too_low"])], 8) == []
+    # nor when the rate is low because a schedule collapsed it: the schedule is fixed instead
+    assert _kinds(build([per_batch, too_low], 8)) == ["scheduler_per_epoch"]
 
 
 # ---------------------------------------------------------------- applied in real fault scripts

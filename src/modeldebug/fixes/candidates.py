@@ -215,6 +215,9 @@ def build(roots: list[Finding], limit: int, probe: dict[str, Any] | None = None)
             rank[candidate.key] = min(rank.get(candidate.key, (priority, order)), (priority, order))
             if finding.kind not in kept.addresses:
                 kept.addresses.append(finding.kind)
+    if any("scheduler_misuse" in f.causes for f in roots):
+        # a rate too low because the schedule collapsed it is the schedule's doing: not raised
+        found = {k: c for k, c in found.items() if not (c.spec["kind"] == "lr_scale" and c.spec["factor"] > 1)}
     ordered = sorted(found, key=lambda key: rank[key])  # (stable: a maker's order kept within a rank)
     return [found[key] for key in ordered][:max(0, limit)]
 

@@ -10,7 +10,7 @@ the candidate off and the script runs on).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -81,25 +81,27 @@ class TopLevel:
 
 def standardize_inputs() -> Callable:
     """(x - mean) / std of the model's first floating input, with the per-feature statistics of
-    the first batch it sees (per channel for images, per last dim for sequences), on every call
-    after it (validation included: one transform for all the data)."""
-    stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    the first batch it sees (per channel for images, per last dim for sequences), on every top-level
+    call whose input has that batch's per-sample shape (validation included: one transform for all
+    the data; a model called in parts gets only the data standardised, not its hidden values)."""
+    stats: list[tuple[torch.Size, torch.Tensor, torch.Tensor]] = []
 
     def pre(module, args):
         if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
             return None
         x = args[0]
-        if x.dim() < 2 or x.shape[0] < 2:
+        if x.dim() < 2:
             return None
-        key = id(module)
-        if key not in stats:
-            dims = (0, *range(2, x.dim())) if x.dim() == 4 or x.dim() == 5 else tuple(range(x.dim() - 1))
+        if not stats:
+            if x.shape[0] < 2:
+                return None
+            dims = (0, *range(2, x.dim())) if x.dim() in (4, 5) else tuple(range(x.dim() - 1))
             with torch.no_grad():
                 mean = x.detach().mean(dims, keepdim=True)
                 std = x.detach().std(dims, keepdim=True).clamp_min(STD_FLOOR)
-            stats[key] = (mean, std)
-        mean, std = stats[key]
-        if mean.dim() != x.dim() or any(m != 1 and m != s for m, s in zip(mean.shape, x.shape)):
+            stats.append((x.shape[1:], mean, std))
+        shape, mean, std = stats[0]
+        if x.shape[1:] != shape:
             return None
         return ((x - mean) / std, *args[1:])
 
@@ -243,8 +245,11 @@ def stable_ops(ops: list[str], eps: float) -> None:
 def _clamped(original: Callable, eps: float) -> Callable:
     @functools.wraps(original)
     def op(x, *args, **kwargs):
-        if isinstance(x, torch.Tensor) and x.is_floating_point():
-            x = x.clamp_min(eps)
+        try:
+            if isinstance(x, torch.Tensor) and x.is_floating_point():
+                x = x.clamp_min(eps)
+        except Exception:  # (never into the user's code: the op as the script wrote it)
+            pass
         return original(x, *args, **kwargs)
 
     return op
@@ -253,8 +258,11 @@ def _clamped(original: Callable, eps: float) -> Callable:
 def _safe_divisor(original: Callable, eps: float) -> Callable:
     @functools.wraps(original)
     def op(a, b, *args, **kwargs):
-        if isinstance(b, torch.Tensor) and b.is_floating_point():
-            b = torch.where(b.abs() < eps, torch.full_like(b, eps) * torch.where(b < 0, -1.0, 1.0), b)
+        try:
+            if isinstance(b, torch.Tensor) and b.is_floating_point():
+                b = torch.where(b.abs() < eps, torch.full_like(b, eps) * torch.where(b < 0, -1.0, 1.0), b)
+        except Exception:  # (never into the user's code: the op as the script wrote it)
+            pass
         return original(a, b, *args, **kwargs)
 
     return op
@@ -327,9 +335,13 @@ def clip_after_backward(guard: Callable[[Callable], Callable]) -> None:
             if backward_since[0]:
                 return original(parameters, *args, **kwargs)
             params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
+            try:
+                grads = [p.grad.detach().flatten().to(torch.float32).cpu() for p in params if p.grad is not None]
+                norm = torch.cat(grads).norm() if grads else torch.zeros(())
+            except Exception:  # (never into the user's code: the call made where the script made it)
+                return original(params, *args, **kwargs)
             held.append((original, params, args, kwargs))
-            grads = [p.grad.detach().flatten() for p in params if p.grad is not None]
-            return torch.cat(grads).norm() if grads else torch.zeros(())
+            return norm
 
         return clip
 
