@@ -120,12 +120,13 @@ def test_stop_on_never_stops_a_healthy_run_nor_one_with_other_kinds(tmp_path):
 
 
 def test_the_final_report_is_the_post_run_diagnosis_of_the_same_evidence(tmp_path):
-    proc, live = run(tmp_path, "--alerts", str(tmp_path / "a.jsonl"), env={"STEPS": "120"})
+    # (--every: the same steps sampled in both runs; the adaptive schedule follows the machine's load)
+    proc, live = run(tmp_path, "--every", "5", "--alerts", str(tmp_path / "a.jsonl"), env={"STEPS": "120"})
     again = subprocess.run([sys.executable, "-m", "modeldebug", "report", live["run"]["id"], "--store",
                             str(tmp_path / "runs.db"), "--reanalyze", "--json", "-"], capture_output=True, text=True,
                            timeout=120, cwd=tmp_path)
     assert json.loads(again.stdout)["findings"] == live["findings"]
-    proc, plain = run(tmp_path, env={"STEPS": "120"})  # and without live diagnosis: the same findings
+    proc, plain = run(tmp_path, "--every", "5", env={"STEPS": "120"})  # without live diagnosis: the same findings
     strip = lambda r: [(f["kind"], f["severity"], f["location"], f["step"]) for f in r["findings"]]  # noqa: E731
     assert strip(plain) == strip(live)
 
@@ -249,3 +250,18 @@ def test_the_run_store_has_the_models_and_optimizers_while_the_run_goes_on(tmp_p
             if step == 25:
                 dbg.store.flush()
                 assert seen(dbg.run_id) == (["SGD", "SGD"], ["Linear", "Linear2"])
+
+
+def test_an_acute_only_pass_alerts_a_nan_and_leaves_the_other_findings_to_the_whole_pass(tmp_path):
+    from modeldebug.live_diagnosis import ACUTE_KINDS, _acute_rules
+
+    kinds = {cls.kind for cls in _acute_rules()}
+    assert "nan_or_inf" in kinds and kinds <= ACUTE_KINDS
+    live = LiveDiagnosis("r", tmp_path / "runs.db")
+    live.steps_seen = 20
+    slow, nan = finding("slow_operation"), finding("nan_or_inf", "high")
+    assert live._raise([slow]) == []
+    live.steps_seen = 30
+    assert [f.kind for _, f in live._raise([nan], partial=True)] == ["nan_or_inf"]
+    live.steps_seen = 30
+    assert [f.kind for _, f in live._raise([slow, nan])] == ["slow_operation"]  # held since 20: 30 >= 1.5 x 20

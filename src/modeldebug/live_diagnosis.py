@@ -161,8 +161,10 @@ class LiveDiagnosis:
 
     # ------------------------------------------------------------------ one pass
 
-    def poll(self) -> list[tuple[str, "Finding"]]:
-        """Diagnose the evidence so far once; the alerts it raised (``new``/``changed``, finding)."""
+    def poll(self, acute_only: bool = False) -> list[tuple[str, "Finding"]]:
+        """Diagnose the evidence so far once; the alerts it raised (``new``/``changed``, finding).
+        ``acute_only``: only the rules of ACUTE_KINDS (a NaN has appeared and a run may be stopped on
+        it: they take a fraction of a whole pass); the whole pass follows."""
         from modeldebug.analysis import find_checked
         from modeldebug.errors import DebuggingError
         from modeldebug.project_config import apply_suppressions
@@ -178,20 +180,25 @@ class LiveDiagnosis:
         self.steps_seen = len(evidence.steps)
         if not self.steps_seen:
             return []
-        findings, _ = find_checked(evidence, None, self.options)
+        findings, _ = find_checked(evidence, _acute_rules() if acute_only else None, self.options)
         if self.suppressions:
             findings = apply_suppressions(Report(run=evidence.run, findings=findings), self.suppressions).findings
+        if acute_only:
+            self.seconds += time.monotonic() - started
+            return self._raise([f for f in findings if f.kind in ACUTE_KINDS], partial=True)
         self.findings = findings
         self.passes += 1
         self.seconds += time.monotonic() - started
         return self._raise(findings)
 
-    def _raise(self, findings: list["Finding"], final: bool = False) -> list[tuple[str, "Finding"]]:
+    def _raise(self, findings: list["Finding"], final: bool = False,
+               partial: bool = False) -> list[tuple[str, "Finding"]]:
         raised = []
-        held, self._held = self._held, {}
-        for f in findings:
-            severity, since = held.get(key(f), (None, 0))
-            self._held[key(f)] = (f.severity, since if severity == f.severity else self.steps_seen)
+        if not partial:  # (an acute-only pass says nothing of the other findings)
+            held, self._held = self._held, {}
+            for f in findings:
+                severity, since = held.get(key(f), (None, 0))
+                self._held[key(f)] = (f.severity, since if severity == f.severity else self.steps_seen)
         for f in findings:
             if f.suppressed:
                 continue
@@ -229,12 +236,15 @@ class LiveDiagnosis:
         self._alerts.write(json.dumps(line) + "\n")
         self._alerts.flush()  # for tail -f and log shippers: each line as it happens
 
-    def finish(self, findings: list["Finding"]) -> None:
+    def finish(self, findings: list["Finding"], steps: int | None = None) -> None:
         """The diagnosis at the end: what it found that no pass raised yet is alerted now (no pass of
-        its own: the final report's findings are the same code's on all the evidence)."""
+        its own: the final report's findings are the same code's on all the evidence), with the
+        run's ``steps`` as the steps seen."""
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
+        if steps is not None:
+            self.steps_seen = steps
         self.findings = list(findings)
         self.stop_on = None  # the run is over: nothing left to stop
         self._raise(self.findings, final=True)
@@ -253,6 +263,8 @@ class LiveDiagnosis:
                 if bad is None and time.monotonic() < next_pass:
                     continue
                 started = time.monotonic()
+                if bad is not None and self.stop_on is not None and self.stopped_by is None:
+                    self.poll(acute_only=True)  # to stop on a NaN at once, before the whole pass
                 self.poll()
                 if bad is not None:
                     seen_bad = bad
@@ -272,6 +284,12 @@ class LiveDiagnosis:
                 return store.nonfinite_after(self.run_id, step)
         except Exception:  # not there yet, or busy: the next pass will tell
             return None
+
+
+def _acute_rules() -> list:
+    from modeldebug.rules import registry
+
+    return [cls for cls in registry().values() if cls.kind in ACUTE_KINDS]
 
 
 def attach(dbg, *, on_finding=None, stop_on=None, alerts=None, budget: float = BUDGET) -> LiveDiagnosis:

@@ -223,7 +223,7 @@ def run_script(
     finally:
         signals.restore()
     if watcher is not None:
-        watcher.finish(diagnosis.report.findings)  # what the passes missed is alerted now
+        watcher.finish(diagnosis.report.findings, steps=diagnosis.report.run.steps)  # what the passes missed, now
     return RunResult(report=diagnosis.report, exit_code=code, written=diagnosis.written, signal=signals.received,
                      stopped=stopped_by is not None)
 

@@ -54,6 +54,9 @@ LOOP = {
         "the clip before scaler.unscale_ is in the loop; the probe steps the optimizer itself, with no GradScaler",
     "nan_or_inf__amp_fp16_price_regression":
         "the fp16 overflow needs the loop's autocast and GradScaler; the probe trains in float32",
+    "grad_scaler_misuse__amp_sgd_sales_forecast":
+        "the bypassed scaler.step is the loop's; the probe steps the optimizer itself with no GradScaler, so it "
+        "sees the scaled loss's consequence (nan_or_inf) and not the misuse",
     "loss_not_decreasing__accelerate_intent_classifier_adamw_warmup":
         "the warm-up schedule that reaches lr 1.0 is the loop's; the probe steps at the optimizer's current lr "
         "(the warm-up's first, small one)",
