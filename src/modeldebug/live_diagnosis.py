@@ -309,9 +309,13 @@ def attach(dbg, *, on_finding=None, stop_on=None, alerts=None, budget: float = B
         found = live.stopped_by
         if found is not None and not live.raised:
             live.raised = True
-            raise StopTraining(found)
+            live.stop_action(found)
+
+    def raise_stop(found):
+        raise StopTraining(found)
 
     live.raised = False
+    live.stop_action = raise_stop  # (a framework's callback ends its loop instead: integrations.stop_softly)
     live.handle = register_optimizer_step_pre_hook(stop_here) if live.stop_on is not None else None
     return live.start()
 

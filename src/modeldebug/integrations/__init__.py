@@ -42,16 +42,11 @@ def stop_softly(dbg: Any, stop: Callable[[Any], Any]) -> None:
     live = getattr(dbg, "live", None)
     if live is None or getattr(live, "handle", None) is None:
         return
-    from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-    def stop_here(optimizer, args, kwargs):
-        found = live.stopped_by
-        if found is not None and not live.raised:
-            live.raised = True
-            try:
-                stop(found)
-            except Exception:  # noqa: BLE001 - the user's training goes on without us
-                log.debug("modeldebug could not stop the training loop", exc_info=True)
+    def stop_loop(found):
+        try:
+            stop(found)
+        except Exception:  # noqa: BLE001 - the user's training goes on without us
+            log.debug("modeldebug could not stop the training loop", exc_info=True)
 
-    live.handle.remove()
-    live.handle = register_optimizer_step_pre_hook(stop_here)  # (detach removes it)
+    live.stop_action = stop_loop
