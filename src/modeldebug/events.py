@@ -184,6 +184,9 @@ class ScaledOptimizerSteps(Event):
     grad_norm: float | None = None  # the first one's gradient norm, unscaled (the applied one is x scale)
 
 
+CLASS_LOSSES = frozenset({"cross_entropy", "nll_loss"})  # losses of class ids (or class probabilities)
+
+
 @dataclass
 class LossCall(Event):
     """A training call of a torch loss function with shapes not seen before (host-side, once each;

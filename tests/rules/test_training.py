@@ -9,6 +9,7 @@ import pytest
 from builders import build, healthy_columns
 
 from modeldebug.config import AlertThresholds, DebuggingConfig
+from modeldebug.events import LossCall
 from modeldebug.evidence import Evidence, LayerInfo, OptimizerInfo, ParamInfo
 from modeldebug.rules.data_issue import DataIssue
 from modeldebug.rules.gradient_accumulation import GradientAccumulation
@@ -351,3 +352,20 @@ def test_labels(counts, severity, weights):
         assert found[0].causes == ["label_problem"]
     if weights:
         assert weights in found[0].recommendations[0].implementation
+
+
+def test_a_rare_class_seen_a_few_times_is_not_called_imbalanced():
+    # 150:1 read off two samples of the rare class: a 45:1 split sampled on a few steps reads so by
+    # chance; its count's upper bound (6.3) gives 48:1, short of the 100:1 the rule asks.
+    assert DataIssue().check(build(healthy_columns(), class_counts={0: 300, 1: 2})) == []
+
+
+def test_imbalance_behind_a_class_weighted_loss_is_handled():
+    counts = {0: 2000, 1: 10}
+    def calls(**options):
+        call = LossCall(name="cross_entropy", input_shape=[32, 2], target_shape=[32], options=options)
+        return [{"step": 0, "type": call.tag, "data": call.to_data()}]
+
+    weighted, plain = calls(weighted=True), calls()
+    assert DataIssue().check(build(healthy_columns(), class_counts=counts, events=weighted)) == []
+    assert [f.severity for f in DataIssue().check(build(healthy_columns(), class_counts=counts, events=plain))] == ["medium"]

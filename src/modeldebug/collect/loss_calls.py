@@ -21,13 +21,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from modeldebug.events import LossCall, LossTargets
+from modeldebug.events import CLASS_LOSSES, LossCall, LossTargets
 
 if TYPE_CHECKING:
     from modeldebug.collect.steps import Step
     from modeldebug.collect.writer import Writer
 
-CLASS_LOSSES = frozenset({"cross_entropy", "nll_loss"})
 # Losses that compare input and target element by element (and broadcast them when shapes differ).
 ELEMENTWISE = frozenset({"mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "binary_cross_entropy",
                          "binary_cross_entropy_with_logits", "kl_div", "poisson_nll_loss", "soft_margin_loss"})

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from modeldebug.events import CLASS_LOSSES
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
 from modeldebug.rules.base import (
@@ -20,6 +21,7 @@ from modeldebug.rules.base import (
     impact_severity,
     loss_trend,
 )
+from modeldebug.rules.reference import loss_calls
 from modeldebug.types import Finding
 
 _TOKEN_INPUT = {"Embedding", "EmbeddingBag"}  # integer ids: their mean/std say nothing about scaling
@@ -40,9 +42,14 @@ class DataIssue(Rule):
       (0-255) and raw physical units exceed). Low while the loss improves, medium otherwise.
       Skipped when the first layer is an Embedding (token ids).
     - one label class only: high; majority/minority count ratio >= ``max_imbalance`` = 100:
-      medium (label_problem), except for a language model's targets: token inputs (an Embedding
-      layer) and at least ``zipf_min_classes`` = 50 classes whose log count falls linearly with
-      log rank (correlation <= -0.9, slope in [-2.5, -0.5]; Zipf's law, exponent ~1 for words).
+      medium (label_problem). The counts come from sampled steps, so a rare class's count is small
+      and noisy: the ratio must hold against the one-sided 95% Poisson upper bound of the minority
+      count (a 45:1 split sampled on a few steps reads 100:1 by chance). Not raised when a
+      class loss is weighted (``CrossEntropyLoss(weight=...)``: the imbalance is handled; a
+      WeightedRandomSampler shows balanced counts and needs no exception), nor for a language
+      model's targets: token inputs (an Embedding layer) and at least ``zipf_min_classes`` = 50
+      classes whose log count falls linearly with log rank (correlation <= -0.9, slope in
+      [-2.5, -0.5]; Zipf's law, exponent ~1 for words).
     Recommends: filtering bad samples, standardization with the numbers seen, class weights
     computed from the counts.
     """
@@ -51,7 +58,7 @@ class DataIssue(Rule):
     kind = "data_issue"
     reads = ("steps.input_nonfinite", "steps.input_mean", "steps.input_std", "steps.input_min",
              "steps.input_max", "class_counts", "layers", "steps.loss",
-             "steps.loss_nonfinite") + REFERENCE_READS  # severity by harm
+             "steps.loss_nonfinite", "events.loss_call") + REFERENCE_READS  # severity by harm
     max_scale: float = 10.0
     min_std: float = 1e-3
     max_imbalance: float = 100.0
@@ -145,7 +152,9 @@ class DataIssue(Rule):
                                      "broadcast), and shuffle the data.", "print(torch.bincount(y))")],
             )]
         ratio = max(counts.values()) / min(counts.values())
-        if ratio < self.max_imbalance or self._token_targets(ev, counts):
+        surely = max(counts.values()) / poisson_upper(min(counts.values()))
+        weighted = any(c.name in CLASS_LOSSES and c.options.get("weighted") for c in loss_calls(ev))
+        if surely < self.max_imbalance or weighted or self._token_targets(ev, counts):
             return []
         # CrossEntropyLoss(weight=...) is indexed by class id: one entry per id up to the largest.
         weights = [round(total / (len(counts) * counts[c]), 3) if c in counts else 1.0
@@ -165,3 +174,10 @@ class DataIssue(Rule):
                     "WeightedRandomSampler(weights=1.0 / counts[y], num_samples=len(y))"),
             ],
         )]
+
+
+def poisson_upper(n: int) -> float:
+    """One-sided 95% upper bound of a Poisson mean whose count came out ``n`` (Wilson-Hilferty's
+    cube-root approximation of the exact chi-square bound; within 1% for n >= 1)."""
+    k = n + 1
+    return k * (1 - 1 / (9 * k) + 1.645 / (3 * k ** 0.5)) ** 3

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from modeldebug.events import LossCall, LossTargets
+from modeldebug.events import CLASS_LOSSES, LossCall, LossTargets
 from modeldebug.evidence import Evidence
 
 # Rules reading the reference declare these reads.
@@ -164,7 +164,7 @@ def _rolling_median(x: np.ndarray, k: int) -> np.ndarray:
 
 def _classes(ev: Evidence, call: LossCall) -> int | None:
     """The classes a cross-entropy / NLL input scores (its dim 1), else the classes seen."""
-    if call.name not in ("cross_entropy", "nll_loss"):
+    if call.name not in CLASS_LOSSES:
         return None
     seen = sum(1 for v in ev.class_counts.values() if v > 0)
     shape = call.input_shape or []
@@ -173,7 +173,7 @@ def _classes(ev: Evidence, call: LossCall) -> int | None:
 
 
 def _baseline(ev: Evidence, call: LossCall) -> tuple[float, str] | None:
-    if call.name in ("cross_entropy", "nll_loss"):
+    if call.name in CLASS_LOSSES:
         counts = np.array([v for v in ev.class_counts.values() if v > 0], dtype=float)
         if len(counts) < 2:
             return None
