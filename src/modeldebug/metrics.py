@@ -341,7 +341,7 @@ class Latency(Strict):
 class OpTime(Strict):
     op_type: str
     nodes: int
-    mean_us: float
+    mean_us: float = Field(description="Per run: the sum over its nodes of each node's median time over the runs.")
     share: float
 
 
@@ -349,7 +349,7 @@ class NodeTime(Strict):
     node: str
     op_type: str
     provider: str | None = None
-    mean_us: float
+    mean_us: float = Field(description="Per run: the node's median time over the runs (robust to one preempted run).")
     share: float
 
 

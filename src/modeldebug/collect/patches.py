@@ -43,7 +43,10 @@ LOSS_FUNCTIONS = (
     "triplet_margin_loss",
     "ctc_loss",
 )
-CLIP_FUNCTIONS = ("clip_grad_norm_", "clip_grad_value_")
+# name -> what it does. clip_grads_with_norm_(params, max_norm, total_norm) is the second half of
+# clip_grad_norm_, which accelerate >= 1.16 (and so the HF Trainer) calls after its own total norm.
+CLIP_FUNCTIONS = {"clip_grad_norm_": "clip_grad_norm_", "clip_grad_value_": "clip_grad_value_",
+                  "clip_grads_with_norm_": "clip_grad_norm_"}
 
 
 class Listener(Protocol):
@@ -96,9 +99,9 @@ def _install() -> None:
         if hasattr(F, name):
             _replace(F, name, functools.partial(_wrap_loss, name))
     for owner in (torch.nn.utils, torch.nn.utils.clip_grad):
-        for name in CLIP_FUNCTIONS:
+        for name, does in CLIP_FUNCTIONS.items():
             if hasattr(owner, name):
-                _replace(owner, name, functools.partial(_wrap_clip, name))
+                _replace(owner, name, functools.partial(_wrap_clip, does))
     # Schedulers that override step() are patched too; re-entrant calls (a SequentialLR's) count once.
     for cls in {lr_scheduler.LRScheduler, lr_scheduler.ReduceLROnPlateau, lr_scheduler.CosineAnnealingWarmRestarts}:
         if "step" in vars(cls):

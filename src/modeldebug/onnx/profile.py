@@ -144,16 +144,21 @@ def _node_events_by_run(events: list[dict[str, Any]]) -> list[list[dict[str, Any
 
 
 def _summarize(runs: list[list[dict[str, Any]]], latencies: list[float], top: int) -> dict[str, Any]:
+    # A node's time per run is its median over the runs: one run the OS preempted in a small node
+    # would otherwise make that node look dominant (seen on a loaded 2-core machine).
     per_node: dict[str, dict[str, Any]] = {}
-    for run in runs:
+    n = max(len(runs), 1)
+    for i, run in enumerate(runs):
         for ev in run:
             name = ev["name"][: -len("_kernel_time")]
             args = ev.get("args", {})
             entry = per_node.setdefault(
-                name, {"node": name, "op_type": args.get("op_name", "?"), "provider": args.get("provider"), "total_us": 0}
+                name, {"node": name, "op_type": args.get("op_name", "?"), "provider": args.get("provider"),
+                       "runs": [0] * n}
             )
-            entry["total_us"] += int(ev.get("dur", 0))
-    n = max(len(runs), 1)
+            entry["runs"][i] += int(ev.get("dur", 0))
+    for e in per_node.values():
+        e["total_us"] = float(statistics.median(e.pop("runs"))) * n
     node_total = sum(e["total_us"] for e in per_node.values()) or 1
     nodes = sorted(per_node.values(), key=lambda e: -e["total_us"])
     for e in nodes:
