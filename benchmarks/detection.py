@@ -4,7 +4,7 @@ For each planted kind: how many of its broken scripts were found with that kind 
 medium or high, or at any severity with --any-severity), how often the first cause named is the
 planted one; for the healthy scripts: false alarms (findings of severity medium or high).
 
-    python benchmarks/detection.py [--jobs 2] [--json out.json] [--only PATTERN] [--pending | --all]
+    python benchmarks/detection.py [--jobs 2] [--json out.json] [--workdir DIR] [--only PATTERN] [--pending | --all]
 
 --pending scores the staged scripts of tests/faults/pending/ instead of tests/faults/, --all both;
 either adds one line per script with what was found. The same harness (tests/faults/ only) backs
@@ -167,6 +167,7 @@ class Runner:
 
     def __init__(self, selected: list[Case], jobs: int = 2, workdir: Path | None = None, run_args=None):
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="modeldebug-detection-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.run_args = run_args  # case -> more `modeldebug run` options (benchmarks/live.py: --alerts, --stop-on)
         self.cases = [c for c in selected if available(c)]
         self.factor = slowdown()
@@ -360,6 +361,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--only", help="regex on script names")
     parser.add_argument("--json", help="write per-script results here")
+    parser.add_argument("--workdir", help="keep each script's report and run store here (default: a temporary folder)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--pending", action="store_true", help="score tests/faults/pending/ instead of tests/faults/")
     which.add_argument("--all", action="store_true", help="score tests/faults/ and tests/faults/pending/")
@@ -367,7 +369,7 @@ def main() -> int:
     started = time.perf_counter()
     folders = (PENDING,) if args.pending else (FAULTS, PENDING) if args.all else (FAULTS,)
     selected = cases(args.only, folders)
-    results = run_all(selected, jobs=args.jobs)
+    results = run_all(selected, jobs=args.jobs, workdir=Path(args.workdir) if args.workdir else None)
     s = score(results)
     print(table(results, s))
     if args.pending or args.all:

@@ -1,6 +1,6 @@
 """accelerate 1.x on the CPU, the real library: watch_accelerator and zero-code `modeldebug run`.
 
-A healthy run stays quiet, a learning rate 1000x too high with AdamW and warm-up is found, steps
+A healthy run stays quiet, a learning rate 3000x too high with AdamW and warm-up is found, steps
 under ``accelerator.accumulate`` are the applied optimizer steps with the user's loss (not loss/K),
 gradient norms are taken before ``accelerator.clip_grad_norm_``, bf16 autocast works, and under
 ``modeldebug run`` a script that also calls watch_accelerator is watched once.
@@ -77,7 +77,7 @@ def _run(tmp_path, lr=1e-3, epochs=2, accumulate=1, clip=None, mixed_precision="
     return watch, steps, seen
 
 
-def test_healthy_run_is_quiet_and_lr_1000x_too_high_is_found(tmp_path):
+def test_healthy_run_is_quiet_and_lr_3000x_too_high_is_found(tmp_path):
     # (over two batches a step: each step calls the loss twice, one plain call per micro-batch)
     watch, steps, _ = _run(tmp_path / "healthy", epochs=4, accumulate=2)
     assert len(steps) == 64 and watch.report is not None
@@ -85,7 +85,9 @@ def test_healthy_run_is_quiet_and_lr_1000x_too_high_is_found(tmp_path):
         [(f.kind, f.message) for f in watch.report.findings]
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    watch, _, _ = _run(tmp_path / "high", lr=1.0, epochs=4, accumulate=2)
+    # (at lr 1.0 this run ended within 5% of the label-frequency loss on CI and 6% below it on a dev
+    # machine: on the line the reference draws. At 3.0 it ends at the reference)
+    watch, _, _ = _run(tmp_path / "high", lr=3.0, epochs=4, accumulate=2)
     serious = [f for f in watch.report.findings if f.severity in SERIOUS]
     assert serious, [(f.kind, f.message) for f in watch.report.findings]
     assert serious[0].causes[0] == "learning_rate_too_high", [(f.kind, f.causes) for f in serious]
@@ -187,7 +189,7 @@ def test_findings_reach_the_accelerators_trackers(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    watch, _, _ = _run(tmp_path, lr=1.0, epochs=2, log_with="tensorboard")
+    watch, _, _ = _run(tmp_path, lr=3.0, epochs=2, log_with="tensorboard")
     assert watch.report.findings
     (events,) = {p.parent for p in (tmp_path / "logs").rglob("events.out.tfevents.*")}
     acc = EventAccumulator(str(events), size_guidance={"scalars": 0, "tensors": 0})
