@@ -39,7 +39,7 @@ RIGHT = {
     "wrong_module_mode": {"module_mode"},
     "scheduler_misuse": {"scheduler_per_epoch"},
     "weight_decay_too_high": {"weight_decay_scale"},
-    "clipping_misplaced": {"clip_after_backward"},
+    "clipping_misplaced": {"clip_after_backward", "unscale_before_clip"},
 }
 RIGHT_FOR_KIND = {"exploding_gradient": {"clip_grad_norm"}, "loss_spike": {"clip_grad_norm"},
                   "dead_relu": {"leaky_relu"}}

@@ -150,3 +150,55 @@ def test_a_clip_called_before_backward_is_made_after_it(tmp_path):
     found, probe = _judged(tmp_path, "clip_before_backward__mlp_price_regression", 100, candidate)
     assert "clip_before_backward" in probe.kinds()
     assert found.verified and found.findings_after == [], found
+
+
+def test_a_clip_of_still_scaled_gradients_is_preceded_by_unscale(tmp_path):
+    finding = _finding("clip_before_backward", ["clipping_misplaced"],
+                       evidence={"function": "clip_grad_norm_", "clips_scaled": 40})
+    (candidate,) = build([finding], 8)
+    assert candidate.spec == {"kind": "unscale_before_clip", "function": "clip_grad_norm_"}
+    found, probe = _judged(tmp_path, "clip_before_backward__amp_sgd_clip_scaled_gradients", 120, candidate)
+    assert "clip_before_backward" in probe.kinds()
+    assert found.verified and "clip_before_backward" not in found.findings_after, found
+    # the same mechanism leaves a script that clips unscaled gradients as it was
+    healthy, _ = _judged(tmp_path, "healthy__amp_sgd_clip_scaled_gradients", 60, _for("clip_before_backward", candidate))
+    assert not healthy.verified, healthy
+
+
+def test_a_mitigation_verified_beside_a_fix_of_the_cause_is_not_the_fix():
+    from modeldebug.types import Fix
+
+    lower, clip, leaky = candidates.lr_scale(0.1), candidates.clip_grad_norm(), candidates.leaky_relu(None)
+    assert clip.mitigation and leaky.mitigation and not lower.mitigation
+
+    def tried(c, verified, addresses):
+        return Fix(addresses=addresses, change=c.change, verified=verified, reason="loss 3 -> 1")
+
+    fixes = [tried(lower, True, ["exploding_gradient"]), tried(clip, True, ["exploding_gradient"]),
+             tried(leaky, True, ["dead_relu"])]
+    verify._mitigations_second(fixes, [lower, clip, leaky])
+    assert [f.verified for f in fixes] == [True, False, True]  # LeakyReLU's finding has no other fix
+    assert "treats the symptom" in fixes[1].reason and lower.change in fixes[1].reason
+    # with the cause's fix rejected, clipping stays the verified one
+    fixes = [tried(lower, False, ["exploding_gradient"]), tried(clip, True, ["exploding_gradient"])]
+    verify._mitigations_second(fixes, [lower, clip])
+    assert [f.verified for f in fixes] == [False, True]
+
+
+def test_a_fix_that_changes_the_step_size_is_retried_with_the_rate_retuned_for_it(tmp_path):
+    raw = _finding("data_issue", ["unnormalized_inputs"])
+    assert build([raw], 8, {"input_std": 74.0})[0].retune_lr == 10.0  # pixels 0-255 brought to scale 1
+    assert build([raw], 8, {"input_std": 0.003})[0].retune_lr == 0.1
+    assert build([raw], 8)[0].retune_lr is None  # (no input seen: nothing to retune by)
+    assert candidates.retuned(candidates.lr_scale(0.1)) is None
+    zero = candidates.zero_grad()
+    again = candidates.retuned(zero)
+    assert again.spec == {"kind": "zero_grad", "lr_factor": 10.0} and again.retune_lr is None
+    assert again.change.startswith(zero.change) and "learning rate x10" in again.change
+    # gradients summed over all steps at SGD lr 0.01 fall faster than zeroed ones at the same rate
+    # within this 300-step script; zeroed at the rate retuned for them they fall further
+    plain, probe = _judged(tmp_path, "gradient_accumulation__mlp_no_zero_grad", 300, _for("gradient_accumulation", zero))
+    assert not plain.verified and plain.reason.startswith(verify.NOT_LOWER), plain
+    found, _ = _judged(tmp_path, "gradient_accumulation__mlp_no_zero_grad", 300,
+                       _for("gradient_accumulation", again), probe)
+    assert found.verified and found.loss_after < plain.loss_before, found

@@ -255,3 +255,27 @@ def test_a_per_epoch_scheduler_stepped_every_batch_moves_out_of_the_batch_loop(t
     diff, why = patch.make({"kind": "scheduler_per_epoch"}, sites, tmp_path)
     assert diff is not None, why
     assert _applied(tmp_path, diff).endswith("        optimizer.step()\n    scheduler.step()\n    print(epoch)\n"), diff
+
+
+CLIPS_SCALED = """
+import torch
+for x, y in loader:
+    opt.zero_grad()
+    scaler.scale(crit(model(x), y)).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    scaler.step(opt)
+    scaler.update()
+"""
+
+
+def test_a_clip_of_scaled_gradients_gets_unscale_just_before_it(tmp_path):
+    sites = _sites(tmp_path, CLIPS_SCALED, optimizers=[], backward=[("backward()", 3)], step=["scaler.step(opt)"])
+    diff, why = patch.make({"kind": "unscale_before_clip", "function": "clip_grad_norm_"}, sites, tmp_path)
+    assert diff is not None, why
+    assert _applied(tmp_path, diff).endswith(
+        "    scaler.scale(crit(model(x), y)).backward()\n    scaler.unscale_(opt)\n"
+        "    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n    scaler.step(opt)\n    scaler.update()\n"), diff
+    (tmp_path / "train.py").write_text(textwrap.dedent(CLIPS_SCALED).replace("    torch.nn", "    scaler.unscale_(opt)\n    torch.nn"))
+    sites = _sites(tmp_path, (tmp_path / "train.py").read_text(), optimizers=[], backward=[("backward()", 3)],
+                   step=["scaler.step(opt)"])
+    assert patch.make({"kind": "unscale_before_clip", "function": "clip_grad_norm_"}, sites, tmp_path)[0] is None

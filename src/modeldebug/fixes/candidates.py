@@ -24,6 +24,13 @@ class Candidate:
     addresses: list[str] = field(default_factory=list)  # the root finding kinds it is tried for
     # Judged on the validation loss: the change alters what the training loss measures (dropout on)
     by_validation: bool = False
+    # Treats the finding's symptom, not a cause the rules name (clipping, LeakyReLU): second to a
+    # verified fix of the same finding's cause (verify.py)
+    mitigation: bool = False
+    # The change alters the step size the script's rate was tuned for (gradients no longer summed
+    # over steps, inputs no longer 100x their scale): tried again with the rate times this
+    # (``retuned``) when it alone did not verify
+    retune_lr: float | None = None
 
     @property
     def key(self) -> str:
@@ -37,15 +44,16 @@ def lr_scale(factor: float) -> Candidate:
 
 
 def zero_grad() -> Candidate:
+    # (summed gradients made every step larger: a rate tuned on them is too low without them)
     return Candidate({"kind": "zero_grad"},
                      "optimizer.zero_grad() before the first backward() after each optimizer.step() "
-                     "(gradients no longer carry over from one step to the next)")
+                     "(gradients no longer carry over from one step to the next)", retune_lr=10.0)
 
 
 def clip_grad_norm(max_norm: float = CLIP_MAX_NORM) -> Candidate:
     return Candidate({"kind": "clip_grad_norm", "max_norm": max_norm},
                      f"torch.nn.utils.clip_grad_norm_(parameters, {max_norm:g}) after backward(), before "
-                     f"each optimizer.step()")
+                     f"each optimizer.step()", mitigation=True)
 
 
 def train_params(finding: Finding) -> Candidate | None:
@@ -87,10 +95,26 @@ def weight_decay_scale(finding: Finding) -> Candidate:
                      f"where the optimizer is built")
 
 
-def standardize_inputs(finding: Finding) -> Candidate:
+def standardize_inputs(finding: Finding, probe: dict[str, Any] | None = None) -> Candidate:
+    # A first layer's step moves its output by the input's scale (and, under SGD, its gradient
+    # grows with it too): inputs brought from a scale of s to 1 want the rate raised if s > 1.
+    scale = (probe or {}).get("input_std")
+    retune = None if not isinstance(scale, float) or not scale > 0 else 10.0 if scale > 1 else 0.1
     return Candidate({"kind": "standardize_inputs"},
                      "standardise the model's input: (x - mean) / std per feature (per channel for images), "
-                     "the statistics taken from the first batch and used for every batch after it")
+                     "the statistics taken from the first batch and used for every batch after it",
+                     retune_lr=retune)
+
+
+def retuned(candidate: Candidate) -> Candidate | None:
+    """``candidate`` with the learning rate scaled by its ``retune_lr``: what an engineer does after
+    a fix that changes the step size the script's rate was tuned around."""
+    if not candidate.retune_lr:
+        return None
+    factor = candidate.retune_lr
+    return Candidate({**candidate.spec, "lr_factor": factor},
+                     f"{candidate.change}; and the learning rate x{factor:g}, retuned for the change",
+                     list(candidate.addresses), candidate.by_validation, candidate.mitigation)
 
 
 def reinit(finding: Finding, probe: dict[str, Any]) -> Candidate:
@@ -116,7 +140,7 @@ def loss_input(finding: Finding) -> Candidate | None:
 
 def leaky_relu(finding: Finding, slope: float = 0.01) -> Candidate:
     return Candidate({"kind": "leaky_relu", "negative_slope": slope},
-                     f"every nn.ReLU of the model computes LeakyReLU(negative_slope={slope:g})")
+                     f"every nn.ReLU of the model computes LeakyReLU(negative_slope={slope:g})", mitigation=True)
 
 
 def module_mode(finding: Finding) -> Candidate | None:
@@ -162,7 +186,13 @@ def scheduler_per_epoch(finding: Finding) -> Candidate | None:
 
 
 def clip_after_backward(finding: Finding) -> Candidate:
+    """Clipping where it acts: after backward() (the rule saw it before), or, where it clipped the
+    GradScaler's scaled gradients (``clips_scaled``), after ``scaler.unscale_(optimizer)``."""
     function = str(finding.evidence.get("function") or "clip_grad_norm_")
+    if finding.evidence.get("clips_scaled"):
+        return Candidate({"kind": "unscale_before_clip", "function": function},
+                         f"scaler.unscale_(optimizer) before the script's {function}() calls on gradients the "
+                         f"GradScaler still scales (scaler.step() then applies the unscaled, clipped gradients)")
     return Candidate({"kind": "clip_after_backward", "function": function},
                      f"the script's {function}() calls made before backward() are made after it instead, "
                      f"just before optimizer.step() (same arguments)")
@@ -177,7 +207,7 @@ BY_CAUSE = {
     "missing_zero_grad": (lambda f, t: zero_grad(),),
     "frozen_parameters": (lambda f, t: train_params(f),),
     "parameters_not_in_optimizer": (lambda f, t: train_params(f),),
-    "unnormalized_inputs": (lambda f, t: standardize_inputs(f),),
+    "unnormalized_inputs": (standardize_inputs,),
     "bad_weight_init": (reinit,),
     "wrong_module_mode": (lambda f, t: module_mode(f),),
     "scheduler_misuse": (lambda f, t: scheduler_per_epoch(f),),
@@ -224,10 +254,16 @@ def build(roots: list[Finding], limit: int, probe: dict[str, Any] | None = None)
 
 def probe_facts(evidence: Any) -> dict[str, Any]:
     """From the probe's evidence: ``layer_types`` (built-in torch.nn classes), ``lr`` (the rate it
-    trained with) and ``typical_lr`` (the rules' usual rate for its optimizer family)."""
+    trained with), ``typical_lr`` (the rules' usual rate for its optimizer family) and
+    ``input_std`` (the median of the model input's standard deviation on the sampled steps)."""
     from modeldebug.rules.base import current_lr, lr_bounds, optimizer_type
 
+    import numpy as np
+
     lr = current_lr(evidence)
+    std = np.asarray(evidence.steps["input_std"], dtype=float) if "input_std" in evidence.steps else np.zeros(0)
+    std = std[np.isfinite(std)]
     return {"layer_types": sorted({layer.family or layer.type for layer in evidence.layers.values()}),
             "lr": float(lr) if lr is not None else None,
-            "typical_lr": float(lr_bounds(optimizer_type(evidence))[1])}
+            "typical_lr": float(lr_bounds(optimizer_type(evidence))[1]),
+            "input_std": float(np.median(std)) if len(std) else None}

@@ -87,9 +87,9 @@ def _before_collector() -> None:
         pass
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-    if kind == "lr_scale":
+    if _lr_factor() != 1.0:  # (an lr_scale candidate, or another one with the rate retuned for it)
         register_optimizer_step_pre_hook(_guarded(_scale_lr))
-    elif kind == "clip_grad_norm":
+    if kind == "clip_grad_norm":
         register_optimizer_step_pre_hook(_guarded(_clip))
     elif kind == "weight_decay_scale":
         _scale_weight_decay(float(_candidate["factor"]))
@@ -126,7 +126,7 @@ def _on_modules(kind: str, spec: dict[str, Any]) -> None:
 def _after_collector(debugger: Any) -> None:
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    if (_candidate or {}).get("kind") == "lr_scale":
+    if _lr_factor() != 1.0:
         register_optimizer_step_post_hook(_guarded(_restore_lr))
     if (_candidate or {}).get("kind") == "zero_grad":
         register_optimizer_step_post_hook(_guarded(_stepped))
@@ -135,6 +135,10 @@ def _after_collector(debugger: Any) -> None:
         from modeldebug.fixes import modules
 
         modules.clip_after_backward(_guarded)
+    if (_candidate or {}).get("kind") == "unscale_before_clip":
+        from modeldebug.fixes import modules
+
+        modules.unscale_before_clip(_guarded)
     if (_candidate or {}).get("kind") == "scheduler_per_epoch":
         from modeldebug.fixes import modules
 
@@ -174,10 +178,18 @@ def _window_end(debugger: Any) -> Callable:
 _saved_lrs: dict[int, list[Any]] = {}
 
 
+def _lr_factor() -> float:
+    """The rate's factor: an lr_scale candidate's, or ``lr_factor`` of a candidate whose change
+    alters the step size the script's rate was tuned for (fixes/candidates.py: retuned)."""
+    spec = _candidate or {}
+    value = spec.get("factor") if spec.get("kind") == "lr_scale" else spec.get("lr_factor")
+    return float(value) if value is not None else 1.0  # (a bad value: the guard switches the candidate off)
+
+
 def _scale_lr(optimizer, args, kwargs) -> None:
     """Every group steps at ``factor`` times the rate its schedule gives it; the rate is put back
     after the step, so schedulers (absolute or chained) keep computing from the script's values."""
-    factor = float(_candidate["factor"])
+    factor = _lr_factor()
     key = _groups_key(optimizer)
     if key in _saved_lrs:  # a wrapper (accelerate's) stepping the optimizer whose groups it shares
         return

@@ -359,3 +359,56 @@ def clip_after_backward(guard: Callable[[Callable], Callable]) -> None:
 
     register_optimizer_step_pre_hook(guard(before_step))
     register_optimizer_step_post_hook(guard(after_step))
+
+
+def unscale_before_clip(guard: Callable[[Callable], Callable]) -> None:
+    """Before each clipping call, ``scaler.unscale_(optimizer)`` for every optimizer holding the
+    clipped parameters whose gradients the last GradScaler to scale a loss has not unscaled yet
+    (the recipe of torch's AMP notes); ``scaler.step`` then skips its own unscale. Installed after
+    the collector's wrappers, so the collector sees the clip of unscaled gradients."""
+    import weakref
+
+    from torch.amp.grad_scaler import GradScaler, OptState
+
+    optimizers: weakref.WeakSet = weakref.WeakSet()
+    scaler_ref: list = [None]
+    base_init, base_scale = torch.optim.Optimizer.__init__, GradScaler.scale
+
+    @functools.wraps(base_init)
+    def init(self, *args, **kwargs):
+        base_init(self, *args, **kwargs)
+        optimizers.add(self)
+
+    @functools.wraps(base_scale)
+    def scale(self, outputs):
+        scaler_ref[0] = weakref.ref(self)
+        return base_scale(self, outputs)
+
+    torch.optim.Optimizer.__init__ = init
+    GradScaler.scale = scale
+
+    def unscale(params: list) -> None:
+        scaler = scaler_ref[0]() if scaler_ref[0] is not None else None
+        if scaler is None or not scaler.is_enabled():
+            return
+        clipped = {id(p) for p in params}
+        for optimizer in list(optimizers):
+            owns = any(id(p) in clipped for group in optimizer.param_groups for p in group["params"])
+            state = scaler._per_optimizer_states[id(optimizer)]
+            if owns and state["stage"] is OptState.READY:
+                scaler.unscale_(optimizer)
+
+    def hold(original):
+        @functools.wraps(original)
+        def clip(parameters, *args, **kwargs):
+            params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
+            guard(unscale)(params)
+            return original(params, *args, **kwargs)
+
+        return clip
+
+    for owner in (torch.nn.utils, torch.nn.utils.clip_grad):
+        for name in ("clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_"):
+            if hasattr(owner, name):
+                setattr(owner, name, hold(getattr(owner, name)))
+

@@ -315,6 +315,26 @@ def _clip_after_backward(spec: dict[str, Any], sites: Sites) -> list[Edit]:
     return edits + [src.after(after, *code)]
 
 
+def _unscale_before_clip(spec: dict[str, Any], sites: Sites) -> list[Edit]:
+    """``scaler.unscale_(optimizer)`` before the first clipping call after the scaled backward()."""
+    backward, step, _ = sites.loop()
+    src = sites.source(backward["file"])
+    scaler = _scaler(src, backward["line"])
+    if scaler is None:
+        raise NoPatch("the GradScaler's scale() is not called on the backward() line")
+    if "unscale_(" in src.text:
+        raise NoPatch("the script already calls unscale_(): put it before the clipping call")
+    after = src.statement(backward["line"])
+    block = next((getattr(parent, f) for parent in [src.parents.get(id(after))]
+                  for f in ("body", "orelse", "finalbody") if after in (getattr(parent, f, None) or [])), [])
+    function = str(spec.get("function") or "clip_grad_norm_")
+    clips = [stmt for stmt in block[block.index(after) + 1:] if any(
+        isinstance(c, ast.Call) and last_name(c.func) == function for c in ast.walk(stmt))]
+    if not clips:
+        raise NoPatch(f"no {function}() call after backward() in the loop's block")
+    return [src.before(clips[0], f"{scaler}.unscale_({sites.optimizer_expr(step)})")]
+
+
 def _scheduler_per_epoch(spec: dict[str, Any], sites: Sites) -> list[Edit]:
     """``scheduler.step()`` in the loop over batches moves after it, into the loop over epochs."""
     edits = []
@@ -353,6 +373,7 @@ PATCHERS: dict[str, Callable[[dict[str, Any], Sites], list[Edit]]] = {
     "train_params": _train_params,
     "weight_decay_scale": _weight_decay_scale,
     "clip_after_backward": _clip_after_backward,
+    "unscale_before_clip": _unscale_before_clip,
     "leaky_relu": leaky_relu,
     "reinit": reinit,
     "loss_input": loss_input,
@@ -376,6 +397,8 @@ def make(spec: dict[str, Any], sites: Sites | None, root: str | os.PathLike | No
         return None, "the probe recorded no lines of the script"
     try:
         edits = patcher(spec, sites)
+        if spec.get("lr_factor") and spec.get("kind") != "lr_scale":  # a fix with the rate retuned for it
+            edits += _lr_scale({"kind": "lr_scale", "factor": float(spec["lr_factor"])}, sites)
         return _diff(sites, edits, Path(root or os.getcwd())), ""
     except NoPatch as exc:
         return None, str(exc)

@@ -7,6 +7,14 @@ A candidate is verified when, in its re-run, the findings it addresses are gone,
 high finding appears, and the training loss at the end of the window is lower than the unfixed
 runs' by more than noise (the two unfixed runs' difference, or the end segments' standard error
 when the runs repeat exactly); a validation loss, when the script evaluates, must not get worse.
+A candidate rejected only because its loss is not lower yet (the finding gone, nothing new) is
+judged again over a window 4x longer when the script had more to run: a fix that starts slower
+(standardised inputs, gradients no longer summed across steps) overtakes later. Such a fix, when
+still rejected (not for a crash or its finding still there), is tried once more with the learning
+rate retuned for it (x10: the script's rate was tuned on the summed gradients or the raw input
+scale). A mitigation
+(clipping, LeakyReLU: the symptom treated) is rejected when a fix for the finding's cause is
+verified beside it.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from modeldebug.fixes import DEFAULT_CANDIDATES, DEFAULT_STEPS
-from modeldebug.fixes.candidates import Candidate, build
+from modeldebug.fixes.candidates import Candidate, build, retuned
 from modeldebug.fixes.child import ENV_FIX, ENV_SEED, ENV_STOP
 from modeldebug.fixes.patch import Sites
 from modeldebug.fixes.patch import make as make_patch
@@ -34,6 +42,8 @@ MIN_END_POINTS = 3
 VAL_FLOOR = 0.01
 LONGER_WINDOW = 4  # a probe that finds nothing in its window looks again in one this many times longer
 SHOWN = ("medium", "high")
+NOT_LOWER = "the training loss is not lower"  # (the one rejection a longer window may overturn)
+CRASHED, STILL_FOUND = "the script crashed", "still found"
 
 
 @dataclass
@@ -167,27 +177,18 @@ def run_fix(
                 session.verdict = f"no candidate fix for the root findings ({kinds}) yet"
             else:
                 tell("noise: the script unfixed, again")
-                again = run(None)
-                longer: list[Window] = []  # the unfixed run of a longer window, made once if needed
+                trials = _Trials(command, steps, store, config, probe, run(None), tell)
+                judged: list[Candidate] = []
                 for candidate in candidates:
-                    tell(f"candidate: {candidate.change}")
-                    unfixed = (probe, again)
-                    if candidate.by_validation and _cut_by_window(probe, steps):
-                        # judged on the validation loss, where a wrong mode's harm (overfitting
-                        # without dropout, stale batch statistics) shows over more epochs
-                        if not longer:
-                            tell(f"noise: the script unfixed for {steps * LONGER_WINDOW} steps")
-                            longer.append(_window(command, steps * LONGER_WINDOW, None, store, config))
-                        unfixed = (longer[0], longer[0])
-                        after = _window(command, steps * LONGER_WINDOW, candidate.spec, store, config)
-                    else:
-                        after = run(candidate.spec)
-                    session.specs[candidate.change] = candidate.spec
-                    tried = _judge(candidate, *unfixed, after)
-                    tried.loss_curve = _loss_curve(after)
-                    tried.patch, no_patch = make_patch(candidate.spec, probe.sites)
-                    tried.reason += f"; no diff: {no_patch}" if no_patch else ""
+                    tried = trials.judge(candidate)
+                    pending = [retuned(candidate)] if not tried.verified and _may_retune(tried) else []
                     session.fixes.append(tried)
+                    judged.append(candidate)
+                    for again in filter(None, pending):
+                        session.fixes.append(trials.judge(again))
+                        judged.append(again)
+                session.specs = {c.change: c.spec for c in judged}
+                _mitigations_second(session.fixes, judged)
                 session.fixes.sort(key=_rank)
                 verified = sum(f.verified for f in session.fixes)
                 session.verdict = (f"{verified} of {len(session.fixes)} candidate fixes verified" if verified
@@ -250,11 +251,11 @@ def _judge(candidate: Candidate, probe: Window, again: Window, after: Window) ->
                 val_loss_before=probe.val_loss, val_loss_after=after.val_loss,
                 findings_after=after.kinds(), seconds=round(after.seconds, 2))
     if after.exit_code != 0 or after.report is None:
-        tried.reason = f"the script crashed with this change: {after.crash_line()}"
+        tried.reason = f"{CRASHED} with this change: {after.crash_line()}"
         return tried
     left = [k for k in candidate.addresses if k in tried.findings_after]
     if left:
-        tried.reason = f"still found: {', '.join(left)}"
+        tried.reason = f"{STILL_FOUND}: {', '.join(left)}"
         return tried
     new = sorted(set(tried.findings_after) - before_kinds)
     if new:
@@ -267,7 +268,7 @@ def _judge(candidate: Candidate, probe: Window, again: Window, after: Window) ->
         return _judge_on_validation(candidate, tried, probe, again)
     noise = _noise(probe, again, end_after)
     if math.isfinite(loss_before) and end_after[0] >= loss_before - noise:
-        tried.reason = (f"the training loss is not lower by more than noise ({end_after[0]:.4g} vs {loss_before:.4g}, "
+        tried.reason = (f"{NOT_LOWER} by more than noise ({end_after[0]:.4g} vs {loss_before:.4g}, "
                         f"noise {noise:.2g})")
         return tried
     val_before, val_after = tried.val_loss_before, tried.val_loss_after
@@ -279,6 +280,84 @@ def _judge(candidate: Candidate, probe: Window, again: Window, after: Window) ->
     tried.reason = (f"{gone} gone, no new finding, training loss {_text(loss_before)} -> {end_after[0]:.4g} "
                     f"(noise {noise:.2g})")
     return tried
+
+
+@dataclass
+class _Trials:
+    """The candidates' windows, judged against the probe and its unfixed twin; the unfixed run of
+    a window LONGER_WINDOW times longer is made once, when a candidate needs it."""
+
+    command: Sequence[str]
+    steps: int
+    store: Path
+    config: Any
+    probe: Window
+    again: Window
+    tell: Callable[[str], None]
+    _longer: Window | None = None
+
+    @property
+    def long_steps(self) -> int:
+        return self.steps * LONGER_WINDOW
+
+    def longer(self) -> Window:
+        if self._longer is None:
+            self.tell(f"noise: the script unfixed for {self.long_steps} steps")
+            self._longer = _window(self.command, self.long_steps, None, self.store, self.config)
+        return self._longer
+
+    def _runs_longer(self) -> bool:
+        """The script has more than the window to run (its longer unfixed run went further)."""
+        if not _cut_by_window(self.probe, self.steps):
+            return False
+        report = self.longer().report
+        return report is not None and report.run.steps > self.steps
+
+    def judge(self, candidate: Candidate) -> Fix:
+        self.tell(f"candidate: {candidate.change}")
+        if candidate.by_validation and _cut_by_window(self.probe, self.steps):
+            # judged on the validation loss, where a wrong mode's harm (overfitting without
+            # dropout, stale batch statistics) shows over more epochs
+            after = _window(self.command, self.long_steps, candidate.spec, self.store, self.config)
+            tried = _judge(candidate, self.longer(), self.longer(), after)
+        else:
+            after = _window(self.command, self.steps, candidate.spec, self.store, self.config)
+            tried = _judge(candidate, self.probe, self.again, after)
+            if tried.reason.startswith(NOT_LOWER) and self._runs_longer():
+                # The finding is gone, nothing new, but the loss not lower yet: a slower start
+                # (standardised inputs, gradients no longer summed) is judged where it has had
+                # time to catch up.
+                self.tell(f"candidate: {candidate.change}, for {self.long_steps} steps")
+                after = _window(self.command, self.long_steps, candidate.spec, self.store, self.config)
+                short = tried.reason
+                tried = _judge(candidate, self.longer(), self.longer(), after)
+                tried.reason = f"over {self.long_steps} steps: {tried.reason} (over {self.steps}: {short})"
+        tried.loss_curve = _loss_curve(after)
+        tried.patch, no_patch = make_patch(candidate.spec, self.probe.sites)
+        tried.reason += f"; no diff: {no_patch}" if no_patch else ""
+        return tried
+
+
+def _may_retune(tried: Fix) -> bool:
+    """Rejected for what a rate retuned for the change may mend: not a crash, not the finding it
+    addresses still there."""
+    return not (tried.reason.startswith(CRASHED) or tried.reason.startswith(STILL_FOUND))
+
+
+def _mitigations_second(fixes: list[Fix], candidates: list[Candidate]) -> None:
+    """A verified mitigation (clipping, LeakyReLU) is not the fix where a verified candidate for a
+    cause the rules name addresses the same finding: the cause would stay behind the treated symptom
+    (clipping hides a learning rate 100x too high; the user would keep the bad rate)."""
+    mitigation = {c.change: c.mitigation for c in candidates}
+    for m in fixes:
+        if not (m.verified and mitigation.get(m.change)):
+            continue
+        cure = next((f for f in fixes if f.verified and not mitigation.get(f.change)
+                     and set(f.addresses) & set(m.addresses)), None)
+        if cure is not None:
+            m.verified = False
+            m.reason = (f"it helps ({m.reason}) but treats the symptom: the cause has a verified fix, "
+                        f"{cure.change}")
 
 
 def _loss_curve(window: Window):
