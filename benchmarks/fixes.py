@@ -31,7 +31,7 @@ RIGHT = {
     "learning_rate_too_low": {"lr_raise"},
     "missing_zero_grad": {"zero_grad"},
     "frozen_parameters": {"train_params"},
-    "parameters_not_in_optimizer": {"train_params"},
+    "parameters_not_in_optimizer": {"train_params", "keep_module"},
     "unnormalized_inputs": {"standardize_inputs"},
     "bad_weight_init": {"reinit"},
     "wrong_loss_function": {"loss_input"},

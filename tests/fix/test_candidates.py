@@ -202,3 +202,37 @@ def test_a_fix_that_changes_the_step_size_is_retried_with_the_rate_retuned_for_i
     found, _ = _judged(tmp_path, "gradient_accumulation__mlp_no_zero_grad", 300,
                        _for("gradient_accumulation", again), probe)
     assert found.verified and found.loss_after < plain.loss_before, found
+
+
+def test_a_head_built_inside_forward_is_kept_once_built_and_trained(tmp_path):
+    renewed = _finding("untracked_parameters", ["parameters_not_in_optimizer"],
+                       evidence={"params": ["head.weight", "head.bias"], "renewed_steps": 4})
+    (keep,) = build([renewed], 8)  # (adding params renewed every step to the optimizer cannot help)
+    assert keep.spec == {"kind": "keep_module", "modules": ["head"], "params": ["head.weight", "head.bias"]}
+    replaced_once = _finding("untracked_parameters", ["parameters_not_in_optimizer"],
+                             evidence={"params": ["head.weight", "head.bias"], "renewed_steps": 1})
+    assert _kinds(build([replaced_once], 8)) == ["train_params"]
+    found, probe = _judged(tmp_path, "untracked_parameters__cnn_lazy_head_in_forward", 120, keep)
+    assert "untracked_parameters" in probe.kinds()
+    assert found.verified and found.findings_after == [], found
+
+
+def test_keeping_a_module_keeps_only_one_of_the_same_shape(monkeypatch):
+    from torch import nn
+
+    from modeldebug.fixes import modules
+
+    monkeypatch.setattr(nn.Module, "__setattr__", nn.Module.__setattr__)  # (undone after the test)
+    modules.keep_modules(["head"], lambda f: f)
+    net = nn.Module()
+    net.head = None
+    first = nn.Linear(4, 2)
+    net.head = first
+    net.head = nn.Linear(4, 2)
+    assert net.head is first
+    net.head = nn.Linear(4, 3)  # another shape: the script means it
+    assert net.head.out_features == 3
+    net.body = nn.Linear(4, 2)
+    other = nn.Linear(4, 2)
+    net.body = other  # not a kept name
+    assert net.body is other

@@ -112,6 +112,14 @@ def test_a_healthy_script_needs_no_fix(tmp_path):
     assert session.report.run.status == "completed" and session.probe.exit_code == 0
 
 
+def test_a_loss_that_falls_only_after_the_window_is_confirmed_on_a_longer_one_and_needs_no_fix(tmp_path):
+    # a log-price regression whose loss is still flat at step 300 and falls later: the probe's
+    # loss_not_decreasing is gone in the 4x window (a higher rate would "verify" on the short one)
+    session = run_fix(_script("healthy__house_prices_log_target.py"), steps=300, store_path=tmp_path / "runs.db")
+    assert "loss_not_decreasing" in session.probe.kinds()
+    assert session.fixes == [] and session.verdict.startswith("no fix needed: the loss_not_decreasing"), session.verdict
+
+
 CRASHES = """
 import torch
 from torch import nn

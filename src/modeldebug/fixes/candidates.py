@@ -60,12 +60,30 @@ def train_params(finding: Finding) -> Candidate | None:
     """Train the parameters the finding names (its evidence's ``params``): frozen ones require
     gradients again, and those the optimizer was not given are added to it."""
     names = [n for n in finding.evidence.get("params") or [] if isinstance(n, str)]
-    if not names:
+    if not names or _renewed(finding):
         return None
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     return Candidate({"kind": "train_params", "params": names},
                      f"train {shown}: requires_grad_(True) on the frozen ones and add the ones the optimizer "
                      f"lacks to it (optimizer.add_param_group), from the second step")
+
+
+def _renewed(finding: Finding) -> bool:
+    """The parameters are new objects at every step looked at: a module built inside forward()."""
+    return int(finding.evidence.get("renewed_steps") or 0) >= 2
+
+
+def keep_module(finding: Finding) -> Candidate | None:
+    """For parameters renewed at every step (``self.head = nn.Linear(...)`` inside forward): the
+    first module assigned to that attribute is kept, later ones of the same shape are not set, and
+    its parameters join the optimizer if it lacks them: the module built once."""
+    names = [n for n in finding.evidence.get("params") or [] if isinstance(n, str) and "." in n]
+    if not names or not _renewed(finding):
+        return None
+    modules = sorted({n.rsplit(".", 1)[0] for n in names})
+    return Candidate({"kind": "keep_module", "modules": modules, "params": names},
+                     f"build {', '.join(modules)} once: the first module forward() assigns there is kept (later "
+                     f"ones of the same shape are not set) and trained by the optimizer")
 
 
 def lr_raise(finding: Finding, probe: dict[str, Any]) -> Candidate | None:
@@ -206,7 +224,7 @@ BY_CAUSE = {
     "learning_rate_too_low": (lr_raise,),
     "missing_zero_grad": (lambda f, t: zero_grad(),),
     "frozen_parameters": (lambda f, t: train_params(f),),
-    "parameters_not_in_optimizer": (lambda f, t: train_params(f),),
+    "parameters_not_in_optimizer": (lambda f, t: train_params(f), lambda f, t: keep_module(f)),
     "unnormalized_inputs": (standardize_inputs,),
     "bad_weight_init": (reinit,),
     "wrong_module_mode": (lambda f, t: module_mode(f),),

@@ -95,6 +95,10 @@ def _before_collector() -> None:
         _scale_weight_decay(float(_candidate["factor"]))
     elif kind in MODULE_KINDS:
         _on_modules(kind, _candidate)
+    elif kind == "keep_module":
+        from modeldebug.fixes import modules
+
+        modules.keep_modules([str(m) for m in _candidate.get("modules") or []], _guarded)
 
 
 # Candidates applied to the model, its inputs or its ops (fixes/modules.py), before the collector's
@@ -143,7 +147,7 @@ def _after_collector(debugger: Any) -> None:
         from modeldebug.fixes import modules
 
         modules.scheduler_per_epoch()
-    if (_candidate or {}).get("kind") == "train_params" and debugger is not None:
+    if (_candidate or {}).get("kind") in ("train_params", "keep_module") and debugger is not None:
         from torch.optim.optimizer import register_optimizer_step_pre_hook
 
         register_optimizer_step_pre_hook(_guarded(_train_params(debugger)))

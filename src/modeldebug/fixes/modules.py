@@ -412,3 +412,27 @@ def unscale_before_clip(guard: Callable[[Callable], Callable]) -> None:
             if hasattr(owner, name):
                 setattr(owner, name, hold(getattr(owner, name)))
 
+
+def keep_modules(paths: list[str], guard: Callable[[Callable], Callable]) -> None:
+    """``self.<name> = Module(...)`` for the last names of ``paths`` keeps the module already there
+    when the new one is of the same class with the same parameter shapes: a head built inside
+    forward() is built once (its first instance trains on). Other assignments go through."""
+    names = {p.rsplit(".", 1)[-1] for p in paths}
+    original = nn.Module.__setattr__
+
+    def shapes(module: nn.Module) -> list:
+        return [tuple(t.shape) for t in module.parameters()]
+
+    def same(owner: nn.Module, name: str, value) -> bool:
+        old = owner.__dict__.get("_modules", {}).get(name)
+        return (isinstance(old, nn.Module) and type(old) is type(value) and shapes(old) == shapes(value)
+                and len(shapes(old)) > 0)
+
+    @functools.wraps(original)
+    def setattr_(self, name, value):
+        if name in names and isinstance(value, nn.Module) and guard(same)(self, name, value):
+            return
+        original(self, name, value)
+
+    nn.Module.__setattr__ = setattr_
+

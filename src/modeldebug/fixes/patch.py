@@ -381,6 +381,8 @@ PATCHERS: dict[str, Callable[[dict[str, Any], Sites], list[Edit]]] = {
     "module_mode": _not_at_a_line("the lines that switch the model's mode are not recorded"),
     "stable_op": _not_at_a_line("the unstable op's line in the script is not recorded"),
     "scheduler_per_epoch": _scheduler_per_epoch,
+    "keep_module": _not_at_a_line("build the module once in __init__ (nn.LazyLinear and the other lazy modules "
+                                  "size themselves at the first call)"),
 }
 
 

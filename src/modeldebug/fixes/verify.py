@@ -7,6 +7,8 @@ A candidate is verified when, in its re-run, the findings it addresses are gone,
 high finding appears, and the training loss at the end of the window is lower than the unfixed
 runs' by more than noise (the two unfixed runs' difference, or the end segments' standard error
 when the runs repeat exactly); a validation loss, when the script evaluates, must not get worse.
+A probe's loss_not_decreasing in a window cut from a longer run is confirmed on a window 4x
+longer first (a slow start is no fault).
 A candidate rejected only because its loss is not lower yet (the finding gone, nothing new) is
 judged again over a window 4x longer when the script had more to run: a fix that starts slower
 (standardised inputs, gradients no longer summed across steps) overtakes later. Such a fix, when
@@ -44,6 +46,9 @@ LONGER_WINDOW = 4  # a probe that finds nothing in its window looks again in one
 SHOWN = ("medium", "high")
 NOT_LOWER = "the training loss is not lower"  # (the one rejection a longer window may overturn)
 CRASHED, STILL_FOUND = "the script crashed", "still found"
+# Findings a window cut from a longer run can make up (the loss has not fallen yet): confirmed on
+# a window LONGER_WINDOW times longer before candidates are tried for them
+CONFIRM_LONGER = frozenset({"loss_not_decreasing"})
 
 
 @dataclass
@@ -164,9 +169,20 @@ def run_fix(
         if unverifiable:
             session.verdict = f"nothing to verify: {unverifiable}"
         else:
-            roots = _roots(probe)
+            roots, longer, gone = _roots(probe), None, []
+            if _cut_by_window(probe, steps) and any(r.kind in CONFIRM_LONGER for r in roots):
+                # A loss that has not fallen yet in a window cut from a longer run may fall later
+                # (a slow start): such a finding is kept only if a window 4x longer still has it.
+                tell(f"probe: the script unfixed for {steps * LONGER_WINDOW} steps, to confirm")
+                longer = _window(command, steps * LONGER_WINDOW, None, store, config)
+                if longer.report is not None and longer.exit_code == 0:
+                    gone = sorted({r.kind for r in roots if r.kind in CONFIRM_LONGER} - set(longer.kinds()))
+                    roots = [r for r in roots if r.kind not in gone]
             candidates = build(roots, max_candidates, _probe_facts(store, probe.report))
-            if not roots:
+            if not roots and gone:
+                session.verdict = (f"no fix needed: the {', '.join(gone)} of the first {steps} steps is gone over "
+                                   f"{steps * LONGER_WINDOW} (the loss falls later)")
+            elif not roots:
                 session.verdict = (f"no fix needed: no medium or high finding in the first {steps} steps "
                                    f"(a symptom that comes later needs a longer --steps)"
                                    if _cut_by_window(probe, steps) else
@@ -177,7 +193,7 @@ def run_fix(
                 session.verdict = f"no candidate fix for the root findings ({kinds}) yet"
             else:
                 tell("noise: the script unfixed, again")
-                trials = _Trials(command, steps, store, config, probe, run(None), tell)
+                trials = _Trials(command, steps, store, config, probe, run(None), tell, longer)
                 judged: list[Candidate] = []
                 for candidate in candidates:
                     tried = trials.judge(candidate)
