@@ -236,3 +236,29 @@ def test_keeping_a_module_keeps_only_one_of_the_same_shape(monkeypatch):
     other = nn.Linear(4, 2)
     net.body = other  # not a kept name
     assert net.body is other
+
+
+def test_a_fix_that_leaves_a_finding_another_verified_fix_removes_is_not_the_fix():
+    from modeldebug.types import Fix
+
+    def tried(change, addresses, after):
+        return Fix(addresses=addresses, change=change, verified=True, reason="loss 0.67 -> 0.2",
+                   findings_after=after)
+
+    decay = tried("weight decay x0.01", ["weight_decay_too_high"], [])
+    lower = tried("learning rate x0.1", ["loss_spike"], ["weight_decay_too_high"])
+    init = tried("re-initialise", ["poor_weight_init"], ["loss_spike", "weight_decay_too_high"])
+    fixes = [decay, lower, init]
+    verify._dominated_second(fixes)
+    assert [f.verified for f in fixes] == [True, False, False]
+    assert "weight decay x0.01" in lower.reason and "weight_decay_too_high stay" in lower.reason
+    # two fixes of two independent roots, each leaving the other's finding: both stand
+    a = tried("weight decay x0.01", ["weight_decay_too_high"], ["dead_relu"])
+    b = tried("LeakyReLU", ["dead_relu"], ["weight_decay_too_high"])
+    verify._dominated_second([a, b])
+    assert a.verified and b.verified
+    # two that leave the same findings: neither is second to the other
+    c = tried("learning rate x0.1", ["loss_spike"], ["dead_relu"])
+    d = tried("learning rate x0.01", ["loss_spike"], ["dead_relu"])
+    verify._dominated_second([c, d])
+    assert c.verified and d.verified

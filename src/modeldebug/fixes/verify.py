@@ -16,7 +16,8 @@ still rejected (not for a crash or its finding still there), is tried once more 
 rate retuned for it (x10: the script's rate was tuned on the summed gradients or the raw input
 scale). A mitigation
 (clipping, LeakyReLU: the symptom treated) is rejected when a fix for the finding's cause is
-verified beside it.
+verified beside it, and a verified fix is rejected when another verified one also removes its
+findings and leaves strictly fewer behind (they followed from the other's root).
 """
 
 from __future__ import annotations
@@ -205,6 +206,7 @@ def run_fix(
                         judged.append(again)
                 session.specs = {c.change: c.spec for c in judged}
                 _mitigations_second(session.fixes, judged)
+                _dominated_second(session.fixes)
                 session.fixes.sort(key=_rank)
                 verified = sum(f.verified for f in session.fixes)
                 session.verdict = (f"{verified} of {len(session.fixes)} candidate fixes verified" if verified
@@ -374,6 +376,25 @@ def _mitigations_second(fixes: list[Fix], candidates: list[Candidate]) -> None:
             m.verified = False
             m.reason = (f"it helps ({m.reason}) but treats the symptom: the cause has a verified fix, "
                         f"{cure.change}")
+
+
+def _dominated_second(fixes: list[Fix]) -> None:
+    """A verified fix is not the fix where another verified one also removes the findings it
+    addresses and leaves strictly fewer behind: those findings followed from the other's root (a
+    weight decay 100x too high made the loss spike; lowering the rate hides the spike and leaves
+    the decay, lowering the decay removes both)."""
+    verified = sorted((f for f in fixes if f.verified), key=lambda f: len(f.findings_after))
+    found = []
+    for f in verified:
+        left = set(f.findings_after)
+        better = next((g for g in verified if g is not f and set(g.findings_after) < left
+                       and not set(f.addresses) & set(g.findings_after)), None)
+        found += [(f, left, better)] if better is not None else []
+    for f, left, better in found:
+        f.verified = False
+        f.reason = (f"it helps ({f.reason}) but another fix also removes {', '.join(f.addresses)} and leaves "
+                    f"fewer findings ({', '.join(sorted(left - set(better.findings_after)))} stay with this "
+                    f"one): {better.change}")
 
 
 def _loss_curve(window: Window):
