@@ -198,3 +198,33 @@ def test_previous_weighted_layer_is_found_through_its_family():
     assert previous_weighted(ev, "net.3") == "net.2"
     assert previous_weighted(ev, "net.1") == "net.0"
     assert previous_weighted(ev, "net.0") is None
+
+
+# --- poor_weight_init from the first loss ------------------------------------------------------
+
+
+def _first_loss(first, classes=10, input_std=None):
+    from modeldebug.events import LossCall
+
+    cols = healthy_columns()
+    s = cols["steps"]
+    s["loss_fn_value"] = np.full(len(s["step"]), np.nan)
+    s["loss_fn_value"][0] = first
+    if input_std is not None:
+        s["input_std"] = np.full(len(s["step"]), input_std)
+    call = LossCall(name="cross_entropy", input_shape=[64, classes], target_shape=[64])
+    return build(cols, events=[{"step": 0, "type": call.tag, "data": call.to_data()}])
+
+
+def test_a_first_loss_far_above_the_uniform_guess_is_an_output_layer_started_too_large():
+    (f,) = PoorWeightInit().check(_first_loss(2.5 * np.log(10)))
+    last_linear = [n for n, info in healthy_columns()["layers"].items() if info.type == "Linear"][-1]
+    assert (f.kind, f.location, f.causes) == ("poor_weight_init", last_linear, ["bad_weight_init"])
+    assert f.evidence["ratio"] == pytest.approx(2.5) and "ln(10)" in f.message
+
+
+@pytest.mark.parametrize("first, input_std", [(1.48 * np.log(10), None), (1.0 * np.log(10), None),
+                                              (3.0 * np.log(10), 80.0)],
+                         ids=["1.48x-like-a-tanh-xavier-net", "at-the-uniform-guess", "raw-inputs-explain-it"])
+def test_a_first_loss_near_the_uniform_guess_or_from_raw_inputs_is_no_init_finding(first, input_std):
+    assert PoorWeightInit().check(_first_loss(first, input_std=input_std)) == []

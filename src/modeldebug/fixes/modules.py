@@ -137,9 +137,18 @@ def reinit(scheme: str) -> Callable:
     return first
 
 
+def _is_transposed_linear(layer: nn.Module, weight) -> bool:
+    """transformers' ``Conv1D`` (GPT-2's linear layers): a Linear whose weight is stored [in, out]."""
+    return (type(layer).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.dim() == 2
+            and weight.shape[1] == getattr(layer, "nf", None))
+
+
 def _reinit_layer(layer: nn.Module, scheme: str) -> None:
     weight = getattr(layer, "weight", None)
-    if isinstance(layer, (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)):
+    if _is_transposed_linear(layer, weight):
+        layer = _Transposed(layer)  # (the init functions read fan-in from dim 1: a view [out, in])
+        weight = layer.weight
+    if isinstance(layer, (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd, _Transposed)):
         if scheme == "kaiming":
             nn.init.kaiming_normal_(weight, nonlinearity="relu")
         else:
@@ -159,6 +168,13 @@ def _reinit_layer(layer: nn.Module, scheme: str) -> None:
             nn.init.ones_(layer.weight)
         if getattr(layer, "bias", None) is not None:
             nn.init.zeros_(layer.bias)
+
+
+class _Transposed:
+    """A Conv1D seen as a Linear: its weight as the [out, in] view, initialised in place."""
+
+    def __init__(self, layer: nn.Module):
+        self.weight, self.bias = layer.weight.t(), getattr(layer, "bias", None)
 
 
 # ---------------------------------------------------------------- layers

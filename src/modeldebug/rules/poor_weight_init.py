@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from modeldebug.events import CLASS_LOSSES, LossCall
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
 from modeldebug.rules.base import (
@@ -27,6 +28,7 @@ from modeldebug.types import Finding
 _SKIP = {"Embedding", "EmbeddingBag", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm",
          "RMSNorm", "InstanceNorm1d", "InstanceNorm2d", "SyncBatchNorm"}
 _SATURATING = {"Sigmoid", "Tanh"}
+_OUTPUT_LAYERS = {"Linear", "Conv1D", "Conv1d", "Conv2d", "Conv3d", "Bilinear"}
 
 
 @register
@@ -41,6 +43,11 @@ class PoorWeightInit(Rule):
     RMS x sqrt(fan_in) is outside [``min_scale``, ``max_scale``] = [0.05, 10] (PyTorch's default
     init gives ~0.58, Kaiming ~1.4: 10x off either way; fault suite). DeepDiagnosis' lower bound
     1e-5 is replaced by the scale test because wide layers (fan_in > 30k) legitimately go below it.
+    Also fires on a classifier whose first loss (cross-entropy / NLL over K classes, before any
+    update) is ``max_initial_ratio`` = 2x ln K or more, the loss of a model that knows nothing:
+    its logits start far too large (no weight flagged above, inputs not off scale: data_issue's
+    test). Located at the last Linear-like layer (the logits'). Fault suite: healthy classifiers
+    start at 0.84-1.48x ln K, a GPT-2 with initializer_range 1.0 at 2.8x.
     Severity: high when the loss diverges, medium when it stalls, low when it improves.
     Cause: bad_weight_init.
     Recommends: Kaiming (ReLU nets) or Xavier (tanh/sigmoid nets) init for the named weight.
@@ -48,12 +55,14 @@ class PoorWeightInit(Rule):
 
     id = "poor_weight_init"
     kind = "poor_weight_init"
-    reads = ("param_stats.norm", "params", "layers", "steps.loss", "steps.loss_nonfinite") + REFERENCE_READS  # severity by harm
+    reads = ("param_stats.norm", "params", "layers", "steps.loss", "steps.loss_nonfinite", "steps.input_mean",
+             "steps.input_std") + REFERENCE_READS  # severity by harm; the first loss, the loss call
     level = "detailed"
     max_var: float = 10.0
     min_scale: float = 0.05
     max_scale: float = 10.0
     first_steps: int = 10
+    max_initial_ratio: float = 2.0
 
     def check(self, ev: Evidence) -> list[Finding]:
         t = ev.param_stats
@@ -69,10 +78,10 @@ class PoorWeightInit(Rule):
         shape_ok = np.array([i is not None and len(i.shape) >= 2 and i.numel > 0
                              and layer_family(ev, i.module) not in _SKIP for i in info], dtype=bool)
         if not shape_ok.any():
-            return []
+            return self._initial_logits(ev)
         names, norms = names[shape_ok], norms[shape_ok]
         numel = np.array([i.measured_numel for i, ok in zip(info, shape_ok) if ok], dtype=float)
-        fan_in = np.array([i.numel // i.shape[0] for i, ok in zip(info, shape_ok) if ok], dtype=float)
+        fan_in = np.array([_fan_in(ev, i) for i, ok in zip(info, shape_ok) if ok], dtype=float)
         var = norms ** 2 / numel  # second moment: the variance for zero-mean weights
         scale = np.sqrt(var * fan_in)
         bad = (var > self.max_var) | (scale < self.min_scale) | (scale > self.max_scale)
@@ -101,4 +110,51 @@ class PoorWeightInit(Rule):
                 causes=["bad_weight_init"],
                 recommendations=[fix(f"Re-initialize {p} at the {init.split('_')[0].title()} scale.", code)],
             ))
-        return findings
+        return findings or self._initial_logits(ev)
+
+    def _initial_logits(self, ev: Evidence) -> list[Finding]:
+        """A classifier whose first loss is far above ln K: logits that start too large."""
+        from modeldebug.rules.data_issue import DataIssue
+
+        calls = [c for c in ev.events_of(LossCall) if c.name in CLASS_LOSSES]
+        shape = calls[0].input_shape if calls else None
+        if not shape or len(shape) < 2 or shape[1] < 2 or len(ev.steps) == 0:
+            return []
+        classes = int(shape[1])
+        fn, loss = col(ev.steps, "loss_fn_value"), col(ev.steps, "loss")
+        first = fn[0] if len(fn) and np.isfinite(fn[0]) else loss[0] if len(loss) else np.nan
+        uniform = float(np.log(classes))
+        if not (np.isfinite(first) and first >= self.max_initial_ratio * uniform) or DataIssue().off_scale(ev):
+            return []
+        layers = [info for info in ev.layers_in_order() if info.type in _OUTPUT_LAYERS or family(info) in _OUTPUT_LAYERS]
+        if not layers:
+            return []
+        out = layers[-1].name
+        trend = loss_trend(ev)
+        hurt = "high" if trend is not None and trend.diverged else "medium"
+        msg = (f"The loss at the first step, {g(first)}, is {g(first / uniform)}x ln({classes}) = {g(uniform)}, the "
+               f"loss of a model that knows nothing: the logits start far too large, from the weights of {out} "
+               f"(and the layers feeding it) initialised too large.")
+        if trend is not None:
+            msg += f" The loss went {g(trend.start)} -> {g(trend.end)}."
+        return [self.finding(
+            severity=impact_severity(trend, hurt=hurt), confidence=0.7, location=out,
+            step=int(col(ev.steps, "step")[0]), message=msg,
+            evidence={"first_loss": float(first), "uniform_loss": uniform, "classes": classes,
+                      "ratio": float(first / uniform)},
+            causes=["bad_weight_init"],
+            recommendations=[fix(f"Initialise {out} (and the layers before it) at a small scale, so that the first "
+                                 f"loss is near ln({classes}): e.g. std 0.02 for a transformer, Xavier/Kaiming "
+                                 "elsewhere, or scale the output layer's weights down.",
+                                 f"nn.init.normal_({attr_path(out + '.weight')}, std=0.02)")],
+        )]
+
+
+def _fan_in(ev: Evidence, info) -> int:
+    """Inputs per output: a weight's values over its first dimension (torch's [out, in, ...]); a
+    transformers ``Conv1D`` (GPT-2's linear layers) stores [in, out], so its first dimension."""
+    layer = ev.layers.get(info.module)
+    if layer is not None and layer.type == "Conv1D" and len(info.shape) == 2:
+        return int(info.shape[0])
+    return info.numel // info.shape[0]
+
