@@ -294,14 +294,20 @@ def _rejoin(sites: Sites, src: Source, names: list[str]) -> list[Edit]:
     return edits
 
 
+def _block_of(src: Source, stmt: ast.stmt) -> list[ast.stmt]:
+    """The statements of the block ``stmt`` is in (its parent's body, else or finally)."""
+    parent = src.parents.get(id(stmt))
+    return next((getattr(parent, f) for f in ("body", "orelse", "finalbody")
+                 if stmt in (getattr(parent, f, None) or [])), [])
+
+
 def _clip_after_backward(spec: dict[str, Any], sites: Sites) -> list[Edit]:
     """The script's clipping calls before backward() in the loop's block move to just before the
     step (after backward() when the step is not in the script)."""
     backward, step, _ = sites.loop()
     src = sites.source(backward["file"])
     after = src.statement(backward["line"])
-    block = next((getattr(parent, f) for parent in [src.parents.get(id(after))]
-                  for f in ("body", "orelse", "finalbody") if after in (getattr(parent, f, None) or [])), [])
+    block = _block_of(src, after)
     function = str(spec.get("function") or "clip_grad_norm_")
     moved = [stmt for stmt in block[:block.index(after)] if isinstance(stmt, ast.Expr)
              and isinstance(stmt.value, ast.Call) and last_name(stmt.value.func) == function and src.alone(stmt)]
@@ -325,8 +331,7 @@ def _unscale_before_clip(spec: dict[str, Any], sites: Sites) -> list[Edit]:
     if "unscale_(" in src.text:
         raise NoPatch("the script already calls unscale_(): put it before the clipping call")
     after = src.statement(backward["line"])
-    block = next((getattr(parent, f) for parent in [src.parents.get(id(after))]
-                  for f in ("body", "orelse", "finalbody") if after in (getattr(parent, f, None) or [])), [])
+    block = _block_of(src, after)
     function = str(spec.get("function") or "clip_grad_norm_")
     clips = [stmt for stmt in block[block.index(after) + 1:] if any(
         isinstance(c, ast.Call) and last_name(c.func) == function for c in ast.walk(stmt))]
