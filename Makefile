@@ -7,12 +7,13 @@ export OMP_NUM_THREADS ?= 1
 
 .PHONY: setup demo test bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml tested-versions.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# CPU build of torch that pip finds on this machine's disk; install it before anything can pull another.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[onnx,llm,report,dev]'
+	# the framework versions the suite last passed against (see tested-versions.txt)
+	$(PY) -m pip install -q -c tested-versions.txt -e '.[onnx,llm,report,dev]'
 	touch $@
 
 setup: $(VENV)/.installed
