@@ -103,6 +103,19 @@ def test_watching_twice_and_nesting_is_safe(store_path):
     assert len(model[0]._forward_hooks) == 0
 
 
+def test_stopping_a_debugger_never_started_says_so_and_writes_nothing(store_path, caplog):
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    dbg = watch(model, opt, config=md.DebuggingConfig(store_path=store_path))  # (no `with`, no start())
+    _train(model, opt, steps=2)
+    with caplog.at_level("WARNING"):
+        assert dbg.stop() is None
+    assert "never started" in caplog.text and "with md.watch" in caplog.text
+    assert "could not finish writing" not in caplog.text
+    dbg.stop()  # (twice is still safe)
+    assert _current() == ORIGINALS
+
+
 def test_exit_in_other_order_still_restores_the_originals(store_path):
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

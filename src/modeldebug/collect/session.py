@@ -223,6 +223,11 @@ class Debugger:
         """Remove every hook, write what is left, and close the run. Safe to call twice."""
         if self._stopped:
             return
+        if not self._started:  # never started: no hook in, no run in the store, nothing to write
+            self._stopped = self.steps.stopped = True
+            log.warning("modeldebug: this Debugger was never started, so nothing was recorded; use "
+                        "`with md.watch(model, optimizer) as dbg:` or call dbg.start() before training")
+            return
         self._stopped = self.steps.stopped = True
         if self.live is not None:
             from modeldebug.live_diagnosis import detach
