@@ -14,10 +14,9 @@ judged again over a window 4x longer when the script had more to run: a fix that
 (standardised inputs, gradients no longer summed across steps) overtakes later. Such a fix, when
 still rejected (not for a crash or its finding still there), is tried once more with the learning
 rate retuned for it (x10: the script's rate was tuned on the summed gradients or the raw input
-scale). A mitigation
-(clipping, LeakyReLU: the symptom treated) is rejected when a fix for the finding's cause is
-verified beside it, and a verified fix is rejected when another verified one also removes its
-findings and leaves strictly fewer behind (they followed from the other's root).
+scale). A mitigation (clipping, LeakyReLU: the symptom treated) is rejected when a fix for the
+finding's cause is verified beside it, and a verified fix is rejected when another verified one
+also removes its findings and leaves strictly fewer behind (they followed from the other's root).
 """
 
 from __future__ import annotations
