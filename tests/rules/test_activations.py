@@ -228,3 +228,15 @@ def test_a_first_loss_far_above_the_uniform_guess_is_an_output_layer_started_too
                          ids=["1.48x-like-a-tanh-xavier-net", "at-the-uniform-guess", "raw-inputs-explain-it"])
 def test_a_first_loss_near_the_uniform_guess_or_from_raw_inputs_is_no_init_finding(first, input_std):
     assert PoorWeightInit().check(_first_loss(first, input_std=input_std)) == []
+
+
+def test_the_first_loss_of_a_summed_or_multi_loss_step_is_not_read_as_one_mean_loss():
+    from modeldebug.events import LossCall
+
+    cols = healthy_columns()
+    s = cols["steps"]
+    s["loss"] = s["loss"] * 64  # reduction="sum" over a batch of 64: no per-item value recorded at step 0
+    s["loss_fn_value"] = np.full(len(s["step"]), np.nan)
+    s["loss_calls"] = np.ones(len(s["step"]))
+    call = LossCall(name="cross_entropy", input_shape=[64, 10], target_shape=[64], reduction="sum")
+    assert PoorWeightInit().check(build(cols, events=[{"step": 0, "type": call.tag, "data": call.to_data()}])) == []

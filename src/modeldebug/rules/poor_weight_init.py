@@ -9,6 +9,7 @@ import numpy as np
 from modeldebug.events import CLASS_LOSSES, LossCall
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
+from modeldebug.rules.reference import loss_in_fn_units
 from modeldebug.rules.base import (
     REFERENCE_READS,
     Rule,
@@ -121,8 +122,10 @@ class PoorWeightInit(Rule):
         if not shape or len(shape) < 2 or shape[1] < 2 or len(ev.steps) == 0:
             return []
         classes = int(shape[1])
-        fn, loss = col(ev.steps, "loss_fn_value"), col(ev.steps, "loss")
-        first = fn[0] if len(fn) and np.isfinite(fn[0]) else loss[0] if len(loss) else np.nan
+        # The loss function's own output (per item for a sum); else the step's loss where it is that
+        # loss in its units (a sum over items, or several losses added, would read as too large)
+        fn, units = col(ev.steps, "loss_fn_value"), loss_in_fn_units(ev)
+        first = fn[0] if len(fn) and np.isfinite(fn[0]) else units[0] if units is not None else np.nan
         uniform = float(np.log(classes))
         if not (np.isfinite(first) and first >= self.max_initial_ratio * uniform) or DataIssue().off_scale(ev):
             return []

@@ -138,21 +138,33 @@ def _col(ev: Evidence, name: str) -> np.ndarray:
     return np.asarray(ev.steps[name], dtype=float)
 
 
-def _series(ev: Evidence) -> np.ndarray:
+def loss_in_fn_units(ev: Evidence) -> np.ndarray | None:
+    """``steps.loss`` step by step in the loss function's units, when it is that one loss (its
+    output on the sampled steps, or at one ratio close to 1 to it); None when it is not (a loss with
+    an added penalty, divided for gradient accumulation, or summed over the batch)."""
     loss, fn = _col(ev, "loss"), _col(ev, "loss_fn_value")
-    if not len(fn):
-        return np.zeros(0)
+    if not len(fn) or len(fn) != len(loss):
+        return None
     both = np.isfinite(loss) & np.isfinite(fn) & (fn != 0)
-    sampled = fn[np.isfinite(fn)]
     ratios = loss[both] / fn[both]
     ratio = float(np.median(ratios)) if len(ratios) else np.nan
     if len(ratios) >= 2 and abs(ratio - 1) <= SAME_LOSS:
-        return loss[np.isfinite(loss)]
+        return loss
     if len(ratios) >= 3 and abs(ratio - 1) <= RESCALED and np.all(np.abs(ratios / ratio - 1) <= SAME_LOSS):
         # The same loss over another count of items (transformers divides a causal LM's summed loss
         # by all labels, the loss function sums the shifted ones): in the loss function's units.
-        return loss[np.isfinite(loss)] / ratio
-    return sampled
+        return loss / ratio
+    return None
+
+
+def _series(ev: Evidence) -> np.ndarray:
+    fn = _col(ev, "loss_fn_value")
+    if not len(fn):
+        return np.zeros(0)
+    units = loss_in_fn_units(ev)
+    if units is not None:
+        return units[np.isfinite(units)]
+    return fn[np.isfinite(fn)]
 
 
 def _rolling_median(x: np.ndarray, k: int) -> np.ndarray:
