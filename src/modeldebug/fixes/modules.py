@@ -409,9 +409,10 @@ def unscale_before_clip(guard: Callable[[Callable], Callable]) -> None:
             return
         clipped = {id(p) for p in params}
         for optimizer in list(optimizers):
-            owns = any(id(p) in clipped for group in optimizer.param_groups for p in group["params"])
-            state = scaler._per_optimizer_states[id(optimizer)]
-            if owns and state["stage"] is OptState.READY:
+            if not any(id(p) in clipped for group in optimizer.param_groups for p in group["params"]):
+                continue
+            # (a defaultdict: read only for the optimizers clipped, not made for every one)
+            if scaler._per_optimizer_states[id(optimizer)]["stage"] is OptState.READY:
                 scaler.unscale_(optimizer)
 
     def hold(original):
@@ -423,8 +424,10 @@ def unscale_before_clip(guard: Callable[[Callable], Callable]) -> None:
 
         return clip
 
+    from modeldebug.collect.patches import CLIP_FUNCTIONS
+
     for owner in (torch.nn.utils, torch.nn.utils.clip_grad):
-        for name in ("clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_"):
+        for name in CLIP_FUNCTIONS:
             if hasattr(owner, name):
                 setattr(owner, name, hold(getattr(owner, name)))
 
@@ -441,8 +444,10 @@ def keep_modules(paths: list[str], guard: Callable[[Callable], Callable]) -> Non
 
     def same(owner: nn.Module, name: str, value) -> bool:
         old = owner.__dict__.get("_modules", {}).get(name)
-        return (isinstance(old, nn.Module) and type(old) is type(value) and shapes(old) == shapes(value)
-                and len(shapes(old)) > 0)
+        if not isinstance(old, nn.Module) or type(old) is not type(value):
+            return False
+        kept = shapes(old)
+        return bool(kept) and kept == shapes(value)
 
     @functools.wraps(original)
     def setattr_(self, name, value):
@@ -451,4 +456,3 @@ def keep_modules(paths: list[str], guard: Callable[[Callable], Callable]) -> Non
         original(self, name, value)
 
     nn.Module.__setattr__ = setattr_
-

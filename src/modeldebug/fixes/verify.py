@@ -378,16 +378,15 @@ def _mitigations_second(fixes: list[Fix], candidates: list[Candidate]) -> None:
 
 
 def _dominated_second(fixes: list[Fix]) -> None:
-    """A verified fix is not the fix where another verified one also removes the findings it
-    addresses and leaves strictly fewer behind: those findings followed from the other's root (a
-    weight decay 100x too high made the loss spike; lowering the rate hides the spike and leaves
-    the decay, lowering the decay removes both)."""
+    """A verified fix is not the fix where another verified one leaves strictly fewer findings
+    behind (a subset of its own, so the other removes what it addresses too): those findings
+    followed from the other's root (a weight decay 100x too high made the loss spike; lowering the
+    rate hides the spike and leaves the decay, lowering the decay removes both)."""
     verified = sorted((f for f in fixes if f.verified), key=lambda f: len(f.findings_after))
     found = []
     for f in verified:
         left = set(f.findings_after)
-        better = next((g for g in verified if g is not f and set(g.findings_after) < left
-                       and not set(f.addresses) & set(g.findings_after)), None)
+        better = next((g for g in verified if g is not f and set(g.findings_after) < left), None)
         found += [(f, left, better)] if better is not None else []
     for f, left, better in found:
         f.verified = False

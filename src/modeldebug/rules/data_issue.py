@@ -87,9 +87,9 @@ class DataIssue(Rule):
             ],
         )]
 
-    def off_scale(self, ev: Evidence) -> tuple[str, float, float] | None:
-        """("large" or "tiny", median input mean, median input std) when the model's float inputs
-        are far from normalized; None when not (or token ids, or no input seen)."""
+    def off_scale(self, ev: Evidence) -> tuple[str, float, float, int] | None:
+        """("large" or "tiny", median input mean, median input std, first step seen) when the
+        model's float inputs are far from normalized; None when not (or token ids, or no input seen)."""
         order = ev.layers_in_order()
         if order and family(order[0]) in _TOKEN_INPUT:
             return None
@@ -98,23 +98,22 @@ class DataIssue(Rule):
         ok = np.isfinite(mean) & np.isfinite(std)
         if not ok.any():
             return None
-        m, sd = float(np.median(mean[ok])), float(np.median(std[ok]))
+        m, sd, first = float(np.median(mean[ok])), float(np.median(std[ok])), int(col(s, "step")[ok][0])
         if max(abs(m), sd) > self.max_scale:
-            return "large", m, sd
+            return "large", m, sd, first
         if 0 < sd < self.min_std and abs(m) < self.min_std:
-            return "tiny", m, sd
+            return "tiny", m, sd, first
         return None
 
     def _scale(self, ev: Evidence) -> list[Finding]:
         scale = self.off_scale(ev)
         if scale is None:
             return []
-        large, m, sd = scale[0] == "large", scale[1], scale[2]
+        what, m, sd, first = scale
         lo, hi = col(ev.steps, "input_min"), col(ev.steps, "input_max")
         rng = (float(np.nanmin(lo)) if np.isfinite(lo).any() else None,
                float(np.nanmax(hi)) if np.isfinite(hi).any() else None)
         trend = loss_trend(ev)
-        what = "large" if large else "tiny"
         msg = (f"Inputs are far from normalized: mean {g(m)}, std {g(sd)}"
                + (f", range [{g(rng[0])}, {g(rng[1])}]" if None not in rng else "")
                + f" (median over steps); values this {what} slow or destabilize training.")
@@ -126,8 +125,6 @@ class DataIssue(Rule):
         if rng[1] is not None and rng[0] is not None and rng[0] >= 0 and 200 <= rng[1] <= 256:
             recs.insert(0, fix("These look like raw 0-255 pixels: scale to [0, 1] and normalize.",
                                "transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])"))
-        mean, std = col(ev.steps, "input_mean"), col(ev.steps, "input_std")
-        first = int(col(ev.steps, "step")[np.isfinite(mean) & np.isfinite(std)][0])
         return [self.finding(
             severity=impact_severity(trend, hurt="medium"), confidence=0.8, location=None, step=first, message=msg,
             evidence={"input_mean": m, "input_std": sd, "input_min": rng[0], "input_max": rng[1]},

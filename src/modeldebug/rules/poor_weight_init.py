@@ -9,7 +9,6 @@ import numpy as np
 from modeldebug.events import CLASS_LOSSES, LossCall
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
-from modeldebug.rules.reference import loss_in_fn_units
 from modeldebug.rules.base import (
     REFERENCE_READS,
     Rule,
@@ -23,6 +22,7 @@ from modeldebug.rules.base import (
     loss_trend,
     param_module,
 )
+from modeldebug.rules.reference import classes_scored, loss_in_fn_units
 from modeldebug.types import Finding
 
 # Layers whose weights are not scaled by fan-in (embeddings start at N(0, 1), norms at 1).
@@ -66,6 +66,10 @@ class PoorWeightInit(Rule):
     max_initial_ratio: float = 2.0
 
     def check(self, ev: Evidence) -> list[Finding]:
+        return self._weights(ev) or self._initial_logits(ev)
+
+    def _weights(self, ev: Evidence) -> list[Finding]:
+        """Weights whose initial variance or fan-in scale is far off."""
         t = ev.param_stats
         if len(t) == 0 or not ev.params:
             return []
@@ -79,7 +83,7 @@ class PoorWeightInit(Rule):
         shape_ok = np.array([i is not None and len(i.shape) >= 2 and i.numel > 0
                              and layer_family(ev, i.module) not in _SKIP for i in info], dtype=bool)
         if not shape_ok.any():
-            return self._initial_logits(ev)
+            return []
         names, norms = names[shape_ok], norms[shape_ok]
         numel = np.array([i.measured_numel for i, ok in zip(info, shape_ok) if ok], dtype=float)
         fan_in = np.array([_fan_in(ev, i) for i, ok in zip(info, shape_ok) if ok], dtype=float)
@@ -111,17 +115,16 @@ class PoorWeightInit(Rule):
                 causes=["bad_weight_init"],
                 recommendations=[fix(f"Re-initialize {p} at the {init.split('_')[0].title()} scale.", code)],
             ))
-        return findings or self._initial_logits(ev)
+        return findings
 
     def _initial_logits(self, ev: Evidence) -> list[Finding]:
         """A classifier whose first loss is far above ln K: logits that start too large."""
         from modeldebug.rules.data_issue import DataIssue
 
         calls = [c for c in ev.events_of(LossCall) if c.name in CLASS_LOSSES]
-        shape = calls[0].input_shape if calls else None
-        if not shape or len(shape) < 2 or shape[1] < 2 or len(ev.steps) == 0:
+        classes = classes_scored(ev, calls[0]) if calls and len(ev.steps) else None
+        if classes is None:
             return []
-        classes = int(shape[1])
         # The loss function's own output (per item for a sum); else the step's loss where it is that
         # loss in its units (a sum over items, or several losses added, would read as too large)
         fn, units = col(ev.steps, "loss_fn_value"), loss_in_fn_units(ev)
@@ -160,4 +163,3 @@ def _fan_in(ev: Evidence, info) -> int:
     if layer is not None and layer.type == "Conv1D" and len(info.shape) == 2:
         return int(info.shape[0])
     return info.numel // info.shape[0]
-

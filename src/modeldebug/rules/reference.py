@@ -113,7 +113,7 @@ def reference(ev: Evidence) -> Reference | None:
         if same.any():
             losses = np.asarray(v["loss"], dtype=float)[same]
             val_end, val_best = float(losses[-1]), float(losses.min())
-    classes = _classes(ev, call)
+    classes = classes_scored(ev, call)
     return Reference(loss=call.name, baseline=baseline, predictor=predictor, end=end, best=best, n=len(series),
                      val_end=val_end, val_best=val_best, uniform=float(np.log(classes)) if classes else None)
 
@@ -174,7 +174,7 @@ def _rolling_median(x: np.ndarray, k: int) -> np.ndarray:
     return np.median(windows, axis=1)
 
 
-def _classes(ev: Evidence, call: LossCall) -> int | None:
+def classes_scored(ev: Evidence, call: LossCall) -> int | None:
     """The classes a cross-entropy / NLL input scores (its dim 1), else the classes seen."""
     if call.name not in CLASS_LOSSES:
         return None
@@ -189,7 +189,7 @@ def _baseline(ev: Evidence, call: LossCall) -> tuple[float, str] | None:
         counts = np.array([v for v in ev.class_counts.values() if v > 0], dtype=float)
         if len(counts) < 2:
             return None
-        classes = _classes(ev, call) or len(counts)
+        classes = classes_scored(ev, call) or len(counts)
         p = counts / counts.sum()
         eps = float(call.options.get("label_smoothing") or 0.0)
         if eps > 0 and call.name == "cross_entropy" and classes >= len(counts):
