@@ -297,6 +297,84 @@ class Anomaly(Case):
             return super().step()
 
 
+class Floor(Case):
+    """The mechanisms the default monitor rests on, each doing nothing but pass through (installed
+    for its chunk only, as modeldebug is resumed for its own): what an unsampled step costs before
+    any of our logic runs. ``parts``: which of them (see FLOOR_PARTS)."""
+
+    parts: tuple[str, ...] = ()
+
+    def begin_chunk(self) -> None:
+        self._undo: list[Callable[[], None]] = []
+        for part in self.parts:
+            getattr(self, "_" + part)()
+
+    def end_chunk(self) -> None:
+        for undo in reversed(self._undo):
+            undo()
+
+    def _root(self) -> None:  # the two root-module hooks, as kept all run
+        handles = [self.model.register_forward_pre_hook(lambda m, a, k: None, with_kwargs=True),
+                   self.model.register_forward_hook(lambda m, a, o: None, always_call=True)]
+        self._undo += [h.remove for h in handles]
+
+    def _optimizer(self) -> None:  # the global optimizer step pre- and post-hooks
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+        handles = [register_optimizer_step_pre_hook(lambda o, a, k: None),
+                   register_optimizer_step_post_hook(lambda o, a, k: None)]
+        self._undo += [h.remove for h in handles]
+
+    def _patches(self) -> None:  # pass-through wrappers where modeldebug patches the loop's calls
+        import functools
+
+        import torch.nn.functional as F
+
+        for owner, name in ((torch.Tensor, "backward"), (torch.optim.Optimizer, "zero_grad"), (F, "cross_entropy")):
+            original = getattr(owner, name)
+
+            def make(original=original):
+                @functools.wraps(original)
+                def passthrough(*args, **kwargs):
+                    return original(*args, **kwargs)
+                return passthrough
+
+            setattr(owner, name, make())
+            self._undo.append(lambda owner=owner, name=name, original=original: setattr(owner, name, original))
+
+    def _reads(self) -> None:
+        """What the step's row needs of the tensors: modeldebug's fused gradient norm before the
+        update, then the loss and that norm read as floats, and a clock at each boundary."""
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+        from modeldebug.collect.params import FLATTEN_BELOW, grad_norm
+
+        params = list(self.model.parameters())
+        flat = sum(p.numel() for p in params) < FLATTEN_BELOW * len(params)
+        held: dict[str, Any] = {}
+        clock = time.perf_counter
+
+        def pre(o, a, k):
+            held["t"] = clock()
+            held["norm"] = grad_norm(params, flat)
+
+        def post(o, a, k):
+            held["row"] = (float(held["norm"]), clock() - held["t"], clock())
+
+        handles = [register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)]
+        self._undo += [h.remove for h in handles]
+
+
+FLOOR_PARTS = {
+    "floor-root": ("root",),
+    "floor-optimizer": ("optimizer",),
+    "floor-patches": ("patches",),
+    "floor-reads": ("reads",),
+    "floor-all": ("root", "optimizer", "patches", "reads"),
+}
+FLOOR_CLASSES = {name: type(name, (Floor,), {"parts": parts}) for name, parts in FLOOR_PARTS.items()}
+
+
 # name -> (class, relative chunk size: slow tools run fewer steps per round)
 CONFIGS: dict[str, tuple[type[Case], float]] = {
     "plain": (Plain, 1.0),
@@ -306,6 +384,7 @@ CONFIGS: dict[str, tuple[type[Case], float]] = {
     "wandb-100": (Wandb, 1.0),
     "tb-hist": (TensorBoard, 0.15),
     "anomaly": (Anomaly, 0.5),
+    **{name: (cls, 1.0) for name, cls in FLOOR_CLASSES.items()},
 }
 LABELS = {
     "plain": "plain training",
@@ -315,6 +394,11 @@ LABELS = {
     "wandb-100": 'wandb.watch(log="all", log_freq=100)',
     "tb-hist": "TensorBoard histograms every step",
     "anomaly": "torch.autograd.detect_anomaly",
+    "floor-root": "no-op root pre- and post-hooks",
+    "floor-optimizer": "no-op optimizer step pre- and post-hooks",
+    "floor-patches": "pass-through backward, zero_grad, cross_entropy",
+    "floor-reads": "fused grad norm, its float and clocks",
+    "floor-all": "all four: the design's floor",
 }
 
 
@@ -515,6 +599,26 @@ def print_short(results: list[dict]) -> None:
                   f"{c.get('extra_unsampled_us', float('nan')):>10.1f}{100 * c.get('sampled_frac', 0):>10.1f}%")
     print("(unsampled/sampled us: the monitor's own clock per step, medians; extra us: median unsampled step "
           "minus median plain step, what the hooks' calls cost too)")
+
+
+def print_floor(results: list[dict]) -> None:
+    """What each mechanism costs alone, doing nothing, next to the default monitor: the part of an
+    unsampled step's cost that no work inside our callbacks can remove."""
+    print("\n== The floor (interleaved): each mechanism alone, a no-op, next to the default monitor ==")
+    print(f"{'model':<10}{'plain ms':>10}  {'configuration':<50}{'median':>9}{'extra us':>10}")
+    for r in results:
+        cfg = r["configs"]
+        plain = cfg["plain"]["median_ms"]
+        for n, c in cfg.items():
+            if n == "plain":
+                continue
+            print(f"{r['model']:<10}{plain:>10.3f}  {LABELS[n]:<50}{c['ratio_median']:>8.3f}x"
+                  f"{1e3 * (c['median_ms'] - plain):>10.1f}")
+        md_extra = 1e3 * (cfg["md-default"]["median_ms"] - plain)
+        floor_extra = 1e3 * (cfg["floor-all"]["median_ms"] - plain)
+        print(f"{'':<10}{'':>10}  {'default beyond the floor (our logic)':<50}{'':>9}{md_extra - floor_extra:>10.1f}")
+    print("(extra us: median step minus median plain step; the floor's rows are not additive, each is "
+          "measured alone and noise is a few us)")
 
 
 # ---------------------------------------------------------------------------------------- part 2
@@ -956,9 +1060,10 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer rounds and steps (a couple of minutes)")
     ap.add_argument("--models", default=",".join(LONG_STEP_MODELS),
                     help=f"comma-separated, of {','.join(MODELS)} (part steps; part short runs {','.join(SHORT_STEP_MODELS)})")
-    ap.add_argument("--only", default=",".join(CONFIGS), help=f"configurations, of {','.join(CONFIGS)} (plain is always run)")
-    ap.add_argument("--parts", default="steps,short,counts,e2e,long",
-                    help="of steps,short,counts,e2e,long (short: sub-millisecond CPU steps, models mlp3,stack13; "
+    ap.add_argument("--only", default=",".join(c for c in CONFIGS if c not in FLOOR_PARTS), help=f"configurations, of {','.join(CONFIGS)} (plain is always run)")
+    ap.add_argument("--parts", default="steps,short,floor,counts,e2e,long",
+                    help="of steps,short,floor,counts,e2e,long (short: sub-millisecond CPU steps, models mlp3,stack13; "
+                         "floor: on those, each mechanism the monitor rests on alone, doing nothing; "
                          "counts: an unsampled step's bytecodes and calls, 3-31 modules)")
     ap.add_argument("--rounds", type=int, help="interleaved rounds per model (default 20, quick 6)")
     ap.add_argument("--chunk", type=int, default=15, help="steps of a fast configuration per round")
@@ -1032,6 +1137,15 @@ def main(argv=None) -> int:
                 print(f"  [{m}: {r['wall_s']:.0f} s]", flush=True)
             print_short(short)
             out["short"] = short
+        if "floor" in parts:
+            floor = []
+            for m in SHORT_STEP_MODELS:
+                r = bench_model(m, ["plain", *FLOOR_PARTS, "md-default"], 3 * rounds, args.chunk * 2, warmup=300,
+                                tmp=tmp, device=args.device)
+                floor.append(r)
+                print(f"  [{m}: {r['wall_s']:.0f} s]", flush=True)
+            print_floor(floor)
+            out["floor"] = floor
         if "counts" in parts:
             out["counts"] = bench_counts()
             print_counts(out["counts"])

@@ -97,7 +97,8 @@ def total_norm(tensors: list[torch.Tensor], flatten: bool = False) -> torch.Tens
             stacked = torch.stack(norms)
         except RuntimeError:  # model parallel: norms on several devices
             stacked = torch.stack(same_device(norms))
-        return torch.linalg.vector_norm(stacked.float())
+        # (float32 norms as they are: even a no-op .float() is a dispatch, on every step)
+        return torch.linalg.vector_norm(stacked if stacked.dtype == torch.float32 else stacked.float())
     finally:
         torch._C._set_grad_enabled(enabled)
 
