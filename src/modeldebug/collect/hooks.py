@@ -288,7 +288,8 @@ class Hooks:
             self.fingerprints.add_eval(x, source_of(x, ds))
 
     def _input_stats(self, st: Step, x: torch.Tensor) -> None:
-        x = x.detach()
+        if x.requires_grad:  # (a batch that needs no gradient is held as it is: one op less a step)
+            x = x.detach()
         if st.batch is None:
             st.batch, self.batch = self.batch, None
         if st.sampled:

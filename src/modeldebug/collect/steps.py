@@ -115,6 +115,8 @@ class Step:
     param_post: torch.Tensor | None = None  # update_stats of param_pre
     loss_scale: torch.Tensor | float | None = field(default=None, metadata=FIRST)  # GradScaler (collect/amp.py)
     scaler_skipped: bool = False  # the GradScaler skipped optimizer.step()
+    # CPU: the gradient norm and loss tensors the NaN check read, and their floats (read once a step)
+    read: tuple | None = None
 
     def mean_loss(self) -> torch.Tensor | None:
         if self.loss_count == 1:
@@ -370,7 +372,10 @@ class Steps:
         if replay is None or not self.replay_budget:
             return
         norm, loss = st.grad_norm, st.loss_sum
-        if (norm is None or math.isfinite(float(norm))) and (loss is None or math.isfinite(float(loss))):
+        norm_f = NAN if norm is None else float(norm)
+        loss_f = NAN if loss is None else float(loss)
+        st.read = (norm, norm_f, loss, loss_f)
+        if (norm is None or math.isfinite(norm_f)) and (loss is None or math.isfinite(loss_f)):
             return
         from modeldebug.collect.compiled import EagerWindow
         from modeldebug.collect.nan_origin import locate
