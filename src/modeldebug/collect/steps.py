@@ -245,7 +245,6 @@ class Steps:
             st.param_pre = self.snapshot(subsets=False)  # a step without optimizer.step()
         end = now()
         step_s = end - (self.last_end if self.last_end is not None else st.start)
-        self.last_end = end
         memory = (self._memory() if self.monitoring.memory and (
             st.index < MEMORY_EVERY_STEP or st.index % MEMORY_EVERY == 0 or st.sampled) else NO_MEMORY)
         self.count += 1
@@ -275,6 +274,9 @@ class Steps:
         st.monitor_s += now() - t
         self.cost.seconds += st.monitor_s
         queue.closed(st.sampled)
+        # The next step's time (and its data wait, without a DataLoader) starts after our own work
+        # here: a sampled step's statistics written at its close are not the loop waiting for data.
+        self.last_end = now()
         if not self.root_seen:
             self.hooks.step_closed()
         if self.entry_missing and not self.root_seen and not self.stopped:

@@ -38,10 +38,6 @@ class Closed:
     step: "Step"
 
 
-def _float(x) -> float:
-    return math.nan if x is None else float(x)
-
-
 def _parts(st: "Step") -> tuple:
     """The numbers a step sends to the host: loss, gradient norm, stale norm, batch min and max, loss scale."""
     return st.mean_loss(), st.grad_norm, st.stale_grad_norm, *(st.input_range or (None, None)), st.loss_scale
@@ -90,8 +86,8 @@ class HostQueue:
         cheaper than building a tensor). The NaN check read the loss and the norm already: the same
         tensors are not read twice (each read is a dispatch, on every step)."""
         loss, norm, read = st.mean_loss(), st.grad_norm, st.read
-        loss_f = read[3] if read is not None and loss is read[2] else _float(loss)
-        norm_f = read[1] if read is not None and norm is read[0] else _float(norm)
+        loss_f = read[3] if read is not None and loss is read[2] else math.nan if loss is None else float(loss)
+        norm_f = read[1] if read is not None and norm is read[0] else math.nan if norm is None else float(norm)
         rest = (st.stale_grad_norm, *(st.input_range or (None, None)), st.loss_scale)
         return [loss_f, norm_f, *[math.nan if x is None else float(x) for x in rest]]
 
