@@ -27,7 +27,12 @@ class MemoryGrowth(Rule):
     steps; healthy runs plateau after warm-up), and the rise is spread over steps: more than
     ``max_jumps`` = 3 of the largest step-to-step rises are needed to make half of it (a leak keeps
     something every step: the suite's leaks need 50-110 steps; the allocator grows in a few jumps,
-    a 37 MiB one in a healthy BERT fine-tuning run, then plateaus or gives memory back).
+    a 37 MiB one in a healthy BERT fine-tuning run, then plateaus or gives memory back), and the
+    growth stands clear of the churn around its trend: at least ``min_trend_to_churn`` = 4 times
+    the spread (10th to 90th percentile) of the series about its straight-line fit (a leak's
+    residuals are a few MiB, its growth 9-18 times them; a healthy word-LSTM whose 8 MiB buffers
+    the allocator returns and takes again drifts up 27-48 MiB at 1.2-2.2 times its churn; the
+    churn is bounded and a leak is not, so a leak under churn is found once it outgrows it).
     Severity: high when memory at least doubled, else medium.
     Causes: graph_kept_alive first (the usual leak in a training loop), other.
     Recommends: accumulate ``loss.item()``, detach anything kept across steps, with the
@@ -42,6 +47,7 @@ class MemoryGrowth(Rule):
     min_growth_mib: float = 32.0
     min_rel: float = 0.05
     max_jumps: int = 3
+    min_trend_to_churn: float = 4.0
 
     def check(self, ev: Evidence) -> list[Finding]:
         findings = []
@@ -78,7 +84,12 @@ class MemoryGrowth(Rule):
         jumps = self._jumps_for_half(m)
         if jumps <= self.max_jumps:
             return None  # a few jumps of the allocator (a new arena, a raised mmap threshold), not a leak
-        per_step = float(np.polyfit(s.astype(float), m, 1)[0])
+        fit = np.polyfit(s.astype(float), m, 1)
+        residual = m - np.polyval(fit, s.astype(float))
+        churn = float(np.percentile(residual, 90) - np.percentile(residual, 10))
+        if growth < self.min_trend_to_churn * churn:
+            return None  # memory taken and given back around a drift, not kept step after step
+        per_step = float(fit[0])
         first = int(s[0])
         return self.finding(
             severity="high" if quarters[-1] >= 2 * quarters[0] else "medium", confidence=0.85,
@@ -87,7 +98,8 @@ class MemoryGrowth(Rule):
                      f"{g(quarters[-1] / _MiB)} MiB (quarter medians), about {g(per_step / 2**10)} KiB per step; "
                      f"something from each step is kept alive."),
             evidence={"column": column, "start_bytes": float(quarters[0]), "end_bytes": float(quarters[-1]),
-                      "bytes_per_step": per_step, "quarter_medians": quarters, "jumps_for_half": jumps},
+                      "bytes_per_step": per_step, "quarter_medians": quarters, "jumps_for_half": jumps,
+                      "churn_bytes": churn},
             causes=["graph_kept_alive", "other"],
             recommendations=[
                 fix("Accumulate Python numbers, not tensors that hold the graph: use loss.item().",
