@@ -11,6 +11,7 @@ from modeldebug.rules.data_issue import DataIssue
 from modeldebug.rules.loss_not_decreasing import LossNotDecreasing
 from modeldebug.rules.memory_growth import MemoryGrowth
 from modeldebug.rules.oscillating_loss import OscillatingLoss
+from modeldebug.rules.poor_weight_init import PoorWeightInit
 from modeldebug.rules.saturated_activation import SaturatedActivation
 from modeldebug.rules.unchanged_weights import UnchangedWeights
 
@@ -231,3 +232,44 @@ def test_a_saturated_output_sigmoid_of_a_stalled_single_model_still_fires():
     cols["steps"]["loss"] = _stall
     (f,) = SaturatedActivation().check(build(cols))
     assert (f.kind, f.location) == ("saturated_activation", "net.5")
+
+
+# --- poor_weight_init: parameters added to the activations have no fan-in ---------------------------
+
+
+def _as_parameter_of_a_custom_module(cols, param: str, leaf: str) -> str:
+    """``param`` becomes ``leaf``, a bare nn.Parameter of a hand-written module (family "")."""
+    from dataclasses import replace
+
+    info = cols["params"].pop(param)
+    name = f"{info.module}.{leaf}"
+    cols["params"][name] = replace(info, name=name)
+    cols["layers"][info.module].type, cols["layers"][info.module].family = "TokenMixer", ""
+    pt = cols["param_stats"]
+    pt["param"] = np.where(pt["param"] == param, name, pt["param"])
+    return name
+
+
+def _zero_at_start(cols, param: str) -> None:
+    pt = cols["param_stats"]
+    pt["norm"] = np.where((pt["param"] == param) & (pt["step"] == pt["step"].min()), 0.0, pt["norm"])
+
+
+@pytest.mark.parametrize("leaf", ["pos", "pos_embedding", "cls_token", "query"])
+def test_a_zero_positional_embedding_or_class_token_is_not_a_poor_init(leaf):
+    """``self.pos = nn.Parameter(torch.zeros(n, d))``: added to the activations, each position gets
+    its own gradient; no symmetry to break, no fan-in to scale by."""
+    cols = healthy_columns()
+    cols["steps"]["loss"][:] = 2.3 + 0.02 * np.sin(np.arange(len(cols["steps"]["loss"])))  # (a stall: medium if it fired)
+    _zero_at_start(cols, _as_parameter_of_a_custom_module(cols, "net.2.weight", leaf))
+    assert PoorWeightInit().check(build(cols)) == []
+
+
+@pytest.mark.parametrize("leaf", ["W", "w1", "weight", "W_q", "kernel"])
+def test_a_hand_written_layers_zero_weight_still_fires(leaf):
+    cols = healthy_columns()
+    name = _as_parameter_of_a_custom_module(cols, "net.2.weight", leaf)
+    _zero_at_start(cols, name)
+    (f,) = PoorWeightInit().check(build(cols))
+    assert f.evidence["param"] == name and "all zero" in f.message
+

@@ -17,6 +17,7 @@ from modeldebug.rules.labels_unrelated import LabelsUnrelated
 from modeldebug.rules.loss_not_decreasing import LossNotDecreasing
 from modeldebug.rules.loss_shape_broadcast import LossShapeBroadcast
 from modeldebug.rules.reference import harm, reference
+from modeldebug.rules.vanishing_gradient import VanishingGradient
 from modeldebug.rules.wrong_loss_input import WrongLossInput
 
 CE = LossCall(name="cross_entropy", input_shape=[64, 10], target_shape=[64])
@@ -250,7 +251,8 @@ def test_labels_unrelated_fires_at_the_reference_with_healthy_updates():
     assert stalled.causes[0] == "label_problem"  # the symptom agrees with its cause
 
 
-@pytest.mark.parametrize("plant", ["tiny_updates", "lr_collapsed", "broadcast", "no_zero_grad", "learns", "dead_units"])
+@pytest.mark.parametrize("plant", ["tiny_updates", "lr_collapsed", "broadcast", "no_zero_grad", "learns", "dead_units",
+                                   "thrown_early"])
 def test_labels_unrelated_leaves_other_explanations_alone(plant):
     cols, events = _at_chance_cols(), [CE]
     if plant == "dead_units":  # an lr far too high killed the ReLUs: a dead network sits at the trivial loss
@@ -265,10 +267,39 @@ def test_labels_unrelated_leaves_other_explanations_alone(plant):
                   LossTargets(name="mse_loss", rows=300, features=1, baseline=1.6, predictor="the mean")]
     elif plant == "no_zero_grad":
         cols["steps"]["stale_grad_norm"][:] = 1.0
+    elif plant == "thrown_early":  # an lr far too high moved the weights by 0.7x themselves at the start
+        _throw_early(cols)
     else:
         cols = _cols()  # falls well below ln 5
     ev = build(cols, events=_events(*events), class_counts=_balanced(5))
     assert LabelsUnrelated().check(ev) == []
+
+
+def _throw_early(cols, ratio=0.7):
+    pt = cols["param_stats"]
+    pt["update_ratio"] = np.where(pt["step"] == pt["step"].min(), ratio, pt["update_ratio"])
+
+
+def test_a_collapse_after_huge_early_updates_is_named_as_the_lr():
+    """A transformer under Adam at lr 0.3: its first updates move the weights by 0.3-4x, the loss
+    blows up, then it sits at the label frequencies' loss with small updates and its first layer
+    starved of gradient. The lr is the cause: not the labels, not the init."""
+    cols = _at_chance_cols()
+    _throw_early(cols)
+    ev = build(cols, events=_events(CE), class_counts=_balanced(5))
+    (f,) = LossNotDecreasing().check(ev)
+    assert f.causes[0] == "learning_rate_too_high" and "0.7x themselves" in f.message
+    pt = cols["param_stats"]
+    first_weight = next(p for p in pt["param"] if str(p).endswith("weight"))
+    pt["grad_norm"] = np.where(pt["param"] == first_weight, 1e-7, pt["grad_norm"])
+    (v,) = VanishingGradient().check(build(cols, events=_events(CE), class_counts=_balanced(5)))
+    assert v.causes[0] == "learning_rate_too_high" and "lr=" in v.recommendations[0].implementation
+    # Healthy early updates: the same starved first layer is put on the init, as before.
+    cols = _at_chance_cols()
+    cols["param_stats"]["grad_norm"] = np.where(cols["param_stats"]["param"] == first_weight, 1e-7,
+                                                cols["param_stats"]["grad_norm"])
+    (v,) = VanishingGradient().check(build(cols, events=_events(CE), class_counts=_balanced(5)))
+    assert "learning_rate_too_high" not in v.causes
 
 
 def test_a_model_that_never_learned_the_label_frequencies_was_not_moved():

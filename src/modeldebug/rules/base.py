@@ -367,6 +367,24 @@ def per_group_median(keys: np.ndarray, values: np.ndarray) -> dict[Any, float]:
     return _by_key(uniq, (sv[starts + (counts - 1) // 2] + sv[starts + counts // 2]) / 2)
 
 
+def thrown_early(ev: Evidence, limit: float = 0.1) -> float | None:
+    """The largest median update ratio |dW|/|W| (over parameters) of a sampled step in the first half
+    of the run, when above ``limit`` (DeepDiagnosis' healthy upper bound): an lr far too high moves
+    the weights by more than a tenth of themselves at a step and can leave a collapsed network
+    (at the trivial loss, its first layers starved of gradient) that its later steps hardly move."""
+    t = ev.param_stats
+    if len(t) == 0:
+        return None
+    steps, ratios = col(t, "step"), col(t, "update_ratio")
+    worst = None
+    for step in np.unique(steps[steps < np.median(steps)]):
+        at = steps == step
+        medians = list(per_group_median(t["param"][at], ratios[at]).values())
+        if medians and float(np.median(medians)) > limit:
+            worst = max(worst or 0.0, float(np.median(medians)))
+    return worst
+
+
 def per_group_low(keys: np.ndarray, values: np.ndarray, q: float = 0.25) -> dict[Any, float]:
     """The lower ``q`` order statistic of the finite ``values`` per key (the minimum for fewer than 5):
     for timings, which a busy machine only ever lengthens."""

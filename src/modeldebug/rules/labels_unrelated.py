@@ -9,7 +9,7 @@ import numpy as np
 
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
-from modeldebug.rules.base import Rule, best_practice, col, fix, flag, g, per_group_median
+from modeldebug.rules.base import Rule, best_practice, col, fix, flag, g, per_group_median, thrown_early
 from modeldebug.rules.data_issue import DataIssue
 from modeldebug.rules.dead_relu import DeadReLU
 from modeldebug.rules.loss_shape_broadcast import broadcasting_calls
@@ -34,7 +34,8 @@ class LabelsUnrelated(Rule):
     (validation, when measured with the same loss, too), while the updates are healthy: the
     optimizer steps, gradients are zeroed, every parameter with a gradient is in the optimizer,
     the median per-parameter update ratio of the second half of the run lies in DeepDiagnosis'
-    [1e-5, 0.1], no layer's units are all dead over the second half (an lr far too high kills
+    [1e-5, 0.1] and no sampled step of the first half has one above 0.1 (an lr far too high throws
+    the weights in the first steps into a collapse that sits at the trivial loss), no layer's units are all dead over the second half (an lr far too high kills
     ReLUs, and a dead network sits at the trivial loss whatever its labels), the lr ends at least a
     tenth of its peak, and lr x weight_decay < 1e-3 per step.
     A healthy model falls well below the trivial loss within its first epoch; one whose labels
@@ -129,6 +130,8 @@ class LabelsUnrelated(Rule):
             return None
         steps, ratios = col(t, "step"), col(t, "update_ratio")
         late = steps >= np.median(steps)
+        if thrown_early(ev, self.max_update_ratio) is not None:
+            return None  # a collapse sits at the trivial loss whatever the labels (Adam at lr 0.3: 0.3-4x early)
         if self._dead_layer(ev):
             return None  # units that never fire learn nothing, whatever the labels
         med = np.array(list(per_group_median(t["param"][late], ratios[late]).values()))

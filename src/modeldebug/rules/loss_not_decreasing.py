@@ -28,6 +28,7 @@ from modeldebug.rules.base import (
     optimizer_type,
     per_group_median,
     raise_lr,
+    thrown_early,
 )
 from modeldebug.rules.labels_unrelated import LabelsUnrelated
 from modeldebug.rules.loss_shape_broadcast import broadcasting_calls
@@ -192,8 +193,11 @@ class LossNotDecreasing(Rule):
                     f"The last layer ({order[-1].name}) is a Softmax: CrossEntropyLoss applies log_softmax itself.")
         if len(ev.class_counts) == 1:
             return ["label_problem"], "All labels are the same class."
-        if rising or (ur is not None and ur > self.max_update_ratio) or lr_is_high(ev):
+        thrown = thrown_early(ev, self.max_update_ratio)
+        if rising or (ur is not None and ur > self.max_update_ratio) or lr_is_high(ev) or thrown is not None:
             note = f"Median update ratio |dW|/|W| is {g(ur)}." if ur is not None else ""
+            if thrown is not None:
+                note += f" Early steps moved the weights by {g(thrown)}x themselves."
             return ["learning_rate_too_high", "bad_weight_init", "unnormalized_inputs"], note
         scales = init_scales(ev)
         if scales and not all(0.05 <= v <= 10 for v in scales.values()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +12,7 @@ from modeldebug.evidence import Evidence
 from modeldebug.rules import register
 from modeldebug.rules.base import (
     REFERENCE_READS,
+    WEIGHTED,
     Rule,
     attr_path,
     col,
@@ -39,7 +41,9 @@ class PoorWeightInit(Rule):
 
     Reads: param_stats.norm at the first sampled step (which must be within ``first_steps`` of
     the start), params (shape, numel), layers (types), steps.loss.
-    Fires: on a weight (2+ dims, not an embedding or norm layer) whose variance is above
+    Fires: on a weight (2+ dims, not an embedding or norm layer; a built-in layer's or one named as a
+    weight, ``weight``/``W``/``w1``/``kernel``, not a positional embedding or class token added to
+    the activations, which has no fan-in and may start at zero) whose variance is above
     ``max_var`` = 10 (DeepDiagnosis: weight variance outside [1e-5, 10]) or whose scale
     RMS x sqrt(fan_in) is outside [``min_scale``, ``max_scale``] = [0.05, 10] (PyTorch's default
     init gives ~0.58, Kaiming ~1.4: 10x off either way; fault suite). DeepDiagnosis' lower bound
@@ -81,7 +85,8 @@ class PoorWeightInit(Rule):
         names, norms = t["param"][at], norm[at]
         info = [ev.params.get(str(n)) for n in names]
         shape_ok = np.array([i is not None and len(i.shape) >= 2 and i.numel > 0
-                             and layer_family(ev, i.module) not in _SKIP for i in info], dtype=bool)
+                             and layer_family(ev, i.module) not in _SKIP and _multiplies(ev, str(n), i)
+                             for n, i in zip(names, info)], dtype=bool)
         if not shape_ok.any():
             return []
         names, norms = names[shape_ok], norms[shape_ok]
@@ -154,6 +159,18 @@ class PoorWeightInit(Rule):
                                  "elsewhere, or scale the output layer's weights down.",
                                  f"nn.init.normal_({attr_path(out + '.weight')}, std=0.02)")],
         )]
+
+
+# A hand-written layer's weight by its name: ``weight``, ``in_proj_weight``, ``W``, ``w1``, ``W_q``, ``kernel``.
+_WEIGHT_NAME = re.compile(r"weight|kernel|^w(\d+|_\w*)?$", re.IGNORECASE)
+
+
+def _multiplies(ev: Evidence, name: str, info) -> bool:
+    """A layer's weight, which multiplies its input: the fan-in scale and the symmetry of an all-zero
+    start apply to it. A parameter added to the activations (a positional embedding, a class token,
+    a learned query: ``nn.Parameter(torch.zeros(1, n, d))`` or ``torch.randn``) has no fan-in, and
+    zeros there break no symmetry: each position still gets its own gradient."""
+    return layer_family(ev, info.module) in WEIGHTED or bool(_WEIGHT_NAME.search(name.rsplit(".", 1)[-1]))
 
 
 def _fan_in(ev: Evidence, info) -> int:

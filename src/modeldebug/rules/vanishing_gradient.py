@@ -21,9 +21,11 @@ from modeldebug.rules.base import (
     impact_severity,
     init_scales,
     layer_order,
+    lower_lr,
     loss_trend,
     param_module,
     per_group_median,
+    thrown_early,
 )
 from modeldebug.types import Finding
 
@@ -38,14 +40,16 @@ class VanishingGradient(Rule):
     """Early layers receive (almost) no gradient.
 
     Reads: param_stats.grad_norm per weight (ordered by its module's forward position),
-    params (numel, shape), steps.grad_norm, steps.loss, layers (types).
+    params (numel, shape), steps.grad_norm, steps.loss, layers (types), param_stats.update_ratio
+    (early updates, for the cause).
     Fires: (a) AUTOTRAINER: median first-layer / last-layer gradient norm < ``ratio`` = 1e-3
     with the first layer's norm < ``first_norm`` = 1e-4; (b) SageMaker: the root-mean-square
     gradient of the whole model (or of the first layer) < ``tiny`` = 1e-7.
     Severity: high when the loss stalls, low when it still improves (AUTOTRAINER).
     Causes: sigmoid/tanh in the model -> saturating_activation_choice first; first-layer weights
-    far below the Kaiming scale -> bad_weight_init first; no normalization layer ->
-    missing_normalization_layer.
+    far below the Kaiming scale -> bad_weight_init first; else early updates above a tenth of the
+    weights (``thrown_early``: an lr far too high, a collapsed network) -> learning_rate_too_high;
+    no normalization layer -> missing_normalization_layer.
     Recommends: ReLU/GELU instead of the saturating activation, Kaiming init for the first
     layer (by name), normalization layers, residual connections.
     """
@@ -53,7 +57,8 @@ class VanishingGradient(Rule):
     id = "vanishing_gradient"
     kind = "vanishing_gradient"
     reads = ("param_stats.grad_norm", "params", "layers", "steps.grad_norm", "steps.loss",
-             "param_stats.norm", "steps.loss_nonfinite") + REFERENCE_READS  # severity by harm
+             "param_stats.norm", "param_stats.update_ratio", "steps.loss_nonfinite", "optimizers",
+             "steps.lr") + REFERENCE_READS  # severity by harm; the lr to lower
     level = "detailed"
     ratio: float = 1e-3
     first_norm: float = 1e-4
@@ -107,6 +112,9 @@ class VanishingGradient(Rule):
         init_small = first_p is not None and init_scales(ev).get(first_p, 1.0) < 0.1
         if init_small:
             causes.append("bad_weight_init")
+        thrown = thrown_early(ev)
+        if thrown is not None and not init_small:
+            causes.append("learning_rate_too_high")  # a collapse after huge early updates starves the first layers
         if saturating:
             causes.append("saturating_activation_choice")
         if not types & _NORMS:
@@ -114,6 +122,10 @@ class VanishingGradient(Rule):
         if "bad_weight_init" not in causes:
             causes.append("bad_weight_init")
         recs = []
+        if thrown is not None and not init_small:
+            msg += (f" Early steps moved the weights by {g(thrown)}x themselves (median update ratio |dW|/|W|):"
+                    " the learning rate threw the network into a state whose first layers get no gradient.")
+            recs += lower_lr(ev)
         if saturating:
             recs.append(fix(f"Replace {', '.join('nn.' + s for s in saturating)} with nn.ReLU() or nn.GELU() in the "
                             "hidden layers (keep a sigmoid only at the output, or fold it into the loss).",
