@@ -118,7 +118,32 @@ def test_weights_already_blown_up():
 
 def test_a_loss_outside_the_model():
     origin = locate(_net(nn.Identity()), (torch.randn(16, 4),), {})
-    assert origin.phase == "loss"
+    assert origin.phase == "loss" and "blown_up" not in origin.details
+
+
+class _Recurrent(nn.Module):
+    """A ReLU RNN over 80 time steps whose recurrent weights multiply the state's size each step."""
+
+    def __init__(self, std: float):
+        super().__init__()
+        self.rnn = nn.RNN(4, 64, batch_first=True, nonlinearity="relu")
+        self.head = nn.Linear(64, 1)
+        nn.init.normal_(self.rnn.weight_hh_l0, 0.0, std)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+def test_activations_blown_up_inside_the_model_are_named_where_they_grow():
+    torch.manual_seed(0)
+    x = torch.randn(32, 80, 4)
+    origin = locate(_Recurrent(std=0.25), (x,), {})
+    grown = origin.details["blown_up"]
+    assert (origin.phase, origin.module, origin.module_type, grown["module"]) == ("loss", "rnn", "RNN", "rnn")
+    assert grown["input"] == pytest.approx(float(x.abs().max())) and grown["ratio"] >= 1e6
+    assert "rnn turns inputs of at most" in origin.cause
+    # The same model at the default init keeps the scale: a loss-side NaN is the loss's.
+    assert "blown_up" not in locate(_Recurrent(std=0.05), (x,), {}).details
 
 
 @pytest.mark.parametrize("case", ["log_of_zero", "sqrt_at_zero_backward", "custom_function_backward"])

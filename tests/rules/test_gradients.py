@@ -216,8 +216,13 @@ def test_nan_quiet_on_healthy_and_on_missing_loss():
          None, "learning_rate_too_high", "high", "arises in the loss computation"),
         ({"phase": "input", "module": None, "module_type": None, "op": None, "cause": "NaN in the batch"},
          None, "other", "medium", "the data, not the model"),
+        ({"phase": "loss", "module": "rnn", "module_type": "RNN", "op": None,
+          "cause": "the model's outputs reach 9.22e+13: rnn turns inputs of at most 4.36 into outputs up to 1.55e+15",
+          "details": {"blown_up": {"module": "rnn", "input": 4.36, "output": 1.55e15, "ratio": 3.6e14}}},
+         "rnn", "bad_weight_init", "high", "rnn turns inputs of at most 4.36 into outputs up to 1.55e+15"),
     ],
-    ids=["forward-op", "backward-node", "in-the-loss", "in-the-loss-after-blow-up", "in-the-batch"],
+    ids=["forward-op", "backward-node", "in-the-loss", "in-the-loss-after-blow-up", "in-the-batch",
+         "activations-blown-up"],
 )
 def test_nan_uses_the_collectors_replay_of_the_first_bad_step(origin, location, first_cause, severity, words):
     cols = healthy_columns()
@@ -231,3 +236,4 @@ def test_nan_uses_the_collectors_replay_of_the_first_bad_step(origin, location, 
     assert (f.location, f.causes[0], f.severity) == (location, first_cause, severity)
     assert words in f.message
     assert f.evidence["origin"]["phase"] == origin["phase"]
+    assert ("blown_up" in f.evidence["origin"]) == ("blown_up" in origin.get("details", {}))

@@ -13,7 +13,10 @@ still those the step used, and calls :func:`locate`, which
 3. otherwise backpropagates ones from the model's output with ``torch.autograd.grad`` (no
    ``.grad`` is touched) and hooks every autograd node: the first node whose incoming gradient
    is finite and outgoing gradient is not is the backward origin, mapped back to its module;
-4. otherwise the non-finite value arose in the loss, outside the model.
+4. otherwise the non-finite value arose in the loss, outside the model: in the loss's own ops, or
+   on outputs so large that the loss or its gradients overflow. The module that grew its
+   activations most (largest output over largest input) is named when it grew them by
+   ``BLOWUP`` = 1e6x or more: healthy layers keep the scale of what they are given within ~10x.
 
 Buffers (BatchNorm running statistics) and the random state are restored after the replay.
 """
@@ -32,6 +35,8 @@ log = logging.getLogger(__name__)
 
 # float32 exp overflows above this
 EXP_LIMIT = 88.7
+# A module whose largest output is this many times its largest input blew its activations up.
+BLOWUP = 1e6
 
 
 @dataclass
@@ -60,6 +65,13 @@ def _tensors(value, depth: int = 0):
     elif depth < 3 and isinstance(value, dict):
         for v in value.values():
             yield from _tensors(v, depth + 1)
+
+
+def _largest(t: torch.Tensor) -> float:
+    """The largest finite |value| of a floating tensor (0 for an empty or all non-finite one)."""
+    x = t.detach()
+    x = x[torch.isfinite(x)]
+    return float(x.abs().max()) if x.numel() else 0.0
 
 
 def _describe(t: torch.Tensor) -> dict[str, Any]:
@@ -187,12 +199,16 @@ def locate(
     saved_rng = torch.get_rng_state()
     stack: list[str] = []
     windows: dict[str, tuple[int, int]] = {}
+    sizes: dict[str, list[float]] = {}  # per module: largest |input|, largest |output| (floating, finite)
     mode = _Replay(stack)
     handles = []
 
     def pre(module, inputs):
         stack.append(names.get(id(module), type(module).__name__))
         windows[stack[-1]] = (mode.last_seq, -1)
+        if mode.first is None:
+            size = sizes.setdefault(stack[-1], [0.0, 0.0])
+            size[0] = max([size[0], *(_largest(t) for t in _tensors(inputs) if t.is_floating_point())])
 
     def post(module, inputs, output):
         name = stack.pop() if stack else names.get(id(module), "")
@@ -201,6 +217,8 @@ def locate(
             if t.grad_fn is not None:
                 mode.node_module.setdefault(t.grad_fn, name)
                 mode.last_seq = max(mode.last_seq, t.grad_fn._sequence_nr())
+            if t.is_floating_point() and mode.first is None and name in sizes:
+                sizes[name][1] = max(sizes[name][1], _largest(t))
         windows[name] = (start, mode.last_seq)
 
     try:
@@ -227,8 +245,21 @@ def locate(
             found = _backward_origin(model, out, mode.node_module, windows)
             if found is not None:
                 return found
+        grown = max(((o / i, n, i, o) for n, (i, o) in sizes.items() if i > 0), default=None)
+        if out is not None and grown is not None and grown[0] >= BLOWUP:
+            ratio, where, size_in, size_out = grown
+            module = _module(model, where)
+            return Origin(
+                "loss", module=where or None, module_type=type(module).__name__ if module is not None else None,
+                cause=(f"the model's outputs reach {_largest(out):.3g}: {where or 'the model'} turns inputs of at "
+                       f"most {size_in:.3g} into outputs up to {size_out:.3g}, and the loss or its gradients overflow "
+                       "on values that large"),
+                details={"output": _describe(out), "blown_up": {"module": where, "input": size_in,
+                                                                 "output": size_out, "ratio": ratio}},
+            )
         return Origin("loss", cause="the model's forward and backward stay finite on this batch: the non-finite "
-                                    "value comes from the loss computation (outside the model)")
+                                    "value comes from the loss computation (outside the model)",
+                      details={"output": _describe(out)} if out is not None else {})
     except Exception as exc:  # a model that cannot be replayed: say so, never fail the run
         log.debug("replay for the NaN origin failed", exc_info=True)
         return Origin("unknown", cause=f"the step could not be replayed to find the origin ({type(exc).__name__}: {exc})")

@@ -11,6 +11,7 @@ from modeldebug.evidence import Evidence
 from modeldebug.rules import register
 from modeldebug.rules.base import (
     Rule,
+    attr_path,
     best_practice,
     clip_grad,
     col,
@@ -85,8 +86,13 @@ class NanOrInf(Rule):
         phase = replay.get("phase") if replay else None
         # an optimizer step before the first non-finite one (none: no update can have caused it)
         updated_before = bool((flag(s, "optimizer_stepped") & (steps < first)).any())
+        # The loss overflowed on finite outputs too large to square: activations that blew up in the model.
+        overflowed = phase == "loss" and bool((replay.get("details") or {}).get("blown_up"))
         if inputs_bad.any() or phase == "input":
             causes = ["other", "numerically_unstable_op"]
+        elif overflowed:
+            causes = (["learning_rate_too_high", "bad_weight_init"] if updated_before and (grew or lr_is_high(ev))
+                      else ["bad_weight_init", "missing_normalization_layer", "learning_rate_too_high"])
         elif phase in ("forward", "backward") and not (grew and str(replay.get("cause", "")).startswith("overflow")):
             causes = ["numerically_unstable_op", "learning_rate_too_high"]
         elif phase == "loss" and not grew:  # e.g. log(0) in a hand-written loss
@@ -106,6 +112,10 @@ class NanOrInf(Rule):
             pass_ = "forward" if phase == "forward" else "backward"
             msg += (f"; replaying that step, the first non-finite value comes from `{replay.get('op')}` in "
                     f"{where} in the {pass_} pass: {replay.get('cause')}")
+        elif replay and overflowed:
+            location = replay.get("module")
+            msg += (f"; replaying that step, the model's forward and backward stay finite but {replay.get('cause')}"
+                    ": its activations grow through its layers (or time steps) instead of keeping their scale")
         elif replay and phase == "loss":
             location = None
             # After the gradients blew up, the loss overflows on huge outputs: no hand-written op to blame.
@@ -133,12 +143,22 @@ class NanOrInf(Rule):
         if inputs_bad.any() or phase == "input":
             recs.append(fix("Drop or repair non-finite samples before they reach the model.",
                             "assert torch.isfinite(x).all(), 'non-finite input batch'"))
-        if causes[0] == "bad_weight_init":
+        if overflowed and causes[0] == "bad_weight_init":
+            where = location or "the model"
+            recurrent = replay.get("module_type") in ("RNN", "LSTM", "GRU")
+            code = (f"for name, p in {attr_path(where)}.named_parameters():\n    if 'weight_hh' in name:\n"
+                    "        nn.init.orthogonal_(p)" if recurrent and location
+                    else f"nn.init.kaiming_normal_({attr_path(where)}.weight)" if location else None)
+            recs.append(fix(f"Initialise {where}'s weights at a scale that keeps the activations' size (each "
+                            "layer, or for a recurrent layer each time step, multiplies it): the default or "
+                            "Xavier/Kaiming init, orthogonal recurrent weights; or add a LayerNorm.", code))
+        elif causes[0] == "bad_weight_init":
             recs.append(fix("Check the weights where they are made or loaded, before training starts.",
                             "assert all(torch.isfinite(p).all() for p in model.parameters()), 'non-finite weights'"))
         if causes[0] == "learning_rate_too_high":
             recs += lower_lr(ev) + [clip_grad()]
-        recs.append(_stable_op_fix(replay))
+        if not overflowed:
+            recs.append(_stable_op_fix(replay))
         if causes[0] != "learning_rate_too_high":
             recs += [clip_grad()]
         if not replay or phase in ("unknown", "loss"):
@@ -151,7 +171,8 @@ class NanOrInf(Rule):
             evidence={"first_step": first, "nonfinite_steps": int(bad.sum()), "what": what,
                       "last_finite_grad_norm": float(before[-1]) if len(before) else None,
                       "weights": sorted(weights_bad)[:10],
-                      **({"origin": {k: replay.get(k) for k in ("phase", "module", "module_type", "op", "cause")}}
+                      **({"origin": {**{k: replay.get(k) for k in ("phase", "module", "module_type", "op", "cause")},
+                                     **({"blown_up": replay["details"]["blown_up"]} if overflowed else {})}}
                          if replay else {})},
             causes=causes, recommendations=recs,
         )]
