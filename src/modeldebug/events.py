@@ -184,6 +184,19 @@ class ScaledOptimizerSteps(Event):
     grad_norm: float | None = None  # the first one's gradient norm, unscaled (the applied one is x scale)
 
 
+@dataclass
+class StepsOnClearedGradients(Event):
+    """Optimizer steps taken after that optimizer's ``zero_grad()`` ran between the step's backward
+    and the step itself (``loss.backward(); opt.zero_grad(); opt.step()``): the step found the
+    gradients it should apply cleared. Written at stop."""
+
+    tag: ClassVar[str] = "steps_on_cleared_gradients"
+    steps: int = 0  # optimizer steps taken so
+    optimizer_steps: int = 0  # steps of the run in all
+    first_step: int = 0
+    optimizer: str = ""  # its class
+
+
 CLASS_LOSSES = frozenset({"cross_entropy", "nll_loss"})  # losses of class ids (or class probabilities)
 
 

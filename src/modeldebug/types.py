@@ -74,6 +74,7 @@ Cause = Literal[
     "unnormalized_inputs",
     "wrong_loss_function",
     "missing_zero_grad",
+    "zero_grad_misplaced",
     "missing_optimizer_step",
     "parameters_not_in_optimizer",
     "frozen_parameters",

@@ -9,7 +9,7 @@ import pytest
 from builders import build, healthy_columns
 
 from modeldebug.config import AlertThresholds, DebuggingConfig
-from modeldebug.events import LossCall
+from modeldebug.events import LossCall, StepsOnClearedGradients
 from modeldebug.evidence import Evidence, LayerInfo, OptimizerInfo, ParamInfo
 from modeldebug.rules.data_issue import DataIssue
 from modeldebug.rules.gradient_accumulation import GradientAccumulation
@@ -83,6 +83,28 @@ def test_unchanged_weights_names_the_cause(plant, cause, location, severity):
     (f,) = UnchangedWeights().check(build(cols))
     assert (f.kind, f.causes, f.location, f.severity, f.step) == ("unchanged_weights", [cause], location, severity, 0)
     assert f.recommendations and f.recommendations[0].implementation
+
+
+def _cleared(steps: int, of: int = 300) -> list[dict]:
+    e = StepsOnClearedGradients(steps=steps, optimizer_steps=of, first_step=0, optimizer="Adam")
+    return [{"step": of, "type": e.tag, "data": e.to_data()}]
+
+
+@pytest.mark.parametrize("cleared_as", ["none", "zeros"])
+def test_gradients_cleared_between_backward_and_step_are_named_so(cleared_as):
+    """``loss.backward(); opt.zero_grad(); opt.step()``: the step sees None (set_to_none) or zeros."""
+    cols = healthy_columns()
+    _freeze_rows(cols, "net.", has_grad=False if cleared_as == "none" else None)
+    cols["steps"]["loss"][:] = 2.3 + 0.01 * np.sin(np.arange(len(cols["steps"]["loss"])))
+    ev = build(cols, events=_cleared(300))
+    (f,) = UnchangedWeights().check(ev)
+    assert (f.causes, f.severity) == (["zero_grad_misplaced"], "high")
+    assert "300 of 300 steps" in f.message and "before loss.backward()" in f.recommendations[0].description
+    (stalled,) = LossNotDecreasing().check(ev)
+    assert stalled.causes == ["zero_grad_misplaced"]
+    # One such step in a long run is not what kept the weights still: as without the event.
+    once = [f.causes for f in UnchangedWeights().check(build(cols, events=_cleared(1)))]
+    assert once == ([["detached_graph"]] if cleared_as == "none" else [])
 
 
 def test_unchanged_weights_lr_zero_recommends_a_real_lr():

@@ -30,7 +30,7 @@ from modeldebug.collect.stats import first_float_tensor, reduce
 from modeldebug.collect.spikes import BatchCounter
 from modeldebug.collect.steps import MonitorCost, Step, Steps, now
 from modeldebug.collect.writer import Validation, class_counts
-from modeldebug.events import GradientClip, LrScheduler
+from modeldebug.events import GradientClip, LrScheduler, StepsOnClearedGradients
 
 if TYPE_CHECKING:
     from modeldebug.collect.watched import Model, Watched
@@ -107,6 +107,11 @@ class Hooks:
         self.eval_in_train_mode = False
         self.maybe_training = False
         self.backward_seen = False  # a backward since the last zero_grad() or optimizer step
+        # Optimizers whose zero_grad() ran after a backward, with no backward since: their next
+        # step finds the gradients cleared (counted; written at stop as steps_on_cleared_gradients).
+        self.cleared: set[int] = set()
+        self.steps_on_cleared = 0
+        self._first_cleared: tuple[int, str] | None = None
         self._clips_logged: set[bool] = set()
         self._schedulers_seen: set[int] = set()
         self._layer_order = 0
@@ -182,7 +187,18 @@ class Hooks:
         self.steps.prepared = False
         self.eval_losses.end()
         self.amp.finish()
+        self._finish_cleared()
         patches.remove_listener(self)
+
+    def _finish_cleared(self) -> None:
+        if self._first_cleared is None:
+            return
+        (step, optimizer), self._first_cleared = self._first_cleared, None
+        try:
+            self.steps.writer.event(StepsOnClearedGradients(
+                steps=self.steps_on_cleared, optimizer_steps=self.steps.count, first_step=step, optimizer=optimizer))
+        except Exception as exc:  # (at stop: the rest of the run is still written)
+            self.guard.fail("steps_on_cleared_gradients", exc)
 
     def step_closed(self) -> None:
         """No watched root was called in training so far: watch where the steps enter the model."""
@@ -409,6 +425,8 @@ class Hooks:
         if st is None:
             return
         self.backward_seen = self.backward_seen or not failed
+        if self.cleared:
+            self.cleared.clear()
         t = now()
         st.backward_s += elapsed_s
         st.backward_calls += 1
@@ -448,6 +466,8 @@ class Hooks:
     def on_zero_grad(self, optimizer) -> None:
         # An optimizer that zeroes gradients but never steps is still the model's optimizer.
         if self.watched.models and self.watched.owns(optimizer):
+            if self.backward_seen:  # after a backward, before any step: what that backward made is gone
+                self.cleared.add(id(optimizer))
             self.backward_seen = False
 
     @guarded
@@ -503,6 +523,10 @@ class Hooks:
             return None
         t = now()
         st = self.steps.current(t)
+        if self.cleared and id(optimizer) in self.cleared:
+            self.steps_on_cleared += 1
+            if self._first_cleared is None:
+                self._first_cleared = (st.index, type(optimizer).__name__)
         closure = patches.closure_of(args, kwargs)
         if closure is None:
             self._read_gradients(st)

@@ -31,6 +31,7 @@ from modeldebug.rules.base import (
     thrown_early,
 )
 from modeldebug.rules.labels_unrelated import LabelsUnrelated
+from modeldebug.rules.unchanged_weights import cleared_before_step
 from modeldebug.rules.loss_shape_broadcast import broadcasting_calls
 from modeldebug.rules.reference import NO_BETTER, Reference, reference
 from modeldebug.rules.wrong_loss_input import misuse
@@ -78,7 +79,7 @@ class LossNotDecreasing(Rule):
              "param_stats.update_ratio",
              "param_stats.has_grad", "layers", "class_counts", "optimizers", "config.alert_thresholds.loss",
              "param_stats.norm", "params", "steps.input_mean", "steps.input_std", "steps.loss_nonfinite",
-             "validation", "steps.backward_calls") + LabelsUnrelated.reads
+             "validation", "steps.backward_calls", "events.steps_on_cleared_gradients") + LabelsUnrelated.reads
     min_drop: float = 0.01
     min_steps: int = 20
     short_run: int = 50
@@ -173,6 +174,11 @@ class LossNotDecreasing(Rule):
             return ["missing_optimizer_step"], "optimizer.step() was never called."
         if len(stale) and np.mean(stale > 0) > 0.5:
             return ["missing_zero_grad", "learning_rate_too_high"], "Gradients are never zeroed between steps."
+        cleared = cleared_before_step(ev)
+        if cleared is not None:
+            return (["zero_grad_misplaced"],
+                    f"zero_grad() ran between loss.backward() and optimizer.step() on {cleared.steps} of "
+                    f"{cleared.optimizer_steps} steps: the updates had no gradients to apply.")
         t = ev.param_stats
         if len(t) and not flag(t, "has_grad").any():
             return ["detached_graph", "frozen_parameters"], "No parameter ever received a gradient."
@@ -230,6 +236,9 @@ class LossNotDecreasing(Rule):
                         "        nn.init.kaiming_normal_(m.weight, nonlinearity='relu'); nn.init.zeros_(m.bias)")]
         if cause == "missing_optimizer_step":
             return [fix("Call optimizer.step() after loss.backward().", "loss.backward()\noptimizer.step()")]
+        if cause == "zero_grad_misplaced":
+            return [fix("Clear the gradients before loss.backward() (or after optimizer.step()), never between them.",
+                        "optimizer.zero_grad()\nloss.backward()\noptimizer.step()")]
         if cause == "missing_zero_grad":
             return [fix("Zero the gradients every step.", "optimizer.zero_grad(set_to_none=True)  # before backward")]
         if cause == "detached_graph":

@@ -23,7 +23,7 @@ from modeldebug.rules.base import (
     per_group,
     raise_lr,
 )
-from modeldebug.events import ReturnedOutputs
+from modeldebug.events import ReturnedOutputs, StepsOnClearedGradients
 from modeldebug.types import Finding
 
 _MSG = {
@@ -32,6 +32,8 @@ _MSG = {
     "detached_graph": "never receive a gradient although their layers run: the graph is cut "
                       "(.detach(), .data, .item(), torch.no_grad() or a new tensor) between them and the loss",
     "missing_optimizer_step": "get gradients but optimizer.step() is never called",
+    "zero_grad_misplaced": "get gradients from loss.backward(), but zero_grad() clears them before optimizer.step() "
+                           "applies them ({cleared} of {stepped} steps were taken on gradients cleared so)",
     "learning_rate_too_low": "get gradients and the optimizer steps, but their learning rate is 0 (or too small to move them)",
     "unused": "belong to modules that never run in forward()",
     "returned_unused": "never receive a gradient: their module's output is returned next to another output that "
@@ -42,6 +44,15 @@ _MSG = {
     "left_out_by_type": "get gradients but are not in any optimizer's param_groups: every {family} layer's "
                         "parameters are left out, which looks deliberate (kept at their initial values)",
 }
+
+
+def cleared_before_step(ev: Evidence) -> StepsOnClearedGradients | None:
+    """The run's steps on cleared gradients, when at least half of its optimizer steps were so (one
+    such step in a long run is not what kept the weights still)."""
+    found = next(iter(ev.events_of(StepsOnClearedGradients)), None)
+    if found is None or found.steps < 0.5 * max(found.optimizer_steps, 1):
+        return None
+    return found
 
 
 @register
@@ -59,7 +70,9 @@ class UnchangedWeights(Rule):
     hint naming the block, cause other; requires_grad True, gradients, but not in the optimizer ->
     parameters_not_in_optimizer (a param group that skips a block that still gets gradients is
     not told from one forgotten: the fix says to freeze it if intended); in the optimizer,
-    its module ran, never a gradient -> detached_graph; gradients but no step ever ->
+    its module ran, never a gradient -> detached_graph, unless most optimizer steps followed a
+    zero_grad() that ran after that step's backward (events.steps_on_cleared_gradients) ->
+    zero_grad_misplaced (also when the cleared gradients were zeros, not None); gradients but no step ever ->
     missing_optimizer_step; gradients, steps, lr 0 (or tiny) -> learning_rate_too_low.
     In the optimizer, never a gradient, and inside a module whose output an enclosing module
     returns next to others while a sibling gets gradients (a BERT pooler beside the sequence
@@ -76,7 +89,8 @@ class UnchangedWeights(Rule):
     id = "unchanged_weights"
     kind = "unchanged_weights"
     reads = ("params", "param_stats.changed", "param_stats.has_grad", "steps.optimizer_stepped", "steps.lr",
-             "layers", "optimizers", "events.returned_outputs", "events.new_parameters", "steps.scaler_skipped")
+             "layers", "optimizers", "events.returned_outputs", "events.new_parameters", "steps.scaler_skipped",
+             "events.steps_on_cleared_gradients")
     min_steps: int = 3
     high_fraction: float = 0.5
 
@@ -97,6 +111,7 @@ class UnchangedWeights(Rule):
 
         groups: dict[str, list[str]] = {}
         returned = {m for e in ev.events_of(ReturnedOutputs) for m in e.modules}
+        cleared = cleared_before_step(ev)
         explained = untracked_parameters.claimed(ev)  # renewed every step, or an optimizer on a copy
         for p, info in ev.params.items():
             if changed.get(p) or p in explained or not info.measured_numel:  # (an empty shard holds nothing)
@@ -111,6 +126,8 @@ class UnchangedWeights(Rule):
                 cause = None
             elif info.module in ev.layers and layer_order(ev, info.module) < 0 and not has_grad.get(p):
                 cause = "unused"
+            elif cleared is not None:  # (None at the step, or zeros: either way nothing to apply)
+                cause = "zero_grad_misplaced"
             elif not has_grad.get(p):
                 cause = "returned_unused" if self._output_unused(ev, info.module, returned, has_grad) else "detached_graph"
             elif not stepped_any:
@@ -145,7 +162,9 @@ class UnchangedWeights(Rule):
             whole_run = cause == "missing_optimizer_step"
             location = None if whole_run else self._location(ev, params)
             shown = ", ".join(params[:5]) + (f" and {len(params) - 5} more" if len(params) > 5 else "")
-            what = _MSG[cause].format(family="/".join(sorted({layer_family(ev, param_module(ev, p)) for p in params})))
+            what = _MSG[cause].format(family="/".join(sorted({layer_family(ev, param_module(ev, p)) for p in params})),
+                                      cleared=cleared.steps if cleared else 0,
+                                      stepped=cleared.optimizer_steps if cleared else 0)
             findings.append(self.finding(
                 severity=severity, confidence=0.9 if cause != "unused" else 0.6,
                 location=location, step=first_step,
@@ -234,6 +253,9 @@ class UnchangedWeights(Rule):
             return [fix(f"Keep {location or 'these layers'} connected to the loss: remove .detach(), .data, .item(), "
                         "torch.no_grad() or torch.tensor(...) re-wrapping between them and the loss.",
                         "loss = criterion(model(x), y)  # no .detach()/.data on the path to the loss")]
+        if cause == "zero_grad_misplaced":
+            return [fix("Clear the gradients before loss.backward() (or after optimizer.step()), never between them.",
+                        "optimizer.zero_grad()\nloss = criterion(model(x), y)\nloss.backward()\noptimizer.step()")]
         if cause == "missing_optimizer_step":
             return [fix("Call optimizer.step() after loss.backward() in every training step.",
                         "optimizer.zero_grad()\nloss.backward()\noptimizer.step()")]
