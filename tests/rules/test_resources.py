@@ -140,6 +140,20 @@ def test_standard_heavy_layer_is_a_hint():
     assert (f.location, f.severity) == ("conv1", "low")
 
 
+def test_a_torch_layer_that_is_not_heavy_is_a_hint_too():
+    """A small CNN on a CPU whose MaxPool2d takes most of the forward: torch's own kernel, nothing to
+    vectorize; the same time in a module of the user's own (no torch.nn family) is custom code."""
+    layers = {"conv1": ("Conv2d", 0.0004), "pool": ("MaxPool2d", 0.0012), "conv2": ("Conv2d", 0.0003),
+              "fc": ("Linear", 0.0001)}
+    ev = _timed(layers)
+    ev.layers["pool"].family = "MaxPool2d"  # (what the collector writes for a built-in layer)
+    (f,) = SlowOperation().check(ev)
+    assert (f.location, f.severity) == ("pool", "low")
+    assert not any("Vectorize" in r.description for r in f.recommendations)
+    (custom,) = SlowOperation().check(_timed({**layers, "pool": ("PatchPool", 0.0012)}))
+    assert (custom.location, custom.severity) == ("pool", "medium")
+
+
 def test_advice_fits_the_device_the_run_trained_on():
     from dataclasses import replace
 
