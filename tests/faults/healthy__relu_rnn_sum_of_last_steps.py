@@ -30,10 +30,11 @@ class Model(nn.Module):
 
 
 model = Model()
+criterion = nn.MSELoss()
 opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 for it in range(300):
     idx = torch.randint(0, N, (32,))
-    loss = nn.functional.mse_loss(model(X[idx]), y[idx])
+    loss = criterion(model(X[idx]), y[idx])
     opt.zero_grad()
     loss.backward()
     nn.utils.clip_grad_norm_(model.parameters(), 1.0)

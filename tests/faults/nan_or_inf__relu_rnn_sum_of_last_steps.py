@@ -30,10 +30,11 @@ class Model(nn.Module):
 
 
 model = Model()
+criterion = nn.MSELoss()
 opt = torch.optim.SGD(model.parameters(), lr=0.01)
 for it in range(150):
     idx = torch.randint(0, N, (32,))
-    loss = nn.functional.mse_loss(model(X[idx]), y[idx])
+    loss = criterion(model(X[idx]), y[idx])
     opt.zero_grad()
     loss.backward()
     opt.step()

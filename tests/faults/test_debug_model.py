@@ -96,6 +96,11 @@ LOOP = {
         "val_loader is built from the training rows; the probe gets the training data only",
     "weight_decay_too_high__transformer_adamw_token_counts":
         "the loss is nn.functional.cross_entropy written in the loop: the probe gets no loss and cannot train",
+    "loss_not_decreasing__char_transformer_adam":
+        "the loss is F.cross_entropy on flattened logits, written in the loop: the probe gets no loss and cannot train",
+    "unchanged_weights__regression_zero_grad_before_step":
+        "zero_grad() runs between backward() and step() in the loop, and the loop squeezes the prediction before "
+        "the loss; the probe's loop does neither (it calls the loss on the [N, 1] output and reports the broadcast)",
 }
 # Objects built inside a function or a class (or two optimizers): nothing to pick from the globals.
 NOT_CAPTURED = {

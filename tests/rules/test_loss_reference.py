@@ -275,9 +275,22 @@ def test_labels_unrelated_leaves_other_explanations_alone(plant):
     assert LabelsUnrelated().check(ev) == []
 
 
-def _throw_early(cols, ratio=0.7):
+def _throw_early(cols, ratio=0.7, loss_up=True):
+    """The first sampled step's updates move the weights by ``ratio`` x themselves; with ``loss_up``,
+    the loss jumps to 6x its first value over the next steps (the blow-up that goes with it)."""
     pt = cols["param_stats"]
     pt["update_ratio"] = np.where(pt["step"] == pt["step"].min(), ratio, pt["update_ratio"])
+    if loss_up:
+        cols["steps"]["loss"][1:4] = 6 * cols["steps"]["loss"][0]
+
+
+def test_large_first_updates_with_a_falling_loss_are_how_adagrad_begins():
+    """Adagrad at lr 0.05 (labels_unrelated__mlp_csv_header_skip): median update ratios 0.68, 0.41,
+    0.33 in its first steps, the loss never above its start: not a collapse, the labels still are."""
+    cols = _at_chance_cols()
+    _throw_early(cols, loss_up=False)
+    ev = build(cols, events=_events(CE), class_counts=_balanced(5))
+    assert [f.causes[0] for f in LabelsUnrelated().check(ev)] == ["label_problem"]
 
 
 def test_a_collapse_after_huge_early_updates_is_named_as_the_lr():

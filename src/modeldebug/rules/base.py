@@ -367,13 +367,23 @@ def per_group_median(keys: np.ndarray, values: np.ndarray) -> dict[Any, float]:
     return _by_key(uniq, (sv[starts + (counts - 1) // 2] + sv[starts + counts // 2]) / 2)
 
 
-def thrown_early(ev: Evidence, limit: float = 0.1) -> float | None:
+def thrown_early(ev: Evidence, limit: float = 0.1, rise: float = 2.0) -> float | None:
     """The largest median update ratio |dW|/|W| (over parameters) of a sampled step in the first half
-    of the run, when above ``limit`` (DeepDiagnosis' healthy upper bound): an lr far too high moves
-    the weights by more than a tenth of themselves at a step and can leave a collapsed network
-    (at the trivial loss, its first layers starved of gradient) that its later steps hardly move."""
+    of the run, when above ``limit`` (DeepDiagnosis' healthy upper bound) and the training loss rose
+    to ``rise`` = 2x its first value or more in that half: an lr far too high throws the weights and
+    the loss up together, and can leave a collapsed network (at the trivial loss, its first layers
+    starved of gradient) that its later steps hardly move. Large first updates alone are how
+    Adagrad and Adam begin at a usual lr (0.3-0.7 in their first steps, the loss falling)."""
     t = ev.param_stats
     if len(t) == 0:
+        return None
+    steps_all, loss = col(ev.steps, "step"), col(ev.steps, "loss")
+    finite = np.isfinite(loss)
+    if not finite.any():
+        return None
+    half = finite & (steps_all <= np.median(steps_all))
+    first = float(loss[finite][0])
+    if not (half.any() and first > 0 and float(np.max(loss[half])) >= rise * first):
         return None
     steps, ratios = col(t, "step"), col(t, "update_ratio")
     worst = None

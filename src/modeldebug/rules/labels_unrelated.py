@@ -34,8 +34,9 @@ class LabelsUnrelated(Rule):
     (validation, when measured with the same loss, too), while the updates are healthy: the
     optimizer steps, gradients are zeroed, every parameter with a gradient is in the optimizer,
     the median per-parameter update ratio of the second half of the run lies in DeepDiagnosis'
-    [1e-5, 0.1] and no sampled step of the first half has one above 0.1 (an lr far too high throws
-    the weights in the first steps into a collapse that sits at the trivial loss), no layer's units are all dead over the second half (an lr far too high kills
+    [1e-5, 0.1] and the first half shows no throw (``thrown_early``: a sampled step's above 0.1 while
+    the loss rose to 2x its start: an lr far too high throws the weights into a collapse that sits
+    at the trivial loss; Adagrad and Adam begin with ratios of 0.3-0.7 on a falling loss), no layer's units are all dead over the second half (an lr far too high kills
     ReLUs, and a dead network sits at the trivial loss whatever its labels), the lr ends at least a
     tenth of its peak, and lr x weight_decay < 1e-3 per step.
     A healthy model falls well below the trivial loss within its first epoch; one whose labels
