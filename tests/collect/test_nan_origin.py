@@ -179,3 +179,10 @@ def test_nan_in_one_batch_is_found_as_a_data_issue(store_path):
             opt.step()
     origins = [e["data"] for e in dbg.evidence().events if e["type"] == "nonfinite_origin"]
     assert origins[0]["phase"] == "input" and origins[0]["step"] == 2
+
+
+def test_a_layer_that_scales_tiny_inputs_up_to_ordinary_ones_did_not_blow_up():
+    """A LayerNorm fed values of 1e-7 returns values of ~1: 1e7x its input, nothing large."""
+    net = nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 3))
+    origin = locate(net, (1e-7 * torch.randn(16, 8),), {})
+    assert origin.phase == "loss" and "blown_up" not in origin.details

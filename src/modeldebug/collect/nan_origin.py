@@ -16,7 +16,8 @@ still those the step used, and calls :func:`locate`, which
 4. otherwise the non-finite value arose in the loss, outside the model: in the loss's own ops, or
    on outputs so large that the loss or its gradients overflow. The module that grew its
    activations most (largest output over largest input) is named when it grew them by
-   ``BLOWUP`` = 1e6x or more: healthy layers keep the scale of what they are given within ~10x.
+   ``BLOWUP`` = 1e6x or more to 1e6 or more: healthy layers keep the scale of what they are given
+   within ~10x, and their outputs within ~1e3.
 
 Buffers (BatchNorm running statistics) and the random state are restored after the replay.
 """
@@ -245,7 +246,8 @@ def locate(
             found = _backward_origin(model, out, mode.node_module, windows)
             if found is not None:
                 return found
-        grown = max(((o / i, n, i, o) for n, (i, o) in sizes.items() if i > 0), default=None)
+        # (and outputs large in themselves: a LayerNorm on inputs of 1e-7 grows them 1e7x to ~1)
+        grown = max(((o / i, n, i, o) for n, (i, o) in sizes.items() if i > 0 and o >= BLOWUP), default=None)
         if out is not None and grown is not None and grown[0] >= BLOWUP:
             ratio, where, size_in, size_out = grown
             module = _module(model, where)
