@@ -97,3 +97,16 @@ def test_units_dying_at_every_sample_are_reported_before_most_are_dead():
     assert DeadReLU().check(_dying_layer([0.1, 0.25, 0.2, 0.55, 0.7])) == []  # not at every sample
     assert DeadReLU().check(_dying_layer([0.1, 0.15, 0.2, 0.3, 0.4])) == []  # not half dead yet
     assert DeadReLU().check(build(healthy_columns(n_steps=600, every=10))) == []
+
+
+def test_a_burst_of_dead_units_then_a_plateau_is_not_still_dying():
+    from modeldebug.rules.dead_relu import DeadReLU, dying
+
+    # CI's sparse samples of a healthy fp16 MLP: half a layer died by step 45 and held, creeping up
+    # by a unit between samples, so the last four rose "at every sample".
+    assert DeadReLU().check(_dying_layer([0.02, 0.0078, 0.53, 0.539, 0.547])) == []
+    plateau = np.array([0.0078, 0.53, 0.539, 0.547])
+    assert dying(plateau, np.array([2, 45, 105, 141]), 4, 0.3, 0.5) is None
+    # A steady death sampled at uneven steps is still dying: the rate per step counts, not the step.
+    steady = np.array([0.2, 0.3, 0.5, 0.6])
+    assert dying(steady, np.array([100, 110, 130, 140]), 4, 0.3, 0.5) == (0.2, 0.6)

@@ -31,11 +31,20 @@ from modeldebug.types import Finding
 _RELUS = {"ReLU", "ReLU6", "RReLU", "Threshold"}
 
 
-def dying(dead: np.ndarray, samples: int, rise: float, reach: float) -> tuple[float, float] | None:
-    """(first, last) dead fraction of the last ``samples`` samples when it grew at every one of them,
-    by ``rise`` or more, to ``reach`` or more: units still dying (else None)."""
-    d = dead[np.isfinite(dead)][-samples:]
-    if len(d) < samples or np.any(np.diff(d) <= 0) or d[-1] - d[0] < rise or d[-1] < reach:
+def dying(dead: np.ndarray, steps: np.ndarray, samples: int, rise: float, reach: float,
+          steady: float = 0.25) -> tuple[float, float] | None:
+    """(first, last) dead fraction of the last ``samples`` samples when units died between every two
+    of them, by ``rise`` or more in all, to ``reach`` or more: units still dying (else None).
+    Between every two samples the units must die at ``steady`` of the window's mean rate per step
+    or faster: a layer that lost half its units in one burst and then held (a plateau that creeps
+    up by a unit now and then) is not still dying, however the sparse samples fall around it."""
+    ok = np.isfinite(dead)
+    d, s = dead[ok][-samples:], steps[ok][-samples:].astype(float)
+    if len(d) < samples or d[-1] - d[0] < rise or d[-1] < reach:
+        return None
+    rates = np.diff(d) / np.maximum(np.diff(s), 1.0)
+    mean_rate = (d[-1] - d[0]) / max(s[-1] - s[0], 1.0)
+    if np.any(rates < steady * mean_rate):
         return None
     return float(d[0]), float(d[-1])
 
@@ -56,7 +65,10 @@ class DeadReLU(Rule):
     lost nine tenths of its units costs accuracy; fault suite: 97% dead with the loss falling).
     Early warning: a layer whose dead fraction grew at each of its last ``dying_samples`` = 4
     samples, by ``dying_rise`` = 0.3 or more, to 0.5 or more fires though its median is lower, at
-    least medium (``evidence.dying``: first and last of them): the units are still dying.
+    least medium (``evidence.dying``: first and last of them): the units are still dying. Between
+    every two of those samples the units must die at a quarter of the window's mean rate per step
+    or faster (a burst then a plateau is not still dying; CI's sparser samples of a healthy fp16 MLP
+    that lost half a layer at step 40 and held read 0.8% -> 54.7% "at every sample").
     Causes: dead from the first sample -> bad_weight_init first; died during training (or lr
     above the usual range) -> learning_rate_too_high first.
     Recommends: LeakyReLU for that layer, Kaiming init with zero bias for the layer before, lower lr.
@@ -92,7 +104,8 @@ class DeadReLU(Rule):
             frac = med_dead.get(name, np.nan)
             by_grad = not np.isfinite(frac)
             rows = names == name
-            growing = None if by_grad else dying(dead[rows], self.dying_samples, self.dying_rise, self.dead_frac)
+            growing = None if by_grad else dying(dead[rows], steps[rows], self.dying_samples, self.dying_rise,
+                                                  self.dead_frac)
             if by_grad:
                 frac = med_gz.get(name, np.nan)
                 if not frac >= self.grad_zero_frac:
