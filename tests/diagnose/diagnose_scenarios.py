@@ -250,6 +250,42 @@ def rnn_hidden_kept_across_batches():
     return names, train
 
 
+def lstm_state_carried_with_retain_graph():
+    emb, lstm, head = nn.Embedding(20, 8), nn.LSTM(8, 16), nn.Linear(16, 20)
+    parts = nn.ModuleDict({"emb": emb, "lstm": lstm, "head": head})
+    names = module_names_of(parts)
+    opt = torch.optim.SGD(parts.parameters(), lr=0.1)
+
+    def train():
+        hidden = None
+        text = torch.randint(0, 20, (40,))
+        for i in range(0, 30, 10):
+            out, hidden = lstm(emb(text[i:i + 10]).unsqueeze(1), hidden)  # the state is not detached
+            loss = F.cross_entropy(head(out.squeeze(1)), text[i + 1:i + 11])
+            opt.zero_grad()
+            loss.backward(retain_graph=True)
+            opt.step()
+
+    return names, train
+
+
+def generator_loss_after_discriminator_step():
+    gen, disc = nn.Sequential(nn.Linear(4, 8), nn.Tanh()), nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    names = module_names_of(nn.ModuleDict({"gen": gen, "disc": disc}))
+    opt_d = torch.optim.Adam(disc.parameters())
+
+    def train():
+        fake = gen(torch.randn(5, 4))
+        real = torch.randn(5, 8)
+        d_loss = F.softplus(-disc(real)).mean() + F.softplus(disc(fake.detach())).mean()
+        g_loss = F.softplus(-disc(fake)).mean()
+        d_loss.backward()
+        opt_d.step()
+        g_loss.backward()  # through disc, whose weights the step just changed
+
+    return names, train
+
+
 class ClampedGate(nn.Module):
     def __init__(self):
         super().__init__()
@@ -443,6 +479,11 @@ SCENARIOS = [
       ["[3, 8]", "Sigmoid", "after `block.fc`", "x = x + "], near_module="block.fc"),
     S("rnn_hidden_kept_across_batches", rnn_hidden_kept_across_batches, "inplace_autograd", None,
       ["retain_graph=True", ".detach()", "hidden = hidden.detach()"], contract_causes=["detached_graph"]),
+    S("lstm_state_carried_with_retain_graph", lstm_state_carried_with_retain_graph, "inplace_autograd", None,
+      ["`lstm.weight_ih_l0`", "[64, 8]", "optimizer.step()", "retain_graph=True", "h.detach()"],
+      near_module="lstm", contract_causes=["detached_graph", "graph_kept_alive"]),
+    S("generator_loss_after_discriminator_step", generator_loss_after_discriminator_step, "inplace_autograd", None,
+      ["`disc.2.weight`", "[16, 1]", "before any step"], near_module="disc.2", contract_causes=["graph_kept_alive"]),
     S("parameter_clamped_in_forward", parameter_clamped_in_forward, "inplace_autograd", "gate",
       ["`scale`", "torch.no_grad()", "self.weight.clamp(0, 1)"]),
     # out_of_memory

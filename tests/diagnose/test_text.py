@@ -106,6 +106,9 @@ BARE = [
     ("inplace_line", "RuntimeError: one of the variables needed for gradient computation has been modified by an "
      "inplace operation: [torch.cuda.FloatTensor [64, 128]], which is output 0 of ReluBackward0, is at version 2; "
      "expected version 1 instead.", "inplace_autograd", ["[64, 128]", "Relu", "version 2"]),
+    ("parameter_version_line", "RuntimeError: one of the variables needed for gradient computation has been "
+     "modified by an inplace operation: [torch.FloatTensor [256, 32]] is at version 2; expected version 1 instead.",
+     "inplace_autograd", ["[256, 32]", "no grad_fn (a parameter)", "optimizer.step()", "h.detach()"]),
     ("anomaly_line", "RuntimeError: Function 'LogBackward0' returned nan values in its 0th output.", "nan_detected",
      ["torch.log(x.clamp_min(1e-8))"]),
     ("unknown_error", "ZeroDivisionError: division by zero", "other", ["ZeroDivisionError"]),

@@ -11,7 +11,11 @@ from modeldebug.findings import best_practice, fix
 
 
 def inplace_version(ctx: Context, m: re.Match) -> Diagnosis:
-    ttype, shape, node, have, want = m.group(1), ints(m.group(2)), m.group(3), int(m.group(4)), int(m.group(5))
+    """A tensor saved for backward changed in place: a parameter (or its view) that a step changed
+    after the forward, else an in-place operation in the forward."""
+    shape, node, have, want = ints(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+    if node is None or ctx.changed_parameters:
+        return parameter_version(ctx, shape, have, want)
     op = node[: -len("Backward0")] if node.endswith("Backward0") else node
     named = op if op == node else f"{op} ({node})"
     msg = (f"A tensor autograd saved for backward was changed in place: the {shape_str(shape)} output of {named} "
@@ -27,6 +31,32 @@ def inplace_version(ctx: Context, m: re.Match) -> Diagnosis:
                 "with torch.autograd.detect_anomaly():\n    loss = criterion(model(x), y)\n    loss.backward()")]
     return Diagnosis(msg, recs, ["other"], 0.9, {"node": node, "tensor_shape": shape, "version": have,
                                                 "expected_version": want})
+
+
+def parameter_version(ctx: Context, shape: list[int], have: int, want: int) -> Diagnosis:
+    """A parameter saved for backward was changed in place after the forward: an optimizer step
+    (or a manual update) between this loss's forward and its backward."""
+    named = ", ".join(f"`{n}`" for n in ctx.changed_parameters[:3]) if ctx.changed_parameters else None
+    what = f"{named} (saved as {shape_str(shape)})" if named else f"a {shape_str(shape)} tensor with no grad_fn (a parameter)"
+    msg = (f"Backward needs {what} as it was when this loss's forward ran, but it was changed in place since "
+           f"(version {have}, expected {want}). Parameters change in place at optimizer.step(): this loss's graph "
+           f"was built before a step. Usually the graph reaches back into an earlier batch (a hidden state or "
+           f"output carried over without .detach()), or a loss built before a step is backpropagated after it "
+           f"(a GAN's generator loss through a discriminator that just stepped).")
+    if ctx.source and "retain_graph" in ctx.source:
+        msg += (" The backward passes retain_graph=True, which keeps the earlier batches' graph alive instead of "
+                "failing with 'backward through the graph a second time'.")
+    recs = [fix("Detach what is carried from one batch to the next before the next forward, and drop "
+                "retain_graph=True: each batch's graph then ends at the carried tensor.",
+                "hidden = tuple(h.detach() for h in hidden)  # LSTM (h, c); a GRU/RNN: hidden = hidden.detach()\n"
+                "loss.backward()  # not: loss.backward(retain_graph=True)"),
+            fix("When one update's loss goes through a model another update changes (GANs, actor-critic), run "
+                "every backward that needs the old parameters before that model's optimizer.step(), or "
+                "rebuild the loss after the step.",
+                "d_loss.backward(); g_loss.backward()  # both before any step\nopt_d.step(); opt_g.step()")]
+    return Diagnosis(msg, recs, ["detached_graph", "graph_kept_alive"], 0.85,
+                     {"tensor_shape": shape, "version": have, "expected_version": want,
+                      "changed_parameters": ctx.changed_parameters or None})
 
 
 def backward_twice(ctx: Context, m: re.Match) -> Diagnosis:

@@ -10,6 +10,15 @@ from typing import Any, Callable, Iterable
 from modeldebug.types import Recommendation
 
 
+# A saved tensor changed in place since the forward: a leaf (a parameter: "[T [shape]] is at version"),
+# or the output of a graph node ("[T [shape]], which is output 0 of TBackward0, is at version").
+SAVED_VERSION = (r"modified by an inplace operation: \[[\w.]+ (\[[\d, ]*\])\](?:, which is output \d+ of (\w+),)? "
+                 r"is at version (\d+); expected version (\d+)")
+# nodes whose output is a view of their input: a parameter's view (weight.T in a Linear) shares its version
+VIEW_NODES = ("AsStrided", "T", "Transpose", "Permute", "View", "UnsafeView", "Expand", "Select", "Slice",
+              "Unsqueeze", "Squeeze", "Alias", "Reshape", "Diagonal", "Unfold", "Split", "Narrow")
+
+
 @dataclass
 class Context:
     """Everything a builder may use. Fields are None/empty when the source could not tell."""
@@ -28,6 +37,7 @@ class Context:
     in_backward: bool = False
     near_module: str | None = None  # backward: the layer whose parameters sit right below the failing node
     upstream_ops: list[str] = field(default_factory=list)  # backward: graph nodes from the failing one up to the loss
+    changed_parameters: list[str] = field(default_factory=list)  # backward: parameters changed in place since the forward
     where: str | None = None  # "train.py:42" of the innermost frame outside torch
     source: str | None = None  # the source line at `where`
     from_text: bool = False

@@ -4,10 +4,11 @@ forward arguments and parameters; in backward, the autograd graph) or from a tra
 from __future__ import annotations
 
 import linecache
+import math
 import re
 from typing import Any, Iterable, Mapping
 
-from modeldebug.diagnose.context import Context, LOSS_FUNCS
+from modeldebug.diagnose.context import LOSS_FUNCS, SAVED_VERSION, Context, ints
 from modeldebug.diagnose.roots import names_from_frames
 
 _MODULE_ARGS = ("in_features", "out_features", "in_channels", "out_channels", "kernel_size", "stride", "padding",
@@ -162,6 +163,42 @@ def _locate_node(loss, node_name: str, names: Mapping[int, str]) -> tuple[str | 
     return None, path
 
 
+def _changed_leaves(loss, shape: list[int], node: str | None, version: int, names: Mapping[int, str]) -> list[str]:
+    """The parameters of ``loss``'s graph that a failing backward found changed in place: a leaf of
+    ``shape`` now at ``version``, or (``node``: a view node's name) a leaf at ``version`` with as
+    many elements right below a view node (a view shares its leaf's version). Qualified names where known."""
+    from collections import deque
+
+    from modeldebug.diagnose.context import VIEW_NODES
+
+    if loss is None or getattr(loss, "grad_fn", None) is None:
+        return []
+    op = node[:-len("Backward0")] if node and node.endswith("Backward0") else node
+    if op is not None and op not in VIEW_NODES:
+        return []  # the output of a computation, not a parameter's view: an in-place op in the forward
+    numel = math.prod(shape)
+    found: list[str] = []
+    queue, seen = deque([loss.grad_fn]), set()
+    while queue and len(seen) < 20000:
+        n = queue.popleft()
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        below = [m for m, _ in (n.next_functions or ())]
+        if op is None or n.name().removesuffix("Backward0") in VIEW_NODES:  # (torch may name weight.T's
+            # view AsStrided in the message and TBackward0 in the graph)
+            for leaf in below if op is not None else [n]:
+                var = getattr(leaf, "variable", None)
+                fits = var is not None and var._version == version and (
+                    list(var.shape) == shape if op is None else var.numel() == numel)
+                if fits:
+                    name = names.get(id(var)) or f"a parameter of shape {list(var.shape)}"
+                    if name not in found:
+                        found.append(name)
+        queue.extend(below)
+    return found
+
+
 def context_from_exception(exc: BaseException, module_names: Any = None, facts: Mapping[str, Any] | None = None) -> Context:
     """What the traceback's frames say about where ``exc`` was raised (no hooks, no reruns);
     ``facts``: what the run watching it knows (``diagnose.autograd.run_facts``)."""
@@ -240,6 +277,12 @@ def context_from_exception(exc: BaseException, module_names: Any = None, facts: 
             arg_names = {k for k, _ in args}
             ctx.local_tensors = _tensors_of((k, v) for k, v in frame.f_locals.items()
                                             if k not in arg_names and k != "self")
+    saved = re.search(SAVED_VERSION, ctx.message) if ctx.in_backward else None
+    if saved:
+        try:
+            ctx.changed_parameters = _changed_leaves(loss, ints(saved.group(1)), saved.group(2), int(saved.group(3)), names)
+        except Exception:  # the graph may be half freed: the message still stands
+            ctx.changed_parameters = []
     if ctx.in_backward and module is None:
         node = re.search(r"output \d+ of (\w+)|Function '(\w+)'", ctx.message)
         if node:
@@ -247,6 +290,8 @@ def context_from_exception(exc: BaseException, module_names: Any = None, facts: 
                 ctx.near_module, ctx.upstream_ops = _locate_node(loss, node.group(1) or node.group(2), names)
             except Exception:  # the graph may be half freed: the message still stands
                 ctx.near_module = None
+    if ctx.changed_parameters and "." in ctx.changed_parameters[0]:
+        ctx.near_module = ctx.changed_parameters[0].rsplit(".", 1)[0]  # the layer whose weights changed
     return ctx
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from modeldebug.diagnose import autograd, dtype_device, memory, numerics, shapes
-from modeldebug.diagnose.context import Context, Diagnosis, first_line
+from modeldebug.diagnose.context import SAVED_VERSION, Context, Diagnosis, first_line
 from modeldebug.findings import fix
 
 CAUSES = ("shape_mismatch", "dtype_mismatch", "device_mismatch", "inplace_autograd", "out_of_memory",
@@ -65,7 +65,7 @@ PATTERNS: list[Pattern] = [
     _p("dtype_mismatch", r"'indices' to have one of the following scalar types: Long, Int; but got ([\w.]+) instead", dtype_device.index_dtype),
     _p("dtype_mismatch", r"expected scalar type \w+ but found \w+|must have the same dtype|should be the same dtype", dtype_device.generic_dtype),
     # in-place and autograd
-    _p("inplace_autograd", r"modified by an inplace operation: \[([\w.]+) (\[[\d, ]*\])\], which is output \d+ of (\w+), is at version (\d+); expected version (\d+)", autograd.inplace_version),
+    _p("inplace_autograd", SAVED_VERSION, autograd.inplace_version),
     _p("inplace_autograd", r"Trying to backward through the graph a second time", autograd.backward_twice),
     _p("inplace_autograd", r"a (?:view of a )?leaf Variable that requires grad is being used in an in-place operation", autograd.leaf_inplace),
     _p("other", r"does not require grad and does not have a grad_fn", autograd.no_graph),
