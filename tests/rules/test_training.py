@@ -9,7 +9,7 @@ import pytest
 from builders import build, healthy_columns
 
 from modeldebug.config import AlertThresholds, DebuggingConfig
-from modeldebug.events import LossCall, StepsOnClearedGradients
+from modeldebug.events import GradientClip, LossCall, StepsOnClearedGradients
 from modeldebug.evidence import Evidence, LayerInfo, OptimizerInfo, ParamInfo
 from modeldebug.rules.data_issue import DataIssue
 from modeldebug.rules.gradient_accumulation import GradientAccumulation
@@ -105,6 +105,26 @@ def test_gradients_cleared_between_backward_and_step_are_named_so(cleared_as):
     # One such step in a long run is not what kept the weights still: as without the event.
     once = [f.causes for f in UnchangedWeights().check(build(cols, events=_cleared(1)))]
     assert once == ([["detached_graph"]] if cleared_as == "none" else [])
+
+
+def _clipped(cols, max_norm: float, optimizer: str = "SGD") -> Evidence:
+    """Every step clipped by clip_grad_norm_ after backward at ``max_norm`` (grad_norm ~1-1.2 unclipped)."""
+    cols["steps"]["clip_calls"] = np.ones(len(cols["steps"]["loss"]), int)
+    cols["optimizers"] = [OptimizerInfo(optimizer, [{"lr": 0.05}])]
+    clip = GradientClip(function="clip_grad_norm_", max_value=max_norm, before_backward=False)
+    return build(cols, events=[{"step": 0, "type": clip.tag, "data": clip.to_data()}])
+
+
+def test_a_clip_far_below_the_gradient_norm_is_named_as_what_stalls_sgd():
+    cols = healthy_columns()
+    _stall(cols, 0.69)
+    (f,) = LossNotDecreasing().check(_clipped(cols, 1e-4))
+    assert f.causes[0] == "learning_rate_too_low" and "max_norm 0.0001" in f.message
+    assert "max_norm near the gradients' own norm" in f.recommendations[0].description
+    # The usual guard (1.0 on norms near 1), and any clip under Adam (it divides the scale out): not named.
+    for ev in (_clipped(cols, 1.0), _clipped(cols, 1e-4, "Adam")):
+        (f,) = LossNotDecreasing().check(ev)
+        assert "clip_grad_norm_" not in f.message
 
 
 def test_unchanged_weights_lr_zero_recommends_a_real_lr():

@@ -395,6 +395,36 @@ def thrown_early(ev: Evidence, limit: float = 0.1, rise: float = 2.0) -> float |
     return worst
 
 
+@dataclass(frozen=True)
+class TightClip:
+    max_norm: float
+    median_norm: float  # the unclipped gradient norm of the clipped steps
+
+    @property
+    def shrink(self) -> float:
+        return self.median_norm / self.max_norm
+
+
+def clipped_hard(ev: Evidence, factor: float = 100.0) -> TightClip | None:
+    """clip_grad_norm_ after backward at a max_norm ``factor`` = 100x or more below the median
+    unclipped gradient norm of the steps it ran on, under a non-adaptive optimizer: every update is
+    that many times smaller than the lr says. (Adam-style optimizers divide the scale out again, and
+    clipping at 1.0 on norms of a few to tens is the usual guard.)"""
+    from modeldebug.events import GradientClip
+
+    clip = next((e for e in ev.events_of(GradientClip) if not e.before_backward
+                 and e.function == "clip_grad_norm_" and e.max_value), None)
+    if clip is None or optimizer_type(ev) in _ADAPTIVE:
+        return None
+    clipped = col(ev.steps, "clip_calls") > 0
+    norms = col(ev.steps, "grad_norm")[clipped]
+    norms = norms[np.isfinite(norms)]
+    if not len(norms) or clip.max_value <= 0:
+        return None
+    median = float(np.median(norms))
+    return TightClip(float(clip.max_value), median) if median >= factor * clip.max_value else None
+
+
 def per_group_low(keys: np.ndarray, values: np.ndarray, q: float = 0.25) -> dict[Any, float]:
     """The lower ``q`` order statistic of the finite ``values`` per key (the minimum for fewer than 5):
     for timings, which a busy machine only ever lengthens."""

@@ -12,6 +12,7 @@ from modeldebug.rules.base import (
     GRACE_STEPS,
     Rule,
     adversarial,
+    clipped_hard,
     col,
     current_lr,
     family,
@@ -67,7 +68,9 @@ class LossNotDecreasing(Rule):
     -> wrong_loss_function; one class -> label_problem; loss rising or update ratio > 0.1 ->
     learning_rate_too_high; initial weights off the 1/sqrt(fan_in) scale 20x -> bad_weight_init;
     the best loss nearer the uniform guess (ln K) than the label frequencies' loss (not even those
-    learned), every parameter's update ratio < 1e-5 or lr below the usual range -> learning_rate_too_low
+    learned), every parameter's update ratio < 1e-5 or lr below the usual range -> learning_rate_too_low;
+    clip_grad_norm_ at a max_norm 100x or more below the gradient norm under SGD-like optimizers ->
+    learning_rate_too_low, with a larger max_norm as the fix (base.clipped_hard)
     (DeepDiagnosis' update-ratio bounds [1e-5, 0.1]).
     Recommends: the fix for the first two causes, concrete for this run (lr now and the lr to
     try, the Softmax layer to remove, the missing call).
@@ -79,7 +82,8 @@ class LossNotDecreasing(Rule):
              "param_stats.update_ratio",
              "param_stats.has_grad", "layers", "class_counts", "optimizers", "config.alert_thresholds.loss",
              "param_stats.norm", "params", "steps.input_mean", "steps.input_std", "steps.loss_nonfinite",
-             "validation", "steps.backward_calls", "events.steps_on_cleared_gradients") + LabelsUnrelated.reads
+             "validation", "steps.backward_calls", "events.steps_on_cleared_gradients", "steps.clip_calls",
+             "steps.grad_norm", "events.gradient_clip") + LabelsUnrelated.reads
     min_drop: float = 0.01
     min_steps: int = 20
     short_run: int = 50
@@ -199,6 +203,12 @@ class LossNotDecreasing(Rule):
                     f"The last layer ({order[-1].name}) is a Softmax: CrossEntropyLoss applies log_softmax itself.")
         if len(ev.class_counts) == 1:
             return ["label_problem"], "All labels are the same class."
+        tight = clipped_hard(ev)
+        if tight is not None:
+            return (["learning_rate_too_low", "wrong_loss_function"],
+                    f"clip_grad_norm_ at max_norm {g(tight.max_norm)} shrinks the gradients (median norm "
+                    f"{g(tight.median_norm)}) {g(tight.shrink)}x on every step: the updates are that much smaller "
+                    f"than the learning rate says.")
         thrown = thrown_early(ev, self.max_update_ratio)
         if rising or (ur is not None and ur > self.max_update_ratio) or lr_is_high(ev) or thrown is not None:
             note = f"Median update ratio |dW|/|W| is {g(ur)}." if ur is not None else ""
@@ -267,6 +277,11 @@ class LossNotDecreasing(Rule):
         if cause == "learning_rate_too_high":
             return lower_lr(ev)
         if cause == "learning_rate_too_low":
+            tight = clipped_hard(ev)
+            if tight is not None:
+                return [fix(f"Clip at a max_norm near the gradients' own norm (median {g(tight.median_norm)}) "
+                            f"so that only outlier steps are cut, not every step.",
+                            "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)")]
             return raise_lr(ev)
         if cause == "unnormalized_inputs":
             return [fix("Standardize the inputs.", "x = (x - x.mean(0)) / (x.std(0) + 1e-8)")]
