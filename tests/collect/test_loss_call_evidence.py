@@ -57,6 +57,19 @@ def test_sampled_steps_carry_the_loss_value_and_its_input_range(store_path):
     assert list(ev.validation.loss_fn) == ["cross_entropy"]
 
 
+@pytest.mark.parametrize("dim", [1, 0])
+def test_for_nll_loss_the_sum_error_is_that_of_the_median_rows_exps(store_path, dim):
+    """log-probabilities into NLLLoss: how far the median row's exps sum from 1 over the classes
+    (dim 0: normalized over the batch, the wrong dimension)."""
+    y = torch.randint(0, 3, (32,))
+    ev, seen = _run(store_path, lambda out, t: F.nll_loss(out.log_softmax(dim), t), 3, y)
+    logp = [out.log_softmax(dim).numpy().astype(np.float64) for _, out in seen]
+    # torch.median: the lower of the two middle values of an even count
+    want = [np.sort(np.abs(np.exp(p).sum(1) - 1))[(len(p) - 1) // 2] for p in logp]
+    np.testing.assert_allclose(ev.steps.loss_input_sum_err, want, atol=1e-5)
+    assert (np.max(want) < 1e-5) if dim == 1 else (np.min(want) > 0.1)
+
+
 def test_a_broadcasting_call_is_recorded_once_with_its_shape(store_path):
     y = torch.randn(32)
     ev, _ = _run(store_path, nn.MSELoss(), 1, y)

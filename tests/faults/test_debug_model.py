@@ -78,6 +78,11 @@ LOOP = {
     "unchanged_weights__detached_encoder_features":
         "the .detach() sits in the loop between two separate modules: there is no one model to hand the probe",
     "unchanged_weights__missing_optimizer_step": "the loop never calls optimizer.step(); the probe's loop does",
+    "wrong_loss_input__token_tagger_log_softmax_over_time":
+        "the loop calls the loss on logits.view(-1, 12); the probe calls NLLLoss on the [batch, time, tags] output "
+        "itself, which reads the time axis as the classes and raises",
+    "wrong_loss_input__gru_tagger_functional_nll":
+        "the log_softmax and F.nll_loss are written in the loop: there is no loss callable to hand the probe",
     "clip_before_backward__lstm_forecaster_sgd":
         "clip_grad_norm_ runs in the loop before backward(); the probe's loop does not clip (its copy explodes)",
     "clip_before_backward__mlp_price_regression":

@@ -142,6 +142,9 @@ class LossCalls:
             lo, hi = torch.aminmax(x.reshape(-1))
             if name in CLASS_LOSSES and x.dim() >= 2:
                 err = (x.sum(1) - 1).abs().amax()
+                if name == "nll_loss":  # log-probabilities (all <= 0): do their exps sum to 1 over the classes?
+                    # (the median row: rows zeroed by a padding mask do not count)
+                    err = torch.where(hi <= 0, (x.exp().sum(1) - 1).abs().median(), err)
         one = torch.ones((), device=nan.device)  # calls counted: later ones of the same loss add their value
         st.loss_probe = torch.stack([t.to(nan.device) for t in (value, lo, hi, err, one)])
         if (name in REGRESSION and isinstance(target, torch.Tensor) and target.is_floating_point()

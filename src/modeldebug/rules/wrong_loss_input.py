@@ -16,6 +16,10 @@ from modeldebug.types import Finding
 
 # A sampled input within [0, 1] up to float rounding; rows summing to 1 within SUM_TOL.
 TOL, SUM_TOL = 1e-6, 1e-3
+# NLLLoss: log-probabilities whose exps miss 1 by more than this over the class dimension were
+# normalized over another one (log_softmax(dim=1) on [batch, time, classes]); float32 rounding of a
+# log_softmax over 50k classes stays below 1e-3.
+OFF_CLASSES = 0.1
 # Share of the sampled steps that must show the pattern (a few unsampled-looking outliers allowed).
 SHARE = 0.9
 _SQUASHING = {"Softmax": "Softmax", "Softmax2d": "Softmax", "Sigmoid": "Sigmoid", "LogSoftmax": "LogSoftmax"}
@@ -70,6 +74,11 @@ def misuse(ev: Evidence) -> Misuse | None:
                           float(np.nanmax(err)) if np.isfinite(err).any() else None)
         if (hi > TOL).mean() >= SHARE:
             return Misuse(name, "raw scores", "log-probabilities (log_softmax output, all <= 0)", n, *span, None)
+        off = (hi <= TOL) & np.isfinite(err) & (err > OFF_CLASSES)
+        if off.mean() >= SHARE:
+            return Misuse(name, "log-probabilities normalized over another dimension",
+                          "log-probabilities over its classes (dim 1), whose exps sum to 1", n, *span,
+                          float(np.nanmin(err[off])))
     elif name == "binary_cross_entropy_with_logits" and n >= 3 and unit.mean() >= SHARE:
         return Misuse(name, "sigmoid outputs", "raw logits (it applies the sigmoid itself)", n, *span, None)
     return None
@@ -92,7 +101,9 @@ class WrongLossInput(Rule):
       (within 1e-3): softmax applied twice, the loss floored at ln(1 + (K-1)/e) and its gradients
       squashed;
     - probabilities (all >= 0) or raw scores (some > 0) into ``NLLLoss``, which expects
-      log-probabilities (all <= 0);
+      log-probabilities (all <= 0); or log-probabilities whose exps miss 1 by more than
+      ``OFF_CLASSES`` = 0.1 over the class dimension in the median row (``loss_input_sum_err``
+      holds that for NLLLoss inputs all <= 0): a log_softmax over the wrong dimension;
     - sigmoid outputs (all in [0, 1]) into ``BCEWithLogitsLoss``: logits that never leave [0, 1]
       confine the prediction to [0.5, 0.73].
     Raw logits cannot satisfy these by chance: their rows do not sum to 1 and they take both signs.
@@ -118,6 +129,8 @@ class WrongLossInput(Rule):
         loss = _TORCH_NAME.get(m.loss, m.loss)
         summed = m.sum_err is not None and m.got == "probabilities"
         rows = f", rows summing to 1 within {g(m.sum_err)}" if summed else ""
+        if m.got.startswith("log-probabilities"):
+            rows = f" and the exps of its median row miss 1 by {g(m.sum_err)} or more"
         msg = (f"{loss} receives {m.got}: its input stays within [{g(m.lo)}, {g(m.hi)}]{rows} on all "
                f"{m.samples} sampled steps, but it expects {m.expects}.{where}")
         ref = reference(ev)
@@ -142,6 +155,11 @@ def _fixes(m: Misuse, last: str | None) -> list:
                     "log_softmax; take softmax only where you need probabilities (at inference).",
                     "logits = model(x)\nloss = nn.CrossEntropyLoss()(logits, y)\n"
                     "probs = logits.softmax(dim=1)  # for reporting only")]
+    if m.loss == "nll_loss" and m.got.startswith("log-probabilities"):
+        return [fix("Take log_softmax over the class dimension: the last one of a [batch, ..., classes] output "
+                    "(dim=-1), before any reshape for NLLLoss.",
+                    "logp = torch.log_softmax(logits, dim=-1)  # [batch, time, classes]\n"
+                    "loss = F.nll_loss(logp.reshape(-1, logp.shape[-1]), y.reshape(-1))")]
     if m.loss == "nll_loss":
         return [fix("Give NLLLoss log-probabilities: log_softmax instead of softmax (or return logits and use "
                     "CrossEntropyLoss).", "return torch.log_softmax(self.out(h), dim=-1)  # then nn.NLLLoss()")]
