@@ -81,6 +81,17 @@ def test_a_consequence_starts_at_or_after_its_root():
     assert after[0].caused_by is None and after[0].severity == "high"
 
 
+def test_a_verdict_over_the_whole_run_follows_a_root_from_its_first_half():
+    """loss_not_decreasing names the start of its first window (step 5 here) but judges the run: a
+    schedule that collapsed the lr at step 8 of 60 precedes it; one at step 50 does not."""
+    def linked(collapse_step):
+        return link_findings([_f("lr_schedule_misuse", collapse_step, causes=["scheduler_misuse"]),
+                              _f("loss_not_decreasing", 5, causes=["learning_rate_too_low"])], _ev())[1]
+
+    assert linked(8).caused_by == "lr_schedule_misuse" and linked(8).causes[0] == "scheduler_misuse"
+    assert linked(50).caused_by is None
+
+
 def test_a_root_explains_causes_away_unless_the_evidence_shows_them():
     lower = fix("Lower the learning rate about 10x: lr is 0.01; try 0.001.")
     stable = fix("Use numerically stable ops: log_softmax/CrossEntropyLoss instead of log(softmax).")

@@ -7,7 +7,8 @@ finding and changes no severity (``--fail-on`` still counts every finding). It
 2. links a consequence to the finding it follows from (``Finding.caused_by``) when the pair is in
    :data:`LINKS` (a plausible mechanism) and the evidence agrees: the consequence starts at or
    after the root's step, and the pair's own check holds (the same cause named by both rules, the
-   dead units died during training, the loss rose, ...);
+   dead units died during training, the loss rose, ...); a verdict over the whole run
+   (``loss_not_decreasing``) follows a root that began in the run's first half;
 3. makes the causes agree: a consequence names its root's cause first and drops causes (and the
    recommendations that serve them) that contradict it; across the whole report one learning-rate
    direction survives, the one the most severe finding stands on.
@@ -20,6 +21,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from typing import Callable
+
+import numpy as np
 
 from modeldebug.evidence import Evidence
 from modeldebug.rules.base import lr_is_high, lr_is_low
@@ -272,6 +275,19 @@ def _step(f: Finding, as_root: bool = False) -> int:
     return f.step
 
 
+# Kinds judged over the whole run (the loss's first window against its last): a root that began in
+# the run's first half precedes the verdict, whichever step the finding names as its start.
+WHOLE_RUN = frozenset({"loss_not_decreasing"})
+
+
+def _latest_root_step(cons: Finding, ev: Evidence) -> float:
+    """The latest step a root may start at to precede ``cons``."""
+    if cons.kind in WHOLE_RUN and len(ev.steps):
+        steps = np.asarray(ev.steps["step"], dtype=float)
+        return max(_step(cons), float(np.median(steps)))
+    return _step(cons)
+
+
 def _parents(findings: list[Finding], ev: Evidence) -> dict[int, Finding]:
     """Each consequence's parent: of the findings it may follow from, the one whose cause the
     consequence's own rule ranks highest, then the earliest, then the most severe."""
@@ -282,7 +298,7 @@ def _parents(findings: list[Finding], ev: Evidence) -> dict[int, Finding]:
         candidates = []
         for root in findings:
             link = _link(root.kind, cons.kind)
-            if root is cons or link is None or root.source != "rules" or _step(root, True) > _step(cons):
+            if root is cons or link is None or root.source != "rules" or _step(root, True) > _latest_root_step(cons, ev):
                 continue
             try:
                 if not link.check(root, cons, ev):
