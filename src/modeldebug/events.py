@@ -227,6 +227,10 @@ class LossTargets(Event):
     features: int = 0
     baseline: float | None = None
     predictor: str = ""  # "the mean", "the median", "the positive rate"
+    # shares of the sampled target values below 0, below -1 and above 1 (what a bounded output can't reach)
+    below_zero: float | None = None
+    below_minus_one: float | None = None
+    above_one: float | None = None
 
 
 @dataclass

@@ -80,6 +80,9 @@ def test_a_broadcasting_call_is_recorded_once_with_its_shape(store_path):
     # every step sampled the same batch: TARGET_ROWS of it per step
     assert targets.rows == 6 * 32 and targets.predictor == "the mean"
     assert targets.baseline == pytest.approx(float(np.var(rows)), rel=1e-6)
+    y6 = np.tile(rows, 6)  # the shares of the values a bounded output could not reach
+    assert (targets.below_zero, targets.below_minus_one, targets.above_one) == pytest.approx(
+        (np.mean(y6 < 0), np.mean(y6 < -1), np.mean(y6 > 1)))
 
 
 def test_reduction_and_options_are_kept(store_path):

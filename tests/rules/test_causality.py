@@ -92,6 +92,17 @@ def test_a_verdict_over_the_whole_run_follows_a_root_from_its_first_half():
     assert linked(50).caused_by is None
 
 
+def test_an_output_relu_dead_under_unreachable_targets_follows_from_the_head():
+    def dead(at):
+        return link_findings([_f("wrong_loss_input", 0, causes=["wrong_loss_function"], location="head.act"),
+                              _f("dead_relu", 200, causes=["learning_rate_too_high", "bad_weight_init"],
+                                 location=at)], _ev())[1]
+
+    assert dead("head.act").caused_by == "wrong_loss_input"
+    assert dead("head.act").causes[0] == "wrong_loss_function"
+    assert dead("body.1").caused_by is None  # a ReLU elsewhere died of something else
+
+
 def test_a_root_explains_causes_away_unless_the_evidence_shows_them():
     lower = fix("Lower the learning rate about 10x: lr is 0.01; try 0.001.")
     stable = fix("Use numerically stable ops: log_softmax/CrossEntropyLoss instead of log(softmax).")

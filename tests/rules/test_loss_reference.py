@@ -216,6 +216,36 @@ def test_wrong_loss_input_quiet_on_the_right_input(name, sampled_input):
     assert WrongLossInput().check(ev) == []
 
 
+def _regression_head(activation, sampled_input, below_zero=0.0, below_minus_one=0.0, above_one=0.0):
+    """An MSE regression whose model ends in ``activation`` (net.5), with the sampled targets' shares."""
+    cols = _cols(sampled_input=sampled_input + (np.nan,))
+    cols["layers"]["net.5"] = LayerInfo("net.5", activation, 5, 0, f"{activation}()", family=activation)
+    targets = LossTargets(name="mse_loss", rows=640, features=1, baseline=1.0, predictor="the mean",
+                          below_zero=below_zero, below_minus_one=below_minus_one, above_one=above_one)
+    return build(cols, events=_events(LossCall(name="mse_loss", input_shape=[64, 1], target_shape=[64, 1]), targets))
+
+
+def test_a_bounded_head_that_cannot_reach_the_targets_is_a_wrong_loss_input():
+    (f,) = WrongLossInput().check(_regression_head("ReLU", (0.0, 2.5), below_zero=0.48, below_minus_one=0.16))
+    assert (f.location, f.severity, f.causes) == ("net.5", "high", ["wrong_loss_function"])
+    assert "cannot go below 0" in f.message and "48% of the sampled target values" in f.message
+    assert f.evidence["targets_out_of_reach"] == pytest.approx(0.48)
+    assert "nn.Identity()" in f.recommendations[0].implementation
+    (f,) = WrongLossInput().check(_regression_head("Sigmoid", (0.02, 0.97), above_one=0.3))
+    assert "outside [0, 1]" in f.message and len(f.recommendations) == 2
+
+
+@pytest.mark.parametrize("activation,sampled_input,shares", [
+    ("ReLU", (0.0, 2.5), {"below_zero": 0.02}),  # positive targets (prices, counts): a ReLU head is fine
+    ("Sigmoid", (0.02, 0.97), {}),  # targets scaled into [0, 1]
+    ("Tanh", (-0.9, 0.95), {"below_minus_one": 0.03, "above_one": 0.04}),
+    ("ReLU", (-0.3, 2.5), {"below_zero": 0.48}),  # the loss sees negatives: something follows the ReLU
+    ("GELU", (-0.1, 2.5), {"below_zero": 0.48}),  # not bounded
+])
+def test_a_bounded_head_within_reach_of_the_targets_is_quiet(activation, sampled_input, shares):
+    assert WrongLossInput().check(_regression_head(activation, sampled_input, **shares)) == []
+
+
 # ---------------------------------------------------------------- loss_shape_broadcast
 
 

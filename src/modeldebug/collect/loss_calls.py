@@ -177,8 +177,11 @@ class LossCalls:
             return
         y = np.concatenate(self._targets)
         baseline, predictor = constant_loss(self._target_name, y, self._target_options)
+        finite = y[np.isfinite(y)]
+        share = (lambda mask: float(mask.mean())) if len(finite) else (lambda mask: None)
         self.writer.event(LossTargets(name=self._target_name, rows=len(y), features=y.shape[1],
-                                      baseline=baseline, predictor=predictor))
+                                      baseline=baseline, predictor=predictor, below_zero=share(finite < 0),
+                                      below_minus_one=share(finite < -1), above_one=share(finite > 1)))
 
 
 def constant_loss(name: str, y: np.ndarray, options: dict[str, Any]) -> tuple[float | None, str]:

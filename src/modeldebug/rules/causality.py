@@ -61,6 +61,10 @@ def evidence_is(key: str, *values: object) -> Check:
     return check
 
 
+def same_location(root: Finding, cons: Finding, ev: Evidence) -> bool:
+    return root.location is not None and root.location == cons.location
+
+
 def loss_rose(root: Finding, cons: Finding, ev: Evidence) -> bool:
     change = cons.evidence.get("rel_change")
     return isinstance(change, (int, float)) and change > 0
@@ -172,6 +176,8 @@ LINKS: tuple[Link, ...] = (
          explains=("learning_rate_too_low",)),  # squashed gradients look like a small step size
     Link("wrong_loss_input", "oscillating_loss", "the loss is computed on the wrong kind of input"),
     Link("wrong_loss_input", "vanishing_gradient", "the loss is computed on the wrong kind of input"),
+    Link("wrong_loss_input", "dead_relu", "targets below zero pull the output ReLU's units under zero for good",
+         same_location, explains=("learning_rate_too_high", "bad_weight_init")),
     Link("loss_shape_broadcast", "loss_not_decreasing", "the loss compares every prediction with every target"),
     Link("train_eval_mode", "loss_not_decreasing", "the model trains in the wrong mode"),
     Link("train_eval_mode", "overfitting", "validation runs in the wrong mode"),

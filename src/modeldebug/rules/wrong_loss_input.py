@@ -9,7 +9,8 @@ import numpy as np
 
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
-from modeldebug.rules.base import Rule, col, family, fix, g
+from modeldebug.events import LossTargets
+from modeldebug.rules.base import Rule, attr_path, col, family, fix, g
 from modeldebug.rules.reference import READS as REFERENCE_READS
 from modeldebug.rules.reference import loss_calls, reference
 from modeldebug.types import Finding
@@ -84,8 +85,64 @@ def misuse(ev: Evidence) -> Misuse | None:
     return None
 
 
+# Activations whose outputs stay within a range: (low, high), None where unbounded.
+_BOUNDED = {"ReLU": (0.0, None), "ReLU6": (0.0, None), "Softplus": (0.0, None), "Sigmoid": (0.0, 1.0),
+            "Hardsigmoid": (0.0, 1.0), "Tanh": (-1.0, 1.0), "Hardtanh": (-1.0, 1.0), "Softsign": (-1.0, 1.0)}
+_REGRESSION = {"mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss"}
+# Share of the sampled target values a bounded output cannot reach before it is a wrong head: a
+# regression on standardised targets puts half of them below 0, a third outside [-1, 1].
+UNREACHABLE = 0.1
+
+
+@dataclass(frozen=True)
+class OutOfReach:
+    loss: str
+    layer: str
+    activation: str
+    low: float | None
+    high: float | None
+    share: float  # of the sampled target values outside [low, high]
+    samples: int
+    lo: float  # the loss input's range over the sampled steps
+    hi: float
+
+    @property
+    def range(self) -> str:
+        return f"below {g(self.low)}" if self.high is None else f"outside [{g(self.low)}, {g(self.high)}]"
+
+
+def out_of_reach(ev: Evidence) -> OutOfReach | None:
+    """A regression loss fed by a bounded activation (the model's last layer) whose range excludes
+    ``UNREACHABLE`` or more of the sampled targets: a ReLU head on targets that go negative, a
+    sigmoid on targets beyond [0, 1]. The loss input must stay within that range on every sampled
+    step (it is that layer's output)."""
+    names = {c.name for c in loss_calls(ev)}
+    order = ev.layers_in_order()
+    if len(names) != 1 or not names <= _REGRESSION or not order:
+        return None
+    (name,) = names
+    last = order[-1]
+    bounds = _BOUNDED.get(family(last))
+    targets = next((t for t in ev.events_of(LossTargets) if t.name == name), None)
+    if bounds is None or targets is None:
+        return None
+    low, high = bounds
+    share = (targets.below_zero if low == 0 else targets.below_minus_one) or 0.0
+    share += (targets.above_one or 0.0) if high is not None else 0.0
+    lo, hi = col(ev.steps, "loss_input_min"), col(ev.steps, "loss_input_max")
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    if share < UNREACHABLE or ok.sum() < 2:
+        return None
+    lo, hi = lo[ok], hi[ok]
+    if lo.min() < low - TOL or (high is not None and hi.max() > high + TOL):
+        return None  # the loss sees values the layer cannot give: something follows it
+    return OutOfReach(name, last.name, family(last), low, high, float(share), int(ok.sum()),
+                      float(lo.min()), float(hi.max()))
+
+
 _TORCH_NAME = {"cross_entropy": "CrossEntropyLoss", "nll_loss": "NLLLoss",
-               "binary_cross_entropy_with_logits": "BCEWithLogitsLoss"}
+               "binary_cross_entropy_with_logits": "BCEWithLogitsLoss", "mse_loss": "MSELoss",
+               "l1_loss": "L1Loss", "smooth_l1_loss": "SmoothL1Loss", "huber_loss": "HuberLoss"}
 
 
 @register
@@ -107,6 +164,10 @@ class WrongLossInput(Rule):
     - sigmoid outputs (all in [0, 1]) into ``BCEWithLogitsLoss``: logits that never leave [0, 1]
       confine the prediction to [0.5, 0.73].
     Raw logits cannot satisfy these by chance: their rows do not sum to 1 and they take both signs.
+    Also: a regression loss (MSE, L1, smooth L1, Huber) on the output of a bounded activation that
+    is the model's last layer (ReLU/Softplus >= 0, Sigmoid in [0, 1], Tanh in [-1, 1]), the loss
+    input within that range on every sampled step, while ``UNREACHABLE`` = 0.1 or more of the
+    sampled target values lie outside it (a ReLU head on targets that go negative).
     With several loss functions (summed heads) the sampled input is the step's first call's: judged
     when that is ``CrossEntropyLoss``, the only pattern no other loss's input can show.
     Severity: high (the loss has a floor the model cannot go below; training "works" but worse).
@@ -117,12 +178,14 @@ class WrongLossInput(Rule):
 
     id = "wrong_loss_input"
     kind = "wrong_loss_input"
-    reads = ("steps.loss_input_min", "steps.loss_input_max", "steps.loss_input_sum_err", "layers") + REFERENCE_READS
+    reads = ("steps.loss_input_min", "steps.loss_input_max", "steps.loss_input_sum_err", "layers",
+             "events.loss_targets") + REFERENCE_READS
 
     def check(self, ev: Evidence) -> list[Finding]:
         m = misuse(ev)
         if m is None:
-            return []
+            r = out_of_reach(ev)
+            return [self._out_of_reach(ev, r)] if r is not None else []
         order = ev.layers_in_order()
         last = order[-1] if order and family(order[-1]) in _SQUASHING else None
         where = f" The last layer to run, {last.name}, is a {family(last)}." if last is not None else ""
@@ -146,6 +209,30 @@ class WrongLossInput(Rule):
             message=msg, evidence=evidence, causes=["wrong_loss_function"],
             recommendations=_fixes(m, last.name if last is not None else None),
         )]
+
+
+    def _out_of_reach(self, ev: Evidence, r: OutOfReach) -> Finding:
+        loss = _TORCH_NAME.get(r.loss, r.loss)
+        msg = (f"The model's last layer, {r.layer}, is a {r.activation}: its outputs (the {loss} input, within "
+               f"[{g(r.lo)}, {g(r.hi)}] on all {r.samples} sampled steps) cannot go {r.range}, but "
+               f"{g(100 * r.share)}% of the sampled target values lie there, and the loss cannot fall below "
+               f"what they cost.")
+        evidence = {"loss_function": r.loss, "activation": r.activation, "input_min": r.lo, "input_max": r.hi,
+                    "sampled_steps": r.samples, "targets_out_of_reach": r.share}
+        ref = reference(ev)
+        if ref is not None:
+            msg += f" The training {ref.note()}."
+            evidence.update(ref.evidence())
+        recs = [fix(f"Remove the final {r.activation} ({r.layer}): a regression head returns the last layer's "
+                    f"values, which reach the targets on both sides.", f"{attr_path(r.layer)} = nn.Identity()")]
+        if r.high is not None:
+            recs.append(fix(f"Or keep the {r.activation} and scale the targets into its range.",
+                            "y = (y - y.min()) / (y.max() - y.min())" if r.low == 0
+                            else "y = 2 * (y - y.min()) / (y.max() - y.min()) - 1"))
+        return self.finding(
+            severity="high", confidence=0.85, location=r.layer,
+            step=int(col(ev.steps, "step")[np.isfinite(col(ev.steps, "loss_input_min"))][0]),
+            message=msg, evidence=evidence, causes=["wrong_loss_function"], recommendations=recs)
 
 
 def _fixes(m: Misuse, last: str | None) -> list:
