@@ -231,6 +231,7 @@ class LossTargets(Event):
     below_zero: float | None = None
     below_minus_one: float | None = None
     above_one: float | None = None
+    rms: float | None = None  # root mean square of the sampled target values: their scale
 
 
 @dataclass

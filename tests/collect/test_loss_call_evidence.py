@@ -83,6 +83,7 @@ def test_a_broadcasting_call_is_recorded_once_with_its_shape(store_path):
     y6 = np.tile(rows, 6)  # the shares of the values a bounded output could not reach
     assert (targets.below_zero, targets.below_minus_one, targets.above_one) == pytest.approx(
         (np.mean(y6 < 0), np.mean(y6 < -1), np.mean(y6 > 1)))
+    assert targets.rms == pytest.approx(float(np.sqrt(np.mean(y6 ** 2))), rel=1e-6)
 
 
 def test_reduction_and_options_are_kept(store_path):

@@ -246,6 +246,20 @@ def test_a_bounded_head_within_reach_of_the_targets_is_quiet(activation, sampled
     assert WrongLossInput().check(_regression_head(activation, sampled_input, **shares)) == []
 
 
+@pytest.mark.parametrize("rms,first", [(3.1e5, "unnormalized_inputs"), (1.0, None)])
+def test_a_stalled_regression_on_raw_scale_targets_names_them(rms, first):
+    """House prices in dollars under MSE: the loss stays near the mean predictor's 1e11."""
+    cols = _cols(loss=1.0e11 + 1e8 * np.random.default_rng(0).standard_normal(300), sampled_input=(-3.0, 4.0, np.nan))
+    targets = LossTargets(name="mse_loss", rows=640, features=1, baseline=2.1e10, predictor="the mean", rms=rms)
+    (f,) = LossNotDecreasing().check(build(cols, events=_events(
+        LossCall(name="mse_loss", input_shape=[64, 1], target_shape=[64, 1]), targets)))
+    if first is None:
+        assert "unnormalized" not in f.message
+    else:
+        assert f.causes[0] == first and "targets are unnormalized" in f.message and "3.1e+05" in f.message
+        assert "Standardize the regression targets" in f.recommendations[0].description
+
+
 # ---------------------------------------------------------------- loss_shape_broadcast
 
 

@@ -181,7 +181,8 @@ class LossCalls:
         share = (lambda mask: float(mask.mean())) if len(finite) else (lambda mask: None)
         self.writer.event(LossTargets(name=self._target_name, rows=len(y), features=y.shape[1],
                                       baseline=baseline, predictor=predictor, below_zero=share(finite < 0),
-                                      below_minus_one=share(finite < -1), above_one=share(finite > 1)))
+                                      below_minus_one=share(finite < -1), above_one=share(finite > 1),
+                                      rms=float(np.sqrt(np.mean(finite ** 2))) if len(finite) else None))
 
 
 def constant_loss(name: str, y: np.ndarray, options: dict[str, Any]) -> tuple[float | None, str]:

@@ -425,6 +425,13 @@ def clipped_hard(ev: Evidence, factor: float = 100.0) -> TightClip | None:
     return TightClip(float(clip.max_value), median) if median >= factor * clip.max_value else None
 
 
+def target_scale(ev: Evidence) -> float | None:
+    """The root mean square of the sampled regression targets (the ``loss_targets`` event), if any."""
+    from modeldebug.events import LossTargets
+
+    return next((t.rms for t in ev.events_of(LossTargets) if t.rms is not None), None)
+
+
 def per_group_low(keys: np.ndarray, values: np.ndarray, q: float = 0.25) -> dict[Any, float]:
     """The lower ``q`` order statistic of the finite ``values`` per key (the minimum for fewer than 5):
     for timings, which a busy machine only ever lengthens."""

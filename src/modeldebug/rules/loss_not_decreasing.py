@@ -13,6 +13,7 @@ from modeldebug.rules.base import (
     Rule,
     adversarial,
     clipped_hard,
+    target_scale,
     col,
     current_lr,
     family,
@@ -70,7 +71,9 @@ class LossNotDecreasing(Rule):
     the best loss nearer the uniform guess (ln K) than the label frequencies' loss (not even those
     learned), every parameter's update ratio < 1e-5 or lr below the usual range -> learning_rate_too_low;
     clip_grad_norm_ at a max_norm 100x or more below the gradient norm under SGD-like optimizers ->
-    learning_rate_too_low, with a larger max_norm as the fix (base.clipped_hard)
+    learning_rate_too_low, with a larger max_norm as the fix (base.clipped_hard); regression targets
+    whose root mean square is ``max_target_scale`` = 100 or more -> unnormalized_inputs (the
+    targets'), with standardized targets as the fix
     (DeepDiagnosis' update-ratio bounds [1e-5, 0.1]).
     Recommends: the fix for the first two causes, concrete for this run (lr now and the lr to
     try, the Softmax layer to remove, the missing call).
@@ -83,13 +86,14 @@ class LossNotDecreasing(Rule):
              "param_stats.has_grad", "layers", "class_counts", "optimizers", "config.alert_thresholds.loss",
              "param_stats.norm", "params", "steps.input_mean", "steps.input_std", "steps.loss_nonfinite",
              "validation", "steps.backward_calls", "events.steps_on_cleared_gradients", "steps.clip_calls",
-             "steps.grad_norm", "events.gradient_clip") + LabelsUnrelated.reads
+             "steps.grad_norm", "events.gradient_clip", "events.loss_targets") + LabelsUnrelated.reads
     min_drop: float = 0.01
     min_steps: int = 20
     short_run: int = 50
     grace_steps: int = GRACE_STEPS
     min_update_ratio: float = 1e-5
     max_update_ratio: float = 0.1
+    max_target_scale: float = 100.0
     noise_z: float = 3.0
 
     def check(self, ev: Evidence) -> list[Finding]:
@@ -203,6 +207,11 @@ class LossNotDecreasing(Rule):
                     f"The last layer ({order[-1].name}) is a Softmax: CrossEntropyLoss applies log_softmax itself.")
         if len(ev.class_counts) == 1:
             return ["label_problem"], "All labels are the same class."
+        scale = target_scale(ev)
+        if scale is not None and scale >= self.max_target_scale:
+            return (["unnormalized_inputs", "learning_rate_too_low"],
+                    f"The regression targets are unnormalized: their scale (root mean square of the sampled "
+                    f"targets) is {g(scale)}, which the output layer must grow to from an init near 1.")
         tight = clipped_hard(ev)
         if tight is not None:
             return (["learning_rate_too_low", "wrong_loss_function"],
@@ -284,6 +293,12 @@ class LossNotDecreasing(Rule):
                             "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)")]
             return raise_lr(ev)
         if cause == "unnormalized_inputs":
+            scale = target_scale(ev)
+            if scale is not None and scale >= self.max_target_scale:
+                return [fix("Standardize the regression targets with the training set's mean and std, and map "
+                            "the predictions back for reporting.",
+                            "mu, sd = y_train.mean(0), y_train.std(0)\nloss = criterion(model(x), (y - mu) / sd)\n"
+                            "prediction = model(x) * sd + mu")]
             return [fix("Standardize the inputs.", "x = (x - x.mean(0)) / (x.std(0) + 1e-8)")]
         return []
 
