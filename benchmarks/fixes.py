@@ -30,6 +30,7 @@ RIGHT = {
     "learning_rate_too_high": {"lr_lower"},
     "learning_rate_too_low": {"lr_raise"},
     "missing_zero_grad": {"zero_grad"},
+    "zero_grad_misplaced": {"move_zero_grad"},
     "frozen_parameters": {"train_params"},
     "parameters_not_in_optimizer": {"train_params", "keep_module"},
     "unnormalized_inputs": {"standardize_inputs"},

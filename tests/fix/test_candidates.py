@@ -152,6 +152,15 @@ def test_a_clip_called_before_backward_is_made_after_it(tmp_path):
     assert found.verified and found.findings_after == [], found
 
 
+def test_a_zero_grad_between_backward_and_step_is_made_before_backward(tmp_path):
+    finding = _finding("unchanged_weights", ["zero_grad_misplaced"])
+    (candidate,) = build([finding], 8)
+    assert candidate.spec == {"kind": "move_zero_grad"}
+    found, probe = _judged(tmp_path, "unchanged_weights__regression_zero_grad_before_step", 60, candidate)
+    assert "unchanged_weights" in probe.kinds()
+    assert found.verified and found.findings_after == [], found
+
+
 def test_a_clip_of_still_scaled_gradients_is_preceded_by_unscale(tmp_path):
     finding = _finding("clip_before_backward", ["clipping_misplaced"],
                        evidence={"function": "clip_grad_norm_", "clips_scaled": 40})

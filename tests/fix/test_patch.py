@@ -80,8 +80,9 @@ def _sites(tmp_path: Path, source: str, **data) -> Sites:
                   for s in data.get("schedulers", [])]
     backward = [{"file": file, "line": at(b[0]), "user": True, "calls": b[1]} for b in data.get("backward", [])]
     step = [{"file": file, "line": at(s), "user": True, "calls": 3} for s in data.get("step", [])]
+    zero_grad = [{"file": file, "line": at(z), "user": True, "calls": 3} for z in data.get("zero_grad", [])]
     return Sites({"optimizers": optimizers, "schedulers": schedulers, "backward": backward, "step": step,
-                  "steps": 3, "script": file})
+                  "zero_grad": zero_grad, "steps": 3, "script": file})
 
 
 ONE_CYCLE = """
@@ -235,6 +236,29 @@ def test_a_clip_made_before_backward_moves_to_just_before_the_step(tmp_path):
     assert _applied(tmp_path, diff).endswith(
         "    loss.backward()\n    nn.utils.clip_grad_norm_(model.parameters(),\n                             max_norm)\n"
         "    optimizer.step()\n"), diff
+
+
+ZEROED_TOO_LATE = """
+for x, y in loader:
+    loss = crit(model(x), y)
+    loss.backward()
+    if log_every:
+        opt.zero_grad(set_to_none=True)
+    opt.step()
+"""
+
+
+def test_a_zero_grad_between_backward_and_step_moves_before_backward(tmp_path):
+    sites = _sites(tmp_path, ZEROED_TOO_LATE, backward=[("loss.backward()", 3)], step=["opt.step()"],
+                   zero_grad=["opt.zero_grad("])
+    diff, why = patch.make({"kind": "move_zero_grad"}, sites, tmp_path)
+    assert diff is not None, why
+    assert _applied(tmp_path, diff).endswith(
+        "    loss = crit(model(x), y)\n    opt.zero_grad(set_to_none=True)\n    loss.backward()\n"
+        "    if log_every:\n        pass\n    opt.step()\n"), diff
+    none_seen = _sites(tmp_path, ZEROED_TOO_LATE, backward=[("loss.backward()", 3)], step=["opt.step()"])
+    assert patch.make({"kind": "move_zero_grad"}, none_seen, tmp_path) == (
+        None, "the probe saw no zero_grad() between backward() and step() in the script")
 
 
 PER_BATCH_SCHEDULE = """

@@ -50,6 +50,12 @@ def zero_grad() -> Candidate:
                      "(gradients no longer carry over from one step to the next)", retune_lr=10.0)
 
 
+def move_zero_grad() -> Candidate:
+    return Candidate({"kind": "move_zero_grad"},
+                     "the script's optimizer.zero_grad() calls made between backward() and optimizer.step() are "
+                     "made before backward() instead (the step then applies this batch's gradients)")
+
+
 def clip_grad_norm(max_norm: float = CLIP_MAX_NORM) -> Candidate:
     return Candidate({"kind": "clip_grad_norm", "max_norm": max_norm},
                      f"torch.nn.utils.clip_grad_norm_(parameters, {max_norm:g}) after backward(), before "
@@ -223,6 +229,7 @@ BY_CAUSE = {
     "learning_rate_too_high": (lambda f, t: lr_scale(0.1), lambda f, t: lr_scale(0.01)),
     "learning_rate_too_low": (lr_raise,),
     "missing_zero_grad": (lambda f, t: zero_grad(),),
+    "zero_grad_misplaced": (lambda f, t: move_zero_grad(),),
     "frozen_parameters": (lambda f, t: train_params(f),),
     "parameters_not_in_optimizer": (lambda f, t: train_params(f), lambda f, t: keep_module(f)),
     "unnormalized_inputs": (standardize_inputs,),

@@ -139,6 +139,10 @@ def _after_collector(debugger: Any) -> None:
         from modeldebug.fixes import modules
 
         modules.clip_after_backward(_guarded)
+    if (_candidate or {}).get("kind") == "move_zero_grad":
+        from modeldebug.fixes import modules
+
+        modules.move_zero_grad(_guarded)
     if (_candidate or {}).get("kind") == "unscale_before_clip":
         from modeldebug.fixes import modules
 

@@ -377,6 +377,51 @@ def clip_after_backward(guard: Callable[[Callable], Callable]) -> None:
     register_optimizer_step_post_hook(guard(after_step))
 
 
+def move_zero_grad(guard: Callable[[Callable], Callable]) -> None:
+    """An optimizer's ``zero_grad()`` called after a backward and before that optimizer's step (it
+    would clear the gradients the step needs) is held, and made before the next backward instead:
+    the order the script meant. Installed after the collector's wrappers, so the collector sees the
+    zeroing where it is then made."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    backward_since = [False]
+    held: dict[int, torch.optim.Optimizer] = {}
+    base = torch.optim.Optimizer.zero_grad
+
+    def zero_held() -> None:
+        while held:
+            _, optimizer = held.popitem()
+            base(optimizer)
+
+    zero = guard(zero_held)
+
+    def before_backward(original):
+        @functools.wraps(original)
+        def backward(*args, **kwargs):
+            zero()
+            backward_since[0] = True
+            return original(*args, **kwargs)
+
+        return backward
+
+    torch.Tensor.backward = before_backward(torch.Tensor.backward)
+    torch.autograd.backward = before_backward(torch.autograd.backward)
+
+    @functools.wraps(base)
+    def zero_grad(self, *args, **kwargs):
+        if backward_since[0]:
+            held[id(self)] = self  # (its set_to_none choice is the default's: the gradients go)
+            return None
+        return base(self, *args, **kwargs)
+
+    torch.optim.Optimizer.zero_grad = zero_grad
+
+    def after_step(optimizer, args, kwargs) -> None:
+        backward_since[0] = False
+
+    register_optimizer_step_post_hook(guard(after_step))
+
+
 def unscale_before_clip(guard: Callable[[Callable], Callable]) -> None:
     """Before each clipping call, ``scaler.unscale_(optimizer)`` for every optimizer holding the
     clipped parameters whose gradients the last GradScaler to scale a loss has not unscaled yet

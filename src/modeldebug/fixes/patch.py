@@ -321,6 +321,33 @@ def _clip_after_backward(spec: dict[str, Any], sites: Sites) -> list[Edit]:
     return edits + [src.after(after, *code)]
 
 
+def _move_zero_grad(spec: dict[str, Any], sites: Sites) -> list[Edit]:
+    """The script's zero_grad() calls that the probe saw between backward() and the step move to
+    just before the loop's backward() (after the step when backward runs several times a step)."""
+    backward, step, several = sites.loop()
+    src = sites.source(backward["file"])
+    target = src.statement(backward["line"])
+    seen = [z for z in sites.data.get("zero_grad") or [] if z["user"] and z["file"] == src.file]
+    moved = []
+    for z in seen:
+        stmt = src.statement(z["line"])
+        if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)
+                and last_name(stmt.value.func) == "zero_grad"):
+            raise NoPatch(f"the zero_grad() at {Path(src.file).name}:{z['line']} is part of a larger statement")
+        if stmt not in moved:
+            moved.append(stmt)
+    if not moved:
+        raise NoPatch("the probe saw no zero_grad() between backward() and step() in the script")
+    # (a block left empty keeps a `pass`)
+    edits = [src.replace(stmt, *(("pass",) if len(_block_of(src, stmt)) == 1 else ())) for stmt in moved]
+    code = [src.segment(stmt) for stmt in moved]
+    if several:  # backward runs several times a step (accumulation): zero once, after the step
+        if step is None or step["file"] != src.file:
+            raise NoPatch("backward() runs several times a step and the step's line is not in the script")
+        return edits + [src.after(src.statement(step["line"]), *code)]
+    return edits + [src.before(target, *code)]
+
+
 def _unscale_before_clip(spec: dict[str, Any], sites: Sites) -> list[Edit]:
     """``scaler.unscale_(optimizer)`` before the first clipping call after the scaled backward()."""
     backward, step, _ = sites.loop()
@@ -378,6 +405,7 @@ PATCHERS: dict[str, Callable[[dict[str, Any], Sites], list[Edit]]] = {
     "train_params": _train_params,
     "weight_decay_scale": _weight_decay_scale,
     "clip_after_backward": _clip_after_backward,
+    "move_zero_grad": _move_zero_grad,
     "unscale_before_clip": _unscale_before_clip,
     "leaky_relu": leaky_relu,
     "reinit": reinit,

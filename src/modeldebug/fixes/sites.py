@@ -1,5 +1,6 @@
 """Where a `modeldebug fix` probe saw the lines a fix changes: the optimizers' and schedulers'
-constructions, the ``backward()`` and ``optimizer.step()`` calls (``fixes/patch.py`` turns them into diffs).
+constructions, the ``backward()`` and ``optimizer.step()`` calls, and the ``zero_grad()`` calls made
+between a backward and the step (``fixes/patch.py`` turns them into diffs).
 
 Installed by ``fixes/child.py`` in the fix windows only (``MODELDEBUG_FIX_SITES`` names the JSON
 file written at exit): nothing of this runs under `modeldebug run`. Each site is the first frame
@@ -30,7 +31,7 @@ _ours = str(Path(__file__).resolve().parents[1])  # the modeldebug package
 _libraries = tuple({str(Path(p).resolve()) for k in ("stdlib", "platstdlib", "purelib", "platlib")
                     if (p := sysconfig.get_paths().get(k))})
 
-sites: dict[str, Any] = {"optimizers": [], "schedulers": [], "backward": {}, "step": {}, "steps": 0}
+sites: dict[str, Any] = {"optimizers": [], "schedulers": [], "backward": {}, "step": {}, "zero_grad": {}, "steps": 0}
 
 
 def is_user_file(filename: str) -> bool:
@@ -119,6 +120,7 @@ def _wrap_init(cls: type, kind: str) -> None:
 
 
 _inside = [False]  # within a recorded backward call
+_backward_since_step = [False]  # a backward ran since the last optimizer step (a zero_grad now clears its gradients)
 
 
 def _wrap_backward(owner: Any, name: str) -> None:
@@ -130,6 +132,7 @@ def _wrap_backward(owner: Any, name: str) -> None:
         if sites["steps"] >= STEPS_SEEN or _inside[0]:  # Tensor.backward calls autograd.backward: once
             return original(*args, **kwargs)
         record()
+        _backward_since_step[0] = True
         _inside[0] = True
         try:
             return original(*args, **kwargs)
@@ -146,6 +149,23 @@ def _step_pre(optimizer, args, kwargs) -> None:
 
 def _step_post(optimizer, args, kwargs) -> None:
     sites["steps"] += 1
+    _backward_since_step[0] = False
+
+
+def _wrap_zero_grad() -> None:
+    """Record the zero_grad() calls made after a backward and before the step (they clear its gradients)."""
+    import torch
+
+    original = torch.optim.Optimizer.zero_grad
+    record = _guard(lambda: _count(sites["zero_grad"], _site(sys._getframe(3), "zero_grad")))
+
+    @functools.wraps(original)
+    def zero_grad(self, *args, **kwargs):
+        if _backward_since_step[0] and sites["steps"] < STEPS_SEEN:
+            record()
+        return original(self, *args, **kwargs)
+
+    torch.optim.Optimizer.zero_grad = zero_grad
 
 
 def install() -> None:
@@ -160,6 +180,7 @@ def install() -> None:
     _wrap_init(torch.optim.lr_scheduler.LRScheduler, "schedulers")
     _wrap_backward(torch.Tensor, "backward")
     _wrap_backward(torch.autograd, "backward")
+    _wrap_zero_grad()
     register_optimizer_step_pre_hook(_guard(_step_pre))
     register_optimizer_step_post_hook(_guard(_step_post))
     sites["script"] = str(Path(sys.argv[0]).resolve()) if sys.argv and sys.argv[0] else None
@@ -168,4 +189,5 @@ def install() -> None:
 
 def _write(target: str) -> None:
     Path(target).write_text(json.dumps({**sites, "backward": list(sites["backward"].values()),
-                                        "step": list(sites["step"].values())}))
+                                        "step": list(sites["step"].values()),
+                                        "zero_grad": list(sites["zero_grad"].values())}))

@@ -75,6 +75,10 @@ class Source:
         at = (stmt.end_lineno + 1, 0)
         return Edit(self.file, at, at, self._lines(stmt, code))
 
+    def replace(self, stmt: ast.stmt, *code: str) -> Edit:
+        """The statement's lines replaced with ``code`` (none: removed)."""
+        return Edit(self.file, (stmt.lineno, 0), (stmt.end_lineno + 1, 0), self._lines(stmt, code))
+
     def _lines(self, stmt: ast.stmt, code: tuple[str, ...]) -> str:
         """New lines at the statement's indentation."""
         return "".join(f"{self.indent(stmt.lineno)}{line}\n" for line in code)
