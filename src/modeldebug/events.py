@@ -197,6 +197,18 @@ class StepsOnClearedGradients(Event):
     optimizer: str = ""  # its class
 
 
+@dataclass
+class BatchClasses(Event):
+    """Whether training batches of a class-index loss held one class only (every 16th loss call
+    probed, ``collect.writer.LabelMix``): batches of one class where the labels have several are
+    data that arrives ordered by label. Written at stop."""
+
+    tag: ClassVar[str] = "batch_classes"
+    batches: int = 0  # batches probed (two targets or more)
+    single_class: int = 0  # of them, those whose targets were all one class
+    median_size: float = 0.0  # targets per probed batch
+
+
 CLASS_LOSSES = frozenset({"cross_entropy", "nll_loss"})  # losses of class ids (or class probabilities)
 
 

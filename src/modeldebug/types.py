@@ -86,6 +86,7 @@ Cause = Literal[
     "slow_data_loading",
     "model_too_large_for_data",
     "label_problem",
+    "unshuffled_data",
     "loss_shape_mismatch",
     "wrong_module_mode",
     "scheduler_misuse",

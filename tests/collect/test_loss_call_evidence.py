@@ -15,7 +15,8 @@ from torch import nn
 import modeldebug as md
 from modeldebug.collect.loss_calls import broadcast_shape, constant_loss
 from modeldebug.collect.session import watch
-from modeldebug.events import LossCall, LossTargets
+from modeldebug.collect.writer import LabelMix
+from modeldebug.events import BatchClasses, LossCall, LossTargets
 
 
 def _run(store_path, loss_fn, out_dim, y, steps=6, evaluate=False):
@@ -167,3 +168,35 @@ def test_with_gradient_accumulation_the_sampled_value_is_the_mean_over_the_micro
     # (the first step's micro-batches are held apart until an optimizer step shows what a step is:
     # its value is the first call's)
     np.testing.assert_allclose(ev.steps.loss_fn_value, means, rtol=1e-6)
+
+
+def test_label_mix_counts_the_probed_batches_of_one_class():
+    rng = np.random.default_rng(0)
+    mix, probed = LabelMix(), []
+    for call in range(1, 161):
+        one = rng.random() < 0.3
+        y = torch.full((8 + call % 5,), 2) if one else torch.randint(0, 4, (8 + call % 5,))
+        mix.training_call("cross_entropy", torch.randn(len(y), 4), y)
+        if call % LabelMix.EVERY == 0:
+            probed.append((len(y), int(y.min() == y.max())))
+    mix.training_call("mse_loss", torch.randn(8, 1), torch.randn(8, 1))  # not a class loss: not probed
+    event = mix.finish()
+    assert event.batches == len(probed) == 10
+    assert event.single_class == sum(s for _, s in probed)
+    assert event.median_size == float(np.median([n for n, _ in probed]))
+    assert mix.finish() is None  # written once
+
+
+def test_a_run_on_label_sorted_batches_writes_them_as_one_class(store_path):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with watch(model, opt, config=md.DebuggingConfig(store_path=store_path)) as dbg:
+        for step in range(96):
+            y = torch.full((16,), step // 32)  # 32 batches of class 0, then 1, then 2
+            loss = F.cross_entropy(model(torch.randn(16, 4)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    (event,) = dbg.evidence().events_of(BatchClasses)
+    assert (event.batches, event.single_class, event.median_size) == (6, 6, 16.0)

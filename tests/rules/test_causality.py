@@ -47,7 +47,8 @@ def test_every_pair_names_known_kinds():
     for link in LINKS:
         assert link.root in kinds and link.consequence in kinds, link
         assert link.why and not link.why.endswith(".")
-    assert len({(link.root, link.consequence) for link in LINKS}) == len(LINKS)
+    # A pair may have several mechanisms (each with its own check), never the same one twice.
+    assert len({(link.root, link.consequence, link.why) for link in LINKS}) == len(LINKS)
 
 
 def test_missing_zero_grad_is_the_root_of_what_it_causes():
@@ -101,6 +102,19 @@ def test_an_output_relu_dead_under_unreachable_targets_follows_from_the_head():
     assert dead("head.act").caused_by == "wrong_loss_input"
     assert dead("head.act").causes[0] == "wrong_loss_function"
     assert dead("body.1").caused_by is None  # a ReLU elsewhere died of something else
+
+
+def test_a_pair_with_two_mechanisms_links_by_the_one_whose_check_holds():
+    def oscillating(cause):
+        return link_findings([_f("data_issue", None, causes=[cause]),
+                              _f("oscillating_loss", 30, causes=["learning_rate_too_high", "unnormalized_inputs"])],
+                             _ev())[1]
+
+    unshuffled = oscillating("unshuffled_data")
+    assert "batches of one class" in unshuffled.message and unshuffled.causes[0] == "unshuffled_data"
+    assert "learning_rate_too_high" not in unshuffled.causes  # explained: the swings are the data's order
+    assert "ill-conditioned" in oscillating("unnormalized_inputs").message
+    assert oscillating("label_problem").caused_by is None
 
 
 def test_a_root_explains_causes_away_unless_the_evidence_shows_them():

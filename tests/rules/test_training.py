@@ -9,7 +9,7 @@ import pytest
 from builders import build, healthy_columns
 
 from modeldebug.config import AlertThresholds, DebuggingConfig
-from modeldebug.events import GradientClip, LossCall, StepsOnClearedGradients
+from modeldebug.events import BatchClasses, GradientClip, LossCall, StepsOnClearedGradients
 from modeldebug.evidence import Evidence, LayerInfo, OptimizerInfo, ParamInfo
 from modeldebug.rules.data_issue import DataIssue
 from modeldebug.rules.gradient_accumulation import GradientAccumulation
@@ -411,3 +411,27 @@ def test_imbalance_behind_a_class_weighted_loss_is_handled():
     weighted, plain = calls(weighted=True), calls()
     assert DataIssue().check(build(healthy_columns(), class_counts=counts, events=weighted)) == []
     assert [f.severity for f in DataIssue().check(build(healthy_columns(), class_counts=counts, events=plain))] == ["medium"]
+
+
+# --- data_issue: batches of one class ---------------------------------------------------------
+
+
+def _mixed(single: int, batches: int = 20, size: float = 50.0, counts=None) -> Evidence:
+    mix = BatchClasses(batches=batches, single_class=single, median_size=size)
+    return build(healthy_columns(), events=[{"step": 300, "type": mix.tag, "data": mix.to_data()}],
+                 class_counts=counts or {k: 200 for k in range(5)})
+
+
+def test_batches_of_one_class_are_data_ordered_by_label():
+    (f,) = DataIssue().check(_mixed(19))
+    assert (f.severity, f.causes) == ("high", ["unshuffled_data"])
+    assert "19 of 20 probed training batches" in f.message and "shuffle=True" in f.recommendations[0].implementation
+    (half,) = DataIssue().check(_mixed(11))
+    assert half.severity == "medium"
+    assert DataIssue().check(_mixed(8)) == []  # most batches mix classes
+
+
+def test_one_class_batches_that_random_draws_would_give_are_not_ordered_data():
+    # 99:1 binary labels in batches of 64 are one class 53% of the time however well shuffled.
+    assert DataIssue().check(_mixed(11, size=64.0, counts={0: 9900, 1: 100})) == []
+    assert DataIssue().check(_mixed(3, batches=3)) == []  # too few batches probed

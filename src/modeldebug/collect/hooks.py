@@ -459,6 +459,7 @@ class Hooks:
             st = self.steps.state
             if st is not None and st.sampled:
                 st.class_counts = class_counts(name, input, target, st.class_counts)
+            self.steps.writer.label_mix.training_call(name, input, target)
             self.steps.writer.loss_calls.training_call(st, name, input, target, output, options)
         self.cost.seconds += now() - t
 

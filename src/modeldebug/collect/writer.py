@@ -15,7 +15,7 @@ import torch
 from modeldebug.collect.loss_calls import PER_ITEM, LossCalls, per_item, reduction_of
 from modeldebug.collect.sharding import local
 from modeldebug.collect.stats import summarize_many
-from modeldebug.events import Event
+from modeldebug.events import BatchClasses, Event
 from modeldebug.records import LayerRecord, ParamRecord, StepRecord, ValidationRecord
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ class Writer:
         self._steps_done = steps_done
         self.bins = bins
         self.class_counts: dict[int, int] = {}
+        self.label_mix = LabelMix()
         self._recent: deque[StepRecord | tuple] = deque(maxlen=256)  # records and rows, for metrics (bounded)
         self.latest_layers: dict[str, LayerRecord] = {}
         self._last_norms: dict[str, float] = {}
@@ -76,6 +77,9 @@ class Writer:
         for a look while the run goes on)."""
         if final:
             self.loss_calls.finish()
+            mix = self.label_mix.finish()
+            if mix is not None:
+                self.event(mix)
         params, optimizers = watched.infos()
         self.store.set_meta(self.run_id, layers=watched.layer_info, params=params, optimizers=optimizers,
                             class_counts=self.class_counts)
@@ -279,6 +283,40 @@ def class_scores(input, target) -> bool:
         and input.dim() == target.dim() + 1
         and input.shape[0] == target.shape[0]
     )
+
+
+class LabelMix:
+    """Whether training batches of a class-index loss hold one class only, probed every ``EVERY``-th
+    training call on any step (the sampled steps alone are too few: a short run's adaptive schedule
+    samples a handful): one aminmax of the targets and a comparison, added up on their device,
+    read once at stop."""
+
+    EVERY = 16
+    MAX_PROBES = 100_000
+
+    def __init__(self) -> None:
+        self._calls = 0
+        self._single: torch.Tensor | None = None
+        self._sizes: list[int] = []
+
+    def training_call(self, name: str, input, target) -> None:
+        self._calls += 1
+        if self._calls % self.EVERY or len(self._sizes) >= self.MAX_PROBES:
+            return
+        if name not in _CLASS_TARGET_LOSSES or not class_scores(input, target) or target.numel() < 2:
+            return
+        lo, hi = torch.aminmax(target.detach().reshape(-1))
+        one = (lo == hi).to(torch.int64)
+        self._single = one if self._single is None else self._single + one
+        self._sizes.append(int(target.numel()))
+
+    def finish(self) -> "BatchClasses | None":
+        if self._single is None:
+            return None
+        mix = BatchClasses(batches=len(self._sizes), single_class=int(self._single),
+                           median_size=float(np.median(self._sizes)))
+        self._single, self._sizes = None, []  # (written once)
+        return mix
 
 
 def class_counts(name: str, input, target, counts: torch.Tensor | None) -> torch.Tensor | None:

@@ -141,6 +141,10 @@ LINKS: tuple[Link, ...] = (
          root_names("unnormalized_inputs")),
     Link("data_issue", "oscillating_loss", "inputs far from normalized make the loss surface ill-conditioned",
          both_name("unnormalized_inputs")),
+    Link("data_issue", "oscillating_loss", "batches of one class pull the model to each class in turn",
+         root_names("unshuffled_data"), explains=("learning_rate_too_high",)),
+    Link("data_issue", "exploding_gradient", "each new class's first batches meet a model fit to the last one",
+         root_names("unshuffled_data"), explains=("learning_rate_too_high",)),
     Link("data_issue", "loss_not_decreasing", "the data it names keeps the model from learning",
          both_name("unnormalized_inputs", "label_problem")),
     Link("data_issue", "nan_or_inf", "non-finite inputs make everything downstream non-finite",
@@ -202,7 +206,9 @@ LINKS: tuple[Link, ...] = (
     Link("grad_scaler_misuse", "loss_not_decreasing", "the optimizer applies gradients still multiplied by the loss scale"),
 )
 
-_BY_PAIR = {(link.root, link.consequence): link for link in LINKS}
+_BY_PAIR: dict[tuple[str, str], list[Link]] = {}
+for _l in LINKS:  # a pair may have several mechanisms, each with its own check
+    _BY_PAIR.setdefault((_l.root, _l.consequence), []).append(_l)
 
 # Kinds about how the run is set up (data, init, the loss call, modes, parameters, clipping):
 # true from the first step, whichever step their finding first saw it at.
@@ -244,7 +250,7 @@ def _linked(findings: list[Finding], ev: Evidence) -> list[Finding]:
     for f in out:
         parent = parents.get(id(f))
         if parent is not None:
-            link = _link(parent.kind, f.kind)
+            link = _link(parent, f, ev)
             f.caused_by = parent.id
             f.message = f"{f.message.rstrip()} Follows from {parent.id}: {link.why}."
     for f in out:
@@ -271,8 +277,15 @@ def name(findings: list[Finding]) -> None:
         f.id = fid
 
 
-def _link(root_kind: str, cons_kind: str) -> Link | None:
-    return _BY_PAIR.get((root_kind, cons_kind))
+def _link(root: Finding, cons: Finding, ev: Evidence) -> Link | None:
+    """The first mechanism of the pair whose check holds for these two findings."""
+    for link in _BY_PAIR.get((root.kind, cons.kind), ()):
+        try:
+            if link.check(root, cons, ev):
+                return link
+        except Exception:  # a check that cannot read its evidence links nothing
+            continue
+    return None
 
 
 def _step(f: Finding, as_root: bool = False) -> int:
@@ -303,13 +316,10 @@ def _parents(findings: list[Finding], ev: Evidence) -> dict[int, Finding]:
             continue
         candidates = []
         for root in findings:
-            link = _link(root.kind, cons.kind)
-            if root is cons or link is None or root.source != "rules" or _step(root, True) > _latest_root_step(cons, ev):
+            if root is cons or root.source != "rules" or _step(root, True) > _latest_root_step(cons, ev):
                 continue
-            try:
-                if not link.check(root, cons, ev):
-                    continue
-            except Exception:  # a check that cannot read its evidence links nothing
+            link = _link(root, cons, ev)
+            if link is None:
                 continue
             rank = cons.causes.index(root.causes[0]) if root.causes and root.causes[0] in cons.causes \
                 else len(cons.causes)
@@ -344,7 +354,7 @@ def _explained(f: Finding, parents: dict[int, Finding], ev: Evidence) -> set[str
     out, cons = set(), f
     while id(cons) in parents:
         root = parents[id(cons)]
-        out.update(_link(root.kind, cons.kind).explains)
+        out.update(_link(root, cons, ev).explains)
         cons = root
     # The run's evidence decides for the learning rate; for the rest, the consequence's rule decides
     # when it ranked the cause first (a replay that found the op that made the NaN).

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from modeldebug.events import CLASS_LOSSES
+from modeldebug.events import CLASS_LOSSES, BatchClasses
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
 from modeldebug.rules.base import (
@@ -50,24 +50,61 @@ class DataIssue(Rule):
       model's targets: token inputs (an Embedding layer) and at least ``zipf_min_classes`` = 50
       classes whose log count falls linearly with log rank (correlation <= -0.9, slope in
       [-2.5, -0.5]; Zipf's law, exponent ~1 for words).
+    - batches of one class (class-index losses, sampled steps): at least ``max_single_class`` = half
+      of ``min_batches`` = 5 or more sampled batches hold one class, where batches of their median
+      size drawn at random from the run's class frequencies would be so at most
+      ``max_single_by_chance`` = 5% of the time (a 99:1 binary task in batches of 64 is one class
+      53% of the time by chance: not raised): data ordered by label and not shuffled (cause
+      unshuffled_data); high when 90% or more are.
     Recommends: filtering bad samples, standardization with the numbers seen, class weights
-    computed from the counts.
+    computed from the counts, shuffling.
     """
 
     id = "data_issue"
     kind = "data_issue"
     reads = ("steps.input_nonfinite", "steps.input_mean", "steps.input_std", "steps.input_min",
              "steps.input_max", "class_counts", "layers", "steps.loss",
-             "steps.loss_nonfinite", "events.loss_call") + REFERENCE_READS  # severity by harm
+             "steps.loss_nonfinite", "events.loss_call", "events.batch_classes") + REFERENCE_READS  # severity by harm
     max_scale: float = 10.0
     min_std: float = 1e-3
     max_imbalance: float = 100.0
     zipf_min_classes: int = 50
     zipf_slope: tuple[float, float] = (-2.5, -0.5)  # word/subword corpora: ~-0.7 to -1.2
     zipf_min_corr: float = 0.9
+    min_batches: int = 5
+    max_single_class: float = 0.5
+    max_single_by_chance: float = 0.05
 
     def check(self, ev: Evidence) -> list[Finding]:
-        return self._nonfinite(ev) + self._scale(ev) + self._labels(ev)
+        return self._nonfinite(ev) + self._scale(ev) + self._labels(ev) + self._order(ev)
+
+    def _order(self, ev: Evidence) -> list[Finding]:
+        """Batches of one class, far more often than batches drawn at random from these labels
+        would be: the data arrives ordered by label."""
+        mix = next(iter(ev.events_of(BatchClasses)), None)
+        counts = np.array([v for v in ev.class_counts.values() if v], float)
+        if mix is None or mix.batches < self.min_batches or len(counts) < 2:
+            return []
+        share = mix.single_class / mix.batches
+        # The chance that a batch of that size drawn from these class frequencies holds one class.
+        by_chance = float(np.sum((counts / counts.sum()) ** mix.median_size))
+        if share < self.max_single_class or by_chance > self.max_single_by_chance:
+            return []
+        return [self.finding(
+            severity="high" if share >= 0.9 else "medium", confidence=0.85, location=None, step=None,
+            message=(f"{mix.single_class} of {mix.batches} probed training batches ({g(100 * share)}%) hold a single "
+                     f"class, where batches of {g(mix.median_size)} drawn at random from the labels seen (at least "
+                     f"{len(counts)} classes) would be one class {g(100 * by_chance)}% of the time. The data arrives "
+                     f"ordered by label: each stretch of steps pulls the model to one class, which it forgets "
+                     f"at the next."),
+            evidence={"single_class_batches": mix.single_class, "sampled_batches": mix.batches,
+                      "median_batch_size": mix.median_size, "single_class_by_chance": by_chance,
+                      "classes": len(counts)},
+            causes=["unshuffled_data"],
+            recommendations=[fix("Shuffle the training data every epoch.",
+                                 "loader = DataLoader(train_set, batch_size=64, shuffle=True)\n"
+                                 "# or, by hand: perm = torch.randperm(len(x)); x, y = x[perm], y[perm]")],
+        )]
 
     def _nonfinite(self, ev: Evidence) -> list[Finding]:
         bad = flag(ev.steps, "input_nonfinite")

@@ -1,0 +1,34 @@
+"""Activity recognition from 20 summary features of a wearable sensor window, 5 activities: the
+recordings are stored one activity after the other (as exported per session), wrapped in a
+TensorDataset and a DataLoader of batches of 50 without shuffle=True. An MLP with SGD (lr 0.05,
+momentum 0.9), 4 epochs. Each run of 16 batches holds one activity: the model swings to each in turn (plain
+python: accuracy on the whole training set 0.43-0.85 by epoch, the last batch's loss 0.0; the twin
+with shuffle=True reaches 1.0).
+
+planted: kind=data_issue cause=unshuffled_data
+"""
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+torch.manual_seed(0)
+torch.set_num_threads(1)
+
+ACTIVITIES, PER_ACTIVITY = 5, 800
+centres = torch.randn(ACTIVITIES, 20) * 2
+features = torch.cat([centres[k] + torch.randn(PER_ACTIVITY, 20) for k in range(ACTIVITIES)])
+activity = torch.arange(ACTIVITIES).repeat_interleave(PER_ACTIVITY)
+loader = DataLoader(TensorDataset(features, activity), batch_size=50)
+
+model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, ACTIVITIES))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+criterion = nn.CrossEntropyLoss()
+for epoch in range(4):
+    for x, y in loader:
+        loss = criterion(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        accuracy = (model(features).argmax(1) == activity).float().mean().item()
+    print(f"epoch {epoch} loss {loss.item():.3f} train accuracy {accuracy:.3f}")
