@@ -296,6 +296,7 @@ class LabelMix:
 
     def __init__(self) -> None:
         self._calls = 0
+        self._off = False
         self._single: torch.Tensor | None = None
         self._sizes: list[int] = []
 
@@ -303,10 +304,14 @@ class LabelMix:
         self._calls += 1
         if self._calls % self.EVERY or len(self._sizes) >= self.MAX_PROBES:
             return
-        if name not in _CLASS_TARGET_LOSSES or not class_scores(input, target) or target.numel() < 2:
+        if self._off or name not in _CLASS_TARGET_LOSSES or not class_scores(input, target) or target.numel() < 2:
             return
-        lo, hi = torch.aminmax(target.detach().reshape(-1))
-        one = (lo == hi).to(torch.int64)
+        try:
+            lo, hi = torch.aminmax(target.detach().reshape(-1))
+            one = (lo == hi).to(torch.int64)
+        except Exception:  # (a dtype or device aminmax lacks): this probe stops, the monitor goes on
+            self._off = True
+            return
         self._single = one if self._single is None else self._single + one
         self._sizes.append(int(target.numel()))
 
