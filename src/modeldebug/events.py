@@ -207,6 +207,9 @@ class BatchClasses(Event):
     batches: int = 0  # batches probed (two targets or more)
     single_class: int = 0  # of them, those whose targets were all one class
     median_size: float = 0.0  # targets per probed batch
+    # probed batches by their smallest label: a one-class batch's class; shuffled data puts the
+    # smallest class in almost every batch, data ordered by label each class in turn
+    lowest_labels: dict[int, int] = field(default_factory=dict)
 
 
 CLASS_LOSSES = frozenset({"cross_entropy", "nll_loss"})  # losses of class ids (or class probabilities)

@@ -184,6 +184,7 @@ def test_label_mix_counts_the_probed_batches_of_one_class():
     assert event.batches == len(probed) == 10
     assert event.single_class == sum(s for _, s in probed)
     assert event.median_size == float(np.median([n for n, _ in probed]))
+    assert sum(event.lowest_labels.values()) == 10 and set(event.lowest_labels) <= {0, 2}
     assert mix.finish() is None  # written once
 
 
@@ -200,3 +201,4 @@ def test_a_run_on_label_sorted_batches_writes_them_as_one_class(store_path):
             opt.step()
     (event,) = dbg.evidence().events_of(BatchClasses)
     assert (event.batches, event.single_class, event.median_size) == (6, 6, 16.0)
+    assert {int(k): v for k, v in event.lowest_labels.items()} == {0: 2, 1: 2, 2: 2}

@@ -416,8 +416,11 @@ def test_imbalance_behind_a_class_weighted_loss_is_handled():
 # --- data_issue: batches of one class ---------------------------------------------------------
 
 
-def _mixed(single: int, batches: int = 20, size: float = 50.0, counts=None) -> Evidence:
-    mix = BatchClasses(batches=batches, single_class=single, median_size=size)
+def _mixed(single: int, batches: int = 20, size: float = 50.0, lows=None, counts=None) -> Evidence:
+    """Probed batches, ``single`` of them one class; ``lows``: batches by their smallest label
+    (default: the five classes in turn, as data ordered by label gives)."""
+    lows = lows or {k: batches // 5 for k in range(5)}
+    mix = BatchClasses(batches=batches, single_class=single, median_size=size, lowest_labels=lows)
     return build(healthy_columns(), events=[{"step": 300, "type": mix.tag, "data": mix.to_data()}],
                  class_counts=counts or {k: 200 for k in range(5)})
 
@@ -432,6 +435,13 @@ def test_batches_of_one_class_are_data_ordered_by_label():
 
 
 def test_one_class_batches_that_random_draws_would_give_are_not_ordered_data():
-    # 99:1 binary labels in batches of 64 are one class 53% of the time however well shuffled.
-    assert DataIssue().check(_mixed(11, size=64.0, counts={0: 9900, 1: 100})) == []
+    # 99:1 binary labels in batches of 64 are one class 53% of the time however well shuffled: the
+    # smallest label is the rare class in the 47% of batches that hold it, else the common one.
+    assert DataIssue().check(_mixed(11, size=64.0, lows={0: 9, 1: 11}, counts={0: 100, 1: 9900})) == []
+    assert DataIssue().check(_mixed(11, size=64.0, lows={0: 20}, counts={0: 9900, 1: 100})) == []
     assert DataIssue().check(_mixed(3, batches=3)) == []  # too few batches probed
+
+
+def test_sampled_steps_that_saw_one_class_of_ordered_data_are_not_constant_labels():
+    (f,) = DataIssue().check(_mixed(19, counts={2: 150}))  # the few sampled steps fell in class 2's stretch
+    assert f.causes == ["unshuffled_data"]

@@ -292,12 +292,13 @@ class LabelMix:
     read once at stop."""
 
     EVERY = 16
-    MAX_PROBES = 100_000
+    MAX_PROBES = 10_000
 
     def __init__(self) -> None:
         self._calls = 0
         self._off = False
         self._single: torch.Tensor | None = None
+        self._lows: list[torch.Tensor] = []  # each probed batch's smallest label (its class, if it has one)
         self._sizes: list[int] = []
 
     def training_call(self, name: str, input, target) -> None:
@@ -313,14 +314,17 @@ class LabelMix:
             self._off = True
             return
         self._single = one if self._single is None else self._single + one
+        self._lows.append(lo)
         self._sizes.append(int(target.numel()))
 
     def finish(self) -> "BatchClasses | None":
         if self._single is None:
             return None
+        lows, counts = np.unique(torch.stack(self._lows).cpu().numpy(), return_counts=True)
         mix = BatchClasses(batches=len(self._sizes), single_class=int(self._single),
-                           median_size=float(np.median(self._sizes)))
-        self._single, self._sizes = None, []  # (written once)
+                           median_size=float(np.median(self._sizes)),
+                           lowest_labels={int(k): int(c) for k, c in zip(lows, counts)})
+        self._single, self._lows, self._sizes = None, [], []  # (written once)
         return mix
 
 
