@@ -237,3 +237,25 @@ def test_nan_uses_the_collectors_replay_of_the_first_bad_step(origin, location, 
     assert words in f.message
     assert f.evidence["origin"]["phase"] == origin["phase"]
     assert ("blown_up" in f.evidence["origin"]) == ("blown_up" in origin.get("details", {}))
+
+
+@pytest.mark.parametrize("at, input_scale, first_cause", [
+    (0, 1.0, "bad_weight_init"),  # before any update: the initial weights grew the state
+    (0, 3e4, "unnormalized_inputs"),  # raw inputs of scale 3e4 did
+    (120, 1.0, "numerically_unstable_op"),  # after 120 updates with no growth: not the init's alone
+])
+def test_a_layer_overflowing_before_any_update_is_the_init(at, input_scale, first_cause):
+    cols = healthy_columns()
+    _nan_at(cols, at)
+    cols["steps"]["input_std"] = cols["steps"]["input_std"] * input_scale
+    ev = build(cols)
+    origin = {"phase": "forward", "module": "rnn", "module_type": "RNN", "op": "rnn_relu",
+              "cause": "overflow in rnn_relu (inputs up to 6.24e+26)"}
+    ev.events.append({"step": at + 1, "type": "nonfinite_origin", "data": {"step": at, "details": {}, **origin}})
+    (f,) = NanOrInf().check(ev)
+    assert (f.location, f.causes[0]) == ("rnn", first_cause)
+    if at == 0:
+        assert "No update had run yet" in f.message
+        first_fix = f.recommendations[0]
+        assert ("Standardize" in first_fix.description if input_scale > 1
+                else "orthogonal_" in (first_fix.implementation or ""))

@@ -41,7 +41,9 @@ class NanOrInf(Rule):
     NaN check: any NaN is a fault; no threshold). Always ``high``.
     Causes: inputs already non-finite -> ``other`` (bad data; data_issue says more, and this
     finding is only medium); an op of the model (log of 0, x/0, exp overflow, sqrt at 0 in the
-    backward) -> ``numerically_unstable_op``; gradient norm growing ``growth``x over the steps
+    backward) -> ``numerically_unstable_op``; a layer's op (not exp) that overflows on finite inputs
+    before any update -> ``bad_weight_init`` (the initial scale grows the activations;
+    ``unnormalized_inputs`` first when the inputs' mean or std exceeds 1e3); gradient norm growing ``growth``x over the steps
     before, or weights already non-finite -> ``learning_rate_too_high``.
     Recommends: lower lr (concrete), gradient clipping, the stable op (log_softmax,
     BCEWithLogitsLoss, eps), torch.autograd.detect_anomaly to find the op.
@@ -51,7 +53,8 @@ class NanOrInf(Rule):
     kind = "nan_or_inf"
     reads = ("steps.loss_nonfinite", "steps.grad_nonfinite", "steps.grad_norm", "layer_stats.nonfinite", "layer_stats.grad_nonfinite",
              "param_stats.norm", "events.nonfinite_origin", "layers", "optimizers", "param_stats.changed",
-             "steps.input_nonfinite", "steps.loss", "steps.optimizer_stepped", "steps.scaler_skipped")
+             "steps.input_nonfinite", "steps.loss", "steps.optimizer_stepped", "steps.scaler_skipped",
+             "steps.input_mean", "steps.input_std")
     growth: float = 100.0  # grad norm rise before the NaN that points at the learning rate (fault suite)
 
     def check(self, ev: Evidence) -> list[Finding]:
@@ -88,11 +91,19 @@ class NanOrInf(Rule):
         updated_before = bool((flag(s, "optimizer_stepped") & (steps < first)).any())
         # The loss overflowed on finite outputs too large to square: activations that blew up in the model.
         overflowed = phase == "loss" and bool((replay.get("details") or {}).get("blown_up"))
+        # A layer's op (not exp) overflowed on finite inputs before any update: the initial weights
+        # grow the activations layer by layer, or time step by time step.
+        init_overflow = (phase in ("forward", "backward") and not updated_before
+                         and str(replay.get("cause", "")).startswith("overflow in"))
         if inputs_bad.any() or phase == "input":
             causes = ["other", "numerically_unstable_op"]
         elif overflowed:
             causes = (["learning_rate_too_high", "bad_weight_init"] if updated_before and (grew or lr_is_high(ev))
                       else ["bad_weight_init", "missing_normalization_layer", "learning_rate_too_high"])
+        elif init_overflow:
+            scale = np.nanmax(np.abs(np.concatenate([col(s, "input_mean"), col(s, "input_std")])), initial=0.0)
+            causes = (["unnormalized_inputs", "bad_weight_init", "missing_normalization_layer"] if scale > 1e3
+                      else ["bad_weight_init", "missing_normalization_layer", "numerically_unstable_op"])
         elif phase in ("forward", "backward") and not (grew and str(replay.get("cause", "")).startswith("overflow")):
             causes = ["numerically_unstable_op", "learning_rate_too_high"]
         elif phase == "loss" and not grew:  # e.g. log(0) in a hand-written loss
@@ -112,6 +123,9 @@ class NanOrInf(Rule):
             pass_ = "forward" if phase == "forward" else "backward"
             msg += (f"; replaying that step, the first non-finite value comes from `{replay.get('op')}` in "
                     f"{where} in the {pass_} pass: {replay.get('cause')}")
+            if init_overflow:
+                msg += (". No update had run yet: the initial weights grow the activations through the layers "
+                        "(or time steps) until they overflow")
         elif replay and overflowed:
             location = replay.get("module")
             msg += (f"; replaying that step, the model's forward and backward stay finite but {replay.get('cause')}"
@@ -143,7 +157,10 @@ class NanOrInf(Rule):
         if inputs_bad.any() or phase == "input":
             recs.append(fix("Drop or repair non-finite samples before they reach the model.",
                             "assert torch.isfinite(x).all(), 'non-finite input batch'"))
-        if overflowed and causes[0] == "bad_weight_init":
+        if causes[0] == "unnormalized_inputs":
+            recs.append(fix("Standardize the inputs: at this scale the first layers' outputs overflow.",
+                            "x = (x - x_train.mean(0)) / (x_train.std(0) + 1e-8)"))
+        if (overflowed or init_overflow) and causes[0] == "bad_weight_init":
             where = location or "the model"
             recurrent = replay.get("module_type") in ("RNN", "LSTM", "GRU")
             code = (f"for name, p in {attr_path(where)}.named_parameters():\n    if 'weight_hh' in name:\n"
@@ -157,7 +174,7 @@ class NanOrInf(Rule):
                             "assert all(torch.isfinite(p).all() for p in model.parameters()), 'non-finite weights'"))
         if causes[0] == "learning_rate_too_high":
             recs += lower_lr(ev) + [clip_grad()]
-        if not overflowed:
+        if not (overflowed or init_overflow):
             recs.append(_stable_op_fix(replay))
         if causes[0] != "learning_rate_too_high":
             recs += [clip_grad()]
