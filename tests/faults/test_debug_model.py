@@ -81,6 +81,9 @@ LOOP = {
     "wrong_loss_input__token_tagger_log_softmax_over_time":
         "the loop calls the loss on logits.view(-1, 12); the probe calls NLLLoss on the [batch, time, tags] output "
         "itself, which reads the time axis as the classes and raises",
+    "data_issue__review_classifier_plus_minus_one_labels":
+        "the loop squeezes the [batch, 1] output for BCEWithLogitsLoss; the probe calls the loss on the output as it "
+        "is, which raises on the shapes",
     "wrong_loss_input__gru_tagger_functional_nll":
         "the log_softmax and F.nll_loss are written in the loop: there is no loss callable to hand the probe",
     "clip_before_backward__lstm_forecaster_sgd":

@@ -9,7 +9,7 @@ import pytest
 from builders import build, healthy_columns
 
 from modeldebug.config import AlertThresholds, DebuggingConfig
-from modeldebug.events import BatchClasses, GradientClip, LossCall, StepsOnClearedGradients
+from modeldebug.events import BatchClasses, GradientClip, LossCall, LossTargets, StepsOnClearedGradients
 from modeldebug.evidence import Evidence, LayerInfo, OptimizerInfo, ParamInfo
 from modeldebug.rules.data_issue import DataIssue
 from modeldebug.rules.gradient_accumulation import GradientAccumulation
@@ -445,3 +445,19 @@ def test_one_class_batches_that_random_draws_would_give_are_not_ordered_data():
 def test_sampled_steps_that_saw_one_class_of_ordered_data_are_not_constant_labels():
     (f,) = DataIssue().check(_mixed(19, counts={2: 150}))  # the few sampled steps fell in class 2's stretch
     assert f.causes == ["unshuffled_data"]
+
+
+@pytest.mark.parametrize("below, above, fires", [(0.5, 0.0, True), (0.0, 0.3, True), (0.0, 0.0, False),
+                                                 (0.002, 0.0, False)])
+def test_binary_cross_entropy_targets_outside_0_1_are_a_label_problem(below, above, fires):
+    cols = healthy_columns()
+    cols["steps"]["loss_fn_value"] = np.where(cols["steps"]["step"] % 10 == 0, -3.2, np.nan)
+    t = LossTargets(name="binary_cross_entropy_with_logits", rows=640, features=1, baseline=0.69,
+                    predictor="the positive rate", below_zero=below, below_minus_one=0.0, above_one=above)
+    found = [f for f in DataIssue().check(build(cols, events=[{"step": 300, "type": t.tag, "data": t.to_data()}]))
+             if "targets lie outside" in f.message]
+    assert bool(found) == fires
+    if fires:
+        (f,) = found
+        assert (f.severity, f.causes) == ("high", ["label_problem"]) and "below zero, to -3.2" in f.message
+        assert ("-1/+1" in f.message) == (below > 0)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from modeldebug.events import CLASS_LOSSES, BatchClasses
+from modeldebug.events import CLASS_LOSSES, BatchClasses, LossTargets
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
 from modeldebug.rules.base import (
@@ -25,6 +25,8 @@ from modeldebug.rules.reference import loss_calls
 from modeldebug.types import Finding
 
 _TOKEN_INPUT = {"Embedding", "EmbeddingBag"}  # integer ids: their mean/std say nothing about scaling
+_BINARY = {"binary_cross_entropy", "binary_cross_entropy_with_logits"}
+_TORCH_NAMES = {"binary_cross_entropy": "BCELoss", "binary_cross_entropy_with_logits": "BCEWithLogitsLoss"}
 
 
 @register
@@ -57,15 +59,18 @@ class DataIssue(Rule):
       ``max_single_by_chance`` = 5% of the time (a 99:1 binary task in batches of 64 is one class
       53% of the time by chance: not raised): data ordered by label and not shuffled (cause
       unshuffled_data); high when 90% or more are.
+    - binary cross-entropy targets outside [0, 1]: ``max_outside_unit`` = 1% or more of the sampled
+      target values below 0 or above 1 (-1/+1 labels): high (label_problem).
     Recommends: filtering bad samples, standardization with the numbers seen, class weights
-    computed from the counts, shuffling.
+    computed from the counts, shuffling, 0/1 labels.
     """
 
     id = "data_issue"
     kind = "data_issue"
     reads = ("steps.input_nonfinite", "steps.input_mean", "steps.input_std", "steps.input_min",
              "steps.input_max", "class_counts", "layers", "steps.loss",
-             "steps.loss_nonfinite", "events.loss_call", "events.batch_classes") + REFERENCE_READS  # severity by harm
+             "steps.loss_nonfinite", "events.loss_call", "events.batch_classes", "events.loss_targets",
+             "steps.loss_fn_value") + REFERENCE_READS  # severity by harm
     max_scale: float = 10.0
     min_std: float = 1e-3
     max_imbalance: float = 100.0
@@ -73,11 +78,40 @@ class DataIssue(Rule):
     zipf_slope: tuple[float, float] = (-2.5, -0.5)  # word/subword corpora: ~-0.7 to -1.2
     zipf_min_corr: float = 0.9
     min_batches: int = 5
+    max_outside_unit: float = 0.01
     max_single_class: float = 0.5
     max_single_by_chance: float = 0.05
 
     def check(self, ev: Evidence) -> list[Finding]:
-        return self._nonfinite(ev) + self._scale(ev) + self._labels(ev) + self._order(ev)
+        return self._nonfinite(ev) + self._scale(ev) + self._labels(ev) + self._order(ev) + self._binary_targets(ev)
+
+    def _binary_targets(self, ev: Evidence) -> list[Finding]:
+        """Binary cross-entropy targets outside [0, 1] (-1/+1 labels, class ids 0..K): the loss has no
+        lower bound there and pushes the logits to infinity."""
+        t = next((t for t in ev.events_of(LossTargets) if t.name in _BINARY), None)
+        if t is None:
+            return []
+        below, above = t.below_zero or 0.0, t.above_one or 0.0
+        if below + above < self.max_outside_unit:
+            return []
+        loss = _TORCH_NAMES.get(t.name, t.name)
+        lowest = col(ev.steps, "loss_fn_value")
+        lowest = lowest[np.isfinite(lowest)]
+        seen = (f" The loss went below zero, to {g(float(lowest.min()))}, which binary cross-entropy on targets "
+                "in [0, 1] never does." if len(lowest) and lowest.min() < 0 else "")
+        looks = (" (the labels look like -1/+1)" if below > 0.05 and not above else
+                 " (class ids or other codes, not probabilities)" if above else "")
+        return [self.finding(
+            severity="high", confidence=0.9, location=None, step=None,
+            message=(f"{loss} targets lie outside [0, 1]{looks}: {g(100 * below)}% of the sampled target values "
+                     f"are below 0 and {g(100 * above)}% above 1. Outside [0, 1] its loss has no minimum and "
+                     f"drives the logits to infinity.{seen}"),
+            evidence={"loss_function": t.name, "targets_below_zero": below, "targets_above_one": above,
+                      "sampled_targets": t.rows},
+            causes=["label_problem"],
+            recommendations=[fix("Map the labels to 0/1 before the loss (or use a loss made for -1/+1 labels, "
+                                 "nn.SoftMarginLoss).", "y = (y > 0).float()  # -1/+1 -> 0/1")],
+        )]
 
     def _order(self, ev: Evidence) -> list[Finding]:
         """Batches of one class, far more often than batches drawn at random from these labels
