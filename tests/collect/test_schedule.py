@@ -36,3 +36,13 @@ def test_asking_twice_for_a_step_gives_the_same_answer():
 
 def test_every_n():
     assert [k for k in range(12) if Every(4, warmup=2)(k)] == [0, 1, 4, 8]
+
+
+def test_the_interval_at_most_doubles_from_one_sample_to_the_next():
+    # A sampled step costing 1.5 plain ones asks for one sample in 150 at once; a 128-step run
+    # still gets samples after its first few: 0, 1, 2, then intervals 4, 8, 16, ...
+    sampled = _run(Adaptive(target_overhead=0.01, warmup=3), 1000, plain_s=0.001, extra_s=0.0015, lag=0)
+    gaps = [b - a for a, b in zip(sampled[2:], sampled[3:])]
+    assert sampled[:3] == [0, 1, 2] and len([s for s in sampled if s < 128]) >= 6
+    assert all(b <= 2 * a for a, b in zip(gaps, gaps[1:])), gaps
+    assert gaps[-1] == 150

@@ -33,7 +33,10 @@ class Adaptive(Every):
     The extra cost of a sampled step is the monitor's time in it beyond an ordinary step's; the
     interval is chosen so that this cost, spread over the interval, stays under
     ``target_overhead`` of a plain step's time. Starts dense (the first ``warmup`` steps, then
-    every 2nd) and relaxes as measurements arrive; never sparser than ``max_every``.
+    every 2nd) and relaxes as measurements arrive, at most doubling from one sample to the next
+    (2, 4, 8, ...: a run of a hundred or so steps still gets samples past its first few, where a
+    jump straight to an interval of 130 left a 128-step run with none after step 2); never sparser
+    than ``max_every``.
     """
 
     def __init__(self, target_overhead: float = 0.01, warmup: int = 3, max_every: int = 200, window: int = 50):
@@ -46,6 +49,7 @@ class Adaptive(Every):
         self._extra = deque(maxlen=8)  # monitor seconds of sampled steps
         self._last_sampled = -1
         self._plain_seen = 0
+        self._widest = 2  # the interval may grow to this until the next sample
 
     def __call__(self, step: int) -> bool:
         # The decision itself marks the step as sampled: on CUDA a sampled step's costs arrive
@@ -55,6 +59,7 @@ class Adaptive(Every):
             return True
         if step < self.warmup or step - self._last_sampled >= self.n:
             self._last_sampled = step
+            self._widest = 2 * max(self.n, 1)
             return True
         return False
 
@@ -69,4 +74,4 @@ class Adaptive(Every):
         if self._extra and self._plain:
             plain = sorted(self._plain)[len(self._plain) // 2]
             extra = sorted(self._extra)[len(self._extra) // 2]
-            self.n = int(min(self.max_every, max(1, math.ceil(extra / (self.target * plain)))))
+            self.n = int(min(self.max_every, self._widest, max(1, math.ceil(extra / (self.target * plain)))))
