@@ -117,6 +117,17 @@ def test_a_pair_with_two_mechanisms_links_by_the_one_whose_check_holds():
     assert oscillating("label_problem").caused_by is None
 
 
+def test_a_link_chosen_stays_while_the_chain_above_it_changes_causes():
+    """oscillating_loss follows exploding_gradient because both name the lr; once the chain's root
+    (gradient accumulation) has made exploding_gradient name missing_zero_grad, that pair's check
+    no longer holds, and the story must still be told (not fall back to unlinked findings)."""
+    out = link_findings([_f("gradient_accumulation", 1, causes=["missing_zero_grad"]),
+                         _f("exploding_gradient", 10, causes=["learning_rate_too_high"]),
+                         _f("oscillating_loss", 20, causes=["learning_rate_too_high"])], _ev())
+    assert [f.caused_by for f in out] == [None, "gradient_accumulation", "exploding_gradient"]
+    assert out[2].causes[0] == "missing_zero_grad"
+
+
 def test_a_root_explains_causes_away_unless_the_evidence_shows_them():
     lower = fix("Lower the learning rate about 10x: lr is 0.01; try 0.001.")
     stable = fix("Use numerically stable ops: log_softmax/CrossEntropyLoss instead of log(softmax).")

@@ -246,17 +246,17 @@ def _linked(findings: list[Finding], ev: Evidence) -> list[Finding]:
     if any(f.id for f in out):
         return out  # linked already (a report read back): linking twice would say everything twice
     name(out)
-    parents = _parents(out, ev)
+    parents, links = _parents(out, ev)
     for f in out:
         parent = parents.get(id(f))
         if parent is not None:
-            link = _link(parent, f, ev)
+            link = links[id(f)]  # (chosen before any message or cause changed: checks read them)
             f.caused_by = parent.id
             f.message = f"{f.message.rstrip()} Follows from {parent.id}: {link.why}."
     for f in out:
         root = _root(f, parents)
         if root is not f:
-            _agree(f, root.causes[:1], _explained(f, parents, ev))
+            _agree(f, root.causes[:1], _explained(f, parents, links, ev))
     _one_lr_direction(out, ev)
     return out
 
@@ -307,10 +307,11 @@ def _latest_root_step(cons: Finding, ev: Evidence) -> float:
     return _step(cons)
 
 
-def _parents(findings: list[Finding], ev: Evidence) -> dict[int, Finding]:
+def _parents(findings: list[Finding], ev: Evidence) -> tuple[dict[int, Finding], dict[int, Link]]:
     """Each consequence's parent: of the findings it may follow from, the one whose cause the
     consequence's own rule ranks highest, then the earliest, then the most severe."""
     parents: dict[int, Finding] = {}
+    links: dict[int, Link] = {}
     for cons in findings:
         if cons.source != "rules":
             continue
@@ -324,11 +325,12 @@ def _parents(findings: list[Finding], ev: Evidence) -> dict[int, Finding]:
             rank = cons.causes.index(root.causes[0]) if root.causes and root.causes[0] in cons.causes \
                 else len(cons.causes)
             candidates.append((rank, _step(root, True), SEVERITY_ORDER[root.severity], -root.confidence,
-                               LINKS.index(link), root))
+                               LINKS.index(link), root, link))
         if candidates:
-            parents[id(cons)] = min(candidates, key=lambda c: c[:5])[-1]
+            best = min(candidates, key=lambda c: c[:5])
+            parents[id(cons)], links[id(cons)] = best[5], best[6]
     _break_cycles(findings, parents)
-    return parents
+    return parents, links
 
 
 def _break_cycles(findings: list[Finding], parents: dict[int, Finding]) -> None:
@@ -349,12 +351,12 @@ def _root(f: Finding, parents: dict[int, Finding]) -> Finding:
     return f
 
 
-def _explained(f: Finding, parents: dict[int, Finding], ev: Evidence) -> set[str]:
+def _explained(f: Finding, parents: dict[int, Finding], links: dict[int, Link], ev: Evidence) -> set[str]:
     """Causes of ``f`` that the links on its way to the root explain away."""
     out, cons = set(), f
     while id(cons) in parents:
         root = parents[id(cons)]
-        out.update(_link(root, cons, ev).explains)
+        out.update(links[id(cons)].explains)
         cons = root
     # The run's evidence decides for the learning rate; for the rest, the consequence's rule decides
     # when it ranked the cause first (a replay that found the op that made the NaN).
