@@ -212,6 +212,10 @@ class BatchClasses(Event):
     lowest_labels: dict[int, int] = field(default_factory=dict)
 
 
+# torch.nn.functional's losses by their module's name, as messages name them
+LOSS_FUNCS = {"cross_entropy": "CrossEntropyLoss", "nll_loss": "NLLLoss", "mse_loss": "MSELoss",
+              "l1_loss": "L1Loss", "binary_cross_entropy": "BCELoss", "smooth_l1_loss": "SmoothL1Loss",
+              "binary_cross_entropy_with_logits": "BCEWithLogitsLoss", "huber_loss": "HuberLoss"}
 CLASS_LOSSES = frozenset({"cross_entropy", "nll_loss"})  # losses of class ids (or class probabilities)
 
 

@@ -178,11 +178,11 @@ class LossCalls:
         y = np.concatenate(self._targets)
         baseline, predictor = constant_loss(self._target_name, y, self._target_options)
         finite = y[np.isfinite(y)]
-        share = (lambda mask: float(mask.mean())) if len(finite) else (lambda mask: None)
+        # what a bounded output cannot reach, and the targets' scale
+        reach = dict(below_zero=float(np.mean(finite < 0)), below_minus_one=float(np.mean(finite < -1)),
+                     above_one=float(np.mean(finite > 1)), rms=float(np.sqrt(np.mean(finite ** 2)))) if len(finite) else {}
         self.writer.event(LossTargets(name=self._target_name, rows=len(y), features=y.shape[1],
-                                      baseline=baseline, predictor=predictor, below_zero=share(finite < 0),
-                                      below_minus_one=share(finite < -1), above_one=share(finite > 1),
-                                      rms=float(np.sqrt(np.mean(finite ** 2))) if len(finite) else None))
+                                      baseline=baseline, predictor=predictor, **reach))
 
 
 def constant_loss(name: str, y: np.ndarray, options: dict[str, Any]) -> tuple[float | None, str]:

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from modeldebug.events import LOSS_FUNCS
 from modeldebug.types import Recommendation
 
 
@@ -129,9 +130,6 @@ def find_local(ctx: Context, pred: Callable[[list[int]], bool]) -> dict[str, Any
     return None
 
 
-LOSS_FUNCS = {"cross_entropy": "CrossEntropyLoss", "nll_loss": "NLLLoss", "mse_loss": "MSELoss",
-               "l1_loss": "L1Loss", "binary_cross_entropy": "BCELoss", "smooth_l1_loss": "SmoothL1Loss",
-               "binary_cross_entropy_with_logits": "BCEWithLogitsLoss", "huber_loss": "HuberLoss"}
 
 
 def loss_name(ctx: Context) -> str:

@@ -263,27 +263,15 @@ def _stepped(optimizer, args, kwargs) -> None:
 def _zero_before_backward() -> None:
     """``optimizer.zero_grad()`` before the first backward after each step (backward calls of one
     step still accumulate, as a script that accumulates on purpose needs). Wraps the backward
-    functions the collector has wrapped, so that it sees the zeroing before the backward, as a
-    script's own; the collector's stop puts the originals back."""
-    import torch
+    functions the collector has wrapped (``modules.before_each_backward``)."""
+    from modeldebug.fixes import modules
 
     def zero() -> None:
         while _to_zero:
             _, optimizer = _to_zero.popitem()
             optimizer.zero_grad()
 
-    guarded_zero = _guarded(zero)
-
-    def wrap(original):
-        @functools.wraps(original)
-        def backward(*args, **kwargs):
-            guarded_zero()
-            return original(*args, **kwargs)
-
-        return backward
-
-    torch.Tensor.backward = wrap(torch.Tensor.backward)
-    torch.autograd.backward = wrap(torch.autograd.backward)
+    modules.before_each_backward(_guarded(zero))
 
 
 def _train_params(debugger: Any) -> Callable:

@@ -323,6 +323,23 @@ def scheduler_per_epoch() -> None:
 # ---------------------------------------------------------------- clipping
 
 
+def before_each_backward(first: Callable[[], None]) -> None:
+    """``first()`` before every ``Tensor.backward`` and ``torch.autograd.backward`` call (the first
+    calls the second: ``first`` must not mind running twice). Wraps the functions the collector has
+    wrapped, so that it sees what ``first`` does before the backward, as a script's own; the
+    collector's stop puts the originals back."""
+    def wrap(original):
+        @functools.wraps(original)
+        def backward(*args, **kwargs):
+            first()
+            return original(*args, **kwargs)
+
+        return backward
+
+    torch.Tensor.backward = wrap(torch.Tensor.backward)
+    torch.autograd.backward = wrap(torch.autograd.backward)
+
+
 def clip_after_backward(guard: Callable[[Callable], Callable]) -> None:
     """A clipping call with no backward since the last optimizer step (or zero_grad) is held and
     made again, with the same arguments, before the step (after the step's backward): the
@@ -334,16 +351,10 @@ def clip_after_backward(guard: Callable[[Callable], Callable]) -> None:
     backward_since = [False]
     held: list[tuple[Callable, list, tuple, dict]] = []
 
-    def seen_backward(original):
-        @functools.wraps(original)
-        def backward(*args, **kwargs):
-            backward_since[0] = True
-            return original(*args, **kwargs)
+    def seen_backward() -> None:
+        backward_since[0] = True
 
-        return backward
-
-    torch.Tensor.backward = seen_backward(torch.Tensor.backward)
-    torch.autograd.backward = seen_backward(torch.autograd.backward)
+    before_each_backward(seen_backward)
 
     def hold(original):
         @functools.wraps(original)
@@ -395,17 +406,11 @@ def move_zero_grad(guard: Callable[[Callable], Callable]) -> None:
 
     zero = guard(zero_held)
 
-    def before_backward(original):
-        @functools.wraps(original)
-        def backward(*args, **kwargs):
-            zero()
-            backward_since[0] = True
-            return original(*args, **kwargs)
+    def before_backward() -> None:
+        zero()
+        backward_since[0] = True
 
-        return backward
-
-    torch.Tensor.backward = before_backward(torch.Tensor.backward)
-    torch.autograd.backward = before_backward(torch.autograd.backward)
+    before_each_backward(before_backward)
 
     @functools.wraps(base)
     def zero_grad(self, *args, **kwargs):

@@ -425,6 +425,12 @@ def clipped_hard(ev: Evidence, factor: float = 100.0) -> TightClip | None:
     return TightClip(float(clip.max_value), median) if median >= factor * clip.max_value else None
 
 
+def input_scale(ev: Evidence) -> float:
+    """The largest |mean| or std of the model's input over the steps (0 when none was recorded)."""
+    return float(np.nanmax(np.abs(np.concatenate([col(ev.steps, "input_mean"), col(ev.steps, "input_std")])),
+                           initial=0.0))
+
+
 def target_scale(ev: Evidence) -> float | None:
     """The root mean square of the sampled regression targets (the ``loss_targets`` event), if any."""
     from modeldebug.events import LossTargets

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from modeldebug.events import CLASS_LOSSES, BatchClasses, LossTargets
+from modeldebug.events import CLASS_LOSSES, LOSS_FUNCS, BatchClasses, LossTargets
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
 from modeldebug.rules.base import (
@@ -26,7 +26,6 @@ from modeldebug.types import Finding
 
 _TOKEN_INPUT = {"Embedding", "EmbeddingBag"}  # integer ids: their mean/std say nothing about scaling
 _BINARY = {"binary_cross_entropy", "binary_cross_entropy_with_logits"}
-_TORCH_NAMES = {"binary_cross_entropy": "BCELoss", "binary_cross_entropy_with_logits": "BCEWithLogitsLoss"}
 
 
 @register
@@ -94,7 +93,7 @@ class DataIssue(Rule):
         below, above = t.below_zero or 0.0, t.above_one or 0.0
         if below + above < self.max_outside_unit:
             return []
-        loss = _TORCH_NAMES.get(t.name, t.name)
+        loss = LOSS_FUNCS.get(t.name, t.name)
         lowest = col(ev.steps, "loss_fn_value")
         lowest = lowest[np.isfinite(lowest)]
         seen = (f" The loss went below zero, to {g(float(lowest.min()))}, which binary cross-entropy on targets "

@@ -19,6 +19,7 @@ from modeldebug.rules.base import (
     grace_mask,
     impact_severity,
     init_scales,
+    input_scale,
     layer_order,
     loss_trend,
     lower_lr,
@@ -205,8 +206,7 @@ class ExplodingGradient(Rule):
         return param_module(ev, p), p
 
     def _causes(self, ev: Evidence) -> list[str]:
-        scale = np.nanmax(np.abs(np.concatenate([col(ev.steps, "input_mean"), col(ev.steps, "input_std")])),
-                          initial=0.0)
+        scale = input_scale(ev)
         if lr_is_high(ev):
             return ["learning_rate_too_high", "bad_weight_init", "missing_normalization_layer"]
         if max(init_scales(ev).values(), default=0.0) > self.init_scale:

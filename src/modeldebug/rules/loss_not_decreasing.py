@@ -13,7 +13,6 @@ from modeldebug.rules.base import (
     Rule,
     adversarial,
     clipped_hard,
-    target_scale,
     col,
     current_lr,
     family,
@@ -22,6 +21,7 @@ from modeldebug.rules.base import (
     g,
     grace_mask,
     init_scales,
+    input_scale,
     layer_arg,
     loss_trend,
     lower_lr,
@@ -30,6 +30,7 @@ from modeldebug.rules.base import (
     optimizer_type,
     per_group_median,
     raise_lr,
+    target_scale,
     thrown_early,
 )
 from modeldebug.rules.labels_unrelated import LabelsUnrelated
@@ -243,7 +244,7 @@ class LossNotDecreasing(Rule):
                     else f"The learning rate ({g(lr)}) is below the usual range for {optimizer_type(ev) or 'its optimizer'}."
                     if lr is not None else "The learning rate is very small.")
             return ["learning_rate_too_low", "bad_weight_init", "wrong_loss_function"], note
-        scale = np.nanmax(np.abs(np.concatenate([col(s, "input_mean"), col(s, "input_std")])), initial=0.0)
+        scale = input_scale(ev)
         if scale > 10:
             return ["unnormalized_inputs", "learning_rate_too_low"], f"Inputs reach mean/std {g(scale)}."
         return ["learning_rate_too_low", "wrong_loss_function", "label_problem"], ""

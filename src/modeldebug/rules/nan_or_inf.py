@@ -19,6 +19,7 @@ from modeldebug.rules.base import (
     fix,
     flag,
     g,
+    input_scale,
     lower_lr,
     lr_is_high,
     param_module,
@@ -101,7 +102,7 @@ class NanOrInf(Rule):
             causes = (["learning_rate_too_high", "bad_weight_init"] if updated_before and (grew or lr_is_high(ev))
                       else ["bad_weight_init", "missing_normalization_layer", "learning_rate_too_high"])
         elif init_overflow:
-            scale = np.nanmax(np.abs(np.concatenate([col(s, "input_mean"), col(s, "input_std")])), initial=0.0)
+            scale = input_scale(ev)
             causes = (["unnormalized_inputs", "bad_weight_init", "missing_normalization_layer"] if scale > 1e3
                       else ["bad_weight_init", "missing_normalization_layer", "numerically_unstable_op"])
         elif phase in ("forward", "backward") and not (grew and str(replay.get("cause", "")).startswith("overflow")):

@@ -17,6 +17,7 @@ from modeldebug.rules.base import (
     fix,
     g,
     grace_mask,
+    input_scale,
     loss_trend,
     lower_lr,
 )
@@ -86,8 +87,7 @@ class OscillatingLoss(Rule):
             return []
         jumps = np.flatnonzero(np.diff(v) > 0.5 * amp)
         first = int(s[jumps[0] + 1]) if len(jumps) else int(s[len(v) // 2])
-        scale = np.nanmax(np.abs(np.concatenate([col(ev.steps, "input_mean"), col(ev.steps, "input_std")])),
-                          initial=0.0)
+        scale = input_scale(ev)
         causes = ["learning_rate_too_high"]
         if scale > 10:
             causes.append("unnormalized_inputs")

@@ -21,6 +21,7 @@ from modeldebug.rules.base import (
     g,
     grace_mask,
     impact_severity,
+    input_scale,
     layer_arg,
     layer_order,
     layers_of,
@@ -89,8 +90,7 @@ class SaturatedActivation(Rule):
 
     def _finding(self, ev, name, frac, first, at_start, trend) -> Finding:
         typ = family(ev.layers[name])
-        scale = np.nanmax(np.abs(np.concatenate([col(ev.steps, "input_mean"), col(ev.steps, "input_std")])),
-                          initial=0.0)
+        scale = input_scale(ev)
         causes = []
         if scale > 10:
             causes.append("unnormalized_inputs")

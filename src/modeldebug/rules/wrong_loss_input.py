@@ -9,7 +9,7 @@ import numpy as np
 
 from modeldebug.evidence import Evidence
 from modeldebug.rules import register
-from modeldebug.events import LossTargets
+from modeldebug.events import LOSS_FUNCS, LossTargets
 from modeldebug.rules.base import Rule, attr_path, col, family, fix, g
 from modeldebug.rules.reference import READS as REFERENCE_READS
 from modeldebug.rules.reference import loss_calls, reference
@@ -140,11 +140,6 @@ def out_of_reach(ev: Evidence) -> OutOfReach | None:
                       float(lo.min()), float(hi.max()))
 
 
-_TORCH_NAME = {"cross_entropy": "CrossEntropyLoss", "nll_loss": "NLLLoss",
-               "binary_cross_entropy_with_logits": "BCEWithLogitsLoss", "mse_loss": "MSELoss",
-               "l1_loss": "L1Loss", "smooth_l1_loss": "SmoothL1Loss", "huber_loss": "HuberLoss"}
-
-
 @register
 @dataclass
 class WrongLossInput(Rule):
@@ -189,7 +184,7 @@ class WrongLossInput(Rule):
         order = ev.layers_in_order()
         last = order[-1] if order and family(order[-1]) in _SQUASHING else None
         where = f" The last layer to run, {last.name}, is a {family(last)}." if last is not None else ""
-        loss = _TORCH_NAME.get(m.loss, m.loss)
+        loss = LOSS_FUNCS.get(m.loss, m.loss)
         summed = m.sum_err is not None and m.got == "probabilities"
         rows = f", rows summing to 1 within {g(m.sum_err)}" if summed else ""
         if m.got.startswith("log-probabilities"):
@@ -205,14 +200,14 @@ class WrongLossInput(Rule):
             evidence.update(ref.evidence())
         return [self.finding(
             severity="high", confidence=0.9, location=last.name if last is not None else None,
-            step=int(col(ev.steps, "step")[np.isfinite(col(ev.steps, "loss_input_min"))][0]),
+            step=_first_probed(ev),
             message=msg, evidence=evidence, causes=["wrong_loss_function"],
             recommendations=_fixes(m, last.name if last is not None else None),
         )]
 
 
     def _out_of_reach(self, ev: Evidence, r: OutOfReach) -> Finding:
-        loss = _TORCH_NAME.get(r.loss, r.loss)
+        loss = LOSS_FUNCS.get(r.loss, r.loss)
         msg = (f"The model's last layer, {r.layer}, is a {r.activation}: its outputs (the {loss} input, within "
                f"[{g(r.lo)}, {g(r.hi)}] on all {r.samples} sampled steps) cannot go {r.range}, but "
                f"{g(100 * r.share)}% of the sampled target values lie there, and the loss cannot fall below "
@@ -231,8 +226,13 @@ class WrongLossInput(Rule):
                             else "y = 2 * (y - y.min()) / (y.max() - y.min()) - 1"))
         return self.finding(
             severity="high", confidence=0.85, location=r.layer,
-            step=int(col(ev.steps, "step")[np.isfinite(col(ev.steps, "loss_input_min"))][0]),
+            step=_first_probed(ev),
             message=msg, evidence=evidence, causes=["wrong_loss_function"], recommendations=recs)
+
+
+def _first_probed(ev: Evidence) -> int:
+    """The first step whose loss input was measured."""
+    return int(col(ev.steps, "step")[np.isfinite(col(ev.steps, "loss_input_min"))][0])
 
 
 def _fixes(m: Misuse, last: str | None) -> list:
